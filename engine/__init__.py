@@ -1,0 +1,1 @@
+"""The deterministic JAX/XLA training engine (canonical fixed-point arithmetic)."""

@@ -1,0 +1,1 @@
+"""The BWS full node: store, mempool, validation, networking, roles, CLI and API."""

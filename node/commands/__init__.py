@@ -1,0 +1,1 @@
+"""One module per `bws` command group; each exposes `register(parser)`."""

@@ -1,0 +1,1 @@
+"""NumPy reference of the canonical arithmetic: the engine is held to these bits."""

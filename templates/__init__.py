@@ -1,0 +1,1 @@
+"""The TF/Keras-compatible task layer: models, job templates, datasets."""

@@ -1,0 +1,1 @@
+"""Datasets, named as tensorflow-datasets builders."""
