@@ -1,0 +1,143 @@
+"""NetworkService across separate processes on loopback (one node per process, as in the devnet).
+
+Each node is `python -m bws.node.p2p_peer` driven through `PeerProcess`; every
+call has its own timeout and every test a pytest timeout, and the fixture kills
+whatever is left (a stuck peer can never hang the suite, notes rule 8).
+"""
+import hashlib
+import time
+
+import pytest
+
+from bws.node.p2p import PROTOCOL_DATA, PROTOCOL_SYNC, TOPIC_BLOCK, TOPIC_TASK, seed_from_text
+from bws.node.p2p_peer import PeerProcess, deterministic_bytes
+
+pytestmark = pytest.mark.timeout(90)
+MESHSUB = "/meshsub/1.2.0"
+BAD = b"BAD".hex()
+
+
+@pytest.fixture
+def spawn():
+    processes = []
+
+    def start(name: str) -> PeerProcess:
+        process = PeerProcess(seed_from_text(name))
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        process.kill()
+
+
+def wait_until(condition, timeout=15.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def line_of_three(spawn, topic):
+    """a - b - c: c hears a only through b's relay."""
+    nodes = [spawn(name) for name in ("a", "b", "c")]
+    for node in nodes:
+        node.call("subscribe", topic=topic, reject_prefix=BAD)
+    nodes[1].call("connect", addr=nodes[0].addr)
+    nodes[2].call("connect", addr=nodes[1].addr)
+    time.sleep(2.5)   # two heartbeats: meshes form
+    return nodes
+
+
+def test_three_processes_gossip_and_all_receive_through_a_relay(spawn):
+    a, b, c = line_of_three(spawn, TOPIC_BLOCK)
+    a.call("publish", topic=TOPIC_BLOCK, count=50, size=10_000, interval=0.01)
+    c.call("publish", topic=TOPIC_BLOCK, count=5, size=100)
+    for receiver in (b, c):
+        wait_until(lambda: receiver.call("received", topic=TOPIC_BLOCK)["count"] >= 50, what="50 blocks")
+    assert c.call("received", topic=TOPIC_BLOCK)["sequences"] == list(range(50))
+    wait_until(lambda: a.call("received", topic=TOPIC_BLOCK)["count"] == 5, what="c's messages at a")
+
+
+def test_burst_is_paced_not_lost(spawn):
+    a, b, c = line_of_three(spawn, TOPIC_TASK)
+    a.call("publish", topic=TOPIC_TASK, count=200, size=1000)   # no interval: the service paces
+    wait_until(lambda: c.call("received", topic=TOPIC_TASK)["count"] == 200, timeout=30, what="200 at c")
+    assert b.call("received", topic=TOPIC_TASK)["sequences"] == list(range(200))
+
+
+def test_rejected_message_is_not_relayed_and_scores_the_sender_down(spawn):
+    a, b, c = line_of_three(spawn, TOPIC_BLOCK)
+    a.call("publish", topic=TOPIC_BLOCK, count=2, size=200, prefix=BAD)
+    a.call("publish", topic=TOPIC_BLOCK, count=1, size=200)   # a good one behind them
+    wait_until(lambda: c.call("received", topic=TOPIC_BLOCK)["count"] == 1, what="the good message at c")
+    time.sleep(0.5)
+    assert b.call("received", topic=TOPIC_BLOCK)["count"] == 1
+    assert c.call("received", topic=TOPIC_BLOCK)["count"] == 1
+    status = b.call("status")
+    assert status["stats"]["rejected"] == 2
+    assert status["scores"][a.peer_id] < 0 and status["scores"][c.peer_id] == 0
+    assert c.call("status")["stats"]["rejected"] == 0   # never saw them: b did not relay
+
+
+def test_five_megabyte_response(spawn):
+    server, client = spawn("server"), spawn("client")
+    server.call("serve", protocol=PROTOCOL_DATA, response_bytes=5_000_000)
+    client.call("connect", addr=server.addr)
+    answer = client.call("request", peer=server.peer_id, protocol=PROTOCOL_DATA, size=100)
+    assert answer["bytes"] == 5_000_000
+    assert answer["sha256"] == hashlib.sha256(deterministic_bytes(5_000_000)).hexdigest()
+
+
+def test_garbage_peer_is_dropped_while_honest_traffic_continues(spawn):
+    target, honest, garbage = spawn("target"), spawn("honest"), spawn("garbage")
+    for node in (target, honest, garbage):
+        node.call("subscribe", topic=TOPIC_BLOCK, reject_prefix=BAD)
+    target.call("serve", protocol=PROTOCOL_SYNC, response_bytes=0)
+    target.call("serve", protocol=PROTOCOL_DATA, response_bytes=300_000)
+    honest.call("connect", addr=target.addr)
+    garbage.call("connect", addr=target.addr)
+    time.sleep(2.5)
+    garbage.call("publish", topic=TOPIC_BLOCK, count=2, size=100, prefix=BAD)   # invalid gossip
+    garbage.call("garbage", peer=target.peer_id, port=target.port,
+                 protocols=[PROTOCOL_SYNC, PROTOCOL_DATA, MESHSUB], rounds=3)
+    wait_until(lambda: garbage.peer_id in target.call("status")["banned"], what="the garbage peer banned")
+    wait_until(lambda: garbage.peer_id not in target.call("status")["peers"], what="the garbage peer dropped")
+    # Redialing does not bring it back while the ban lasts.
+    try:
+        garbage.call("connect", addr=target.addr, timeout=20)
+    except RuntimeError:
+        pass
+    time.sleep(0.5)
+    assert garbage.peer_id not in target.call("status")["peers"]
+    # The honest peer is still served and still hears gossip.
+    assert honest.call("request", peer=target.peer_id, protocol=PROTOCOL_SYNC, size=10)["bytes"] == 10
+    assert honest.call("request", peer=target.peer_id, protocol=PROTOCOL_DATA, size=10)["bytes"] == 300_000
+    target.call("publish", topic=TOPIC_BLOCK, count=10, size=500, interval=0.01)
+    wait_until(lambda: honest.call("received", topic=TOPIC_BLOCK)["count"] == 10, what="gossip at the honest peer")
+    assert target.call("status")["scores"][honest.peer_id] == 0
+
+
+def test_stop_returns_promptly(spawn):
+    a, b = spawn("stop-a"), spawn("stop-b")
+    b.call("connect", addr=a.addr)
+    a.call("serve", protocol=PROTOCOL_SYNC)
+    b.call("request", peer=a.peer_id, protocol=PROTOCOL_SYNC, size=10)
+    assert a.stop() < 5
+    assert b.stop() < 5
+
+
+def test_restart_with_the_same_key_on_a_new_port_reconnects(spawn):
+    a, b = spawn("stay"), spawn("restart")
+    a.call("serve", protocol=PROTOCOL_SYNC)
+    b.call("connect", addr=a.addr)
+    old_addr = b.addr
+    b.stop()
+    b2 = spawn("restart")
+    assert b2.peer_id == b.peer_id and b2.addr != old_addr
+    b2.call("serve", protocol=PROTOCOL_SYNC)
+    # Either side can redial at once (no 60 s refusal, no dial to the old port).
+    assert a.call("connect", addr=b2.addr)["peer"] == b2.peer_id
+    assert a.call("request", peer=b2.peer_id, protocol=PROTOCOL_SYNC, size=10)["bytes"] == 10
+    assert b2.call("connect", addr=a.addr)["peer"] == a.peer_id
+    assert b2.call("request", peer=a.peer_id, protocol=PROTOCOL_SYNC, size=10)["bytes"] == 10
