@@ -1,1 +1,14 @@
-"""The deterministic JAX/XLA training engine (canonical fixed-point arithmetic)."""
+"""The deterministic JAX/XLA training engine (canonical fixed-point arithmetic).
+
+Importing it switches on jax_enable_x64 (the engine needs exact int64 products);
+see docs/engine.md.
+"""
+from .fixed import require_x64  # noqa: F401  (first: enables x64)
+from .iteration import (BatchError, check_batch, evaluate, forward, gradients, init_state, make_iteration,
+                        param_shapes, predict, quantize_inputs, sum_updates)
+from .model import EngineError, ModelSpec, ModelSpecError, parse_model_shorthand
+from . import ops
+
+__all__ = ["BatchError", "EngineError", "ModelSpec", "ModelSpecError", "check_batch", "evaluate", "forward",
+           "gradients", "init_state", "make_iteration", "ops", "param_shapes", "parse_model_shorthand", "predict",
+           "quantize_inputs", "sum_updates"]
