@@ -1,6 +1,17 @@
-"""SHA-256 hashing and Merkle roots."""
+"""SHA-256 hashing, Merkle roots and tensor commitments.
+
+Every commitment is SHA-256. Merkle trees are binary, padded with ZERO_HASH to
+a power of two, with the leaf count mixed into the root (a list and the same
+list with trailing zero leaves never share a root). Tensors commit through a
+canonical byte form of their integer contents: floats never appear in a
+commitment, because two honest machines may disagree on a float's bits.
+"""
 import hashlib
 
+import numpy as np
+
+from .constants import DOMAIN_TENSOR, TENSOR_DTYPE_CODES
+from .encoding import encode
 from .types import Bytes32
 
 ZERO_HASH = Bytes32(b"\x00" * 32)
@@ -46,3 +57,32 @@ def is_valid_merkle_proof(leaf: Bytes32, index: int, count: int, proof: list[Byt
         node = hash_bytes(sibling + node) if index & 1 else hash_bytes(node + sibling)
         index //= 2
     return hash_bytes(node + count.to_bytes(8, "little")) == root
+
+
+def hash_object(value) -> Bytes32:
+    """SHA-256 of the canonical encoding of a container (its id, digest or hash)."""
+    return hash_bytes(encode(value))
+
+
+def encode_tensor(array) -> bytes:
+    """u8(dtype code) ‖ u8(ndim) ‖ u32le(dim) for each dim ‖ the data, little-endian, C order."""
+    array = np.asarray(array)
+    code = TENSOR_DTYPE_CODES.get(array.dtype.name)
+    assert code is not None, f"dtype {array.dtype.name} cannot be committed (integers only)"
+    assert array.ndim < 256, "a committed tensor has at most 255 dimensions"
+    header = bytes([code, array.ndim]) + b"".join(int(d).to_bytes(4, "little") for d in array.shape)
+    return header + np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def compute_tensor_leaf(name: str, array) -> Bytes32:
+    """Leaf of one named tensor: hash(DOMAIN_TENSOR ‖ u16le(len(name)) ‖ name ‖ encode_tensor(array))."""
+    name_bytes = name.encode("utf-8")
+    assert len(name_bytes) < 1 << 16, "tensor name too long"
+    return hash_bytes(DOMAIN_TENSOR + len(name_bytes).to_bytes(2, "little") + name_bytes + encode_tensor(array))
+
+
+def compute_tensors_root(tensors: dict) -> Bytes32:
+    """Root of a named set of tensors (a flattened pytree: `/`-joined names):
+    the Merkle root of their leaves in increasing order of name. Model state
+    roots, update roots and batch roots are all of this form."""
+    return compute_merkle_root([compute_tensor_leaf(name, tensors[name]) for name in sorted(tensors)])

@@ -1,0 +1,104 @@
+"""Proof of useful work: nonces derived from training iterations.
+
+An iteration message (IT_RES, spec/containers.py) of miner M at iteration i
+of task T commits to the work it did. From it M derives a bounded number of
+nonces; a block is valid when one of them makes the block's work hash ≤ the
+target. The rules and the attacks they stop:
+
+- *Grinding the nonce*: the nonce seed is the hash of the message's work
+  fields only (`compute_nonce_seed`), and an iteration gives at most
+  `get_nonce_allowance` nonces (≤ max_nonces_per_iteration), in proportion to
+  the work it did. More nonces need more (replayable) iterations.
+- *Grinding the header*: the header a miner may mine with the nonces of its
+  iteration i is fixed by IT_RES(i - k) (`compute_header_commitment`), signed
+  k iterations before those nonces exist; the miner cannot try many headers
+  (transaction sets, timestamps) against the same nonces.
+- *Fake iterations*: a block carries the signed IT_RES(i) and every verifier
+  replays it (`replay`, spec/state_transition.py): a single differing bit of
+  the update or the new state rejects the block.
+- *Choosing the data*: the batch an iteration trains on is fixed by the task's
+  schedule (`compute_batch_index`) and proven against the dataset root the
+  client committed.
+"""
+from .constants import (
+    DOMAIN_HEADER_COMMITMENT, DOMAIN_ITERATION_MESSAGE, DOMAIN_NONCE, DOMAIN_NONCE_SEED, DOMAIN_POW,
+)
+from .containers import (
+    BlockHeader, ChainConfig, CommittedHeader, IterationMessage, IterationWork, SignedIterationMessage, Task,
+)
+from .crypto import compute_address, get_public_key, is_valid_signature, sign
+from .encoding import encode
+from .hashing import hash_bytes, hash_object
+from .types import Hash32, Work
+
+
+def compute_message_digest(message: IterationMessage) -> Hash32:
+    """Digest of an iteration message (what a block header names)."""
+    return Hash32(hash_object(message))
+
+
+def compute_iteration_message_signing_root(message: IterationMessage) -> Hash32:
+    """What a miner signs: hash(DOMAIN_ITERATION_MESSAGE ‖ encode(message))."""
+    return Hash32(hash_bytes(DOMAIN_ITERATION_MESSAGE + encode(message)))
+
+
+def sign_iteration_message(secret_key: bytes, message: IterationMessage) -> SignedIterationMessage:
+    """The miner's signed IT_RES."""
+    return SignedIterationMessage(
+        message=message,
+        public_key=get_public_key(secret_key),
+        signature=sign(secret_key, compute_iteration_message_signing_root(message)),
+    )
+
+
+def is_valid_signed_iteration_message(signed: SignedIterationMessage) -> bool:
+    """Whether the message is signed by the key of the miner it names."""
+    return (compute_address(signed.public_key) == signed.message.work.miner
+            and is_valid_signature(signed.public_key, compute_iteration_message_signing_root(signed.message),
+                                   signed.signature))
+
+
+def compute_nonce_seed(work: IterationWork) -> Hash32:
+    """Seed of an iteration's nonces: hash of the work fields only (not the
+    header commitment, not the signature), so the seed changes only with the work."""
+    return Hash32(hash_bytes(DOMAIN_NONCE_SEED + encode(work)))
+
+
+def compute_nonce(seed: Hash32, nonce_index: int) -> Hash32:
+    """Nonce number `nonce_index` of a seed: hash(DOMAIN_NONCE ‖ seed ‖ u64le(index))."""
+    return Hash32(hash_bytes(DOMAIN_NONCE + seed + nonce_index.to_bytes(8, "little")))
+
+
+def get_nonce_allowance(config: ChainConfig, task: Task) -> int:
+    """Nonces one iteration of `task` earns: its work units / work_units_per_nonce,
+    at least 1 and at most max_nonces_per_iteration."""
+    return max(1, min(config.max_nonces_per_iteration, task.work_units // config.work_units_per_nonce))
+
+
+def get_committed_header(header: BlockHeader) -> CommittedHeader:
+    """The part of a header that is committed k iterations ahead: all but the state root and the PoUW fields."""
+    return CommittedHeader(
+        parent_hash=header.parent_hash, height=header.height, timestamp=header.timestamp,
+        transactions_root=header.transactions_root,
+        miner=header.miner, target=header.target,
+    )
+
+
+def compute_header_commitment(header: BlockHeader) -> Hash32:
+    """The value IT_RES(i - k).header_commitment must hold for a block mined with IT_RES(i)."""
+    return Hash32(hash_bytes(DOMAIN_HEADER_COMMITMENT + encode(get_committed_header(header))))
+
+
+def compute_pow_hash(header: BlockHeader) -> Hash32:
+    """The block's work hash: hash(DOMAIN_POW ‖ encode(committed header) ‖ nonce)."""
+    return Hash32(hash_bytes(DOMAIN_POW + encode(get_committed_header(header)) + header.nonce))
+
+
+def is_valid_pow(header: BlockHeader) -> bool:
+    """Whether the work hash, as a big-endian integer, is ≤ the header's target."""
+    return int.from_bytes(compute_pow_hash(header), "big") <= header.target
+
+
+def compute_block_work(target: int) -> Work:
+    """Expected hashes to find a block at `target`; fork choice sums these."""
+    return Work(2**256 // (target + 1))

@@ -1,0 +1,564 @@
+"""The state transition: `state_transition(state, block, replay) -> state`.
+
+A block is applied as a visible chain of steps, each a small function:
+
+    process_block_header    height, parent hash, timestamp, target, transactions root
+    process_stake_releases  stakes whose lock period ended go back to their owners
+    process_task_lifecycle  expiry, group selection, training start, evaluation start
+    process_pouw            the proof of useful work, including the replay
+    process_transactions    each transaction in order (fees to the block's miner)
+    process_rewards         the block reward to the block's miner
+    process_difficulty      retarget every retarget_interval blocks
+    state root              must equal the header's (in state_transition)
+
+Any failed `assert` makes the block invalid; `state_transition` turns it
+into `InvalidBlock(reason)` and leaves the caller's state untouched.
+
+Threats stopped here:
+- *Double spends*: a transaction spends from a balance that must cover it,
+  and carries the sender's next nonce; once included, the nonce moves on and
+  the same transaction is invalid forever. Between competing chains, fork
+  choice (spec/fork_choice.py) keeps the one with most work.
+- *Replay of transactions*: the nonce (replay on the same chain), and the
+  chain id signed into the transaction (replay on another network).
+- *Signature malleability*: low-S signatures only (spec/crypto.py) and a
+  canonical encoding (spec/encoding.py).
+- *Equivocation*: two different signed IT_RES of one miner for one
+  (task, iteration) are a Dispute that slashes the miner's stake; a block
+  may use only a later iteration of its miner than the last block did
+  (`next_minable_iteration`), so one iteration mines at most one block.
+- *Fake iterations*: replay in `process_pouw`, and FraudProof disputes.
+"""
+import copy
+import dataclasses
+from typing import Callable
+
+from .constants import (
+    BASIS_POINTS, BEST_MODEL_SHARE_BP, DOMAIN_TRANSACTION, EVALUATOR_SHARE_BP, MAX_GROUP_SIZE, MAX_HALVINGS,
+    MAX_TARGET, RETARGET_CLAMP, ROLE_MINER, ROLES, SLASH_REWARD_SHARE_BP, SUPERVISOR_SHARE_BP,
+    TASK_CANCELLED, TASK_EVALUATION, TASK_EXPIRED, TASK_FINALIZED, TASK_GROUP_SELECTED, TASK_SUBMITTED,
+    TASK_TRAINING, TERMINAL_TASK_STATUSES,
+)
+from .containers import (
+    Account, Block, BlockHeader, CancelTask, ChainConfig, Dispute, Equivocation, EvaluationResult, FraudProof,
+    IterationMessage, ReplayResult, SignedTransaction, Stake, StakeBalance, StakeKey, State, SubmitTask, Task,
+    Transaction, Transfer, Unstake,
+)
+from .crypto import compute_address, get_public_key, is_valid_signature, sign
+from .encoding import encode, get_fields, is_map_type
+from .hashing import ZERO_HASH, compute_merkle_root, hash_bytes, hash_object, is_valid_merkle_proof
+from .pouw import (
+    compute_header_commitment, compute_message_digest, compute_nonce, compute_nonce_seed, get_nonce_allowance,
+    is_valid_pow, is_valid_signed_iteration_message,
+)
+from .tasks import (
+    TaskDefinitionError, compute_batch_index, compute_group, compute_task_id, compute_work_units, get_member_index,
+)
+from .types import Address, Hash32, Root
+
+
+class InvalidBlock(Exception):
+    """The block breaks a rule; `reason` says which."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class InvalidTransaction(Exception):
+    """The transaction breaks a rule; `reason` says which."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ReplayUnavailable(Exception):
+    """Raised by a `replay` that cannot obtain the iteration's inputs (model
+    state, batch, peer updates). A block whose iteration cannot be replayed
+    is invalid: that is the rule against *data withholding* by miners."""
+
+
+Replay = Callable[[Task, IterationMessage], ReplayResult]
+"""Re-executes the iteration a message claims and returns its recomputed roots.
+
+Given the task (its definition names the model, optimizer and dataset) and
+the message, a replay takes as inputs exactly what the message commits to:
+the model state whose root is `work.state_before_root`, the batch whose root
+is `work.batch_root`, and the updates whose roots are `work.peer_update_roots`
+(summed, in any order); it runs one training iteration of the task's model
+on them and returns the root of the update it computes and of the new model
+state. The spec compares both with `work.update_root` and
+`work.state_after_root`; a single differing bit makes the block invalid. The
+loss is informational and not compared. The engine (bws.engine) and the
+NumPy reference (spec/reference) each provide a replay."""
+
+
+# ---------------------------------------------------------------------------
+# Roots
+# ---------------------------------------------------------------------------
+def compute_map_root(value: dict, map_type: type) -> Root:
+    """Merkle root of a map's entries, each leaf hash(encode(key) ‖ encode(value)), by key encoding."""
+    leaves = sorted(encode(k, map_type.KEY) + encode(v, map_type.VALUE) for k, v in value.items())
+    return Root(compute_merkle_root([hash_bytes(leaf) for leaf in leaves]))
+
+
+def compute_state_root(state: State) -> Root:
+    """Merkle root over the state's fields in declaration order: a map field's
+    leaf is its map root (so an account can be proven by a Merkle path), any
+    other field's leaf is the hash of its encoding."""
+    leaves = []
+    for name, typ in get_fields(State):
+        value = getattr(state, name)
+        leaves.append(compute_map_root(value, typ) if is_map_type(typ) else hash_bytes(encode(value, typ)))
+    return Root(compute_merkle_root(leaves))
+
+
+def compute_transactions_root(transactions) -> Root:
+    """Merkle root of the hashes of a block's transactions, in block order."""
+    return Root(compute_merkle_root([hash_object(tx) for tx in transactions]))
+
+
+def compute_block_hash(block: Block) -> Hash32:
+    """A block's hash: the hash of its header."""
+    return Hash32(hash_object(block.header))
+
+
+# ---------------------------------------------------------------------------
+# Accounts
+# ---------------------------------------------------------------------------
+def get_balance(state: State, address: Address) -> int:
+    """Spendable balance of `address` (0 for an unknown address)."""
+    account = state.accounts.get(address)
+    return account.balance if account else 0
+
+
+def increase_balance(state: State, address: Address, amount: int) -> None:
+    """Credit `amount` to `address`, creating the account if needed."""
+    account = state.accounts.get(address, Account(balance=0, nonce=0))
+    state.accounts[address] = dataclasses.replace(account, balance=account.balance + amount)
+
+
+def decrease_balance(state: State, address: Address, amount: int) -> None:
+    """Debit `amount` from `address`; its balance must cover it."""
+    balance = get_balance(state, address)
+    assert balance >= amount, f"insufficient balance: {balance} < {amount}"
+    state.accounts[address] = dataclasses.replace(state.accounts[address], balance=balance - amount)
+
+
+def get_total_supply(state: State) -> int:
+    """All coins in the state: balances + stakes + escrowed payments of open tasks."""
+    return (sum(a.balance for a in state.accounts.values()) + sum(s.amount for s in state.stakes.values())
+            + sum(t.payment for t in state.tasks.values() if t.status not in TERMINAL_TASK_STATUSES))
+
+
+def set_task(state: State, task_id, task: Task, **changes) -> Task:
+    """Replace a task with a copy carrying `changes`; returns the new task."""
+    state.tasks[task_id] = dataclasses.replace(task, **changes)
+    return state.tasks[task_id]
+
+
+# ---------------------------------------------------------------------------
+# Block header, difficulty, rewards
+# ---------------------------------------------------------------------------
+def process_block_header(state: State, block: Block) -> None:
+    """The header extends the state's latest block: next height, the parent's
+    hash (the latest header with this state's root filled in), a later
+    timestamp, the expected target, and the transactions' root."""
+    header = block.header
+    assert header.height == state.height + 1, f"height {header.height} does not follow {state.height}"
+    parent = dataclasses.replace(state.latest_block_header, state_root=compute_state_root(state))
+    assert header.parent_hash == hash_object(parent), "parent hash is not the hash of the latest block"
+    assert header.timestamp > parent.timestamp, "timestamp not after the parent's"
+    assert header.target == state.target, f"target is not the expected {state.target:#x}"
+    assert header.transactions_root == compute_transactions_root(block.transactions), "transactions root mismatch"
+    state.height = header.height
+    state.latest_block_header = dataclasses.replace(header, state_root=Root(ZERO_HASH))
+
+
+def get_block_reward(config: ChainConfig, height: int) -> int:
+    """Reward of the block at `height`: initial_block_reward halved every halving_interval blocks."""
+    halvings = height // config.halving_interval
+    return config.initial_block_reward >> halvings if halvings < MAX_HALVINGS else 0
+
+
+def process_rewards(state: State, block: Block) -> None:
+    """Mint the block reward to the block's miner (fees were paid per transaction)."""
+    reward = get_block_reward(state.config, block.header.height)
+    increase_balance(state, block.header.miner, reward)
+    state.minted += reward
+
+
+def compute_next_target(config: ChainConfig, target: int, timespan: int) -> int:
+    """Target after a window that took `timespan` seconds: scaled by
+    timespan / (retarget_interval × target_block_time), the timespan clamped
+    to [expected / 4, expected × 4], the result within [1, MAX_TARGET]."""
+    expected = config.retarget_interval * config.target_block_time
+    timespan = min(max(timespan, expected // RETARGET_CLAMP), expected * RETARGET_CLAMP)
+    return min(max(target * timespan // expected, 1), MAX_TARGET)
+
+
+def process_difficulty(state: State, block: Block) -> None:
+    """Every retarget_interval blocks, retarget toward target_block_time."""
+    header = block.header
+    if header.height % state.config.retarget_interval == 0:
+        state.target = compute_next_target(state.config, state.target, header.timestamp - state.retarget_timestamp)
+        state.retarget_timestamp = header.timestamp
+
+
+# ---------------------------------------------------------------------------
+# Stakes and the task lifecycle
+# ---------------------------------------------------------------------------
+def process_stake_releases(state: State) -> None:
+    """Stakes whose release height is reached are paid back to their owners."""
+    for key in sorted(state.stakes, key=encode):
+        stake = state.stakes[key]
+        if stake.release_height != 0 and stake.release_height <= state.height:
+            del state.stakes[key]
+            increase_balance(state, key.owner, stake.amount)
+
+
+def process_task_lifecycle(state: State, block: Block) -> None:
+    """Advance every open task by at most one step (tasks in order of id):
+    expiry past the evaluation deadline (refund), group selection for a task
+    submitted in an earlier block (seed: the parent block's hash), training
+    after training_start_delay, evaluation from evaluation_deadline -
+    evaluation_period."""
+    config = state.config
+    for task_id in sorted(state.tasks):
+        task = state.tasks[task_id]
+        if task.status in TERMINAL_TASK_STATUSES:
+            continue
+        if state.height > task.evaluation_deadline:
+            increase_balance(state, task.client, task.payment)
+            set_task(state, task_id, task, status=TASK_EXPIRED, status_height=state.height)
+        elif task.status == TASK_SUBMITTED and task.status_height < state.height:
+            group = compute_group(state, task_id, task, block.header.parent_hash)
+            if group is not None:
+                members, supervisors, evaluators = group
+                set_task(state, task_id, task, status=TASK_GROUP_SELECTED, status_height=state.height,
+                         members=members, supervisors=supervisors, evaluators=evaluators)
+        elif task.status == TASK_GROUP_SELECTED and state.height >= task.status_height + config.training_start_delay:
+            set_task(state, task_id, task, status=TASK_TRAINING, status_height=state.height)
+        elif task.status == TASK_TRAINING and state.height + config.evaluation_period >= task.evaluation_deadline:
+            set_task(state, task_id, task, status=TASK_EVALUATION, status_height=state.height)
+
+
+# ---------------------------------------------------------------------------
+# Proof of useful work
+# ---------------------------------------------------------------------------
+def check_replay(task: Task, message: IterationMessage, replay: Replay) -> bool:
+    """Whether replaying the iteration gives the message's update and state-after roots."""
+    expected = ReplayResult(update_root=message.work.update_root, state_after_root=message.work.state_after_root)
+    return replay(task, message) == expected
+
+
+def process_pouw(state: State, block: Block, replay: Replay) -> None:
+    """Check the block's proof of useful work and record the iteration.
+
+    The block carries IT_RES(i) and IT_RES(i - k) of its miner, both signed.
+    In order (cheap checks before the replay):
+    1. both messages are signed by the header's miner, for the header's task;
+       IT_RES(i) is for the header's iteration i, IT_RES(i - k) for i - k;
+    2. the task is in TRAINING, the miner is a member, i < iterations, and i
+       is at least the member's next minable iteration (one block per iteration);
+    3. IT_RES(i - k).header_commitment = compute_header_commitment(header);
+    4. the batch index is the schedule's, the batch root is proven in the
+       dataset root, and at most group_size - 1 peer updates are applied;
+    5. the header names IT_RES(i)'s digest, a nonce index below the task's
+       allowance, the nonce of that index, and its work hash is ≤ target;
+    6. replay(task, IT_RES(i)) returns exactly (update_root, state_after_root).
+    Then the member's recorded iterations grow by one, and proving the final
+    iteration moves the task to EVALUATION."""
+    assert len(block.proofs) == 1, "a block carries exactly one PoUW proof"
+    header, proof = block.header, block.proofs[0]
+    message, commitment = proof.message.message, proof.commitment.message
+    work = message.work
+    k = state.config.header_commitment_lag
+    # 1. signatures and naming
+    assert is_valid_signed_iteration_message(proof.message), "iteration message: bad signature"
+    assert is_valid_signed_iteration_message(proof.commitment), "commitment message: bad signature"
+    assert work.miner == header.miner and commitment.work.miner == header.miner, "messages are not by the block's miner"
+    assert work.task_id == header.task_id and commitment.work.task_id == header.task_id, "messages are not for the block's task"
+    assert work.iteration == header.iteration, "iteration message is not for the header's iteration"
+    assert work.iteration >= k and commitment.work.iteration == work.iteration - k, "commitment message is not from iteration i - k"
+    # 2. task and membership
+    task = state.tasks.get(header.task_id)
+    assert task is not None, "unknown task"
+    assert task.status == TASK_TRAINING, "task is not in training"
+    member_index = get_member_index(task, header.miner)
+    assert member_index is not None, "miner is not a member of the task's group"
+    member = task.members[member_index]
+    assert work.iteration < task.iterations, "iteration beyond the task's iterations"
+    assert work.iteration >= member.next_minable_iteration, "iteration already used or older than the miner's last block"
+    # 3. header committed k iterations ahead
+    assert commitment.header_commitment == compute_header_commitment(header), "header does not match the commitment of iteration i - k"
+    # 4. data
+    assert work.batch_index == compute_batch_index(task, work.iteration, member_index), "batch index is not the schedule's"
+    assert is_valid_merkle_proof(work.batch_root, work.batch_index, task.num_batches, list(work.batch_proof),
+                                 task.dataset_root), "batch root not proven in the dataset root"
+    assert len(work.peer_update_roots) < task.group_size, "more peer updates than other members"
+    # 5. nonce and target
+    assert header.message_digest == compute_message_digest(message), "message digest mismatch"
+    assert header.nonce_index < get_nonce_allowance(state.config, task), "nonce index beyond the allowance"
+    assert header.nonce == compute_nonce(compute_nonce_seed(work), header.nonce_index), "nonce is not derived from the iteration"
+    assert is_valid_pow(header), "work hash above target"
+    # 6. replay
+    try:
+        replayed = check_replay(task, message, replay)
+    except ReplayUnavailable as error:
+        raise AssertionError(f"iteration inputs unavailable for replay: {error}") from None
+    assert replayed, "replay does not reproduce the iteration"
+    members = list(task.members)
+    members[member_index] = dataclasses.replace(
+        member, recorded_iterations=member.recorded_iterations + 1, next_minable_iteration=work.iteration + 1)
+    task = set_task(state, header.task_id, task, members=members)
+    if work.iteration == task.iterations - 1:
+        set_task(state, header.task_id, task, status=TASK_EVALUATION, status_height=state.height)
+
+
+# ---------------------------------------------------------------------------
+# Transactions
+# ---------------------------------------------------------------------------
+def compute_transaction_signing_root(transaction: Transaction) -> Hash32:
+    """What a sender signs: hash(DOMAIN_TRANSACTION ‖ encode(transaction))."""
+    return Hash32(hash_bytes(DOMAIN_TRANSACTION + encode(transaction)))
+
+
+def sign_transaction(secret_key: bytes, transaction: Transaction) -> SignedTransaction:
+    """A transaction signed by `secret_key` (which must be the sender's key)."""
+    return SignedTransaction(transaction=transaction, public_key=get_public_key(secret_key),
+                             signature=sign(secret_key, compute_transaction_signing_root(transaction)))
+
+
+def process_transactions(state: State, block: Block, replay: Replay) -> None:
+    """Each transaction in block order; the fees go to the block's miner."""
+    for index, signed in enumerate(block.transactions):
+        try:
+            process_transaction(state, signed, block.header.miner, replay)
+        except AssertionError as error:
+            raise AssertionError(f"transaction {index}: {error}") from None
+
+
+def process_transaction(state: State, signed: SignedTransaction, fee_recipient: Address, replay: Replay) -> None:
+    """Check the envelope (chain id, key, signature, nonce, fee), take the fee
+    and the nonce, then apply the body."""
+    transaction = signed.transaction
+    assert transaction.chain_id == state.config.chain_id, "wrong chain id"
+    assert compute_address(signed.public_key) == transaction.sender, "public key is not the sender's"
+    assert is_valid_signature(signed.public_key, compute_transaction_signing_root(transaction), signed.signature), \
+        "bad signature"
+    account = state.accounts.get(transaction.sender)
+    assert account is not None, "unknown sender"
+    assert transaction.nonce == account.nonce, f"nonce {transaction.nonce} is not the expected {account.nonce}"
+    assert transaction.fee >= state.config.min_transaction_fee, "fee below the minimum"
+    decrease_balance(state, transaction.sender, transaction.fee)
+    state.accounts[transaction.sender] = dataclasses.replace(
+        state.accounts[transaction.sender], nonce=account.nonce + 1)
+    increase_balance(state, fee_recipient, transaction.fee)
+    body = transaction.body
+    if isinstance(body, Transfer):
+        process_transfer(state, transaction, body)
+    elif isinstance(body, Stake):
+        process_stake(state, transaction, body)
+    elif isinstance(body, Unstake):
+        process_unstake(state, transaction, body)
+    elif isinstance(body, SubmitTask):
+        process_submit_task(state, transaction, body)
+    elif isinstance(body, CancelTask):
+        process_cancel_task(state, transaction, body)
+    elif isinstance(body, EvaluationResult):
+        process_evaluation_result(state, transaction, body)
+    else:
+        process_dispute(state, transaction, body, replay)
+
+
+def process_transfer(state: State, transaction: Transaction, transfer: Transfer) -> None:
+    """Move a positive amount from the sender to the recipient."""
+    assert transfer.amount > 0, "transfer of nothing"
+    decrease_balance(state, transaction.sender, transfer.amount)
+    increase_balance(state, transfer.recipient, transfer.amount)
+
+
+def process_stake(state: State, transaction: Transaction, stake: Stake) -> None:
+    """Add to the sender's active stake for a role (not while it is being released)."""
+    assert stake.role in ROLES, f"unknown role {stake.role}"
+    assert stake.amount > 0, "stake of nothing"
+    key = StakeKey(owner=transaction.sender, role=stake.role)
+    current = state.stakes.get(key, StakeBalance(amount=0, release_height=0))
+    assert current.release_height == 0, "stake is being released"
+    decrease_balance(state, transaction.sender, stake.amount)
+    state.stakes[key] = StakeBalance(amount=current.amount + stake.amount, release_height=0)
+
+
+def process_unstake(state: State, transaction: Transaction, unstake: Unstake) -> None:
+    """Start releasing the sender's stake for a role; it stops counting as
+    tickets now, and can still be slashed until paid back after stake_lock_period."""
+    key = StakeKey(owner=transaction.sender, role=unstake.role)
+    stake = state.stakes.get(key)
+    assert stake is not None, "no stake for this role"
+    assert stake.release_height == 0, "stake already being released"
+    state.stakes[key] = dataclasses.replace(stake, release_height=state.height + state.config.stake_lock_period)
+
+
+def process_submit_task(state: State, transaction: Transaction, submit: SubmitTask) -> None:
+    """Open a task: the definition must be readable, the numbers sane, the
+    deadline far enough for selection, training start and evaluation; the
+    payment is escrowed."""
+    config = state.config
+    try:
+        work_units = compute_work_units(submit.task_definition)
+    except TaskDefinitionError as error:
+        raise AssertionError(f"task definition: {error}") from None
+    assert work_units > 0, "task does no work"
+    assert submit.num_batches > 0, "dataset without batches"
+    assert 1 <= submit.group_size <= MAX_GROUP_SIZE, f"group size not in [1, {MAX_GROUP_SIZE}]"
+    assert submit.iterations > config.header_commitment_lag, "too few iterations to mine any block"
+    assert submit.evaluation_deadline > state.height + 1 + config.training_start_delay + config.evaluation_period, \
+        "evaluation deadline too early"
+    assert submit.payment > 0, "task without payment"
+    decrease_balance(state, transaction.sender, submit.payment)
+    task_id = compute_task_id(transaction.sender, transaction.nonce)
+    assert task_id not in state.tasks, "task id already used"
+    state.tasks[task_id] = Task(
+        client=transaction.sender, task_definition=submit.task_definition, work_units=work_units,
+        dataset_root=submit.dataset_root, num_batches=submit.num_batches, test_set_hash=submit.test_set_hash,
+        group_size=submit.group_size, iterations=submit.iterations,
+        evaluation_deadline=submit.evaluation_deadline, payment=submit.payment, status=TASK_SUBMITTED,
+        status_height=state.height, members=[], supervisors=[], evaluators=[],
+    )
+
+
+def process_cancel_task(state: State, transaction: Transaction, cancel: CancelTask) -> None:
+    """The client takes its task back before training starts; the payment is refunded."""
+    task = state.tasks.get(cancel.task_id)
+    assert task is not None, "unknown task"
+    assert task.client == transaction.sender, "only the client may cancel"
+    assert task.status in (TASK_SUBMITTED, TASK_GROUP_SELECTED), "task can no longer be cancelled"
+    increase_balance(state, task.client, task.payment)
+    set_task(state, cancel.task_id, task, status=TASK_CANCELLED, status_height=state.height)
+
+
+def compute_fee_split(task: Task, scores, evaluator: Address) -> dict:
+    """Who gets what of the escrowed payment: BEST_MODEL_SHARE_BP to the
+    member with the highest score (the first on a tie), SUPERVISOR_SHARE_BP
+    split equally among the supervisors, EVALUATOR_SHARE_BP to the evaluator,
+    the rest to the members in proportion to their recorded iterations (equally
+    if none were recorded); rounding dust goes to the best model's miner."""
+    payment = task.payment
+    best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+    shares: dict = {}
+
+    def pay(address, amount):
+        shares[address] = shares.get(address, 0) + amount
+
+    pay(evaluator, payment * EVALUATOR_SHARE_BP // BASIS_POINTS)
+    supervisor_pool = payment * SUPERVISOR_SHARE_BP // BASIS_POINTS
+    for supervisor in task.supervisors:
+        pay(supervisor, supervisor_pool // len(task.supervisors))
+    pay(task.members[best].address, payment * BEST_MODEL_SHARE_BP // BASIS_POINTS)
+    miner_pool = payment - sum(shares.values())
+    weights = [m.recorded_iterations for m in task.members]
+    if sum(weights) == 0:
+        weights = [1] * len(task.members)
+    for member, weight in zip(task.members, weights):
+        pay(member.address, miner_pool * weight // sum(weights))
+    pay(task.members[best].address, payment - sum(shares.values()))
+    return shares
+
+
+def process_evaluation_result(state: State, transaction: Transaction, result: EvaluationResult) -> None:
+    """A selected evaluator reports scores on the committed test set; the
+    payment is split (compute_fee_split) and the task is finalized."""
+    task = state.tasks.get(result.task_id)
+    assert task is not None, "unknown task"
+    assert task.status == TASK_EVALUATION, "task is not in evaluation"
+    assert transaction.sender in task.evaluators, "sender is not an evaluator of the task"
+    assert result.test_set_hash == task.test_set_hash, "test set does not match the task's commitment"
+    assert len(result.scores) == len(task.members), "one score per group member is required"
+    for address, amount in sorted(compute_fee_split(task, result.scores, transaction.sender).items()):
+        increase_balance(state, address, amount)
+    set_task(state, result.task_id, task, status=TASK_FINALIZED, status_height=state.height)
+
+
+def process_dispute(state: State, transaction: Transaction, dispute: Dispute, replay: Replay) -> None:
+    """Slash a member's whole miner stake on proof of misbehaviour:
+    equivocation (two different signed messages for one task and iteration)
+    or fraud (a signed message whose replay does not match; a dispute whose
+    replay matches is a false accusation and invalid, so its sender pays the
+    fee for nothing). The disputer gets SLASH_REWARD_SHARE_BP of the stake,
+    the rest is burned; the member's recorded iterations are erased."""
+    evidence = dispute.evidence
+    if isinstance(evidence, Equivocation):
+        first, second = evidence.first, evidence.second
+        assert is_valid_signed_iteration_message(first) and is_valid_signed_iteration_message(second), \
+            "evidence: bad signature"
+        a, b = first.message.work, second.message.work
+        assert (a.task_id, a.iteration, a.miner) == (b.task_id, b.iteration, b.miner), \
+            "evidence: messages are not for the same task, iteration and miner"
+        assert first.message != second.message, "evidence: the messages are identical"
+        task_id, miner = a.task_id, a.miner
+    else:
+        assert isinstance(evidence, FraudProof)
+        assert is_valid_signed_iteration_message(evidence.message), "evidence: bad signature"
+        task_id, miner = evidence.message.message.work.task_id, evidence.message.message.work.miner
+    task = state.tasks.get(task_id)
+    assert task is not None, "evidence: unknown task"
+    member_index = get_member_index(task, miner)
+    assert member_index is not None, "evidence: miner is not a member of the task's group"
+    if isinstance(evidence, FraudProof):
+        try:
+            replayed = check_replay(task, evidence.message.message, replay)
+        except ReplayUnavailable as error:
+            raise AssertionError(f"evidence: iteration inputs unavailable for replay: {error}") from None
+        assert not replayed, "evidence: replay matches the message (false accusation)"
+    key = StakeKey(owner=miner, role=ROLE_MINER)
+    stake = state.stakes.get(key)
+    assert stake is not None and stake.amount > 0, "miner has no stake left to slash"
+    del state.stakes[key]
+    reward = stake.amount * SLASH_REWARD_SHARE_BP // BASIS_POINTS
+    increase_balance(state, transaction.sender, reward)
+    state.burned += stake.amount - reward
+    members = list(task.members)
+    members[member_index] = dataclasses.replace(members[member_index], recorded_iterations=0)
+    set_task(state, task_id, task, members=members)
+
+
+# ---------------------------------------------------------------------------
+# The transition
+# ---------------------------------------------------------------------------
+def process_block(state: State, block: Block, replay: Replay) -> None:
+    """Apply `block` to `state` in place (asserts on any broken rule), up to the state root check."""
+    process_block_header(state, block)
+    process_stake_releases(state)
+    process_task_lifecycle(state, block)
+    process_pouw(state, block, replay)
+    process_transactions(state, block, replay)
+    process_rewards(state, block)
+    process_difficulty(state, block)
+
+
+def state_transition(state: State, block: Block, replay: Replay) -> State:
+    """The state after `block`, or InvalidBlock(reason). `state` must be the
+    post-state of the block's parent (the parent hash is checked against it)
+    and is not modified. The header's state root must be the root of the
+    result; nothing in the result depends on the header's state root, so a
+    miner computes it by `process_block` on a copy before filling it in."""
+    post = copy.deepcopy(state)
+    try:
+        process_block(post, block, replay)
+        assert block.header.state_root == compute_state_root(post), "state root mismatch"
+    except AssertionError as error:
+        raise InvalidBlock(str(error) or "assertion failed") from None
+    return post
+
+
+def apply_transaction(state: State, signed: SignedTransaction, fee_recipient: Address, replay: Replay) -> State:
+    """The state after one transaction outside a block (mempool checks and test
+    vectors), or InvalidTransaction(reason). `state` is not modified."""
+    post = copy.deepcopy(state)
+    try:
+        process_transaction(post, signed, fee_recipient, replay)
+    except AssertionError as error:
+        raise InvalidTransaction(str(error) or "assertion failed") from None
+    return post

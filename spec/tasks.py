@@ -1,0 +1,217 @@
+"""The task lifecycle, group selection and the work a task's iteration does.
+
+    SUBMITTED ──(next block: enough staked tickets)──▶ GROUP_SELECTED
+    GROUP_SELECTED ──(training_start_delay blocks)──▶ TRAINING
+    TRAINING ──(final iteration proven, or evaluation_deadline - evaluation_period)──▶ EVALUATION
+    EVALUATION ──(EvaluationResult by a selected evaluator)──▶ FINALIZED (payment split)
+    SUBMITTED, GROUP_SELECTED ──(CancelTask by the client)──▶ CANCELLED (refund)
+    any non-terminal ──(height > evaluation_deadline)──▶ EXPIRED (refund)
+
+Threats:
+- *Sybil groups*: members, supervisors and evaluators are drawn at random
+  in proportion to staked tickets (`compute_group`), so controlling a group
+  needs a matching share of all stake; the draw uses the hash of the block
+  that included the task, unknown to the client when it signed, and one
+  address holds at most one seat per task; the client holds none.
+- *Data withholding by the client*: the test set stays secret (committed by
+  hash) until evaluation, so miners cannot train on it; if the client never
+  reveals it, the task expires and nobody is paid the fee. Withholding by a
+  miner of its iteration inputs makes its block unreplayable, hence invalid.
+"""
+import json
+import math
+
+from .constants import (
+    DOMAIN_GROUP_SELECTION, DOMAIN_TASK_ID, EVALUATORS_PER_TASK, ROLE_EVALUATOR, ROLE_MINER,
+    ROLE_SUPERVISOR, SUPERVISORS_PER_TASK, WORK_PASSES_PER_ITERATION,
+)
+from .containers import ChainConfig, Member, State, Task
+from .hashing import hash_bytes
+from .types import Address, Hash32, TaskId
+
+
+class TaskDefinitionError(ValueError):
+    """A task definition the spec cannot read (not canonical JSON, or a field it needs is missing or wrong)."""
+
+
+def compute_task_id(client: Address, nonce: int) -> TaskId:
+    """Id of the task submitted by `client` in its transaction number `nonce` (unique by replay protection)."""
+    return TaskId(hash_bytes(DOMAIN_TASK_ID + client + nonce.to_bytes(8, "little")))
+
+
+# ---------------------------------------------------------------------------
+# Reading the task definition and counting its work
+# ---------------------------------------------------------------------------
+def parse_task_definition(data: bytes) -> dict:
+    """The task definition as a dict. It must be canonical JSON (UTF-8, keys
+    sorted, separators "," and ":", no whitespace), so that one task has one
+    byte form and one hash; the spec reads only `model` (the engine model
+    description, docs/interfaces.md) and `dataset.batch_size`."""
+    try:
+        definition = json.loads(bytes(data).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise TaskDefinitionError(f"not UTF-8 JSON: {error}") from None
+    if not isinstance(definition, dict):
+        raise TaskDefinitionError("the task definition must be a JSON object")
+    canonical = json.dumps(definition, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if canonical != bytes(data):
+        raise TaskDefinitionError("not canonical JSON (sorted keys, no whitespace, UTF-8)")
+    if not isinstance(definition.get("model"), dict):
+        raise TaskDefinitionError("missing object field 'model'")
+    dataset = definition.get("dataset")
+    if not isinstance(dataset, dict) or not _is_positive_int(dataset.get("batch_size")):
+        raise TaskDefinitionError("missing positive integer field 'dataset.batch_size'")
+    return definition
+
+
+def _is_positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _pair(layer: dict, key: str, default=None) -> tuple[int, int]:
+    value = layer.get(key, default)
+    if not (isinstance(value, list) and len(value) == 2 and all(_is_positive_int(v) for v in value)):
+        raise TaskDefinitionError(f"layer {layer.get('type')}: '{key}' must be two positive integers")
+    return value[0], value[1]
+
+
+def _window_output(size: int, window: int, stride: int, padding: str) -> int:
+    if padding == "same":
+        return -(-size // stride)
+    if padding == "valid":
+        if size < window:
+            raise TaskDefinitionError(f"window {window} larger than input {size} with padding 'valid'")
+        return (size - window) // stride + 1
+    raise TaskDefinitionError(f"unknown padding {padding!r}")
+
+
+def compute_model_macs(model: dict) -> int:
+    """Multiply-accumulates of one example's forward pass through the engine
+    model description (pooling counts one per window element)."""
+    shape = model.get("input_shape")
+    if not (isinstance(shape, list) and shape and all(_is_positive_int(d) for d in shape)):
+        raise TaskDefinitionError("model.input_shape must be a list of positive integers")
+    layers = model.get("layers")
+    if not isinstance(layers, list):
+        raise TaskDefinitionError("model.layers must be a list")
+    macs = 0
+    for layer in layers:
+        kind = layer.get("type") if isinstance(layer, dict) else None
+        if kind == "dense":
+            units = layer.get("units")
+            if not _is_positive_int(units):
+                raise TaskDefinitionError("dense: 'units' must be a positive integer")
+            macs += math.prod(shape) * units
+            shape = shape[:-1] + [units]
+        elif kind in ("conv2d", "max_pool2d", "avg_pool2d"):
+            if len(shape) != 3:
+                raise TaskDefinitionError(f"{kind} needs a (height, width, channels) input, got {shape}")
+            height, width, channels = shape
+            window = _pair(layer, "kernel_size" if kind == "conv2d" else "pool_size")
+            strides = _pair(layer, "strides", [1, 1] if kind == "conv2d" else list(window))
+            padding = layer.get("padding", "valid")
+            out_h = _window_output(height, window[0], strides[0], padding)
+            out_w = _window_output(width, window[1], strides[1], padding)
+            if kind == "conv2d":
+                filters = layer.get("filters")
+                if not _is_positive_int(filters):
+                    raise TaskDefinitionError("conv2d: 'filters' must be a positive integer")
+                macs += out_h * out_w * window[0] * window[1] * channels * filters
+                shape = [out_h, out_w, filters]
+            else:
+                macs += out_h * out_w * channels * window[0] * window[1]
+                shape = [out_h, out_w, channels]
+        elif kind == "flatten":
+            shape = [math.prod(shape)]
+        elif kind == "reshape":
+            target = layer.get("target_shape")
+            if not (isinstance(target, list) and all(_is_positive_int(d) for d in target)
+                    and math.prod(target) == math.prod(shape)):
+                raise TaskDefinitionError(f"reshape: target_shape {target} does not fit {shape}")
+            shape = list(target)
+        elif kind in ("dropout", "activation", "leaky_relu"):
+            pass
+        else:
+            raise TaskDefinitionError(f"unknown layer type {kind!r}")
+    return macs
+
+
+def compute_work_units(task_definition: bytes) -> int:
+    """Work of one iteration: forward MACs per example × batch size × 3
+    (forward, backward to activations, backward to weights)."""
+    definition = parse_task_definition(task_definition)
+    return compute_model_macs(definition["model"]) * definition["dataset"]["batch_size"] * WORK_PASSES_PER_ITERATION
+
+
+def compute_batch_index(task: Task, iteration: int, member_index: int) -> int:
+    """The batch member `member_index` trains on at `iteration`: the task's
+    batches in order, dealt round-robin to the members, wrapping around."""
+    return (iteration * task.group_size + member_index) % task.num_batches
+
+
+# ---------------------------------------------------------------------------
+# Group selection
+# ---------------------------------------------------------------------------
+def get_ticket_price(config: ChainConfig, role: int) -> int:
+    """Stake that buys one ticket of `role`."""
+    return {ROLE_MINER: config.miner_ticket_price, ROLE_SUPERVISOR: config.supervisor_ticket_price,
+            ROLE_EVALUATOR: config.evaluator_ticket_price}[role]
+
+
+def get_tickets(state: State, role: int) -> list[tuple[Address, int]]:
+    """(owner, tickets) of every active stake of `role` with at least one ticket, by owner."""
+    price = get_ticket_price(state.config, role)
+    tickets = [(key.owner, stake.amount // price) for key, stake in state.stakes.items()
+               if key.role == role and stake.release_height == 0 and stake.amount >= price]
+    return sorted(tickets)
+
+
+def compute_draw(seed: Hash32, role: int, draw: int, total_tickets: int) -> int:
+    """Ticket number drawn for seat `draw` of `role`: a uniform value below `total_tickets`."""
+    digest = hash_bytes(DOMAIN_GROUP_SELECTION + seed + bytes([role]) + draw.to_bytes(4, "little"))
+    return int.from_bytes(digest, "big") % total_tickets
+
+
+def draw_seats(state: State, seed: Hash32, role: int, seats: int, excluded: set) -> list[Address] | None:
+    """`seats` distinct owners of `role` tickets, not in `excluded`, drawn in
+    proportion to tickets without replacement; None if there are too few."""
+    candidates = [(owner, tickets) for owner, tickets in get_tickets(state, role) if owner not in excluded]
+    chosen = []
+    for draw in range(seats):
+        total = sum(tickets for _, tickets in candidates)
+        if total == 0:
+            return None
+        ticket = compute_draw(seed, role, draw, total)
+        for position, (owner, tickets) in enumerate(candidates):
+            if ticket < tickets:
+                chosen.append(owner)
+                del candidates[position]
+                break
+            ticket -= tickets
+    return chosen
+
+
+def compute_group(state: State, task_id: TaskId, task: Task, block_hash: Hash32):
+    """The task's (members, supervisors, evaluators), drawn from staked tickets
+    with seed hash(block_hash ‖ task_id); None while there are too few stakers."""
+    seed = Hash32(hash_bytes(block_hash + task_id))
+    excluded = {task.client}
+    members = draw_seats(state, seed, ROLE_MINER, task.group_size, excluded)
+    if members is None:
+        return None
+    supervisors = draw_seats(state, seed, ROLE_SUPERVISOR, SUPERVISORS_PER_TASK, excluded | set(members))
+    if supervisors is None:
+        return None
+    evaluators = draw_seats(state, seed, ROLE_EVALUATOR, EVALUATORS_PER_TASK,
+                            excluded | set(members) | set(supervisors))
+    if evaluators is None:
+        return None
+    return [Member(address=a, recorded_iterations=0, next_minable_iteration=0) for a in members], supervisors, evaluators
+
+
+def get_member_index(task: Task, address: Address) -> int | None:
+    """Position of `address` in the task's group, or None."""
+    for index, member in enumerate(task.members):
+        if member.address == address:
+            return index
+    return None
