@@ -1,1 +1,133 @@
-"""Datasets, named as tensorflow-datasets builders."""
+"""Datasets, named as tensorflow-datasets builders and read without TensorFlow.
+
+BWS reads prepared TFDS datasets through random-access array_record data sources
+(`builder.as_data_source(split)`), so no TensorFlow is needed and nothing is
+downloaded at run time. The project ships one real dataset as a local builder,
+`digits` (the UCI handwritten digits, see digits.py); `prepare("digits")` writes
+it into the data directory. Any other TFDS dataset works once the user has
+prepared it in array_record format into the same directory, e.g.
+
+    tfds build mnist --file_format=array_record --data_dir ~/.cache/bws/tensorflow_datasets
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import DatasetError
+
+DATA_DIR_ENV = "BWS_DATA_DIR"
+DEFAULT_DATA_DIR = os.path.join("~", ".cache", "bws", "tensorflow_datasets")
+# Builders BWS can prepare itself, from files it ships.
+LOCAL_BUILDERS = ("digits",)
+
+
+def default_data_dir() -> str:
+    """$BWS_DATA_DIR, else ~/.cache/bws/tensorflow_datasets."""
+    return os.path.expanduser(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
+
+
+@dataclass(frozen=True)
+class SplitArrays:
+    """One split as arrays: raw inputs (e.g. uint8 images), integer labels, and
+    what identifies them."""
+
+    name: str
+    version: str
+    split: str
+    inputs: np.ndarray
+    labels: np.ndarray
+    num_classes: int | None
+    max_input: int  # the largest value the raw input dtype can hold (digits: 16)
+
+
+def _tfds():
+    # TFDS logs a warning for every variant folder it probes; BWS reports its own errors.
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    import tensorflow_datasets as tfds
+
+    return tfds
+
+
+def _digits_builder(data_dir: str):
+    from .digits import Digits
+
+    return Digits(data_dir=data_dir, file_format="array_record")
+
+
+def prepare(name: str, data_dir: str | None = None) -> str:
+    """Prepare a dataset BWS ships into `data_dir` (idempotent); returns the folder."""
+    if name not in LOCAL_BUILDERS:
+        raise DatasetError(
+            f"BWS cannot prepare {name!r} itself (it only ships {', '.join(LOCAL_BUILDERS)}); prepare it with "
+            f"`tfds build {name} --file_format=array_record --data_dir {data_dir or default_data_dir()}`"
+        )
+    tfds = _tfds()
+    builder = _digits_builder(data_dir or default_data_dir())
+    if not builder.is_prepared():
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+        )
+    return str(builder.data_dir)
+
+
+def builder_for(name: str, version: str | None = None, data_dir: str | None = None):
+    """The prepared TFDS builder of `name` (at `version`, when given); the local
+    builders are prepared on first use, anything else must already be."""
+    data_dir = data_dir or default_data_dir()
+    if not isinstance(name, str) or not name or "/" in name or ":" in name:
+        raise DatasetError(f"dataset name must be a TFDS name like 'digits' or 'mnist', got {name!r}")
+    if name in LOCAL_BUILDERS:
+        prepare(name, data_dir)
+        builder = _digits_builder(data_dir)
+        if version is not None and str(builder.version) != version:
+            raise DatasetError(f"dataset {name!r} is at version {builder.version}, the task wants {version}")
+        return builder
+    tfds = _tfds()
+    try:
+        builder = tfds.builder(name if version is None else f"{name}:{version}", data_dir=data_dir)
+    except Exception as exc:  # DatasetNotFoundError, bad version strings, ...
+        raise DatasetError(f"dataset {name!r}{'' if version is None else ' version ' + version}: {str(exc).splitlines()[0]}") from None
+    if not builder.is_prepared():
+        raise DatasetError(
+            f"dataset {name!r} is not prepared in {data_dir}; prepare it with "
+            f"`tfds build {name} --file_format=array_record --data_dir {data_dir}` (BWS downloads nothing)"
+        )
+    return builder
+
+
+def load_split(name: str, split: str, version: str | None = None, data_dir: str | None = None) -> SplitArrays:
+    """Read a whole split of a supervised TFDS dataset as arrays, in the
+    data source's record order (which the task's batch schedule indexes)."""
+    builder = builder_for(name, version, data_dir)
+    keys = builder.info.supervised_keys
+    if not keys or len(keys) != 2 or not all(isinstance(k, str) for k in keys):
+        raise DatasetError(f"dataset {name!r} has no (input, label) supervised keys; BWS trains supervised datasets")
+    input_key, label_key = keys
+    if split not in builder.info.splits:
+        raise DatasetError(f"dataset {name!r} has no split {split!r}; it has {', '.join(sorted(builder.info.splits))}")
+    try:
+        source = builder.as_data_source(split=split)
+    except (NotImplementedError, ValueError) as exc:
+        raise DatasetError(
+            f"dataset {name!r} cannot be read without TensorFlow ({str(exc).splitlines()[0]}); "
+            f"rebuild it with `tfds build {name} --file_format=array_record`"
+        ) from None
+    records = source.__getitems__(list(range(len(source))))
+    inputs = np.stack([np.asarray(record[input_key]) for record in records])
+    labels = np.asarray([record[label_key] for record in records], dtype=np.int64)
+    label_feature = builder.info.features[label_key]
+    num_classes = getattr(label_feature, "num_classes", None)
+    if name == "digits":
+        from .digits import MAX_PIXEL
+
+        max_input = MAX_PIXEL
+    elif np.issubdtype(inputs.dtype, np.integer):
+        max_input = int(np.iinfo(inputs.dtype).max)
+    else:
+        raise DatasetError(f"dataset {name!r}: input {input_key!r} is {inputs.dtype}; BWS needs integer (e.g. uint8) inputs")
+    return SplitArrays(name=name, version=str(builder.version), split=split, inputs=inputs, labels=labels,
+                       num_classes=num_classes, max_input=max_input)

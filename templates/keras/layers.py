@@ -14,15 +14,16 @@ import math
 import re
 from typing import Any
 
+from bws.engine.model import ACTIVATIONS, INITIALIZERS
+
 from ..errors import KerasModelError, UnsupportedKerasFeature
 
-# Activations the engine computes canonically (docs/interfaces.md).
-SUPPORTED_ACTIVATIONS = ("linear", "relu", "leaky_relu", "tanh", "sigmoid", "softmax")
-# Initializers the engine draws from threefry; the Keras names, snake_case.
-SUPPORTED_INITIALIZERS = (
-    "glorot_uniform", "glorot_normal", "he_uniform", "he_normal",
-    "lecun_uniform", "lecun_normal", "zeros", "ones",
-)
+# Activations and initializers the engine computes canonically (its model description).
+SUPPORTED_ACTIVATIONS = ACTIVATIONS
+SUPPORTED_INITIALIZERS = INITIALIZERS
+# Keras's leaky_relu *activation* (keras.activations.leaky_relu, tf.nn.leaky_relu)
+# has slope 0.2; the LeakyReLU *layer* defaults to 0.3.
+LEAKY_RELU_ACTIVATION_SLOPE = 0.2
 
 # Arguments real Keras writes into every layer config that carry no semantics
 # for a canonical model when they have these values.
@@ -295,7 +296,7 @@ class Dense(Layer):
                 "kernel_initializer": self.kernel_initializer, "bias_initializer": self.bias_initializer}
 
     def engine_layer(self):
-        return {"type": "dense", **self.arguments()}
+        return {"type": "dense", **self.arguments(), "alpha": LEAKY_RELU_ACTIVATION_SLOPE}
 
 
 class Conv2D(Layer):
@@ -338,7 +339,7 @@ class Conv2D(Layer):
                 "kernel_initializer": self.kernel_initializer, "bias_initializer": self.bias_initializer}
 
     def engine_layer(self):
-        return {"type": "conv2d", **self.arguments()}
+        return {"type": "conv2d", **self.arguments(), "alpha": LEAKY_RELU_ACTIVATION_SLOPE}
 
 
 class _Pooling2D(Layer):
@@ -349,6 +350,8 @@ class _Pooling2D(Layer):
         self.pool_size = _pair(self.name, "pool_size", pool_size)
         self.strides = self.pool_size if strides is None else _pair(self.name, "strides", strides)
         self.padding = _padding(self.name, padding)
+        if self.padding != "valid":
+            raise UnsupportedKerasFeature(f"layer {self.name!r}: padding={padding!r} is not supported for pooling (valid only)")
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 3:
@@ -445,7 +448,12 @@ class Activation(Layer):
         return {"activation": self.activation}
 
     def engine_layer(self):
-        return {"type": "activation", "activation": self.activation}
+        if self.activation == "softmax":
+            raise UnsupportedKerasFeature(
+                f"layer {self.name!r}: a separate Activation('softmax') is not supported; "
+                "give the last Dense or Conv2D activation='softmax'"
+            )
+        return {"type": "activation", "activation": self.activation, "alpha": LEAKY_RELU_ACTIVATION_SLOPE}
 
 
 class LeakyReLU(Layer):

@@ -12,7 +12,8 @@ from ..errors import KerasModelError, UnsupportedKerasFeature
 from . import losses as losses_module
 from . import optimizers as optimizers_module
 from .layers import (
-    Activation, Conv2D, Dense, InputLayer, KerasTensor, Layer, LeakyReLU, ReLU, layer_from_config,
+    LEAKY_RELU_ACTIVATION_SLOPE, Activation, Conv2D, Dense, InputLayer, KerasTensor, Layer, LeakyReLU, ReLU,
+    layer_from_config,
 )
 
 # Metrics that are plain classification accuracy in Keras.
@@ -105,6 +106,12 @@ class Model:
         self._require_built()
         return (None, *self.layers[-1].output_shape)
 
+    @property
+    def last_activation(self) -> str:
+        """The activation the output passes through last ('linear' if none)."""
+        self._require_built()
+        return _last_activation(self.layers)
+
     def count_params(self) -> int:
         self._require_built()
         return sum(layer.count_params() for layer in self.layers)
@@ -181,14 +188,24 @@ class Model:
         """The engine's model description this compiled model compiles to."""
         if self._compiled is None:
             raise KerasModelError(f"model {self.name!r} is not compiled; call compile(optimizer=..., loss=...) first")
+        from bws.engine.model import ModelSpec, ModelSpecError
+
         last_activation = _last_activation(self.layers)
-        return {
+        description = {
             "input_shape": list(self.input_layer.shape),
             "layers": [layer.engine_layer() for layer in self.layers],
             "loss": self._compiled["loss"].engine_loss(last_activation),
             "optimizer": self._compiled["optimizer"].engine_optimizer(),
             "slices": self._compiled["slices"],
         }
+        try:
+            return ModelSpec.from_dict(description).to_dict()
+        except ModelSpecError as exc:  # a combination the engine has no canonical form for
+            message = str(exc)
+            if message.startswith("layers["):
+                index = int(message[len("layers["):message.index("]")])
+                message = f"layer {self.layers[index].name!r} ({self.layers[index].keras_class}): {message}"
+            raise UnsupportedKerasFeature(f"model {self.name!r}: {message}") from None
 
     def _canonical(self):
         from .. import canonical
@@ -460,7 +477,9 @@ def model_from_engine_description(description: dict[str, Any], name: str = "bws_
 
     def keras_layer(spec: dict[str, Any]) -> Layer:
         kind = spec["type"]
-        arguments = {k: v for k, v in spec.items() if k != "type"}
+        arguments = {k: v for k, v in spec.items() if k not in ("type", "alpha")}
+        if kind in ("dense", "conv2d", "activation") and spec.get("alpha", LEAKY_RELU_ACTIVATION_SLOPE) != LEAKY_RELU_ACTIVATION_SLOPE:
+            raise UnsupportedKerasFeature(f"engine {kind} layer with leaky_relu slope {spec['alpha']} has no Keras equivalent")
         if kind == "dense":
             return Dense(**arguments)
         if kind == "conv2d":
