@@ -367,6 +367,24 @@ class ChainStore:
             self._db.execute("INSERT OR REPLACE INTO head VALUES (1, ?)", [record.parent_hash])
             return record
 
+    def delete_side_branch(self, block_hash: bytes) -> int:
+        """Forget a block that is not on the main chain, and its stored
+        descendants (they are found invalid with it); returns how many."""
+        with self.transaction():
+            if self.is_on_main_chain(block_hash):
+                raise StoreError("delete_side_branch: the block is on the main chain")
+            doomed, frontier = [], [block_hash]
+            while frontier:
+                current = frontier.pop()
+                if not self.has_block(current):
+                    continue
+                doomed.append(current)
+                frontier.extend(bytes(row[0]) for row in self._all("SELECT hash FROM blocks WHERE parent_hash = ?", [current]))
+            for current in doomed:
+                self._db.execute("DELETE FROM transactions WHERE block_hash = ?", [current])
+                self._db.execute("DELETE FROM blocks WHERE hash = ?", [current])
+            return len(doomed)
+
     # -- supervisors' records -------------------------------------------
     def record_iteration_message(self, signed: C.SignedIterationMessage, digest: bytes, received_at: float) -> bool:
         """Keep a signed iteration message; False if it was already kept."""

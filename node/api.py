@@ -1,0 +1,255 @@
+"""The node's local HTTP/JSON API (127.0.0.1 only).
+
+| method and path | answer |
+| --- | --- |
+| `GET /status` | head hash and height, cumulative work, peers, mempool size, roles |
+| `GET /block/<hash hex or height>` | the block as JSON (header, transactions, proofs) and whether it is on the main chain |
+| `GET /account/<address hex>` | balance, nonce, and the next nonce counting pending transactions |
+| `GET /task/<task id hex>` | the task's state on chain, and the blocks mined from its iterations |
+| `POST /tx` | body `{"transaction": "<hex of a SignedTransaction>"}`: validated, added to the mempool, gossiped; answers its id |
+| `POST /block` | body `{"block": "<hex of a Block>"}`: imported like a gossiped block; answers the verdict |
+| `GET /metrics` | counters: blocks imported/rejected, reorgs, transactions, peers, timings |
+
+Errors are JSON `{"error": "<what was wrong>"}` with 400 (bad request: bad
+path, bad hex, not decodable, rejected by validation), 404 (unknown block,
+task or path), 405 (wrong method), 413 (body over MAX_BODY_BYTES) and 503
+(the node is shutting down). Bytes are lower-case hex everywhere.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Protocol
+
+from bws.spec.encoding import Container, get_fields
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+HASH_HEX_LENGTH = 64
+ADDRESS_HEX_LENGTH = 40
+
+
+class ApiError(Exception):
+    """A request the API answers with an error status and message."""
+
+    def __init__(self, status: HTTPStatus, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class NodeBackend(Protocol):
+    """What the API needs from the node (node/service.py implements it).
+    Methods raise ApiError for answers other than 200."""
+
+    def status(self) -> dict: ...
+    def block(self, reference: bytes | int) -> dict: ...
+    def account(self, address: bytes) -> dict: ...
+    def task(self, task_id: bytes) -> dict: ...
+    def submit_transaction(self, raw: bytes) -> dict: ...
+    def submit_block(self, raw: bytes) -> dict: ...
+    def metrics(self) -> dict: ...
+
+
+def to_json(value: Any) -> Any:
+    """A protocol value as JSON: containers as objects (a union member gets a
+    "type" field), bytes as hex, ints as ints (as strings above 2**53, so
+    JavaScript readers keep every digit), lists as lists."""
+    if isinstance(value, Container):
+        result = {name: to_json(getattr(value, name)) for name, _ in get_fields(type(value))}
+        return result
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).hex()
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int(value) if -(2**53) < value < 2**53 else str(int(value))
+    if isinstance(value, dict):
+        return [{"key": to_json(k), "value": to_json(v)} for k, v in value.items()]
+    if isinstance(value, (list, tuple)):
+        return [to_json_tagged(item) for item in value]
+    if value is None:
+        return None
+    raise TypeError(f"cannot render {type(value).__name__} as JSON")
+
+
+def to_json_tagged(value: Any) -> Any:
+    """Like to_json; a container also names its type (list items and union members)."""
+    rendered = to_json(value)
+    if isinstance(value, Container):
+        return {"type": type(value).__name__, **rendered}
+    return rendered
+
+
+def parse_hex(text: str, what: str, length: int | None = None) -> bytes:
+    if length is not None and len(text) != length:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"{what} must be {length} hex characters, got {len(text)}")
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"{what} is not valid hex") from None
+
+
+def _json_body_field(body: bytes, field: str) -> bytes:
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"body is not JSON: {exc}") from None
+    if not isinstance(document, dict) or not isinstance(document.get(field), str):
+        raise ApiError(HTTPStatus.BAD_REQUEST, f'body must be a JSON object {{"{field}": "<hex>"}}')
+    return parse_hex(document[field].strip(), field)
+
+
+def route(method: str, path: str, body: bytes) -> Callable[[NodeBackend], dict]:
+    """The backend call a request maps to, or ApiError naming what is wrong.
+    Pure (no I/O), so it is fuzzed directly."""
+    path = path.split("?", 1)[0]
+    parts = [part for part in path.split("/") if part]
+    if not parts:
+        raise ApiError(HTTPStatus.NOT_FOUND, "no such path; try /status")
+    name, arguments = parts[0], parts[1:]
+    routes_get = {"status": 0, "metrics": 0, "block": 1, "account": 1, "task": 1}
+    routes_post = {"tx": 0, "block": 0}
+    if method == "GET" and name in routes_get:
+        expected = routes_get[name]
+    elif method == "POST" and name in routes_post:
+        expected = routes_post[name]
+    elif name in routes_get or name in routes_post:
+        raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} is not allowed on /{name}")
+    else:
+        raise ApiError(HTTPStatus.NOT_FOUND, f"no such path /{name}")
+    if len(arguments) != expected:
+        raise ApiError(HTTPStatus.NOT_FOUND if expected == 0 else HTTPStatus.BAD_REQUEST,
+                       f"/{name} takes {expected} path argument(s), got {len(arguments)}")
+    if method == "GET":
+        if name == "status":
+            return lambda node: node.status()
+        if name == "metrics":
+            return lambda node: node.metrics()
+        argument = arguments[0]
+        if name == "block":
+            if argument.isdigit() and len(argument) < 20:
+                height = int(argument)
+                return lambda node: node.block(height)
+            block_hash = parse_hex(argument, "block hash", HASH_HEX_LENGTH)
+            return lambda node: node.block(block_hash)
+        if name == "account":
+            address = parse_hex(argument, "address", ADDRESS_HEX_LENGTH)
+            return lambda node: node.account(address)
+        task_id = parse_hex(argument, "task id", HASH_HEX_LENGTH)
+        return lambda node: node.task(task_id)
+    if name == "tx":
+        raw = _json_body_field(body, "transaction")
+        return lambda node: node.submit_transaction(raw)
+    raw = _json_body_field(body, "block")
+    return lambda node: node.submit_block(raw)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "bws-node"
+    protocol_version = "HTTP/1.1"
+    backend: NodeBackend  # set on the subclass made per server
+
+    def log_message(self, format: str, *args) -> None:  # quiet: the node logs what matters
+        return
+
+    def _answer(self, status: HTTPStatus, document: dict) -> None:
+        payload = (json.dumps(document, sort_keys=True) + "\n").encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _handle(self, method: str) -> None:
+        try:
+            length_header = self.headers.get("Content-Length", "0")
+            if not length_header.isdigit():
+                raise ApiError(HTTPStatus.BAD_REQUEST, "Content-Length must be a non-negative integer")
+            length = int(length_header)
+            if length > MAX_BODY_BYTES:
+                self.close_connection = True
+                raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body of {length} bytes exceeds {MAX_BODY_BYTES}")
+            body = self.rfile.read(length) if length else b""
+            call = route(method, self.path, body)
+            self._answer(HTTPStatus.OK, call(self.backend))
+        except ApiError as error:
+            self._answer(error.status, {"error": error.message})
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+
+class ApiServer:
+    """The HTTP server on a background thread."""
+
+    def __init__(self, backend: NodeBackend, port: int, host: str = "127.0.0.1") -> None:
+        handler = type("BoundHandler", (_Handler,), {"backend": backend})
+        try:
+            self._server = ThreadingHTTPServer((host, port), handler)
+        except OSError as exc:
+            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="bws-api", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "ApiServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+class ApiClient:
+    """A small client of this API (used by the CLI): raises ApiError with the
+    node's message on an error status, and on a node that does not answer."""
+
+    def __init__(self, url: str, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def _call(self, method: str, path: str, document: dict | None = None) -> dict:
+        import urllib.error
+        import urllib.request
+
+        data = None if document is None else json.dumps(document).encode("utf-8")
+        request = urllib.request.Request(self.url + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read().decode("utf-8"))
+        except urllib.error.HTTPError as error:
+            try:
+                message = json.loads(error.read().decode("utf-8")).get("error", error.reason)
+            except (ValueError, AttributeError):
+                message = str(error.reason)
+            raise ApiError(HTTPStatus(error.code), message) from None
+        except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, f"no node answering at {self.url} ({reason})") from None
+
+    def get(self, path: str) -> dict:
+        return self._call("GET", path)
+
+    def post(self, path: str, document: dict) -> dict:
+        return self._call("POST", path, document)

@@ -1,0 +1,384 @@
+"""Block and transaction validation, fork choice and reorgs, on the DuckDB store.
+
+How a block is checked (cheapest first, so junk costs little):
+
+1. `precheck_block`: the node's own stateless checks, with signatures through
+   libsecp256k1 (node/keys.py): size and shape, one PoUW proof, both iteration
+   messages signed by the header's miner, message digest, nonce derived from
+   the work, work hash ≤ target, transactions root, every transaction's
+   chain id, key and signature, timestamp not too far in the future. Gossip
+   runs this before relaying; a block that fails it never costs a replay.
+2. The parent must be known (else the block waits as an orphan and the node
+   asks peers for the parent).
+3. Fork choice by most cumulative work (sum of `compute_block_work(target)`
+   over the blocks after genesis), on equal work the lowest hash: the spec's
+   `get_head`. Side blocks get the stateless checks when they arrive and the
+   full transition when their branch would become the head.
+4. The state transition: the spec's `state_transition(state, block, replay)`
+   run on the parent's state. The node reuses the spec function here because
+   it is the definition of the next state and of its root; the node's own
+   work is around it (prechecks, the DB-backed state and undo journal, caches,
+   fork choice, orphans). A reorg (disconnect to the fork point, connect the
+   new branch) is ONE store transaction: if a block of the new branch is
+   invalid, the whole reorg rolls back and the old head stays.
+
+Transactions for the mempool are checked against the head state without
+running the transition: envelope (chain id, key, low-S signature), fee ≥ the
+minimum, nonce not already used, balance covering the fee and what the body
+spends. The full rules run when a block including them is built or checked.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from bws.spec import containers as C
+from bws.spec.constants import MAX_FUTURE_BLOCK_SECONDS
+from bws.spec.encoding import DecodeError, decode, encode
+from bws.spec.hashing import hash_bytes
+from bws.spec.fork_choice import is_timestamp_acceptable
+from bws.spec.pouw import (
+    compute_iteration_message_signing_root, compute_message_digest, compute_nonce, compute_nonce_seed,
+    compute_block_work, is_valid_pow,
+)
+from bws.spec.state_transition import (
+    InvalidBlock, Replay, compute_block_hash, compute_transaction_signing_root, compute_transactions_root,
+    state_transition,
+)
+
+from . import keys
+from .mempool import PoolTransaction
+from .store import BlockRecord, ChainStore, StoreError, transaction_id
+
+MAX_BLOCK_BYTES = 8 * 1024 * 1024
+MAX_TRANSACTION_BYTES = 128 * 1024
+MAX_ORPHANS = 256
+MAX_REMEMBERED_INVALID = 10_000
+
+
+def _content_hash(block: C.Block) -> bytes:
+    return bytes(hash_bytes(encode(block)))
+
+
+class ValidationError(Exception):
+    """A block or transaction was rejected; `reason` says which rule it broke."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class BlockRejected(ValidationError):
+    """The block is invalid (a peer that sends it is misbehaving)."""
+
+
+class BlockFromFuture(ValidationError):
+    """The block's timestamp is too far ahead of this node's clock: held back,
+    not invalid (the spec's `is_timestamp_acceptable`); it may be offered again later."""
+
+
+class TransactionRejected(ValidationError):
+    """The transaction is invalid against the head state."""
+
+
+@dataclass
+class ImportResult:
+    """What importing a block did.
+
+    status: "connected" (new head on top of the old one), "reorg" (new head on
+    another branch), "side" (stored, less work than the head), "known"
+    (already stored), "orphan" (parent unknown: `missing_parent` says which).
+    """
+
+    status: str
+    block_hash: bytes
+    height: int
+    connected: list[C.Block] = field(default_factory=list)
+    disconnected: list[C.Block] = field(default_factory=list)
+    missing_parent: bytes | None = None
+
+
+def decode_block(raw: bytes) -> C.Block:
+    if len(raw) > MAX_BLOCK_BYTES:
+        raise BlockRejected(f"block of {len(raw)} bytes exceeds {MAX_BLOCK_BYTES}")
+    try:
+        return decode(raw, C.Block)
+    except DecodeError as error:
+        raise BlockRejected(f"not a block: {error}") from None
+
+
+def decode_transaction(raw: bytes) -> C.SignedTransaction:
+    if len(raw) > MAX_TRANSACTION_BYTES:
+        raise TransactionRejected(f"transaction of {len(raw)} bytes exceeds {MAX_TRANSACTION_BYTES}")
+    try:
+        return decode(raw, C.SignedTransaction)
+    except DecodeError as error:
+        raise TransactionRejected(f"not a signed transaction: {error}") from None
+
+
+def is_signed_iteration_message_valid(signed: C.SignedIterationMessage) -> bool:
+    """The spec's rule (signed by the key of the miner it names), through libsecp256k1."""
+    return (keys.compute_address(signed.public_key) == signed.message.work.miner
+            and keys.is_valid_signature(signed.public_key, compute_iteration_message_signing_root(signed.message),
+                                        signed.signature))
+
+
+def check_transaction_envelope(signed: C.SignedTransaction, chain_id: int) -> None:
+    transaction = signed.transaction
+    if transaction.chain_id != chain_id:
+        raise TransactionRejected(f"wrong chain id {transaction.chain_id} (this chain is {chain_id})")
+    if keys.compute_address(signed.public_key) != transaction.sender:
+        raise TransactionRejected("public key is not the sender's")
+    if not keys.is_valid_signature(signed.public_key, compute_transaction_signing_root(transaction), signed.signature):
+        raise TransactionRejected("bad signature")
+
+
+def precheck_block(block: C.Block, chain_id: int) -> None:
+    """Stateless checks of a block (see the module docstring); BlockRejected on failure."""
+    header = block.header
+    if header.height == 0:
+        raise BlockRejected("a genesis block cannot be imported")
+    if len(block.proofs) != 1:
+        raise BlockRejected("a block carries exactly one PoUW proof")
+    proof = block.proofs[0]
+    work = proof.message.message.work
+    if work.miner != header.miner or proof.commitment.message.work.miner != header.miner:
+        raise BlockRejected("messages are not by the block's miner")
+    if work.task_id != header.task_id or work.iteration != header.iteration:
+        raise BlockRejected("iteration message is not for the header's task and iteration")
+    if header.message_digest != compute_message_digest(proof.message.message):
+        raise BlockRejected("message digest mismatch")
+    if header.nonce != compute_nonce(compute_nonce_seed(work), header.nonce_index):
+        raise BlockRejected("nonce is not derived from the iteration")
+    if not is_valid_pow(header):
+        raise BlockRejected("work hash above target")
+    if not is_signed_iteration_message_valid(proof.message):
+        raise BlockRejected("iteration message: bad signature")
+    if not is_signed_iteration_message_valid(proof.commitment):
+        raise BlockRejected("commitment message: bad signature")
+    if header.transactions_root != compute_transactions_root(block.transactions):
+        raise BlockRejected("transactions root mismatch")
+    for index, signed in enumerate(block.transactions):
+        try:
+            check_transaction_envelope(signed, chain_id)
+        except TransactionRejected as error:
+            raise BlockRejected(f"transaction {index}: {error.reason}") from None
+
+
+def spent_by(body) -> int:
+    """Coins a transaction body takes from the sender's balance besides the fee."""
+    if isinstance(body, C.Transfer):
+        return body.amount
+    if isinstance(body, C.Stake):
+        return body.amount
+    if isinstance(body, C.SubmitTask):
+        return body.payment
+    return 0
+
+
+class Chain:
+    """The node's view of the chain: store, head state, fork choice, orphans.
+
+    Thread-safe: imports are serialized by one lock; reads of the head state
+    return the immutable-by-convention object the chain holds."""
+
+    def __init__(self, store: ChainStore, genesis_state: C.State, genesis_block: C.Block, replay: Replay) -> None:
+        self.store = store
+        self.replay = replay
+        self._lock = threading.RLock()
+        self._orphans: OrderedDict[bytes, C.Block] = OrderedDict()
+        self._invalid: set[bytes] = set()
+        self.metrics = {"blocks_connected": 0, "blocks_rejected": 0, "reorgs": 0, "side_blocks": 0,
+                        "orphans": 0, "transition_seconds": 0.0, "transitions": 0}
+        genesis_hash = bytes(compute_block_hash(genesis_block))
+        if not store.is_initialized():
+            store.connect_block(genesis_block, genesis_hash, 0, None, genesis_state)
+        elif store.genesis_hash() != genesis_hash:
+            raise StoreError(f"the store in {store.data_dir} holds another chain "
+                             f"(genesis {store.genesis_hash().hex()[:16]}…, expected {genesis_hash.hex()[:16]}…)")
+        self.genesis_hash = genesis_hash
+        self.config = genesis_state.config
+        self._head_state = store.load_head_state()
+        self._head = store.head_record()
+
+    # -- reads ------------------------------------------------------------
+    @property
+    def head(self) -> BlockRecord:
+        return self._head
+
+    @property
+    def head_state(self) -> C.State:
+        return self._head_state
+
+    def account_nonce(self, address: bytes) -> int:
+        account = self._head_state.accounts.get(address)
+        return int(account.nonce) if account is not None else 0
+
+    # -- transactions -------------------------------------------------------
+    def check_transaction(self, signed: C.SignedTransaction) -> None:
+        """Admission check against the head state (module docstring)."""
+        check_transaction_envelope(signed, self.config.chain_id)
+        transaction = signed.transaction
+        if transaction.fee < self.config.min_transaction_fee:
+            raise TransactionRejected(f"fee {transaction.fee} below the minimum {self.config.min_transaction_fee}")
+        account = self._head_state.accounts.get(transaction.sender)
+        if account is None:
+            raise TransactionRejected("unknown sender (an account must receive coins first)")
+        if transaction.nonce < account.nonce:
+            raise TransactionRejected(f"nonce {transaction.nonce} already used (account nonce is {account.nonce})")
+        cost = transaction.fee + spent_by(transaction.body)
+        if cost > account.balance:
+            raise TransactionRejected(f"balance {account.balance} does not cover fee and amount {cost}")
+
+    # -- blocks -------------------------------------------------------------
+    def import_block(self, block: C.Block) -> ImportResult:
+        """Validate and store `block`, moving the head if it brings the most
+        work. Raises BlockRejected for an invalid block."""
+        block_hash = bytes(compute_block_hash(block))
+        height = int(block.header.height)
+        with self._lock:
+            if _content_hash(block) in self._invalid:
+                raise BlockRejected("block was already found invalid")
+            if self.store.has_block(block_hash):
+                return ImportResult("known", block_hash, height)
+            if not is_timestamp_acceptable(block.header, int(time.time())):
+                raise BlockFromFuture(f"timestamp {block.header.timestamp} is more than "
+                                      f"{MAX_FUTURE_BLOCK_SECONDS} s ahead of this node's clock")
+            try:
+                precheck_block(block, self.config.chain_id)
+            except BlockRejected:
+                self._reject(block)
+                raise
+            parent_hash = bytes(block.header.parent_hash)
+            parent = self.store.get_block_record(parent_hash)
+            if parent is None:
+                self._add_orphan(block_hash, block)
+                return ImportResult("orphan", block_hash, height, missing_parent=parent_hash)
+            result = self._import_with_parent(block, block_hash, parent)
+        return result
+
+    def import_with_orphans(self, block: C.Block) -> list[ImportResult]:
+        """Import `block`, then every waiting orphan that descends from it.
+        Invalid orphans are dropped; the first result is `block`'s own."""
+        results = [self.import_block(block)]
+        pending = [results[0].block_hash] if results[0].status != "orphan" else []
+        while pending:
+            parent = pending.pop()
+            with self._lock:
+                children = [(h, b) for h, b in self._orphans.items() if bytes(b.header.parent_hash) == parent]
+                for child_hash, _ in children:
+                    del self._orphans[child_hash]
+            for child_hash, child in children:
+                try:
+                    result = self.import_block(child)
+                except BlockRejected:
+                    continue
+                results.append(result)
+                pending.append(child_hash)
+        return results
+
+    def _add_orphan(self, block_hash: bytes, block: C.Block) -> None:
+        self._orphans[block_hash] = block
+        self.metrics["orphans"] += 1
+        while len(self._orphans) > MAX_ORPHANS:
+            self._orphans.popitem(last=False)
+
+    def _reject(self, block: C.Block) -> None:
+        # Remembered by the hash of the whole block, not the header's: the
+        # proofs are not all under the header hash, and a peer that garbles
+        # them must not get the honest block with the same header refused.
+        if len(self._invalid) >= MAX_REMEMBERED_INVALID:
+            self._invalid.clear()
+        self._invalid.add(_content_hash(block))
+        self.metrics["blocks_rejected"] += 1
+
+    def _transition(self, state: C.State, block: C.Block) -> C.State:
+        started = time.perf_counter()
+        try:
+            return state_transition(state, block, self.replay)
+        finally:
+            self.metrics["transition_seconds"] += time.perf_counter() - started
+            self.metrics["transitions"] += 1
+
+    def _import_with_parent(self, block: C.Block, block_hash: bytes, parent: BlockRecord) -> ImportResult:
+        work = parent.cumulative_work + compute_block_work(block.header.target)
+        height = int(block.header.height)
+        if parent.hash == self._head.hash:
+            try:
+                after = self._transition(self._head_state, block)
+            except InvalidBlock as error:
+                self._reject(block)
+                raise BlockRejected(error.reason) from None
+            self.store.connect_block(block, block_hash, work, self._head_state, after)
+            self._head_state, self._head = after, self.store.head_record()
+            self.metrics["blocks_connected"] += 1
+            return ImportResult("connected", block_hash, height, connected=[block])
+        if not self._beats_head(work, block_hash):
+            self.store.store_block(block, block_hash, work)
+            self.metrics["side_blocks"] += 1
+            return ImportResult("side", block_hash, height)
+        return self._reorg(block, block_hash, work)
+
+    def _beats_head(self, work: int, block_hash: bytes) -> bool:
+        """Fork choice: more work wins; equal work, the lower hash (spec's get_head)."""
+        return (work, self._head.hash) > (self._head.cumulative_work, block_hash)
+
+    def _branch_to_main_chain(self, block: C.Block) -> list[C.Block]:
+        """The stored ancestors of `block` that are off the main chain, oldest
+        first (the fork point, on the main chain, is excluded)."""
+        branch = []
+        parent_hash = bytes(block.header.parent_hash)
+        while not self.store.is_on_main_chain(parent_hash):
+            record = self.store.get_block_record(parent_hash)
+            if record is None:
+                raise StoreError(f"side branch is missing block {parent_hash.hex()}")
+            branch.append(record.block())
+            parent_hash = record.parent_hash
+        branch.reverse()
+        return branch
+
+    def _reorg(self, tip: C.Block, tip_hash: bytes, tip_work: int) -> ImportResult:
+        branch = self._branch_to_main_chain(tip) + [tip]
+        fork_hash = bytes(branch[0].header.parent_hash)
+        disconnected: list[C.Block] = []
+        try:
+            with self.store.transaction():
+                while self.store.head_hash() != fork_hash:
+                    disconnected.append(self.store.disconnect_head().block())
+                state = self.store.load_head_state()
+                for block in branch:
+                    block_hash = bytes(compute_block_hash(block))
+                    record = self.store.get_block_record(block_hash)
+                    block_work = record.cumulative_work if record is not None else tip_work
+                    try:
+                        after = self._transition(state, block)
+                    except InvalidBlock as error:
+                        raise _BranchInvalid(block, block_hash, error.reason) from None
+                    self.store.connect_block(block, block_hash, block_work, state, after)
+                    state = after
+        except _BranchInvalid as invalid:
+            self._reject(invalid.block)
+            if invalid.block_hash != tip_hash:
+                self._reject(tip)
+            self.store.delete_side_branch(invalid.block_hash)
+            raise BlockRejected(f"reorg aborted, block {invalid.block_hash.hex()[:16]}… is invalid: {invalid.reason}") from None
+        self._head_state, self._head = state, self.store.head_record()
+        self.metrics["reorgs"] += 1
+        self.metrics["blocks_connected"] += len(branch)
+        return ImportResult("reorg", tip_hash, int(tip.header.height), connected=branch, disconnected=disconnected)
+
+
+class _BranchInvalid(Exception):
+    def __init__(self, block: C.Block, block_hash: bytes, reason: str):
+        super().__init__(reason)
+        self.block = block
+        self.block_hash = block_hash
+        self.reason = reason
+
+
+def transaction_pool_record(signed: C.SignedTransaction, raw: bytes) -> PoolTransaction:
+    """The mempool's view of a signed transaction."""
+    transaction = signed.transaction
+    return PoolTransaction(tx_id=transaction_id(signed), sender=bytes(transaction.sender), nonce=int(transaction.nonce),
+                           fee=int(transaction.fee), size=len(raw), raw=raw)

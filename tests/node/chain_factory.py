@@ -1,0 +1,174 @@
+"""Builds valid BWS chains for the node's tests, by the spec's rules.
+
+The chain starts from a spec genesis with one genesis task in TRAINING, so
+blocks can be mined from block 1 on. Iterations are "trained" by
+`hash_replay`, a deterministic stand-in for the engine whose roots are hashes
+of the iteration's inputs: the chain mechanics under test (proofs, nonces,
+commitments, fork choice, reorgs, the store) do not depend on what the
+iteration computes, and the real engine replay is exercised by the engine's
+and the devnet's tests. Every block is built the way an honest miner would,
+then checked with the spec's `state_transition`.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+
+from bws.spec import containers as C
+from bws.spec import state_transition as T
+from bws.spec.constants import ROLE_EVALUATOR, ROLE_MINER, ROLE_SUPERVISOR
+from bws.spec.crypto import compute_address, get_public_key
+from bws.spec.genesis import create_genesis_state, get_genesis_block
+from bws.spec.hashing import compute_merkle_proof, compute_merkle_root, hash_bytes
+from bws.spec.pouw import (
+    compute_header_commitment, compute_message_digest, compute_nonce, compute_nonce_seed, get_nonce_allowance,
+    is_valid_pow, sign_iteration_message,
+)
+from bws.spec.presets import COIN, DEVNET
+from bws.spec.tasks import compute_batch_index
+
+NUM_BATCHES = 8
+TASK_DEFINITION = json.dumps(
+    {"dataset": {"batch_size": 32}, "model": {"input_shape": [64], "layers": [{"type": "dense", "units": 16384}]},
+     "template": "test"}, sort_keys=True, separators=(",", ":")).encode()
+
+
+def secret_key(label: str, seed: int) -> bytes:
+    return hash_bytes(f"bws-test-key/{seed}/{label}".encode())
+
+
+def hash_replay(task: C.Task, message: C.IterationMessage) -> C.ReplayResult:
+    """A deterministic iteration: the update and new state are hashes of the inputs."""
+    work = message.work
+    update = hash_bytes(b"update" + work.state_before_root + work.batch_root + b"".join(work.peer_update_roots))
+    return C.ReplayResult(update_root=update, state_after_root=hash_bytes(b"after" + work.state_before_root + update))
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    secret: bytes
+
+    @property
+    def public_key(self) -> bytes:
+        return get_public_key(self.secret)
+
+    @property
+    def address(self) -> bytes:
+        return compute_address(self.public_key)
+
+
+class ChainFactory:
+    def __init__(self, miners: int = 2, seed: int = 0, extra_accounts: int = 2) -> None:
+        self.seed = seed
+        self.miners = [Key(secret_key(f"miner{i}", seed)) for i in range(miners)]
+        self.users = [Key(secret_key(f"user{i}", seed)) for i in range(extra_accounts)]
+        self.client = Key(secret_key("client", seed))
+        supervisor, evaluator = Key(secret_key("supervisor", seed)), Key(secret_key("evaluator", seed))
+        funded = self.miners + self.users + [self.client, supervisor, evaluator]
+        self.batch_roots = [hash_bytes(f"batch{i}".encode()) for i in range(NUM_BATCHES)]
+        genesis = C.GenesisConfig(
+            config=DEVNET, timestamp=1_700_000_000,
+            accounts=[C.GenesisAccount(address=k.address, balance=1000 * COIN) for k in funded],
+            stakes=[C.GenesisStake(owner=k.address, role=ROLE_MINER, amount=DEVNET.miner_ticket_price) for k in self.miners]
+            + [C.GenesisStake(owner=supervisor.address, role=ROLE_SUPERVISOR, amount=DEVNET.supervisor_ticket_price),
+               C.GenesisStake(owner=evaluator.address, role=ROLE_EVALUATOR, amount=DEVNET.evaluator_ticket_price)],
+            tasks=[C.GenesisTask(
+                client=self.client.address, task_definition=TASK_DEFINITION,
+                dataset_root=compute_merkle_root(self.batch_roots), num_batches=NUM_BATCHES,
+                test_set_hash=hash_bytes(b"test set"), iterations=100_000, evaluation_deadline=10**9,
+                payment=100 * COIN, members=[k.address for k in self.miners],
+                supervisors=[supervisor.address], evaluators=[evaluator.address])],
+        )
+        self.genesis = genesis
+        state = create_genesis_state(genesis)
+        (self.task_id,) = state.tasks
+        self.genesis_state = state
+        self.genesis_block = get_genesis_block(state)
+        self.genesis_hash = T.compute_block_hash(self.genesis_block)
+
+    # -- transactions ---------------------------------------------------------
+    def transfer(self, sender: Key, recipient: bytes, amount: int, nonce: int, fee: int = 10) -> C.SignedTransaction:
+        transaction = C.Transaction(chain_id=DEVNET.chain_id, sender=sender.address, nonce=nonce, fee=fee,
+                                    body=C.Transfer(recipient=recipient, amount=amount))
+        return T.sign_transaction(sender.secret, transaction)
+
+    # -- blocks ---------------------------------------------------------------
+    def work(self, state: C.State, miner: Key, iteration: int) -> C.IterationWork:
+        task = state.tasks[self.task_id]
+        member_index = [m.address for m in task.members].index(miner.address)
+        batch_index = compute_batch_index(task, iteration, member_index)
+        before = hash_bytes(b"state" + miner.address + iteration.to_bytes(8, "little"))
+        work = C.IterationWork(
+            task_id=self.task_id, iteration=iteration, miner=miner.address, state_before_root=before,
+            batch_index=batch_index, batch_root=self.batch_roots[batch_index],
+            batch_proof=compute_merkle_proof(self.batch_roots, batch_index), peer_update_roots=[],
+            update_root=bytes(32), state_after_root=bytes(32), loss=-1234,
+        )
+        replayed = hash_replay(task, C.IterationMessage(work=work, header_commitment=bytes(32)))
+        return dataclasses.replace(work, update_root=replayed.update_root, state_after_root=replayed.state_after_root)
+
+    def next_block(self, state: C.State, transactions=(), miner: int = 0, timestamp: int | None = None,
+                   tamper_work=None) -> tuple[C.Block, C.State]:
+        """A valid block on `state` (unless `tamper_work(work)` changes the
+        iteration's work before the nonces are derived), and the state after it
+        (None when tampered)."""
+        key = self.miners[miner]
+        k = state.config.header_commitment_lag
+        task = state.tasks[self.task_id]
+        member = next(m for m in task.members if m.address == key.address)
+        timestamp = timestamp if timestamp is not None else state.latest_block_header.timestamp + 2
+        parent_hash = hash_bytes(C.BlockHeader.encode_value(dataclasses.replace(
+            state.latest_block_header, state_root=T.compute_state_root(state))))
+        iteration = max(int(member.next_minable_iteration), k)
+        while True:
+            work = self.work(state, key, iteration)
+            if tamper_work is not None:
+                work = tamper_work(work)
+            message = sign_iteration_message(key.secret, C.IterationMessage(work=work, header_commitment=bytes(32)))
+            seed = compute_nonce_seed(work)
+            for nonce_index in range(get_nonce_allowance(state.config, task)):
+                header = C.BlockHeader(
+                    parent_hash=parent_hash, height=state.height + 1, timestamp=timestamp, state_root=bytes(32),
+                    transactions_root=T.compute_transactions_root(list(transactions)), miner=key.address,
+                    target=state.target, task_id=self.task_id, iteration=iteration,
+                    message_digest=compute_message_digest(message.message), nonce_index=nonce_index,
+                    nonce=compute_nonce(seed, nonce_index))
+                header = dataclasses.replace(header, state_root=self._post_state_root(state, header, transactions))
+                if is_valid_pow(header):
+                    commitment = sign_iteration_message(key.secret, C.IterationMessage(
+                        work=self.work(state, key, iteration - k), header_commitment=compute_header_commitment(header)))
+                    block = C.Block(header=header, transactions=list(transactions),
+                                    proofs=[C.PouwProof(message=message, commitment=commitment)])
+                    if tamper_work is not None:
+                        return block, None
+                    return block, T.state_transition(state, block, hash_replay)
+            iteration += 1
+
+    def _post_state_root(self, state, header, transactions) -> bytes:
+        """The state root after a block with this header: the transition's
+        steps, with the proof's effect (the member's iteration recorded)
+        applied directly, since the proof's commitment needs this root. The
+        full transition afterwards checks that the two agree."""
+        post = copy.deepcopy(state)
+        block = C.Block(header=header, transactions=list(transactions), proofs=[])
+        T.process_block_header(post, block)
+        T.process_stake_releases(post)
+        T.process_task_lifecycle(post, block)
+        task = post.tasks[self.task_id]
+        members = [dataclasses.replace(m, recorded_iterations=m.recorded_iterations + 1,
+                                       next_minable_iteration=header.iteration + 1)
+                   if m.address == header.miner else m for m in task.members]
+        T.set_task(post, self.task_id, task, members=members)
+        T.process_transactions(post, block, hash_replay)
+        T.process_rewards(post, block)
+        T.process_difficulty(post, block)
+        return T.compute_state_root(post)
+
+    def chain(self, length: int, state: C.State | None = None, miner_of=lambda height: 0, **kwargs) -> list[tuple[C.Block, C.State]]:
+        state = self.genesis_state if state is None else state
+        blocks = []
+        for _ in range(length):
+            block, state = self.next_block(state, miner=miner_of(state.height + 1), **kwargs)
+            blocks.append((block, state))
+        return blocks

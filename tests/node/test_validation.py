@@ -1,0 +1,187 @@
+"""The node's validation and fork choice against the spec, on generated chains."""
+import dataclasses
+
+import pytest
+
+from bws.node.store import ChainStore
+from bws.node.validation import BlockRejected, Chain, TransactionRejected, precheck_block
+from bws.spec import containers as C
+from bws.spec import fork_choice as F
+from bws.spec import state_transition as T
+from bws.spec.hashing import hash_bytes
+from bws.spec.pouw import sign_iteration_message
+from bws.spec.state_transition import compute_block_hash, compute_state_root
+
+from tests.node.chain_factory import ChainFactory, hash_replay
+
+
+@pytest.fixture(scope="module")
+def factory():
+    return ChainFactory(miners=2, seed=1)
+
+
+def open_chain(factory, path):
+    return Chain(ChainStore(path), factory.genesis_state, factory.genesis_block, hash_replay)
+
+
+def test_linear_chain_matches_spec_state_roots(factory, tmp_path):
+    chain = open_chain(factory, tmp_path)
+    state = factory.genesis_state
+    tx = factory.transfer(factory.users[0], factory.users[1].address, 7 * 10**8, nonce=0)
+    for height in range(1, 6):
+        block, state = factory.next_block(state, transactions=[tx] if height == 3 else [], miner=height % 2)
+        result = chain.import_block(block)
+        assert result.status == "connected"
+        assert compute_state_root(chain.head_state) == compute_state_root(state) == block.header.state_root
+    assert chain.head.height == 5
+    assert chain.import_block(block).status == "known"
+    # Reopening the store gives the same head and state.
+    chain.store.close()
+    reopened = open_chain(factory, tmp_path)
+    assert reopened.head.hash == compute_block_hash(block)
+    assert compute_state_root(reopened.head_state) == block.header.state_root
+
+
+def test_reorg_to_heavier_branch_and_back_matches_spec_fork_choice(factory, tmp_path):
+    chain = open_chain(factory, tmp_path)
+    spec_store = F.get_forkchoice_store(factory.genesis_state, factory.genesis_block)
+    main = factory.chain(3, miner_of=lambda h: 0)
+    fork_base = main[0][1]
+    tx = factory.transfer(factory.users[0], factory.users[1].address, 10**8, nonce=0)
+    side = []
+    state = fork_base
+    for i in range(3):  # branch from height 1, longer than main: 1 + 3 = 4 blocks
+        block, state = factory.next_block(state, miner=1, transactions=[tx] if i == 0 else [], timestamp=state.latest_block_header.timestamp + 3)
+        side.append((block, state))
+    for block, _ in main:
+        chain.import_block(block)
+        F.on_block(spec_store, block, hash_replay)
+    statuses = []
+    for block, _ in side:
+        statuses.append(chain.import_block(block).status)
+        F.on_block(spec_store, block, hash_replay)
+        assert chain.head.hash == F.get_head(spec_store)
+        assert compute_state_root(chain.head_state) == compute_state_root(spec_store.states[F.get_head(spec_store)])
+    # The branch overtakes at height 3 (equal work, lower hash) or 4 (more work).
+    assert statuses[0] == "side" and statuses.count("reorg") == 1
+    assert chain.head.hash == compute_block_hash(side[-1][0])
+    assert chain.account_nonce(factory.users[0].address) == 1
+    # The store's state after the reorg is the branch tip's, also after reopening.
+    chain.store.close()
+    reopened = open_chain(factory, tmp_path)
+    assert compute_state_root(reopened.head_state) == side[-1][0].header.state_root
+
+
+def test_orphans_wait_for_their_parent(factory, tmp_path):
+    chain = open_chain(factory, tmp_path)
+    blocks = [b for b, _ in factory.chain(3)]
+    assert chain.import_block(blocks[2]).status == "orphan"
+    result = chain.import_block(blocks[1])
+    assert result.status == "orphan" and result.missing_parent == compute_block_hash(blocks[0])
+    results = chain.import_with_orphans(blocks[0])
+    assert [r.status for r in results] == ["connected", "connected", "connected"]
+    assert chain.head.height == 3
+
+
+def tampered(factory, state, **kwargs):
+    return factory.next_block(state, **kwargs)[0]
+
+
+def expect_rejected(chain, block, reason):
+    with pytest.raises(BlockRejected, match=reason):
+        chain.import_block(block)
+    assert chain.head.height == 0
+
+
+def test_forged_nonce_is_rejected(factory, tmp_path):
+    chain = open_chain(factory, tmp_path)
+    block, _ = factory.next_block(factory.genesis_state)
+    forged = dataclasses.replace(block, header=dataclasses.replace(block.header, nonce=hash_bytes(b"lucky")))
+    expect_rejected(chain, forged, "nonce is not derived")
+    beyond = dataclasses.replace(block, header=dataclasses.replace(block.header, nonce_index=99))
+    expect_rejected(chain, beyond, "nonce is not derived|beyond the allowance")
+
+
+def test_tampered_iteration_message_is_rejected(factory, tmp_path):
+    chain = open_chain(factory, tmp_path)
+    block, _ = factory.next_block(factory.genesis_state)
+    proof = block.proofs[0]
+    work = dataclasses.replace(proof.message.message.work, loss=999)
+    # Same signature on a changed message.
+    changed = dataclasses.replace(proof.message, message=dataclasses.replace(proof.message.message, work=work))
+    bad = dataclasses.replace(block, proofs=[dataclasses.replace(proof, message=changed)])
+    expect_rejected(chain, bad, "message digest mismatch|bad signature")
+    # Re-signed by another key than the block's miner.
+    other = sign_iteration_message(factory.miners[1].secret, proof.message.message)
+    bad = dataclasses.replace(block, proofs=[dataclasses.replace(proof, message=other)])
+    expect_rejected(chain, bad, "not by the block's miner|bad signature")
+
+
+def test_wrong_batch_is_rejected(factory, tmp_path):
+    chain = open_chain(factory, tmp_path)
+    wrong = tampered(factory, factory.genesis_state,
+                     tamper_work=lambda w: dataclasses.replace(w, batch_index=(w.batch_index + 1) % 8))
+    expect_rejected(chain, wrong, "batch index")
+    wrong = tampered(factory, factory.genesis_state,
+                     tamper_work=lambda w: dataclasses.replace(w, batch_root=hash_bytes(b"other batch")))
+    expect_rejected(chain, wrong, "batch root not proven")
+
+
+def test_replay_mismatch_is_rejected(factory, tmp_path):
+    chain = open_chain(factory, tmp_path)
+    lying = tampered(factory, factory.genesis_state,
+                     tamper_work=lambda w: dataclasses.replace(w, state_after_root=hash_bytes(b"better model")))
+    expect_rejected(chain, lying, "replay does not reproduce")
+
+
+def test_invalid_block_on_side_branch_aborts_the_reorg(factory, tmp_path):
+    chain = open_chain(factory, tmp_path)
+    main = factory.chain(2, miner_of=lambda h: 0)
+    for block, _ in main:
+        chain.import_block(block)
+    head_before = chain.head.hash
+    # A cheat's branch: its first block claims an update the replay does not give;
+    # the cheat builds on it as if it were valid (a replay that believes the claim).
+    bad = tampered(factory, factory.genesis_state, miner=1,
+                   tamper_work=lambda w: dataclasses.replace(w, update_root=hash_bytes(b"x")))
+    work = bad.proofs[0].message.message.work
+    believed = C.ReplayResult(update_root=work.update_root, state_after_root=work.state_after_root)
+    state = T.state_transition(factory.genesis_state, bad, lambda task, message: believed)
+    branch = [bad]
+    for _ in range(2):
+        block, state = factory.next_block(state, miner=1)
+        branch.append(block)
+    assert chain.import_block(branch[0]).status == "side"  # less work: stateless checks only
+    with pytest.raises(BlockRejected, match="reorg aborted.*replay does not reproduce"):
+        for block in branch[1:]:
+            chain.import_block(block)
+    assert chain.head.hash == head_before
+    assert not chain.store.has_block(compute_block_hash(bad))  # forgotten with its descendants
+    assert compute_state_root(chain.head_state) == main[-1][0].header.state_root
+    assert compute_state_root(chain.store.load_head_state()) == main[-1][0].header.state_root
+    with pytest.raises(BlockRejected, match="already found invalid"):
+        chain.import_block(branch[0])
+
+
+def test_transaction_admission(factory, tmp_path):
+    chain = open_chain(factory, tmp_path)
+    user = factory.users[0]
+    chain.check_transaction(factory.transfer(user, factory.users[1].address, 5, nonce=0))
+    with pytest.raises(TransactionRejected, match="does not cover"):
+        chain.check_transaction(factory.transfer(user, factory.users[1].address, 10**18, nonce=0))
+    with pytest.raises(TransactionRejected, match="bad signature"):
+        signed = factory.transfer(user, factory.users[1].address, 5, nonce=0)
+        chain.check_transaction(dataclasses.replace(signed, signature=bytes(63) + b"\x01"))
+    stranger = ChainFactory(miners=1, seed=99).users[0]
+    with pytest.raises(TransactionRejected, match="unknown sender"):
+        chain.check_transaction(factory.transfer(stranger, user.address, 5, nonce=0))
+    with pytest.raises(TransactionRejected, match="below the minimum"):
+        chain.check_transaction(factory.transfer(user, factory.users[1].address, 5, nonce=0, fee=0))
+
+
+def test_precheck_rejects_genesis_and_missing_proof(factory):
+    with pytest.raises(BlockRejected, match="genesis"):
+        precheck_block(factory.genesis_block, factory.genesis_state.config.chain_id)
+    block, _ = factory.next_block(factory.genesis_state)
+    with pytest.raises(BlockRejected, match="exactly one"):
+        precheck_block(dataclasses.replace(block, proofs=[]), factory.genesis_state.config.chain_id)
