@@ -12,6 +12,11 @@ import sys
 
 # group name -> (module, one-line help)
 COMMAND_GROUPS: dict[str, tuple[str, str]] = {
+    "engine": ("bws.node.commands.engine", "iteration vectors and checks of the canonical engine"),
+    "replay": ("bws.node.commands.replay", "replay an iteration vector bit for bit and compare its digests"),
+    "task": ("bws.node.commands.task", "write and inspect task definitions (Keras models, job templates, datasets)"),
+    "train": ("bws.node.commands.train", "train a task locally, canonically, and export the model"),
+    "spec": ("bws.node.commands.spec", "Render and diff the protocol spec"),
 }
 
 

@@ -135,3 +135,11 @@ TABLE_EXP_SPAN = 16                                       # exp sampled on [-16,
 TABLE_EXP_SIZE = TABLE_EXP_SPAN * 2**TABLE_STEP_BITS_INV + 1  # 1025 samples, PROB_FRAC_BITS
 # LOG_TABLE[k] = ln(1 + k/256) (ACT_FRAC_BITS), k = 0..256, for the reported loss only.
 SIGMOID_TABLE, EXP_TABLE, LOG_TABLE, LN2_FIXED = _build_tables()
+
+# ---------------------------------------------------------------------------
+# Task templates (templates/ owner)
+# ---------------------------------------------------------------------------
+# GAN template: the generator's noise input is drawn from
+# key(RANDOM_TAG_GAN_NOISE, phase, step) (phase 0: the discriminator's half of
+# the iteration, 1: the generator's), uniform in [-1, 1) with ACT_FRAC_BITS.
+RANDOM_TAG_GAN_NOISE = 16

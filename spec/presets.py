@@ -1,21 +1,23 @@
-"""Presets: the values of ChainConfig for each network.
+"""Presets: the values of ChainConfig for each network (`bws spec render`
+prints them side by side). Why they differ:
 
-| parameter | devnet | mainnet | why |
-| --- | --- | --- | --- |
-| chain_id | 0xB5D0 | 0xB5 | transactions of one network are invalid on the other |
-| target_block_time | 2 s | 60 s | devnet: a demo sees blocks at once |
-| retarget_interval | 10 | 1440 | mainnet: once a day |
-| initial_target | 2**252 (1 hash in 16) | 2**232 | devnet: any miner finds blocks at once |
-| header_commitment_lag (k) | 1 | 4 | how far ahead a header is committed |
-| max_nonces_per_iteration | 16 | 64 | caps the lottery tickets of one iteration |
-| work_units_per_nonce | 10**6 MAC | 10**11 MAC | useful work that buys one nonce |
-| initial_block_reward | 50 coin | 50 coin | 1 coin = 10**8 units |
-| halving_interval | 100000 | 2100000 | ~ 4 years of mainnet blocks |
-| stake_lock_period | 20 | 20160 | ≥ the time evidence is kept for disputes (2 weeks) |
-| ticket prices | 10 coin | 1000 coin | the cost of a sybil ticket |
-| training_start_delay | 1 | 10 | blocks to fetch the dataset |
-| evaluation_period | 5 | 720 | blocks before the deadline when evaluation opens |
-| min_transaction_fee | 1 unit | 1000 units | spam floor |
+- chain_id: a transaction signed for one network is invalid on the other.
+- target_block_time, retarget_interval: the devnet shows blocks within
+  seconds and retargets often; mainnet aims at a minute and retargets daily.
+- initial_target: the devnet's is easy (1 hash in 16 meets it), so a demo
+  mines at once; mainnet's needs sustained work.
+- header_commitment_lag (k): how many iterations ahead a header is
+  committed; small on the devnet so iterations turn into blocks quickly.
+- max_nonces_per_iteration, work_units_per_nonce: the lottery tickets an
+  iteration's work buys, and their cap.
+- initial_block_reward, halving_interval: 50 coin, halving every ~4 years
+  of mainnet blocks (1 coin = COIN units).
+- stake_lock_period: at least as long as evidence is kept for disputes
+  (mainnet two weeks), so a cheat cannot withdraw before being slashed.
+- ticket prices: the cost of a sybil seat.
+- training_start_delay, evaluation_period: blocks to fetch a dataset, and
+  the window before the deadline in which evaluators report.
+- min_transaction_fee: a spam floor.
 """
 from .containers import ChainConfig
 

@@ -307,7 +307,7 @@ def process_pouw(state: State, block: Block, replay: Replay) -> None:
     try:
         replayed = check_replay(task, message, replay)
     except ReplayUnavailable as error:
-        raise AssertionError(f"iteration inputs unavailable for replay: {error}") from None
+        raise AssertionError("iteration inputs unavailable for replay") from error
     assert replayed, "replay does not reproduce the iteration"
     members = list(task.members)
     members[member_index] = dataclasses.replace(
@@ -510,7 +510,7 @@ def process_dispute(state: State, transaction: Transaction, dispute: Dispute, re
         try:
             replayed = check_replay(task, evidence.message.message, replay)
         except ReplayUnavailable as error:
-            raise AssertionError(f"evidence: iteration inputs unavailable for replay: {error}") from None
+            raise AssertionError("evidence: iteration inputs unavailable for replay") from error
         assert not replayed, "evidence: replay matches the message (false accusation)"
     key = StakeKey(owner=miner, role=ROLE_MINER)
     stake = state.stakes.get(key)
