@@ -156,14 +156,20 @@ def _iteration(spec: ModelSpec, state, batch, peer_update_sum):
 
 
 def make_iteration(spec, *, jit: bool = True):
-    """The iteration as one function (jitted unless jit=False)."""
+    """The iteration as one function (jitted unless jit=False). Jitted
+    functions are cached per canonical model, so each compiles once per shape."""
     require_x64()
     spec = _as_spec(spec)
+    if not jit:
+        return lambda state, batch, peer_update_sum: _iteration(spec, state, batch, peer_update_sum)
+    key = spec.to_json()
+    if key not in _ITERATION_CACHE:
+        _ITERATION_CACHE[key] = jax.jit(lambda state, batch, peer_update_sum:
+                                        _iteration(spec, state, batch, peer_update_sum))
+    return _ITERATION_CACHE[key]
 
-    def iteration(state, batch, peer_update_sum):
-        return _iteration(spec, state, batch, peer_update_sum)
 
-    return jax.jit(iteration) if jit else iteration
+_ITERATION_CACHE: dict[str, Any] = {}
 
 
 def check_batch(spec, batch: Any) -> dict:

@@ -1,0 +1,238 @@
+"""Iteration vectors: one iteration's inputs and expected output digests, in one
+self-contained file, replayable by the engine or by the NumPy reference.
+
+File format (all integers little-endian):
+
+    magic        8 bytes   b"BWSITV1\\n"
+    header_len   u32       length of the header
+    header       UTF-8 JSON (sorted keys): {"format": 1, "model": canonical model dict,
+                 "expected": {"state_root": hex, "update_root": hex, "metrics": {name: int}},
+                 "inputs": {"state_root": hex, "batch_root": hex, "peer_update_root": hex}}
+    count        u32       number of tensors
+    tensor * count:
+        name_len u16, name (UTF-8; "state/...", "batch/x", "batch/y", "peer/...")
+        dtype    u8        1 int8, 2 int16, 3 int32, 4 int64, 5 uint8, 6 uint32
+        ndim     u8        at most 8
+        dims     u32 * ndim
+        data     C order, little-endian
+    (nothing after the last tensor)
+"""
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from .commit import batch_root, flatten, state_root, unflatten, update_root
+from .model import EngineError, ModelSpec, ModelSpecError
+
+MAGIC = b"BWSITV1\n"
+FORMAT_VERSION = 1
+DTYPES = {1: np.int8, 2: np.int16, 3: np.int32, 4: np.int64, 5: np.uint8, 6: np.uint32}
+CODES = {np.dtype(t).name: code for code, t in DTYPES.items()}
+MAX_HEADER = 1 << 20
+MAX_TENSORS = 4096
+MAX_NDIM = 8
+
+
+class VectorError(EngineError):
+    """An iteration vector file is malformed."""
+
+
+@dataclass
+class IterationVector:
+    model: dict
+    state: dict
+    batch: dict
+    peer_update_sum: dict
+    expected: dict
+
+    def to_bytes(self) -> bytes:
+        tensors = {**{f"state/{k}": v for k, v in flatten(self.state).items()},
+                   **{f"batch/{k}": v for k, v in flatten(self.batch).items()},
+                   **{f"peer/{k}": v for k, v in flatten(self.peer_update_sum).items()}}
+        header = {"format": FORMAT_VERSION, "model": self.model, "expected": self.expected,
+                  "inputs": {"state_root": state_root(self.state).hex(), "batch_root": batch_root(self.batch).hex(),
+                             "peer_update_root": update_root(self.peer_update_sum).hex()}}
+        header_bytes = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        out = [MAGIC, struct.pack("<I", len(header_bytes)), header_bytes, struct.pack("<I", len(tensors))]
+        for name in sorted(tensors):
+            array = np.asarray(tensors[name])
+            name_bytes = name.encode()
+            out.append(struct.pack("<H", len(name_bytes)) + name_bytes)
+            out.append(struct.pack("<BB", CODES[array.dtype.name], array.ndim))
+            out.append(b"".join(struct.pack("<I", d) for d in array.shape))
+            out.append(array.astype(array.dtype.newbyteorder("<")).tobytes())
+        return b"".join(out)
+
+
+def read_vector(data: bytes) -> IterationVector:
+    """Parse and validate a vector file; raises VectorError naming what is wrong."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise VectorError("vector: expected bytes")
+    data = bytes(data)
+    position = 0
+
+    def take(n: int, what: str) -> bytes:
+        nonlocal position
+        if n < 0 or position + n > len(data):
+            raise VectorError(f"vector: truncated while reading {what} at byte {position}")
+        chunk = data[position:position + n]
+        position += n
+        return chunk
+
+    if take(len(MAGIC), "the magic") != MAGIC:
+        raise VectorError("vector: not an iteration vector (bad magic)")
+    (header_len,) = struct.unpack("<I", take(4, "the header length"))
+    if header_len > MAX_HEADER:
+        raise VectorError(f"vector: header of {header_len} bytes exceeds {MAX_HEADER}")
+    try:
+        header = json.loads(take(header_len, "the header").decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise VectorError(f"vector: header is not UTF-8 JSON ({error})") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT_VERSION:
+        raise VectorError(f"vector: unsupported format (expected format {FORMAT_VERSION})")
+    try:
+        model = ModelSpec.from_dict(header.get("model")).to_dict()
+    except ModelSpecError as error:
+        raise VectorError(f"vector: bad model: {error}") from None
+    expected = header.get("expected")
+    if (not isinstance(expected, dict) or not all(isinstance(expected.get(k), str) for k in ("state_root", "update_root"))
+            or not isinstance(expected.get("metrics"), dict)
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in expected["metrics"].values())):
+        raise VectorError("vector: header.expected must hold state_root, update_root (hex) and integer metrics")
+    (count,) = struct.unpack("<I", take(4, "the tensor count"))
+    if count > MAX_TENSORS:
+        raise VectorError(f"vector: {count} tensors exceeds {MAX_TENSORS}")
+    groups: dict[str, dict] = {"state": {}, "batch": {}, "peer": {}}
+    for index in range(count):
+        (name_len,) = struct.unpack("<H", take(2, f"tensor {index} name length"))
+        try:
+            name = take(name_len, f"tensor {index} name").decode("utf-8")
+        except UnicodeDecodeError:
+            raise VectorError(f"vector: tensor {index} name is not UTF-8") from None
+        group, _, rest = name.partition("/")
+        if group not in groups or not rest or any(not part for part in rest.split("/")):
+            raise VectorError(f"vector: tensor name {name!r} must be state/..., batch/... or peer/...")
+        if rest in groups[group]:
+            raise VectorError(f"vector: tensor {name!r} appears twice")
+        code, ndim = struct.unpack("<BB", take(2, f"tensor {name} dtype"))
+        if code not in DTYPES:
+            raise VectorError(f"vector: tensor {name!r} has unknown dtype code {code}")
+        if ndim > MAX_NDIM:
+            raise VectorError(f"vector: tensor {name!r} has {ndim} dimensions (at most {MAX_NDIM})")
+        shape = struct.unpack(f"<{ndim}I", take(4 * ndim, f"tensor {name} shape"))
+        dtype = np.dtype(DTYPES[code]).newbyteorder("<")
+        size = math.prod(shape) * dtype.itemsize
+        raw = take(size, f"tensor {name} data")
+        groups[group][rest] = np.frombuffer(raw, dtype=dtype).astype(dtype.newbyteorder("=")).reshape(shape)
+    if position != len(data):
+        raise VectorError(f"vector: {len(data) - position} unexpected bytes after the last tensor")
+    state, batch, peer = (unflatten(groups[g]) for g in ("state", "batch", "peer"))
+    _check_layout(model, state, batch, peer)
+    return IterationVector(model, state, batch, peer, expected)
+
+
+def _check_layout(model: dict, state: dict, batch: dict, peer: dict) -> None:
+    """The tensors must be exactly those the model's iteration takes."""
+    from .iteration import check_batch, init_state
+
+    spec = ModelSpec.from_dict(model)
+    template = flatten(init_state(spec, 0))
+    given = flatten(state)
+    if set(given) != set(template):
+        missing, extra = sorted(set(template) - set(given)), sorted(set(given) - set(template))
+        raise VectorError(f"vector: state tensors do not fit the model (missing {missing[:3]}, unexpected {extra[:3]})")
+    for name, array in template.items():
+        if given[name].shape != array.shape or given[name].dtype != array.dtype:
+            raise VectorError(f"vector: state/{name} is {given[name].dtype}{list(given[name].shape)}, "
+                              f"expected {array.dtype}{list(array.shape)}")
+    params = flatten(state.get("params", {}))
+    peer_flat = flatten(peer)
+    if set(peer_flat) != set(params) or any(peer_flat[k].shape != params[k].shape or peer_flat[k].dtype != np.int32
+                                            for k in params):
+        raise VectorError("vector: peer update sum must be int32 tensors shaped like the parameters")
+    try:
+        check_batch(spec, batch)
+    except EngineError as error:
+        raise VectorError(f"vector: {error}") from None
+
+
+def run_engine(vector: IterationVector):
+    import jax
+
+    from .iteration import make_iteration
+    new_state, update, metrics = make_iteration(vector.model)(vector.state, vector.batch, vector.peer_update_sum)
+    return (jax.tree.map(np.asarray, new_state), jax.tree.map(np.asarray, update),
+            {k: int(v) for k, v in metrics.items()})
+
+
+def run_reference(vector: IterationVector):
+    from bws.spec.reference import training
+    return training.iteration(vector.model, vector.state, vector.batch, vector.peer_update_sum)
+
+
+def digests(new_state: dict, update: dict, metrics: dict) -> dict:
+    return {"state_root": state_root(new_state).hex(), "update_root": update_root(update).hex(),
+            "metrics": {k: int(v) for k, v in sorted(metrics.items())}}
+
+
+def replay(vector: IterationVector, impl: str = "engine") -> dict:
+    """Re-execute the iteration; returns the recomputed digests, the expected
+    ones and whether they match."""
+    runner = {"engine": run_engine, "reference": run_reference}.get(impl)
+    if runner is None:
+        raise EngineError(f"impl: must be engine or reference, got {impl!r}")
+    got = digests(*runner(vector))
+    return {"impl": impl, "got": got, "expected": vector.expected, "match": got == vector.expected}
+
+
+def make_vector(model: dict, batch_size: int, seed: int, *, warmup: int = 1, peers: int = 2,
+                progress=None) -> IterationVector:
+    """A vector for `model` on synthetic data (numpy's PCG64 from `seed`):
+    the state after `warmup` iterations from init_state(seed), a batch of
+    uniform inputs in [0, 1) and random labels/targets, and the sum of `peers`
+    random peer updates of magnitude below 2**-14. The expected digests come
+    from the engine."""
+    import jax
+
+    from .iteration import init_state, make_iteration, quantize_inputs, sum_updates
+
+    spec = ModelSpec.from_dict(model)
+    model = spec.to_dict()
+    if not 1 <= batch_size <= 1 << 16:
+        raise EngineError(f"batch: must be in 1..65536, got {batch_size}")
+    rng = np.random.default_rng(seed)
+
+    def synthetic_batch():
+        x = quantize_inputs(rng.random((batch_size,) + tuple(spec.input_shape)))
+        if spec.loss["type"] == "softmax_cross_entropy":
+            y = rng.integers(0, spec.output_shape[0], batch_size).astype(np.int32)
+        elif spec.loss["type"] == "categorical_cross_entropy":
+            y = quantize_inputs(np.eye(spec.output_shape[0])[rng.integers(0, spec.output_shape[0], batch_size)])
+        elif spec.loss["type"] == "sigmoid_binary_cross_entropy":
+            y = quantize_inputs(rng.integers(0, 2, (batch_size,) + spec.output_shape).astype(np.float64))
+        else:
+            y = quantize_inputs(rng.random((batch_size,) + spec.output_shape))
+        return {"x": x, "y": y}
+
+    fn = make_iteration(spec)
+    state = init_state(spec, seed)
+    zero = sum_updates([], spec)
+    for _ in range(warmup):
+        state, _, _ = fn(state, synthetic_batch(), zero)
+        if progress:
+            progress()
+    params = jax.tree.map(np.asarray, state["params"])
+    peer_updates = [jax.tree.map(lambda a: rng.integers(-(1 << 10), 1 << 10, a.shape).astype(np.int32), params)
+                    for _ in range(peers)]
+    peer_sum = jax.tree.map(np.asarray, sum_updates(peer_updates, spec))
+    state = jax.tree.map(np.asarray, state)
+    vector = IterationVector(model, state, synthetic_batch(), peer_sum, {})
+    vector.expected = digests(*run_engine(vector))
+    if progress:
+        progress()
+    return vector
