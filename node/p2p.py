@@ -21,18 +21,21 @@ peer, hosts always closed, every handler and validator wrapped, GossipSub spam
 protection off with our own pacing, a 1 s heartbeat, request/response payloads
 chunked (node/p2p_framing.py), stale dial state cleared before a redial.
 
-Threads: validators run one at a time on a networking worker thread (never on
-the trio thread, so a slow validator does not stall the network); request
-handlers run on up to `handler_threads` worker threads; `on_message`
+Threads: a topic's validator runs one message at a time on a worker thread
+(never on the trio thread, so a slow validator does not stall the network;
+validators of different topics may run at the same time); request handlers
+run on up to `handler_threads` worker threads; `on_message` and `on_peer`
 callbacks run in arrival order on one delivery thread.
 """
 from __future__ import annotations
 
 import concurrent.futures
 import enum
+import functools
 import hashlib
 import logging
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -50,7 +53,9 @@ from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+from libp2p.pubsub import pubsub as _pubsub_module
 from libp2p.pubsub.pubsub import Pubsub
+from libp2p.pubsub.rpc_queue import RpcQueue
 from libp2p.tools.anyio_service import background_trio_service
 
 from .p2p_framing import (
@@ -74,10 +79,20 @@ PROTOCOL_DATA = "/bws/data/1"
 # GossipSub drops RPCs above 1 MiB; the envelope (signature, key, ids) needs ~200 bytes.
 MAX_GOSSIP_BYTES = 1_000_000
 READ_BYTES = 64 * 1024
+# GossipSub's per-peer outbound queue holds 32 RPCs and silently drops the rest
+# (notes, figures). Our own publishing is paced, but a relay forwards at the rate it
+# receives, so a briefly CPU-starved neighbour made relays drop. Pubsub builds each
+# queue as `RpcQueue()` looked up in its module at run time; give them more room.
+OUTBOUND_QUEUE_RPCS = 256
+_pubsub_module.RpcQueue = functools.partial(RpcQueue, max_size=OUTBOUND_QUEUE_RPCS)
+# Message ids whose first copy was validated, kept as long as Pubsub remembers seen ids.
+VALIDATED_IDS_SECONDS = 120.0
+VALIDATED_IDS_KEPT = 20_000
 
 __all__ = [
     "TOPIC_TX", "TOPIC_BLOCK", "TOPIC_TASK", "PROTOCOL_SYNC", "PROTOCOL_DATA", "MAX_GOSSIP_BYTES",
-    "NetworkConfig", "NetworkService", "GossipMessage", "Verdict", "PeerScores",
+    "NetworkConfig", "NetworkService", "GossipMessage", "Verdict", "PeerScores", "peer_id_from_seed",
+    "seed_from_text",
     "NetworkError", "FrameError", "MessageTooLarge", "NotRunning", "RequestFailed",
     "RequestTimeout", "RemoteError", "PeerBanned", "PublishQueueFull",
 ]
@@ -126,6 +141,7 @@ class GossipMessage:
 Validator = Callable[[bytes], "bool | Verdict"]
 MessageCallback = Callable[[GossipMessage], None]
 RequestHandler = Callable[[str, bytes], bytes]
+PeerCallback = Callable[[str, bool], None]
 
 
 @dataclass(frozen=True)
@@ -137,11 +153,13 @@ class NetworkConfig:
     # An inbound request must arrive completely within this time (slow-loris bound).
     inbound_read_timeout: float = 10.0
     handler_threads: int = 4
+    # Inbound request streams served (or waiting for a handler thread) at once; more are reset.
+    max_inbound_streams: int = 64
     validation_timeout: float = 60.0
     heartbeat_interval: int = 1
-    # Outbound pacing: wait while any peer's GossipSub queue (32 RPCs, then silent
-    # drops) holds this many, and leave at least this long between publishes.
-    outbound_high_water: int = 16
+    # Outbound pacing: wait while any peer's GossipSub queue (OUTBOUND_QUEUE_RPCS, then
+    # silent drops) holds this many, and leave at least this long between publishes.
+    outbound_high_water: int = 32
     publish_min_interval: float = 0.002
     publish_queue_size: int = 10_000
     delivery_queue_size: int = 10_000
@@ -213,8 +231,32 @@ def _check_seed(key_seed: bytes) -> bytes:
     return bytes(key_seed)
 
 
-class _BanOnConnect(INotifee):
-    """Closes connections from banned peers as soon as they are established."""
+def _check_listen_addr(listen_addr: str) -> Multiaddr:
+    """Parse `listen_addr` and make sure its port is free: py-libp2p binds with
+    SO_REUSEPORT, so a second node on a taken port would start "successfully" and
+    share the first one's connections."""
+    try:
+        listen = Multiaddr(listen_addr)
+        host = listen.value_for_protocol("ip4")
+        port = int(listen.value_for_protocol("tcp"))
+    except Exception as error:
+        raise NetworkError(f"listen address must look like /ip4/127.0.0.1/tcp/PORT, not {listen_addr!r}: "
+                           f"{error}") from None
+    if port:
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+        except OSError as error:
+            raise NetworkError(f"cannot listen on {listen_addr}: {error.strerror}") from None
+        finally:
+            probe.close()
+    return listen
+
+
+class _ConnectionWatcher(INotifee):
+    """Closes connections from banned peers as soon as they are established, and
+    tells the node's `on_peer` callbacks about the others."""
 
     def __init__(self, service: "NetworkService"):
         self._service = service
@@ -223,6 +265,9 @@ class _BanOnConnect(INotifee):
         peer = conn.muxed_conn.peer_id
         if self._service._scores.is_banned(peer.to_base58()):
             self._service._nursery.start_soon(self._service._disconnect, peer)
+            return
+        for callback in self._service._peer_watchers:
+            self._service._deliver(callback, peer.to_base58(), True)
 
     async def opened_stream(self, network, stream) -> None:
         pass
@@ -231,7 +276,8 @@ class _BanOnConnect(INotifee):
         pass
 
     async def disconnected(self, network, conn) -> None:
-        pass
+        for callback in self._service._peer_watchers:
+            self._service._deliver(callback, conn.muxed_conn.peer_id.to_base58(), False)
 
     async def listen(self, network, multiaddr) -> None:
         pass
@@ -255,10 +301,12 @@ class NetworkService:
         self._my_id: ID | None = None
         self._address: str | None = None
         self._topics: dict[str, tuple[Validator, MessageCallback]] = {}
+        self._peer_watchers: list[PeerCallback] = []
+        self._validated: dict[bytes, float] = {}   # message id -> when its first copy arrived
         self._handlers: dict[str, RequestHandler] = {}
         self._publish_send: trio.MemorySendChannel | None = None
-        self._validator_limiter = trio.CapacityLimiter(1)
         self._handler_limiter = trio.CapacityLimiter(self.config.handler_threads)
+        self._inbound_slots = trio.Semaphore(self.config.max_inbound_streams)
         self._deliveries: queue.Queue = queue.Queue(self.config.delivery_queue_size)
         self._delivery_thread: threading.Thread | None = None
         self.stats = {"published": 0, "delivered": 0, "delivery_dropped": 0, "rejected": 0,
@@ -274,7 +322,7 @@ class NetworkService:
         if self._thread is not None:
             raise NetworkError("the network service was already started")
         seed = _check_seed(key_seed) if key_seed is not None else None
-        listen = Multiaddr(listen_addr)
+        listen = _check_listen_addr(listen_addr)
         started: concurrent.futures.Future = concurrent.futures.Future()
         self._delivery_thread = threading.Thread(target=self._deliver_forever, name="bws-p2p-deliver", daemon=True)
         self._delivery_thread.start()
@@ -363,6 +411,11 @@ class NetworkService:
             raise NetworkError(f"not a peer id: {peer_id!r}") from None
         return self._call(self._request, peer, protocol, bytes(data), timeout, limit, timeout=timeout)
 
+    def on_peer(self, callback: PeerCallback) -> None:
+        """`callback(peer_id, connected)` on the delivery thread whenever a connection to a
+        peer opens (True) or closes (False); e.g. to start chain sync with a new peer."""
+        self._call_sync(self._peer_watchers.append, callback)
+
     def peers(self) -> list[str]:
         """Peer ids of the peers connected now."""
         return self._call_sync(lambda: sorted(p.to_base58() for p in self._host.get_connected_peers()))
@@ -396,10 +449,11 @@ class NetworkService:
         async def run() -> None:
             try:
                 result.set_result(await async_fn(*args))
-            except BaseException as error:  # delivered to the caller, re-raised there
+            except Exception as error:   # re-raised in the caller's thread
                 result.set_exception(error)
-                if not isinstance(error, Exception):
-                    raise
+            except BaseException:        # trio.Cancelled: the service is stopping
+                result.set_exception(NotRunning("the network service stopped during the call"))
+                raise
 
         self._call_sync(self._nursery.start_soon, run)
         try:
@@ -431,7 +485,7 @@ class NetworkService:
                         try:
                             async with trio.open_nursery() as nursery:
                                 self._nursery = nursery
-                                host.get_network().register_notifee(_BanOnConnect(self))
+                                host.get_network().register_notifee(_ConnectionWatcher(self))
                                 nursery.start_soon(self._pace_publishing, receive)
                                 nursery.start_soon(self._expire_bans)
                                 self._token = trio.lowlevel.current_trio_token()
@@ -489,25 +543,35 @@ class NetworkService:
             raise NetworkError(f"already subscribed to {topic!r}")
         self._topics[topic] = (validator, on_message)
 
+        limiter = trio.CapacityLimiter(1)
+
         async def validate(forwarder: ID, message) -> bool:
-            return await self._validate(topic, validator, forwarder, message)
+            return await self._validate(topic, validator, limiter, forwarder, message)
 
         self._pubsub.set_topic_validator(topic, validate, True)
         subscription = await self._pubsub.subscribe(topic)
         self._nursery.start_soon(self._receive_topic, topic, subscription, on_message)
 
-    async def _validate(self, topic: str, validator: Validator, forwarder: ID, message) -> bool:
+    async def _validate(self, topic: str, validator: Validator, limiter: trio.CapacityLimiter,
+                        forwarder: ID, message) -> bool:
         if forwarder == self._my_id:
             return True   # our own publish: the node checked it before publishing
         peer = forwarder.to_base58()
         if self._scores.is_banned(peer):
             return False
+        # Pubsub checks "seen" before an async validator and marks it after, so copies of
+        # one message from several peers would all be validated and delivered: the first
+        # copy is validated, the others are dropped here without a penalty.
+        message_id = self._pubsub.get_message_id(message)
+        if message_id in self._validated:
+            return False
+        self._remember_validated(message_id)
         if len(message.data) > self.config.max_gossip_bytes:
             verdict = Verdict.REJECT
         else:
             try:
                 verdict = await trio.to_thread.run_sync(
-                    validator, bytes(message.data), limiter=self._validator_limiter, abandon_on_cancel=True)
+                    validator, bytes(message.data), limiter=limiter, abandon_on_cancel=True)
             except Exception as error:
                 logger.info("validator for %s raised %r: counted as reject", topic, error)
                 verdict = Verdict.REJECT
@@ -523,30 +587,42 @@ class NetworkService:
         self._penalize(forwarder, self.config.penalty_invalid_gossip)
         return False
 
+    def _remember_validated(self, message_id: bytes) -> None:
+        now = time.monotonic()
+        self._validated[message_id] = now
+        if len(self._validated) > VALIDATED_IDS_KEPT:
+            horizon = now - VALIDATED_IDS_SECONDS
+            for old_id, when in list(self._validated.items()):
+                if when >= horizon:
+                    break
+                del self._validated[old_id]
+
     async def _receive_topic(self, topic: str, subscription, on_message: MessageCallback) -> None:
         while True:
             message = await subscription.get()
             origin = ID(message.from_id)
             if origin == self._my_id:
                 continue
-            delivery = (on_message, GossipMessage(topic, bytes(message.data), origin.to_base58(), time.time()))
-            try:
-                self._deliveries.put_nowait(delivery)
-            except queue.Full:
-                self.stats["delivery_dropped"] += 1
-                logger.warning("delivery queue full: dropped a %s message (the node is not keeping up)", topic)
+            self.stats["delivered"] += 1
+            self._deliver(on_message, GossipMessage(topic, bytes(message.data), origin.to_base58(), time.time()))
+
+    def _deliver(self, callback, *arguments) -> None:
+        try:
+            self._deliveries.put_nowait((callback, *arguments))
+        except queue.Full:
+            self.stats["delivery_dropped"] += 1
+            logger.warning("delivery queue full: dropped a callback (the node is not keeping up)")
 
     def _deliver_forever(self) -> None:
         while True:
             item = self._deliveries.get()
             if item is None:
                 return
-            callback, message = item
+            callback, *arguments = item
             try:
-                callback(message)
-                self.stats["delivered"] += 1
+                callback(*arguments)
             except Exception:
-                logger.exception("on_message callback for %s raised", message.topic)
+                logger.exception("callback %r raised", callback)
 
     def _enqueue_publish(self, topic: str, data: bytes) -> None:
         self._publish_send.send_nowait((topic, data))
@@ -578,11 +654,23 @@ class NetworkService:
     async def _serve(self, protocol: str, stream) -> None:
         """One inbound request: never raises (notes, rule 3)."""
         peer = stream.muxed_conn.peer_id
+        if self._scores.is_banned(peer.to_base58()):
+            await _reset(stream)
+            return
+        try:
+            self._inbound_slots.acquire_nowait()
+        except trio.WouldBlock:
+            logger.warning("%s inbound streams open: refusing one from %s", self.config.max_inbound_streams, peer)
+            await _reset(stream)
+            return
+        try:
+            await self._answer(protocol, peer, stream)
+        finally:
+            self._inbound_slots.release()
+
+    async def _answer(self, protocol: str, peer: ID, stream) -> None:
         peer_text = peer.to_base58()
         try:
-            if self._scores.is_banned(peer_text):
-                await _reset(stream)
-                return
             try:
                 with trio.fail_after(self.config.inbound_read_timeout):
                     request = await _read_message(stream, self.config.max_request_bytes)
@@ -597,7 +685,8 @@ class NetworkService:
                 return
             handler = self._handlers[protocol]
             try:
-                response = await trio.to_thread.run_sync(handler, peer_text, request, limiter=self._handler_limiter)
+                response = await trio.to_thread.run_sync(handler, peer_text, request,
+                                                         limiter=self._handler_limiter, abandon_on_cancel=True)
             except Exception as error:
                 self.stats["requests_refused"] += 1
                 self._penalize(peer, self.config.penalty_rejected_request)

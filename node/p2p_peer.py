@@ -5,7 +5,8 @@ JSON line `{"addr": ...}` and then answers one JSON line for each JSON command
 line on stdin:
 
     {"op": "connect", "addr": MULTIADDR}
-    {"op": "subscribe", "topic": T, "reject_prefix": HEX}   # validator rejects data with that prefix
+    {"op": "subscribe", "topic": T, "reject_prefix": HEX, "validator_seconds": S}
+                                    # validator rejects data with that prefix, takes S seconds
     {"op": "serve", "protocol": P, "response_bytes": N}     # answers N deterministic bytes (0: echo)
     {"op": "publish", "topic": T, "count": K, "size": N, "interval": S, "prefix": HEX}
     {"op": "request", "peer": ID, "protocol": P, "size": N, "timeout": S}
@@ -61,11 +62,12 @@ class _Peer:
     def op_connect(self, addr):
         return {"peer": self.service.connect(addr)}
 
-    def op_subscribe(self, topic, reject_prefix=""):
+    def op_subscribe(self, topic, reject_prefix="", validator_seconds=0.0):
         prefix = bytes.fromhex(reject_prefix)
         self.received.setdefault(topic, [])
 
         def validate(data: bytes) -> bool:
+            time.sleep(validator_seconds)
             if len(data) < STAMP.size:
                 return False
             return not (prefix and data.startswith(prefix))

@@ -129,9 +129,14 @@ def test_peer_id_is_deterministic_from_the_seed(pair):
     assert a.peers() == [b.peer_id] and b.peers() == [a.peer_id]
 
 
-def test_start_refuses_a_bad_seed():
+def test_start_refuses_a_bad_seed_address_or_taken_port(pair):
     with pytest.raises(ValueError, match="32 bytes"):
         NetworkService().start(key_seed=b"short")
+    with pytest.raises(NetworkError, match="must look like /ip4/127.0.0.1/tcp/PORT"):
+        NetworkService().start("/ip4/1.2.3/tcp/x")
+    taken = pair[0].address.split("/p2p/")[0]
+    with pytest.raises(NetworkError, match="cannot listen on .*in use"):
+        NetworkService().start(taken)
 
 
 def test_request_response_round_trip_and_handler_sees_the_peer(pair):
@@ -219,3 +224,19 @@ def test_stop_is_prompt_and_calls_after_stop_fail_clearly():
     with pytest.raises(NotRunning):
         service.peers()
     service.stop()   # idempotent
+
+
+def test_on_peer_reports_connections_and_disconnections(pair):
+    a, _ = pair
+    events = []
+    a.on_peer(lambda peer, connected: events.append((peer, connected)))
+    newcomer = NetworkService()
+    newcomer.start()
+    newcomer.connect(a.address)
+    deadline = time.monotonic() + 10
+    while (newcomer.peer_id, True) not in events and time.monotonic() < deadline:
+        time.sleep(0.02)
+    newcomer.stop()
+    while (newcomer.peer_id, False) not in events and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert events.index((newcomer.peer_id, True)) < events.index((newcomer.peer_id, False))
