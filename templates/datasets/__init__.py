@@ -11,8 +11,10 @@ prepared it in array_record format into the same directory, e.g.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,9 +70,11 @@ def prepare(name: str, data_dir: str | None = None) -> str:
     tfds = _tfds()
     builder = _digits_builder(data_dir or default_data_dir())
     if not builder.is_prepared():
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
-        )
+        # TFDS prints its progress to stdout; keep stdout for the command's output
+        # (`bws task new > task.json`).
+        with contextlib.redirect_stdout(sys.stderr):
+            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+                download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
     return str(builder.data_dir)
 
 

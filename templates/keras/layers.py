@@ -49,7 +49,9 @@ _NEUTRAL_ARGUMENTS: dict[str, tuple[Any, ...]] = {
 
 
 def _snake_case(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+    """Keras's to_snake_case: LeakyReLU -> leaky_re_lu, GlorotUniform -> glorot_uniform."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", re.sub(r"\W+", "", name))
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 def _dtype_name(value: Any) -> Any:

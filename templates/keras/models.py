@@ -495,7 +495,7 @@ def model_from_engine_description(description: dict[str, Any], name: str = "bws_
         if kind == "activation":
             return Activation(**arguments)
         if kind == "leaky_relu":
-            return LeakyReLU(negative_slope=arguments["alpha"])
+            return LeakyReLU(negative_slope=spec["alpha"])
         raise UnsupportedKerasFeature(f"engine layer type {kind!r} has no Keras equivalent here")
 
     model = Sequential([InputLayer(shape=description["input_shape"])], name=name)
