@@ -23,7 +23,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Protocol
 
-from bws.spec.encoding import Container, get_fields
+from bws.spec.encoding import ByteVector, Container, _ByteList, _List, _Map, _Union, get_fields, int64, uint
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 HASH_HEX_LENGTH = 64
@@ -57,8 +57,8 @@ def to_json(value: Any) -> Any:
     "type" field), bytes as hex, ints as ints (as strings above 2**53, so
     JavaScript readers keep every digit), lists as lists."""
     if isinstance(value, Container):
-        result = {name: to_json(getattr(value, name)) for name, _ in get_fields(type(value))}
-        return result
+        return {name: (to_json_tagged if issubclass(typ, _Union) else to_json)(getattr(value, name))
+                for name, typ in get_fields(type(value))}
     if isinstance(value, (bytes, bytearray)):
         return bytes(value).hex()
     if isinstance(value, bool):
@@ -72,6 +72,52 @@ def to_json(value: Any) -> Any:
     if value is None:
         return None
     raise TypeError(f"cannot render {type(value).__name__} as JSON")
+
+
+def from_json(typ: type, value: Any) -> Any:
+    """The inverse of to_json for a value of codec type `typ` (containers,
+    unions tagged with "type", bytes as hex, ints or decimal strings).
+    ValueError/TypeError name the field that is wrong."""
+    try:
+        if isinstance(typ, type) and issubclass(typ, Container):
+            if not isinstance(value, dict):
+                raise TypeError(f"expected an object for {typ.__name__}")
+            fields = get_fields(typ)
+            extra = set(value) - {name for name, _ in fields} - {"type"}
+            if extra:
+                raise ValueError(f"unknown field(s) {', '.join(sorted(extra))} in {typ.__name__}")
+            missing = [name for name, _ in fields if name not in value]
+            if missing:
+                raise ValueError(f"missing field(s) {', '.join(missing)} in {typ.__name__}")
+            return typ(**{name: from_json(field_type, value[name]) for name, field_type in fields})
+        if issubclass(typ, _Union):
+            if not isinstance(value, dict) or "type" not in value:
+                raise TypeError("a union value is an object with a \"type\" field")
+            options = {option.__name__: option for option in typ.OPTIONS}
+            if value["type"] not in options:
+                raise ValueError(f"type {value['type']!r} is not one of {', '.join(options)}")
+            return from_json(options[value["type"]], value)
+        if issubclass(typ, (ByteVector, _ByteList)):
+            if not isinstance(value, str):
+                raise TypeError("bytes are written as a hex string")
+            return typ(bytes.fromhex(value))
+        if issubclass(typ, (uint, int64)):
+            if isinstance(value, str) and value.lstrip("-").isdigit():
+                value = int(value)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError("expected an integer")
+            return typ(value)
+        if issubclass(typ, _List):
+            if not isinstance(value, list):
+                raise TypeError("expected a list")
+            return typ([from_json(typ.ELEM, item) for item in value])
+        if issubclass(typ, _Map):
+            if not isinstance(value, list):
+                raise TypeError("a map is a list of {\"key\", \"value\"} objects")
+            return typ({from_json(typ.KEY, entry["key"]): from_json(typ.VALUE, entry["value"]) for entry in value})
+    except (KeyError, IndexError) as error:
+        raise ValueError(f"missing {error}") from None
+    raise TypeError(f"cannot read a {typ.__name__} from JSON")
 
 
 def to_json_tagged(value: Any) -> Any:

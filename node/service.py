@@ -1,0 +1,444 @@
+"""The node process: store + validation + mempool + networking + HTTP API.
+
+    node = Node(NodeSettings(data_dir=..., genesis=load_genesis(path), roles={"peer"}, peers=[...], api_port=8645))
+    node.start()      # opens the store, joins the network, syncs, serves the API
+    ...
+    node.stop()       # clean shutdown (also on SIGINT/SIGTERM under `bws node run`)
+
+What the node does with the network (node/p2p.py's NetworkService):
+- gossip `bws/block/1`: validated before relay with `precheck_block` (stateless,
+  libsecp256k1); a junk block is REJECTed (the forwarding peer is scored down);
+  accepted blocks are imported (orphans trigger a sync with the sender).
+- gossip `bws/tx/1`: envelope checked before relay (REJECT on a bad one);
+  state-dependent failures (nonce already used, balance) are IGNOREd, since an
+  honest peer may simply be behind; accepted transactions enter the mempool.
+- gossip `bws/task/1`: signed iteration messages, signature checked before
+  relay; a node with the supervisor role records every one in the store and
+  flags equivocation (two different messages of one miner for one task and
+  iteration).
+- request/response `/bws/sync/1` (node/sync.py's codec): status, main-chain
+  blocks by height, a block by hash. Sync runs when a peer connects, when an
+  orphan arrives, and every SYNC_INTERVAL seconds against peers with more work.
+
+Replay: the spec's transition needs a `replay`. A node with the verifier role
+gets one from its caller (the roles layer replays iterations with the engine
+on inputs fetched from peers); a node without it trusts the iteration's
+claimed roots (`trusting_replay`) and checks every other rule — like a light
+client for the ML part, documented in docs/node.md.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from pathlib import Path
+
+from bws.spec import containers as C
+from bws.spec.constants import TASK_CANCELLED, TASK_EVALUATION, TASK_EXPIRED, TASK_FINALIZED, TASK_GROUP_SELECTED, \
+    TASK_SUBMITTED, TASK_TRAINING
+from bws.spec.encoding import DecodeError, decode, encode
+from bws.spec.genesis import InvalidGenesis, create_genesis_state, get_genesis_block
+from bws.spec.pouw import compute_message_digest
+from bws.spec.presets import PRESETS
+from bws.spec.state_transition import Replay, compute_block_hash
+
+from . import sync
+from .api import ApiError, ApiServer, from_json, to_json
+from .mempool import Mempool, MempoolError
+from .p2p import PROTOCOL_SYNC, TOPIC_BLOCK, TOPIC_TASK, TOPIC_TX, NetworkError, NetworkService, Verdict
+from .store import ChainStore, StoreError, transaction_id
+from .validation import (
+    BlockFromFuture, BlockRejected, Chain, ImportResult, TransactionRejected, check_transaction_envelope,
+    decode_block, decode_transaction, is_signed_iteration_message_valid, precheck_block, transaction_pool_record,
+)
+
+logger = logging.getLogger("bws.node")
+
+ROLES = ("peer", "verifier", "supervisor", "miner", "client", "evaluator")
+SYNC_INTERVAL = 2.0
+NODE_INFO_FILE = "node.json"
+P2P_KEY_FILE = "p2p.key"
+TASK_STATUS_NAMES = {TASK_SUBMITTED: "submitted", TASK_GROUP_SELECTED: "group_selected", TASK_TRAINING: "training",
+                     TASK_EVALUATION: "evaluation", TASK_FINALIZED: "finalized", TASK_CANCELLED: "cancelled",
+                     TASK_EXPIRED: "expired"}
+
+
+class NodeError(Exception):
+    """The node cannot start or do what was asked; the message says why."""
+
+
+def trusting_replay(task: C.Task, message: C.IterationMessage) -> C.ReplayResult:
+    """The replay of a node that does not verify iterations: it takes the
+    message's claimed roots (every other rule of the block is still checked)."""
+    return C.ReplayResult(update_root=message.work.update_root, state_after_root=message.work.state_after_root)
+
+
+# ---------------------------------------------------------------------------
+# Genesis files
+# ---------------------------------------------------------------------------
+def load_genesis(path: Path) -> C.GenesisConfig:
+    """A genesis file: JSON of a GenesisConfig (bytes as hex), where "config"
+    may be replaced by "preset": "devnet" | "mainnet"."""
+    try:
+        document = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise NodeError(f"no genesis file at {path}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise NodeError(f"{path} is not JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise NodeError(f"{path}: a genesis file is a JSON object")
+    if "preset" in document:
+        preset = document.pop("preset")
+        if preset not in PRESETS:
+            raise NodeError(f"{path}: unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+        document["config"] = to_json(PRESETS[preset])
+    try:
+        genesis = from_json(C.GenesisConfig, document)
+        create_genesis_state(genesis)
+    except (ValueError, TypeError, InvalidGenesis) as error:
+        raise NodeError(f"{path}: not a valid genesis: {error}") from None
+    return genesis
+
+
+def write_genesis(path: Path, genesis: C.GenesisConfig) -> None:
+    Path(path).write_text(json.dumps(to_json(genesis), indent=1, sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------------------
+# The node
+# ---------------------------------------------------------------------------
+@dataclass
+class NodeSettings:
+    data_dir: Path
+    genesis: C.GenesisConfig
+    roles: set[str] = field(default_factory=lambda: {"peer"})
+    peers: list[str] = field(default_factory=list)
+    api_port: int = 0
+    listen: str = "/ip4/127.0.0.1/tcp/0"
+    replay: Replay | None = None
+
+
+class Node:
+    def __init__(self, settings: NodeSettings) -> None:
+        unknown = set(settings.roles) - set(ROLES)
+        if unknown:
+            raise NodeError(f"unknown role(s) {', '.join(sorted(unknown))}; roles are {', '.join(ROLES)}")
+        if "verifier" in settings.roles and settings.replay is None:
+            raise NodeError("the verifier role needs a replay (the engine's); this node was given none")
+        self.settings = settings
+        self.data_dir = Path(settings.data_dir)
+        self.roles = set(settings.roles)
+        self.started_at = time.time()
+        genesis_state = create_genesis_state(settings.genesis)
+        self.store = ChainStore(self.data_dir)
+        try:
+            self.chain = Chain(self.store, genesis_state, get_genesis_block(genesis_state),
+                               settings.replay or trusting_replay)
+        except StoreError:
+            self.store.close()
+            raise
+        self.mempool = Mempool(self.chain.account_nonce)
+        self.network = NetworkService()
+        self.api: ApiServer | None = None
+        self._stopping = threading.Event()
+        self._sync_wanted = threading.Event()
+        self._sync_thread: threading.Thread | None = None
+        self.counters = {"gossip_blocks": 0, "gossip_transactions": 0, "iteration_messages": 0,
+                         "equivocations": 0, "synced_blocks": 0, "sync_failures": 0}
+        self.equivocations: list[dict] = []
+
+    # -- lifecycle ----------------------------------------------------------
+    def start(self) -> "Node":
+        address = self.network.start(self.settings.listen, key_seed=self._p2p_key())
+        self.network.subscribe(TOPIC_BLOCK, self._validate_gossip_block, self._on_gossip_block)
+        self.network.subscribe(TOPIC_TX, self._validate_gossip_transaction, self._on_gossip_transaction)
+        self.network.subscribe(TOPIC_TASK, self._validate_iteration_message, self._on_iteration_message)
+        self.network.register_handler(PROTOCOL_SYNC, self._serve_sync)
+        self.network.on_peer(lambda peer, connected: connected and self._sync_wanted.set())
+        self.api = ApiServer(self, self.settings.api_port).start()
+        for peer in self.settings.peers:
+            try:
+                self.network.connect(peer)
+            except NetworkError as error:
+                logger.warning("could not connect to %s: %s", peer, error)
+        self._sync_thread = threading.Thread(target=self._sync_forever, name="bws-sync", daemon=True)
+        self._sync_thread.start()
+        self._write_info(address)
+        logger.info("node %s listening on %s, API on %s", self.network.peer_id, address, self.api.url)
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._sync_wanted.set()
+        if self.api is not None:
+            self.api.stop()
+        self.network.stop()
+        if self._sync_thread is not None:
+            self._sync_thread.join(10)
+        self.store.close()
+        (self.data_dir / NODE_INFO_FILE).unlink(missing_ok=True)
+
+    def _p2p_key(self) -> bytes:
+        """A stable libp2p identity per data dir."""
+        path = self.data_dir / P2P_KEY_FILE
+        if not path.exists():
+            from .wallet import write_atomically
+            write_atomically(path, secrets.token_bytes(32))
+        key = path.read_bytes()
+        if len(key) != 32:
+            raise NodeError(f"{path} is corrupt (a p2p key is 32 bytes); delete it to get a new peer id")
+        return key
+
+    def _write_info(self, address: str) -> None:
+        info = {"pid": os.getpid(), "address": address, "api": self.api.url, "peer_id": self.network.peer_id}
+        (self.data_dir / NODE_INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
+
+    # -- chain events -------------------------------------------------------
+    def import_block(self, block: C.Block) -> list[ImportResult]:
+        """Import a block (and waiting orphans), update the mempool, and ask
+        for a sync if its parent is missing."""
+        results = self.chain.import_with_orphans(block)
+        for result in results:
+            for connected in result.connected:
+                self.mempool.prune({bytes(tx.transaction.sender) for tx in connected.transactions})
+            for disconnected in result.disconnected:
+                self.mempool.reinsert(transaction_pool_record(tx, encode(tx)) for tx in disconnected.transactions)
+            if result.disconnected:
+                self.mempool.prune()
+            if result.status in ("connected", "reorg"):
+                logger.info("head %s at height %d (%s)", result.block_hash.hex()[:16], result.height, result.status)
+        if results[0].status == "orphan":
+            self._sync_wanted.set()
+        return results
+
+    # -- gossip ---------------------------------------------------------------
+    def _validate_gossip_block(self, data: bytes) -> Verdict:
+        try:
+            block = decode_block(data)
+            precheck_block(block, self.chain.config.chain_id)
+        except BlockRejected:
+            return Verdict.REJECT
+        if self.store.has_block(bytes(compute_block_hash(block))):
+            return Verdict.IGNORE
+        return Verdict.ACCEPT
+
+    def _on_gossip_block(self, message) -> None:
+        self.counters["gossip_blocks"] += 1
+        try:
+            self.import_block(decode_block(message.data))
+        except (BlockRejected, BlockFromFuture) as error:
+            logger.info("gossiped block refused: %s", error.reason)
+
+    def _validate_gossip_transaction(self, data: bytes) -> Verdict:
+        try:
+            signed = decode_transaction(data)
+            check_transaction_envelope(signed, self.chain.config.chain_id)
+        except TransactionRejected:
+            return Verdict.REJECT
+        try:
+            self.chain.check_transaction(signed)
+        except TransactionRejected:
+            return Verdict.IGNORE
+        return Verdict.IGNORE if transaction_id(signed) in self.mempool else Verdict.ACCEPT
+
+    def _on_gossip_transaction(self, message) -> None:
+        self.counters["gossip_transactions"] += 1
+        try:
+            self.mempool.add(transaction_pool_record(decode_transaction(message.data), message.data))
+        except (MempoolError, TransactionRejected) as error:
+            logger.debug("gossiped transaction not pooled: %s", error)
+
+    def _validate_iteration_message(self, data: bytes) -> Verdict:
+        try:
+            signed = decode(data, C.SignedIterationMessage)
+        except DecodeError:
+            return Verdict.REJECT
+        return Verdict.ACCEPT if is_signed_iteration_message_valid(signed) else Verdict.REJECT
+
+    def _on_iteration_message(self, message) -> None:
+        self.counters["iteration_messages"] += 1
+        if "supervisor" in self.roles:
+            self.record_iteration_message(decode(message.data, C.SignedIterationMessage), message.received_at)
+
+    def record_iteration_message(self, signed: C.SignedIterationMessage, received_at: float) -> bool:
+        """The supervisor's record; returns False for a duplicate. Two different
+        messages of one miner for one (task, iteration) are flagged as equivocation."""
+        work = signed.message.work
+        digest = bytes(compute_message_digest(signed.message))
+        earlier = self.store.iteration_messages(bytes(work.task_id), int(work.iteration), bytes(work.miner))
+        stored = self.store.record_iteration_message(signed, digest, received_at)
+        if stored and earlier:
+            self.counters["equivocations"] += 1
+            flag = {"task_id": bytes(work.task_id).hex(), "iteration": int(work.iteration),
+                    "miner": bytes(work.miner).hex(), "digests": [digest.hex()] + [
+                        bytes(compute_message_digest(e.message)).hex() for e in earlier]}
+            self.equivocations.append(flag)
+            logger.warning("equivocation by %s at iteration %d of task %s", flag["miner"], flag["iteration"],
+                           flag["task_id"][:16])
+        return stored
+
+    # -- sync -------------------------------------------------------------------
+    def _serve_sync(self, peer: str, request: bytes) -> bytes:
+        kind, argument = sync.decode_request(request)
+        if kind == sync.STATUS:
+            head = self.chain.head
+            return sync.encode_status(sync.Status(self.chain.genesis_hash, head.hash, head.height, head.cumulative_work))
+        if kind == sync.BLOCKS_BY_HEIGHT:
+            start, count = argument
+            records = [self.store.get_block_record(h) for h in self.store.main_chain_hashes(start, count)]
+            return sync.encode_blocks([r.encoded for r in records if r is not None])
+        record = self.store.get_block_record(argument)
+        return sync.encode_blocks([record.encoded] if record is not None else [])
+
+    def _sync_forever(self) -> None:
+        while not self._stopping.is_set():
+            self._sync_wanted.wait(SYNC_INTERVAL)
+            self._sync_wanted.clear()
+            if self._stopping.is_set():
+                return
+            try:
+                peers = self.network.peers()
+            except NetworkError:
+                continue
+            for peer in peers:
+                try:
+                    self.sync_with(peer)
+                except (NetworkError, sync.SyncError) as error:
+                    self.counters["sync_failures"] += 1
+                    logger.info("sync with %s failed: %s", peer[:12], error)
+
+    def sync_with(self, peer: str) -> int:
+        """Fetch what `peer` has and we lack: main-chain blocks by height from a
+        little below our head, then missing ancestors by hash. Returns the
+        number of blocks newly connected or stored."""
+        status = sync.decode_status(self.network.request(peer, PROTOCOL_SYNC, sync.encode_request(sync.STATUS)))
+        if status.genesis_hash != self.chain.genesis_hash:
+            raise sync.SyncError("peer is on another chain (different genesis)")
+        imported = 0
+        while status.cumulative_work > self.chain.head.cumulative_work and not self._stopping.is_set():
+            start = max(1, self.chain.head.height + 1 - sync.REORG_OVERLAP)
+            raw_blocks = sync.decode_blocks(self.network.request(
+                peer, PROTOCOL_SYNC, sync.encode_request(sync.BLOCKS_BY_HEIGHT, (start, sync.MAX_BLOCKS_PER_REQUEST))))
+            if not raw_blocks:
+                break
+            progress = 0
+            for raw in raw_blocks:
+                results = self._import_synced(raw)
+                progress += sum(r.status in ("connected", "reorg", "side") for r in results)
+                if results and results[0].status == "orphan":
+                    progress += self._backfill(peer, results[0].missing_parent)
+            imported += progress
+            if progress == 0:
+                break
+        self.counters["synced_blocks"] += imported
+        return imported
+
+    def _import_synced(self, raw: bytes) -> list[ImportResult]:
+        try:
+            return self.import_block(decode_block(raw))
+        except BlockRejected as error:
+            raise sync.SyncError(f"peer served an invalid block: {error.reason}") from None
+        except BlockFromFuture:
+            return []
+
+    def _backfill(self, peer: str, missing: bytes) -> int:
+        """Fetch ancestors by hash until one connects (a fork deeper than the overlap)."""
+        for _ in range(sync.MAX_BACKFILL):
+            raw_blocks = sync.decode_blocks(self.network.request(
+                peer, PROTOCOL_SYNC, sync.encode_request(sync.BLOCK_BY_HASH, missing)))
+            if not raw_blocks:
+                return 0
+            results = self._import_synced(raw_blocks[0])
+            if not results:
+                return 0
+            if results[0].status != "orphan":
+                return sum(r.status in ("connected", "reorg", "side") for r in results)
+            missing = results[0].missing_parent
+        return 0
+
+    # -- the API backend (node/api.py) -------------------------------------------
+    def status(self) -> dict:
+        head = self.chain.head
+        return {
+            "genesis": self.chain.genesis_hash.hex(),
+            "chain_id": int(self.chain.config.chain_id),
+            "head": {"hash": head.hash.hex(), "height": head.height, "cumulative_work": str(head.cumulative_work)},
+            "peers": len(self._safe_peers()),
+            "mempool": {"transactions": len(self.mempool), "bytes": self.mempool.total_bytes},
+            "roles": sorted(self.roles),
+            "address": self.network.address,
+        }
+
+    def _safe_peers(self) -> list[str]:
+        try:
+            return self.network.peers()
+        except NetworkError:
+            return []
+
+    def block(self, reference: bytes | int) -> dict:
+        block_hash = self.store.main_chain_hash(reference) if isinstance(reference, int) else reference
+        record = self.store.get_block_record(block_hash) if block_hash is not None else None
+        if record is None:
+            raise ApiError(HTTPStatus.NOT_FOUND, f"no block {reference if isinstance(reference, int) else reference.hex()}")
+        return {"hash": record.hash.hex(), "height": record.height, "cumulative_work": str(record.cumulative_work),
+                "main_chain": self.store.is_on_main_chain(record.hash), "block": to_json(record.block())}
+
+    def account(self, address: bytes) -> dict:
+        state = self.chain.head_state
+        account = state.accounts.get(address)
+        stakes = [{"role": int(key.role), "amount": int(stake.amount), "release_height": int(stake.release_height)}
+                  for key, stake in state.stakes.items() if key.owner == address]
+        return {"address": address.hex(), "balance": int(account.balance) if account else 0,
+                "nonce": int(account.nonce) if account else 0, "pending_nonce": self.mempool.pending_nonce(address),
+                "stakes": stakes, "height": int(state.height)}
+
+    def task(self, task_id: bytes) -> dict:
+        task = self.chain.head_state.tasks.get(task_id)
+        if task is None:
+            raise ApiError(HTTPStatus.NOT_FOUND, f"no task {task_id.hex()}")
+        return {"task_id": task_id.hex(), "status": TASK_STATUS_NAMES.get(int(task.status), str(int(task.status))),
+                "task": to_json(task), "blocks": self.store.audit_entries(task_id)}
+
+    def submit_transaction(self, raw: bytes) -> dict:
+        try:
+            signed = decode_transaction(raw)
+            self.chain.check_transaction(signed)
+            self.mempool.add(transaction_pool_record(signed, raw))
+        except (TransactionRejected, MempoolError) as error:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"transaction rejected: {error}") from None
+        self._publish(TOPIC_TX, raw)
+        return {"id": transaction_id(signed).hex(), "mempool": len(self.mempool)}
+
+    def submit_block(self, raw: bytes) -> dict:
+        try:
+            block = decode_block(raw)
+            results = self.import_block(block)
+        except (BlockRejected, BlockFromFuture) as error:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"block rejected: {error.reason}") from None
+        result = results[0]
+        if result.status in ("connected", "reorg", "side"):
+            self._publish(TOPIC_BLOCK, raw)
+        return {"status": result.status, "hash": result.block_hash.hex(), "height": result.height,
+                "head": self.chain.head.hash.hex()}
+
+    def _publish(self, topic: str, data: bytes) -> None:
+        try:
+            self.network.publish(topic, data)
+        except NetworkError as error:
+            logger.warning("could not gossip on %s: %s", topic, error)
+
+    def metrics(self) -> dict:
+        chain = dict(self.chain.metrics)
+        transitions = chain.pop("transitions")
+        seconds = chain.pop("transition_seconds")
+        chain["mean_transition_ms"] = round(1000 * seconds / transitions, 3) if transitions else None
+        network = dict(self.network.stats)
+        network["peers"] = len(self._safe_peers())
+        return {"uptime_seconds": round(time.time() - self.started_at, 1), "chain": chain, "node": dict(self.counters),
+                "mempool": {"transactions": len(self.mempool), "bytes": self.mempool.total_bytes},
+                "network": network, "height": self.chain.head.height}

@@ -1,0 +1,92 @@
+"""Nodes on loopback: gossip, sync by request/response, the API, bad input."""
+import random
+import time
+
+import pytest
+
+from bws.node import sync
+from bws.node.api import ApiClient, ApiError
+from bws.node.p2p import PROTOCOL_SYNC, NetworkError, NetworkService, RemoteError
+from bws.node.service import Node, NodeSettings
+from bws.spec.encoding import encode
+from bws.spec.state_transition import compute_block_hash
+from tests.node.chain_factory import ChainFactory
+
+
+def wait_for(condition, timeout=30.0, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def factory():
+    return ChainFactory(miners=2, seed=7)
+
+
+@pytest.fixture
+def nodes(tmp_path, factory):
+    started = []
+
+    def start(name, peers=(), roles=("peer",)):
+        node = Node(NodeSettings(data_dir=tmp_path / name, genesis=factory.genesis, roles=set(roles), peers=list(peers)))
+        started.append(node.start())
+        return node
+
+    yield start
+    for node in reversed(started):
+        node.stop()
+
+
+@pytest.mark.slow
+def test_gossip_sync_api_and_garbage(nodes, factory):
+    a = nodes("a")
+    b = nodes("b", peers=[a.network.address], roles=("peer", "supervisor"))
+    chain = factory.chain(6, miner_of=lambda h: h % 2)
+    client = ApiClient(a.api.url)
+    for block, _ in chain[:4]:
+        answer = client.post("/block", {"block": encode(block).hex()})
+        assert answer["status"] == "connected"
+    wait_for(lambda: b.chain.head.height == 4, what="gossip of 4 blocks to b")
+    assert b.chain.head.hash == compute_block_hash(chain[3][0])
+
+    # An invalid block is refused with a reason and goes nowhere.
+    forged = chain[4][0].__class__(header=chain[4][0].header.__class__(**{**vars(chain[4][0].header), "nonce": bytes(32)}),
+                                  transactions=chain[4][0].transactions, proofs=chain[4][0].proofs)
+    with pytest.raises(ApiError, match="nonce is not derived"):
+        client.post("/block", {"block": encode(forged).hex()})
+
+    # A transaction reaches the other node's mempool by gossip.
+    tx = factory.transfer(factory.users[0], factory.users[1].address, 10**8, nonce=0)
+    answer = client.post("/tx", {"transaction": encode(tx).hex()})
+    wait_for(lambda: answer["id"] and bytes.fromhex(answer["id"]) in b.mempool, what="transaction gossip")
+    assert client.get(f"/account/{factory.users[0].address.hex()}")["pending_nonce"] == 1
+
+    # A late node catches up by request/response sync.
+    for block, _ in chain[4:]:
+        client.post("/block", {"block": encode(block).hex()})
+    c = nodes("c", peers=[b.network.address])
+    wait_for(lambda: c.chain.head.height == 6, what="sync of c")
+    assert c.chain.head.hash == a.chain.head.hash == compute_block_hash(chain[5][0])
+
+    # A peer that sends garbage on the sync protocol gets errors; the node keeps serving.
+    rng = random.Random(3)
+    with NetworkService() as rogue:
+        rogue.start()
+        peer = rogue.connect(a.network.address)
+        for _ in range(10):
+            junk = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 64)))
+            try:
+                sync.decode_status(rogue.request(peer, PROTOCOL_SYNC, junk, timeout=10))
+            except (RemoteError, sync.SyncError):
+                pass  # an error answer (or, for b"S", a status)
+            except NetworkError:
+                break  # scored down to a ban and disconnected: also fine; a hang is not
+    status = sync.decode_status(b.network.request(a.network.peer_id, PROTOCOL_SYNC, sync.encode_request(sync.STATUS)))
+    assert status.height == 6
+    assert client.get("/status")["head"]["height"] == 6
+    metrics = client.get("/metrics")
+    assert metrics["chain"]["blocks_rejected"] >= 1
