@@ -81,6 +81,7 @@ def report(args: argparse.Namespace, figures: dict) -> str:
         "## p2p (node/p2p.py, py-libp2p)",
         "",
         f"`{command.strip()}` — {datetime.date.today()}, {os.cpu_count()} cores, "
+        f"load average {os.getloadavg()[0]:.1f} at the end (the machine is shared), "
         f"Python {platform.python_version()}; {args.nodes} nodes, one process each, full mesh on loopback.",
         "",
         "| figure | value |",
