@@ -68,11 +68,12 @@ def bit_length(x):
 def isqrt(n):
     """floor(sqrt(n)) of an int64 array with 0 <= n < 2**62, bit by bit (exact)."""
     n = n.astype(I64)
-    root = jnp.zeros_like(n)
-    for b in reversed(range(31)):
-        candidate = root + (jnp.asarray(1, I64) << b)
-        root = jnp.where(candidate * candidate <= n, candidate, root)
-    return root
+
+    def try_bit(k, root):
+        candidate = root + (jnp.asarray(1, I64) << (30 - k).astype(I64))
+        return jnp.where(candidate * candidate <= n, candidate, root)
+
+    return jax.lax.fori_loop(0, 31, try_bit, jnp.zeros_like(n))
 
 
 def mul_q30(x, c):

@@ -64,6 +64,16 @@ def init_state(spec, seed: int) -> dict:
     require_x64()
     spec = _as_spec(spec)
     key = seed_key(seed)
+    cache_key = spec.to_json()
+    if cache_key not in _INIT_CACHE:
+        _INIT_CACHE[cache_key] = jax.jit(lambda key: _init_state(spec, key))
+    return _INIT_CACHE[cache_key](key)
+
+
+_INIT_CACHE: dict[str, Any] = {}
+
+
+def _init_state(spec: ModelSpec, key) -> dict:
     params = {}
     for layer, shapes in param_shapes(spec).items():
         config = spec.layers[int(layer)]
