@@ -126,6 +126,9 @@ def test_peer_id_is_deterministic_from_the_seed(pair):
     a, b = pair
     assert a.peer_id == peer_id_from_seed(seed_from_text("test-a"))
     assert b.peer_id == peer_id_from_seed(seed_from_text("test-b")) != a.peer_id
+    deadline = time.monotonic() + 5   # the listener registers the connection a moment later
+    while a.peers() != [b.peer_id] and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert a.peers() == [b.peer_id] and b.peers() == [a.peer_id]
 
 
