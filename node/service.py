@@ -367,6 +367,7 @@ class Node:
         return {
             "genesis": self.chain.genesis_hash.hex(),
             "chain_id": int(self.chain.config.chain_id),
+            "min_transaction_fee": int(self.chain.config.min_transaction_fee),
             "head": {"hash": head.hash.hex(), "height": head.height, "cumulative_work": str(head.cumulative_work)},
             "peers": len(self._safe_peers()),
             "mempool": {"transactions": len(self.mempool), "bytes": self.mempool.total_bytes},

@@ -1,0 +1,98 @@
+"""The node, wallet and chain commands as a user runs them (subprocesses)."""
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bws.node.api import ApiClient
+from bws.node.service import write_genesis
+from bws.node.wallet import Account, save_keystore
+from bws.spec.encoding import encode
+from tests.node.chain_factory import ChainFactory
+
+BWS = [sys.executable, "-m", "bws.node.cli"]
+
+
+def bws(*args, check=True):
+    result = subprocess.run(BWS + [str(a) for a in args], capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"bws {' '.join(map(str, args))} failed: {result.stderr}")
+    return result
+
+
+def one_line_error(result, fragment):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert fragment in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_node_wallet_chain_commands(tmp_path):
+    factory = ChainFactory(miners=2, seed=11)
+    genesis_file = tmp_path / "genesis.json"
+    write_genesis(genesis_file, factory.genesis)
+    password = tmp_path / "pw"
+    password.write_text("hunter2\n")
+    alice_keystore = tmp_path / "alice.json"
+    save_keystore(alice_keystore, Account(factory.users[0].secret), "hunter2", scrypt_n=2**10)
+    bob = bws("wallet", "new", "--keystore", tmp_path / "bob.json", "--password-file", password).stdout.split()[1]
+    assert bws("wallet", "address", "--keystore", tmp_path / "bob.json").stdout.strip() == bob
+
+    data_dir = tmp_path / "node"
+    node = subprocess.Popen(BWS + ["node", "run", "--data-dir", str(data_dir), "--genesis", str(genesis_file),
+                                   "--api-port", "0", "--log-level", "warning"], stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not (data_dir / "node.json").exists():
+            assert node.poll() is None and time.time() < deadline, "node did not start"
+            time.sleep(0.2)
+        api = json.loads((data_dir / "node.json").read_text())["api"]
+        client = ApiClient(api)
+        for block, _ in factory.chain(3):
+            client.post("/block", {"block": encode(block).hex()})
+        head = json.loads(bws("chain", "head", "--data-dir", data_dir).stdout)
+        assert head["height"] == 3
+        assert json.loads(bws("chain", "block", "2", "--api", api).stdout)["height"] == 2
+
+        out = bws("wallet", "transfer", "--keystore", alice_keystore, "--to", bob, "--amount", "1.5",
+                  "--api", api, "--password-file", password).stdout
+        assert out.startswith("submitted ")
+        assert "(next 1)" in bws("wallet", "balance", "--keystore", alice_keystore, "--api", api).stdout
+        assert "balance 0 coin" in bws("wallet", "balance", "--address", bob, "--api", api).stdout
+
+        wrong = tmp_path / "wrong"
+        wrong.write_text("nope")
+        one_line_error(bws("wallet", "transfer", "--keystore", alice_keystore, "--to", bob, "--amount", "1",
+                           "--api", api, "--password-file", wrong, check=False), "wrong password")
+        one_line_error(bws("wallet", "transfer", "--keystore", alice_keystore, "--to", "zz", "--amount", "1",
+                           "--api", api, "--password-file", password, check=False), "not hex")
+        one_line_error(bws("chain", "block", "99", "--api", api, check=False), "no block 99")
+    finally:
+        node.send_signal(signal.SIGTERM)
+        assert node.wait(30) == 0
+    assert not (data_dir / "node.json").exists()
+    # Stopped: the store itself answers.
+    assert json.loads(bws("chain", "head", "--data-dir", data_dir).stdout)["height"] == 3
+    bws("chain", "export", "--data-dir", data_dir, "--out", tmp_path / "chain.bin")
+    assert (tmp_path / "chain.bin").stat().st_size > 0
+    one_line_error(bws("wallet", "balance", "--address", bob, "--api", "http://127.0.0.1:9", check=False), "no node answering")
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path):
+    (tmp_path / "genesis.json").write_text("{not json")
+    one_line_error(bws("node", "run", "--data-dir", tmp_path / "d", "--genesis", tmp_path / "genesis.json", check=False),
+                   "not JSON")
+    one_line_error(bws("node", "run", "--data-dir", tmp_path / "d", "--genesis", tmp_path / "absent.json", check=False),
+                   "no genesis file")
+    one_line_error(bws("chain", "genesis", "--out", tmp_path / "g.json", "--fund", "aabb:1", check=False), "40 hex")
+    address = "11" * 20
+    bws("chain", "genesis", "--out", tmp_path / "g.json", "--fund", f"{address}:12.5")
+    one_line_error(bws("node", "run", "--data-dir", tmp_path / "d", "--genesis", tmp_path / "g.json", "--roles", "miner",
+                       check=False), "not in this build")
+    one_line_error(bws("chain", "head", "--data-dir", tmp_path / "nothing", check=False), "no chain store")
+    one_line_error(bws("wallet", "address", "--keystore", tmp_path / "g.json", check=False), "missing the field")
