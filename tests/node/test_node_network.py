@@ -1,4 +1,5 @@
 """Nodes on loopback: gossip, sync by request/response, the API, bad input."""
+import json
 import random
 import time
 
@@ -90,3 +91,37 @@ def test_gossip_sync_api_and_garbage(nodes, factory):
     assert client.get("/status")["head"]["height"] == 6
     metrics = client.get("/metrics")
     assert metrics["chain"]["blocks_rejected"] >= 1
+
+
+def test_api_errors_name_the_problem(nodes, factory):
+    import urllib.error
+    import urllib.request
+
+    node = nodes("solo")
+
+    def call(method, path, body=None, headers=None):
+        request = urllib.request.Request(node.api.url + path, data=body, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    assert call("GET", "/status")[0] == 200
+    assert call("GET", "/block/0")[1]["height"] == 0
+    assert call("GET", "/nowhere") == (404, {"error": "no such path /nowhere"})
+    assert call("POST", "/status")[0] == 405
+    assert call("GET", "/block/zz")[1]["error"] == "block hash must be 64 hex characters, got 2"
+    assert call("GET", "/block/" + "00" * 32)[0] == 404
+    assert call("GET", "/account/abc")[0] == 400
+    assert call("GET", f"/task/{next(iter(factory.genesis_state.tasks)).hex()}")[1]["status"] == "training"
+    status, answer = call("POST", "/tx", b"not json")
+    assert status == 400 and "not JSON" in answer["error"]
+    status, answer = call("POST", "/tx", json.dumps({"transaction": "00ff"}).encode())
+    assert status == 400 and answer["error"].startswith("transaction rejected: not a signed transaction")
+    status, answer = call("POST", "/tx", b"x", headers={"Content-Length": str(10**9)})
+    assert status == 413
+    tx = factory.transfer(factory.users[0], factory.users[1].address, 5, nonce=0)
+    assert call("POST", "/tx", json.dumps({"transaction": encode(tx).hex()}).encode())[0] == 200
+    status, answer = call("POST", "/tx", json.dumps({"transaction": encode(tx).hex()}).encode())
+    assert status == 400 and "already in the mempool" in answer["error"]
