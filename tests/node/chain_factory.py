@@ -59,8 +59,12 @@ class Key:
 
 
 class ChainFactory:
-    def __init__(self, miners: int = 2, seed: int = 0, extra_accounts: int = 2) -> None:
+    def __init__(self, miners: int = 2, seed: int = 0, extra_accounts: int = 2, replay=hash_replay,
+                 task_definition: bytes = TASK_DEFINITION, batch_size: int | None = None) -> None:
+        """`replay` computes the roots each iteration message claims (and is
+        the replay to validate the chain with)."""
         self.seed = seed
+        self.replay = replay
         self.miners = [Key(secret_key(f"miner{i}", seed)) for i in range(miners)]
         self.users = [Key(secret_key(f"user{i}", seed)) for i in range(extra_accounts)]
         self.client = Key(secret_key("client", seed))
@@ -74,7 +78,7 @@ class ChainFactory:
             + [C.GenesisStake(owner=supervisor.address, role=ROLE_SUPERVISOR, amount=DEVNET.supervisor_ticket_price),
                C.GenesisStake(owner=evaluator.address, role=ROLE_EVALUATOR, amount=DEVNET.evaluator_ticket_price)],
             tasks=[C.GenesisTask(
-                client=self.client.address, task_definition=TASK_DEFINITION,
+                client=self.client.address, task_definition=task_definition,
                 dataset_root=compute_merkle_root(self.batch_roots), num_batches=NUM_BATCHES,
                 test_set_hash=hash_bytes(b"test set"), iterations=100_000, evaluation_deadline=10**9,
                 payment=100 * COIN, members=[k.address for k in self.miners],
@@ -105,7 +109,7 @@ class ChainFactory:
             batch_proof=compute_merkle_proof(self.batch_roots, batch_index), peer_update_roots=[],
             update_root=bytes(32), state_after_root=bytes(32), loss=-1234,
         )
-        replayed = hash_replay(task, C.IterationMessage(work=work, header_commitment=bytes(32)))
+        replayed = self.replay(task, C.IterationMessage(work=work, header_commitment=bytes(32)))
         return dataclasses.replace(work, update_root=replayed.update_root, state_after_root=replayed.state_after_root)
 
     def next_block(self, state: C.State, transactions=(), miner: int = 0, timestamp: int | None = None,
@@ -142,7 +146,7 @@ class ChainFactory:
                                     proofs=[C.PouwProof(message=message, commitment=commitment)])
                     if tamper_work is not None:
                         return block, None
-                    return block, T.state_transition(state, block, hash_replay)
+                    return block, T.state_transition(state, block, self.replay)
             iteration += 1
 
     def _post_state_root(self, state, header, transactions) -> bytes:
@@ -160,7 +164,7 @@ class ChainFactory:
                                        next_minable_iteration=header.iteration + 1)
                    if m.address == header.miner else m for m in task.members]
         T.set_task(post, self.task_id, task, members=members)
-        T.process_transactions(post, block, hash_replay)
+        T.process_transactions(post, block, self.replay)
         T.process_rewards(post, block)
         T.process_difficulty(post, block)
         return T.compute_state_root(post)
