@@ -17,6 +17,10 @@ from .types import Bytes32
 ZERO_HASH = Bytes32(b"\x00" * 32)
 
 
+class CommitmentError(ValueError):
+    """A tensor that cannot be committed (a float or unknown dtype, too many dimensions, too long a name)."""
+
+
 def hash_bytes(data: bytes) -> Bytes32:
     """SHA-256 of `data`."""
     return Bytes32(hashlib.sha256(data).digest())
@@ -68,8 +72,10 @@ def encode_tensor(array) -> bytes:
     """u8(dtype code) ‖ u8(ndim) ‖ u32le(dim) for each dim ‖ the data, little-endian, C order."""
     array = np.asarray(array)
     code = TENSOR_DTYPE_CODES.get(array.dtype.name)
-    assert code is not None, f"dtype {array.dtype.name} cannot be committed (integers only)"
-    assert array.ndim < 256, "a committed tensor has at most 255 dimensions"
+    if code is None:
+        raise CommitmentError(f"dtype {array.dtype.name} cannot be committed (integers only)")
+    if array.ndim >= 256:
+        raise CommitmentError("a committed tensor has at most 255 dimensions")
     header = bytes([code, array.ndim]) + b"".join(int(d).to_bytes(4, "little") for d in array.shape)
     return header + np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
@@ -77,7 +83,8 @@ def encode_tensor(array) -> bytes:
 def compute_tensor_leaf(name: str, array) -> Bytes32:
     """Leaf of one named tensor: hash(DOMAIN_TENSOR ‖ u16le(len(name)) ‖ name ‖ encode_tensor(array))."""
     name_bytes = name.encode("utf-8")
-    assert len(name_bytes) < 1 << 16, "tensor name too long"
+    if len(name_bytes) >= 1 << 16:
+        raise CommitmentError(f"tensor name of {len(name_bytes)} bytes is too long")
     return hash_bytes(DOMAIN_TENSOR + len(name_bytes).to_bytes(2, "little") + name_bytes + encode_tensor(array))
 
 

@@ -88,6 +88,8 @@ def _window_output(size: int, window: int, stride: int, padding: str) -> int:
 def compute_model_macs(model: dict) -> int:
     """Multiply-accumulates of one example's forward pass through the engine
     model description (pooling counts one per window element)."""
+    if not isinstance(model, dict):
+        raise TaskDefinitionError("the model description must be a JSON object")
     shape = model.get("input_shape")
     if not (isinstance(shape, list) and shape and all(_is_positive_int(d) for d in shape)):
         raise TaskDefinitionError("model.input_shape must be a list of positive integers")

@@ -1,0 +1,181 @@
+"""Block rules: header, PoUW, rewards, difficulty; the pieces of PoUW on their own."""
+import dataclasses
+import json
+
+import pytest
+
+from bws.node.review import random_root
+from bws.spec import containers as C
+from bws.spec.constants import MAX_TARGET
+from bws.spec.pouw import (
+    compute_block_work, compute_header_commitment, compute_nonce, compute_nonce_seed, get_nonce_allowance,
+)
+from bws.spec.presets import DEVNET
+from bws.spec.state_transition import (
+    InvalidBlock, ReplayUnavailable, compute_next_target, get_block_reward, state_transition,
+)
+from bws.spec.tasks import (
+    TaskDefinitionError, compute_batch_index, compute_model_macs, compute_work_units, get_tickets,
+)
+
+
+def test_valid_block_records_the_iteration_and_pays_the_miner(chain, started):
+    state, block = started
+    post, mined = chain.extend(state, block, "bob")
+    bob = post.tasks[chain.genesis_task_id].members[1]
+    assert bob.recorded_iterations == 1 and bob.next_minable_iteration == mined.header.iteration + 1
+    assert post.accounts[chain.address["bob"]].balance == \
+        state.accounts[chain.address["bob"]].balance + get_block_reward(state.config, 2)
+    assert post.latest_block_header.state_root == bytes(32)
+
+
+def test_transition_leaves_the_pre_state_alone(chain, started):
+    state, block = started
+    before = dataclasses.replace(state)
+    bad = dataclasses.replace(chain.mine(state, block, "bob"), proofs=[])
+    with pytest.raises(InvalidBlock):
+        state_transition(state, bad, chain.replay)
+    assert state == before
+
+
+def test_replay_must_match_bit_for_bit(chain, started):
+    state, block = started
+    valid = chain.mine(state, block, "bob")
+
+    def off_by_one_bit(task, message):
+        honest = chain.replay(task, message)
+        flipped = bytes([honest.update_root[0] ^ 1]) + honest.update_root[1:]
+        return dataclasses.replace(honest, update_root=flipped)
+
+    def withheld(task, message):
+        raise ReplayUnavailable("peer did not serve the batch")
+
+    with pytest.raises(InvalidBlock, match="replay does not reproduce"):
+        state_transition(state, valid, off_by_one_bit)
+    with pytest.raises(InvalidBlock, match="inputs unavailable"):
+        state_transition(state, valid, withheld)
+    assert state_transition(state, valid, chain.replay).height == state.height + 1
+
+
+def test_one_block_per_iteration(chain, started):
+    state, block = started
+    post, mined = chain.extend(state, block, "bob")
+    task = post.tasks[chain.genesis_task_id]
+    i, k = mined.header.iteration, post.config.header_commitment_lag
+    again = chain.forge(post, chain.header_template(post, mined, "bob"), "bob",
+                        chain.iteration_work(chain.genesis_task_id, task, i, 1),
+                        chain.iteration_work(chain.genesis_task_id, task, i - k, 1), require_pow=False)
+    with pytest.raises(InvalidBlock, match="already used or older"):
+        state_transition(post, again, chain.replay)
+
+
+def test_nonce_seed_ignores_the_header_commitment_and_signature(chain, started):
+    state, _ = started
+    work = chain.iteration_work(chain.genesis_task_id, state.tasks[chain.genesis_task_id], 4, 0)
+    a = chain.signed_message("alice", work, random_root("A"))
+    b = chain.signed_message("alice", work, random_root("B"))
+    assert compute_nonce_seed(a.message.work) == compute_nonce_seed(b.message.work)
+    other = dataclasses.replace(work, loss=work.loss + 1)
+    assert compute_nonce_seed(other) != compute_nonce_seed(work)
+    assert compute_nonce(compute_nonce_seed(work), 0) != compute_nonce(compute_nonce_seed(work), 1)
+
+
+def test_header_commitment_covers_everything_but_state_root_and_pouw(chain, started):
+    state, block = started
+    header = chain.mine(state, block, "bob").header
+    same = dataclasses.replace(header, state_root=random_root("s"), nonce=random_root("n"), nonce_index=9,
+                               iteration=99, message_digest=random_root("d"), task_id=random_root("t"))
+    assert compute_header_commitment(same) == compute_header_commitment(header)
+    for field, value in [("timestamp", header.timestamp + 1), ("parent_hash", random_root("p")),
+                         ("transactions_root", random_root("x")), ("miner", bytes(20)), ("target", 5),
+                         ("height", 9)]:
+        assert compute_header_commitment(dataclasses.replace(header, **{field: value})) != \
+            compute_header_commitment(header)
+
+
+def test_nonce_allowance_is_proportional_and_capped(chain, started):
+    task = started[0].tasks[chain.genesis_task_id]
+    config = started[0].config
+    assert get_nonce_allowance(config, task) == task.work_units // config.work_units_per_nonce == 3
+    assert get_nonce_allowance(dataclasses.replace(config, work_units_per_nonce=10**9), task) == 1
+    assert get_nonce_allowance(dataclasses.replace(config, work_units_per_nonce=1), task) == \
+        config.max_nonces_per_iteration
+
+
+def test_block_reward_halves():
+    config = dataclasses.replace(DEVNET, halving_interval=10)
+    assert [get_block_reward(config, h) for h in (1, 9, 10, 19, 20, 640, 10**6)] == [
+        DEVNET.initial_block_reward] * 2 + [DEVNET.initial_block_reward // 2] * 2 + \
+        [DEVNET.initial_block_reward // 4, 0, 0]
+
+
+def test_retarget_follows_block_time_within_the_clamp():
+    expected = DEVNET.retarget_interval * DEVNET.target_block_time
+    target = 2**240
+    assert compute_next_target(DEVNET, target, expected) == target
+    assert compute_next_target(DEVNET, target, expected // 2) == target // 2
+    assert compute_next_target(DEVNET, target, expected * 100) == target * 4
+    assert compute_next_target(DEVNET, target, 0) == target // 4
+    assert compute_next_target(DEVNET, MAX_TARGET, expected * 4) == MAX_TARGET
+    assert compute_next_target(DEVNET, 1, 0) == 1
+
+
+def test_retarget_happens_in_the_chain(chain):
+    state, block = chain.genesis_state, chain.genesis_block
+    while state.height < state.config.retarget_interval:
+        state, block = chain.extend(state, block, ("alice", "bob", "carol")[state.height % 3],
+                                    timestamp=block.header.timestamp + 1)
+    assert state.target == chain.genesis_state.target // 2
+    assert state.retarget_timestamp == block.header.timestamp
+
+
+def test_block_work():
+    assert compute_block_work(MAX_TARGET) == 1
+    assert compute_block_work(2**255 - 1) == 2
+    assert compute_block_work(2**240) > compute_block_work(2**241)
+
+
+def test_work_units_count_macs_of_the_model():
+    model = {"input_shape": [8, 8, 1], "layers": [
+        {"type": "conv2d", "filters": 4, "kernel_size": [3, 3], "strides": [1, 1], "padding": "same"},
+        {"type": "max_pool2d", "pool_size": [2, 2], "strides": [2, 2], "padding": "valid"},
+        {"type": "flatten"}, {"type": "dropout", "rate": 0.1}, {"type": "dense", "units": 10}]}
+    assert compute_model_macs(model) == 8 * 8 * 9 * 1 * 4 + 4 * 4 * 4 * 4 + 64 * 10
+    definition = json.dumps({"dataset": {"batch_size": 32}, "model": model}, sort_keys=True,
+                            separators=(",", ":")).encode()
+    assert compute_work_units(definition) == compute_model_macs(model) * 32 * 3
+
+
+@pytest.mark.parametrize("model,problem", [
+    ({"input_shape": [], "layers": []}, "input_shape"),
+    ({"input_shape": [4], "layers": [{"type": "dense", "units": -1}]}, "units"),
+    ({"input_shape": [4], "layers": [{"type": "conv2d", "filters": 1, "kernel_size": [3, 3]}]}, "height, width"),
+    ({"input_shape": [2, 2, 1], "layers": [{"type": "conv2d", "filters": 1, "kernel_size": [3, 3]}]},
+     "larger than input"),
+    ({"input_shape": [4], "layers": [{"type": "reshape", "target_shape": [3]}]}, "does not fit"),
+    ({"input_shape": [4], "layers": "dense"}, "layers must be a list"),
+    ({"input_shape": [4, 4, 1], "layers": [{"type": "avg_pool2d", "pool_size": [2], "padding": "valid"}]},
+     "two positive integers"),
+    ({"input_shape": [4, 4, 1], "layers": [{"type": "max_pool2d", "pool_size": [2, 2], "padding": "full"}]},
+     "unknown padding"),
+])
+def test_bad_models_are_named(model, problem):
+    with pytest.raises(TaskDefinitionError, match=problem):
+        compute_model_macs(model)
+
+
+def test_batch_schedule_deals_batches_round_robin(chain, started):
+    task = started[0].tasks[chain.genesis_task_id]
+    seen = [compute_batch_index(task, i, m) for i in range(3) for m in range(3)]
+    assert seen == [0, 1, 2, 3, 4, 5, 6, 7, 0]
+
+
+def test_tickets_count_only_active_stakes(chain, started):
+    state = dataclasses.replace(started[0])
+    tickets = dict(get_tickets(state, 0))
+    assert set(tickets) == {chain.address[n] for n in chain.MINERS}
+    assert all(t == 10 for t in tickets.values())
+    key = C.StakeKey(owner=chain.address["alice"], role=0)
+    state.stakes = dict(state.stakes)
+    state.stakes[key] = C.StakeBalance(amount=state.stakes[key].amount, release_height=50)
+    assert chain.address["alice"] not in dict(get_tickets(state, 0))

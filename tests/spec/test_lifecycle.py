@@ -1,0 +1,166 @@
+"""The task lifecycle end to end, disputes, and coin conservation along the way."""
+import dataclasses
+
+import pytest
+
+from bws.node.review import random_root
+from bws.spec import containers as C
+from bws.spec.constants import (
+    BASIS_POINTS, BEST_MODEL_SHARE_BP, EVALUATOR_SHARE_BP, ROLE_MINER, SLASH_REWARD_SHARE_BP, SUPERVISOR_SHARE_BP,
+    TASK_EVALUATION, TASK_EXPIRED, TASK_FINALIZED, TASK_GROUP_SELECTED, TASK_SUBMITTED, TASK_TRAINING,
+)
+from bws.spec.presets import COIN
+from bws.spec.state_transition import (
+    InvalidBlock, InvalidTransaction, apply_transaction, get_balance, get_total_supply, state_transition,
+)
+from bws.spec.tasks import compute_task_id
+
+MINERS = ("alice", "bob", "carol")
+
+
+def conserved(state):
+    return get_total_supply(state) == state.genesis_supply + state.minted - state.burned
+
+
+def name_of(chain, address):
+    return next(n for n, a in chain.address.items() if a == address)
+
+
+def run_to_evaluation(chain, payment=100 * COIN):
+    """Submit at height 2, then mine until the client task is in evaluation; returns the trail."""
+    state, block = chain.extend(chain.genesis_state, chain.genesis_block, "alice")
+    submit = chain.transaction(state, "client", chain.submit_task_body(group_size=2, iterations=4, deadline=30,
+                                                                      payment=payment))
+    state, block = chain.extend(state, block, "bob", [submit])
+    task_id = compute_task_id(chain.address["client"], 0)
+    statuses = [state.tasks[task_id].status]
+    while state.tasks[task_id].status != TASK_EVALUATION:
+        task = state.tasks[task_id]
+        if task.status == TASK_TRAINING:
+            member = min(task.members, key=lambda m: m.next_minable_iteration)
+            state, block = chain.extend(state, block, name_of(chain, member.address), task_id=task_id)
+        else:
+            state, block = chain.extend(state, block, MINERS[state.height % 3])
+        statuses.append(state.tasks[task_id].status)
+        assert conserved(state)
+    return state, block, task_id, statuses
+
+
+def test_submit_select_train_evaluate_finalize(chain):
+    state, block, task_id, statuses = run_to_evaluation(chain)
+    assert statuses[:3] == [TASK_SUBMITTED, TASK_GROUP_SELECTED, TASK_TRAINING]
+    task = state.tasks[task_id]
+    assert task.status_height < task.evaluation_deadline - state.config.evaluation_period, \
+        "evaluation opened because the final iteration was proven, not by the deadline"
+    assert chain.address["client"] not in [m.address for m in task.members]
+    assert len({m.address for m in task.members} | set(task.supervisors) | set(task.evaluators)) == 4
+    recorded = [m.recorded_iterations for m in task.members]
+    assert sum(recorded) >= 1
+    evaluator = name_of(chain, task.evaluators[0])
+    result = C.EvaluationResult(task_id=task_id, test_set_hash=chain.test_set_hash, scores=[5, 9])
+    before = {n: get_balance(state, a) for n, a in chain.address.items()}
+    post, last = chain.extend(state, block, "alice", [chain.transaction(state, evaluator, result)])
+    assert post.tasks[task_id].status == TASK_FINALIZED
+    payment = task.payment
+    gained = {n: get_balance(post, a) - before[n] for n, a in chain.address.items()}
+    reward = post.config.initial_block_reward
+    best, other = task.members[1], task.members[0]
+    pool = payment - payment * (BEST_MODEL_SHARE_BP + SUPERVISOR_SHARE_BP + EVALUATOR_SHARE_BP) // BASIS_POINTS
+    expected_other = pool * other.recorded_iterations // sum(recorded)
+    alice_bonus = reward + 1 if name_of(chain, other.address) == "alice" else 0  # block reward and fee
+    assert gained[name_of(chain, other.address)] == expected_other + alice_bonus
+    supervisor = name_of(chain, task.supervisors[0])
+    assert gained[supervisor] == payment * SUPERVISOR_SHARE_BP // BASIS_POINTS
+    assert gained[evaluator] == payment * EVALUATOR_SHARE_BP // BASIS_POINTS - 1
+    total_paid = sum(gained.values()) - reward
+    assert total_paid == payment, "the whole escrow is paid out, no more"
+    assert conserved(post)
+    again = chain.mine(post, last, "bob", [chain.transaction(post, evaluator, result)], seal=False)
+    with pytest.raises(InvalidBlock, match="task is not in evaluation"):
+        state_transition(post, again, chain.replay)
+
+
+def test_unevaluated_task_expires_and_refunds(chain):
+    state, block, task_id, _ = run_to_evaluation(chain)
+    deadline = state.tasks[task_id].evaluation_deadline
+    client_before = get_balance(state, chain.address["client"])
+    while state.height <= deadline:
+        state, block = chain.extend(state, block, MINERS[state.height % 3])
+    assert state.tasks[task_id].status == TASK_EXPIRED
+    assert get_balance(state, chain.address["client"]) == client_before + state.tasks[task_id].payment
+    assert conserved(state)
+
+
+def test_submitted_task_waits_for_enough_stakers(chain):
+    state, block = chain.extend(chain.genesis_state, chain.genesis_block, "alice")
+    too_big = chain.transaction(state, "client", chain.submit_task_body(group_size=6, deadline=30))
+    state, block = chain.extend(state, block, "bob", [too_big])
+    state, block = chain.extend(state, block, "carol")
+    task_id = compute_task_id(chain.address["client"], 0)
+    assert state.tasks[task_id].status == TASK_SUBMITTED, "5 staked miners cannot fill a group of 6"
+
+
+def test_group_selection_is_deterministic_from_block_hash(chain):
+    state, block = chain.extend(chain.genesis_state, chain.genesis_block, "alice")
+    submit = chain.transaction(state, "client", chain.submit_task_body(group_size=3, deadline=30))
+    state, block = chain.extend(state, block, "bob", [submit])
+    task_id = compute_task_id(chain.address["client"], 0)
+    groups = set()
+    for miner in ("alice", "carol"):
+        post, _ = chain.extend(state, block, miner)
+        again, _ = chain.extend(state, block, miner)
+        assert post.tasks[task_id].members == again.tasks[task_id].members
+        groups.add(tuple(m.address for m in post.tasks[task_id].members))
+    assert all(len(set(g)) == 3 for g in groups)
+
+
+def equivocation(chain, state):
+    task = state.tasks[chain.genesis_task_id]
+    work = chain.iteration_work(chain.genesis_task_id, task, 3, 0)
+    return (chain.signed_message("alice", work, random_root("A")), chain.signed_message("alice", work, random_root("B")),
+            work)
+
+
+def test_equivocation_slashes_and_rewards_the_disputer(chain, started):
+    state, _ = started
+    first, second, _ = equivocation(chain, state)
+    dispute = chain.transaction(state, "mallory", C.Dispute(evidence=C.Equivocation(first=first, second=second)))
+    post = apply_transaction(state, dispute, chain.address["sam"], chain.replay)
+    stake = state.stakes[C.StakeKey(owner=chain.address["alice"], role=ROLE_MINER)].amount
+    assert C.StakeKey(owner=chain.address["alice"], role=ROLE_MINER) not in post.stakes
+    reward = stake * SLASH_REWARD_SHARE_BP // BASIS_POINTS
+    assert get_balance(post, chain.address["mallory"]) == get_balance(state, chain.address["mallory"]) - 1 + reward
+    assert post.burned == stake - reward
+    assert post.tasks[chain.genesis_task_id].members[0].recorded_iterations == 0
+    assert conserved(post)
+
+
+def test_fraud_proof_slashes_and_false_accusation_is_rejected(chain, started):
+    state, _ = started
+    _, _, work = equivocation(chain, state)
+    honest = chain.signed_message("alice", work, random_root("A"))
+    with pytest.raises(InvalidTransaction, match="false accusation"):
+        apply_transaction(state, chain.transaction(state, "mallory", C.Dispute(evidence=C.FraudProof(message=honest))),
+                          chain.address["sam"], chain.replay)
+    cheat = chain.signed_message("alice", dataclasses.replace(work, state_after_root=random_root("s")), random_root("A"))
+    post = apply_transaction(state, chain.transaction(state, "mallory", C.Dispute(evidence=C.FraudProof(message=cheat))),
+                             chain.address["sam"], chain.replay)
+    assert post.burned > 0 and conserved(post)
+
+
+def test_false_accuser_inside_a_block_makes_the_block_invalid(chain, started):
+    state, block = started
+    _, _, work = equivocation(chain, state)
+    honest = chain.signed_message("alice", work, random_root("A"))
+    accusation = chain.transaction(state, "mallory", C.Dispute(evidence=C.FraudProof(message=honest)))
+    with pytest.raises(InvalidBlock, match="transaction 0: evidence: replay matches"):
+        state_transition(state, chain.mine(state, block, "bob", [accusation], seal=False), chain.replay)
+
+
+def test_coin_conservation_over_a_long_chain(chain):
+    state, block = chain.genesis_state, chain.genesis_block
+    for height in range(12):
+        txs = [chain.transaction(state, "client", C.Transfer(recipient=chain.address["dave"], amount=COIN))]
+        state, block = chain.extend(state, block, MINERS[height % 3], txs)
+        assert conserved(state)
+    assert state.minted == 12 * state.config.initial_block_reward
