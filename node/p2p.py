@@ -349,7 +349,8 @@ class NetworkService:
         if thread.is_alive():
             logger.warning("the libp2p thread did not finish within %s s; abandoning it", self.config.stop_timeout)
         self._deliveries.put(None)
-        self._delivery_thread.join(self.config.stop_timeout)
+        if threading.current_thread() is not self._delivery_thread:   # stop() from a callback
+            self._delivery_thread.join(self.config.stop_timeout)
         self._token = None
 
     def __enter__(self) -> "NetworkService":

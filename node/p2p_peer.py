@@ -111,7 +111,8 @@ class _Peer:
 
     def op_garbage(self, peer, port, protocols, rounds=3, seed=0):
         """Misbehave towards `peer` on every protocol: random bytes, truncated frames,
-        oversize frames, raw TCP noise. Returns how many attempts got through."""
+        oversize frames, raw TCP noise. Returns, per protocol, how many garbage
+        streams were opened and written (a banned peer's attempts fail)."""
         from .p2p_framing import FRAME_MAGIC, HEADER, KIND_END, KIND_MORE
         rng = random.Random(seed)
         payloads = [
@@ -120,12 +121,12 @@ class _Peer:
             lambda: HEADER.pack(FRAME_MAGIC, KIND_MORE, 0xFFFFFFFF) + rng.randbytes(100),
             lambda: b"\xff" * 10 + rng.randbytes(64),
         ]
-        written = 0
+        written = dict.fromkeys(protocols, 0)
         for _ in range(rounds):
-            for protocol in protocols:
-                for make in payloads:
-                    written += self.service._call(_write_raw, self.service._host, peer, protocol, make(),
-                                                  timeout=5.0)
+            for make in payloads:
+                for protocol in protocols:
+                    written[protocol] += self.service._call(
+                        _write_raw, self.service._host, peer, protocol, make(), timeout=5.0)
             with socket.create_connection(("127.0.0.1", port), timeout=2) as raw:
                 raw.sendall(rng.randbytes(2048))
         return {"written": written}

@@ -116,8 +116,13 @@ def test_garbage_peer_is_dropped_while_honest_traffic_continues(spawn):
     garbage.call("connect", addr=target.addr)
     time.sleep(2.5)
     garbage.call("publish", topic=TOPIC_BLOCK, count=2, size=100, prefix=BAD)   # invalid gossip
-    garbage.call("garbage", peer=target.peer_id, port=target.port,
-                 protocols=[PROTOCOL_SYNC, PROTOCOL_DATA, MESHSUB], rounds=3)
+    # libp2p's own protocols first: they cost no score, so each surely gets garbage
+    # before the ban; the BWS and pubsub protocols then get the peer banned.
+    builtin = ["/ipfs/id/1.0.0", "/ipfs/id/push/1.0.0", "/ipfs/ping/1.0.0"]
+    written = garbage.call("garbage", peer=target.peer_id, port=target.port,
+                           protocols=builtin + [PROTOCOL_SYNC, PROTOCOL_DATA, MESHSUB, "/meshsub/1.1.0"],
+                           rounds=3)["written"]
+    assert all(written[protocol] >= 1 for protocol in builtin + [PROTOCOL_SYNC]), written
     wait_until(lambda: garbage.peer_id in target.call("status")["banned"], what="the garbage peer banned")
     wait_until(lambda: garbage.peer_id not in target.call("status")["peers"], what="the garbage peer dropped")
     # Redialing does not bring it back while the ban lasts.
