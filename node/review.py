@@ -459,9 +459,9 @@ def generate_vectors() -> list[dict]:
     outsider = c.signed_message("dave", dataclasses.replace(honest, miner=a["dave"]), random_root("header A"))
     tx("dispute/not-a-member", s4, "mallory", C.Dispute(evidence=C.FraudProof(message=outsider)), "not a member")
     slash = c.transaction(s4, "mallory", C.Dispute(evidence=C.Equivocation(first=first, second=second)))
-    s_slashed = apply_transaction(s4, slash, fee_to, c.replay)
+    s_slashed, b_slashed = c.extend(s4, b4, "bob", [slash])
     tx("dispute/already-slashed", s_slashed, "mallory", C.Dispute(evidence=C.FraudProof(message=fraud)),
-       "no stake left")
+       "already slashed in this task", description="one misbehaviour is punished once")
 
     # --- blocks ----------------------------------------------------------------
     def block(name, pre, subject, expect=None, description=""):
@@ -535,6 +535,12 @@ def generate_vectors() -> list[dict]:
     forged("block/miner-not-member", dataclasses.replace(work_of(i), miner=a["dave"]),
            dataclasses.replace(work_of(i - 1), miner=a["dave"]), "not a member of the task's group", miner="dave",
            header=dataclasses.replace(template, miner=a["dave"]))
+    alice_task = s_slashed.tasks[c.genesis_task_id]
+    k_lag = s_slashed.config.header_commitment_lag
+    alice_next = max(k_lag, alice_task.members[0].next_minable_iteration)
+    forged("block/miner-slashed", c.iteration_work(c.genesis_task_id, alice_task, alice_next, 0),
+           c.iteration_work(c.genesis_task_id, alice_task, alice_next - k_lag, 0), "miner was slashed in this task",
+           miner="alice", header=c.header_template(s_slashed, b_slashed, "alice"), pre=s_slashed)
     forged("block/iteration-beyond-task", dataclasses.replace(work_of(i), iteration=1000),
            dataclasses.replace(work_of(i - 1), iteration=999), "beyond the task's iterations")
     s_after = state_transition(s1, valid, c.replay)
@@ -823,7 +829,8 @@ def render_functions(source: str, classes: bool = True) -> list[str]:
 
 def render_spec(spec_dir: Path = SPEC_DIR) -> str:
     """The whole spec as one Markdown document, in reading order: constants,
-    presets, types, containers, then each module's functions."""
+    presets, types, containers, then each module's functions, and last the
+    threat model's index."""
     paths = order_spec_files([p.relative_to(spec_dir.parent).as_posix() for p in spec_dir.rglob("*.py")])
     package_doc = ast.get_docstring(ast.parse((spec_dir / "__init__.py").read_text())) or ""
     out = ["# The BWS protocol", "", package_doc, "",
@@ -843,4 +850,8 @@ def render_spec(spec_dir: Path = SPEC_DIR) -> str:
         else:
             out += render_functions(source)
         out.append("")
+    threats = spec_dir / "THREATS.md"
+    if threats.exists():
+        out += ["## Threat model (`spec/THREATS.md`)", ""]
+        out += [("#" + line) if line.startswith("#") else line for line in threats.read_text().splitlines()[1:]]
     return "\n".join(out)

@@ -11,7 +11,7 @@ from .constants import (
     EVALUATORS_PER_TASK, MAX_GENESIS_ENTRIES, MAX_GROUP_SIZE, MAX_MAP_ENTRIES, MAX_MERKLE_DEPTH,
     MAX_TASK_DEFINITION_BYTES, MAX_TRANSACTIONS_PER_BLOCK, SUPERVISORS_PER_TASK,
 )
-from .encoding import ByteList, Container, List, Map, SortedSet, Union, int64, uint64
+from .encoding import ByteList, Container, List, Map, SortedSet, Union, boolean, int64, uint64
 from .types import (
     Address, ChainId, Coin, Count, Hash32, Height, Iteration, Nonce, PublicKey, Role, Root,
     Signature, Target, TaskId, TaskStatus, Timestamp,
@@ -258,6 +258,7 @@ class Member(Container):
     address: Address
     recorded_iterations: Count      # iterations proven by blocks (the fee split's weight)
     next_minable_iteration: Iteration  # a block may use only a later iteration of this member
+    slashed: boolean                # proven to cheat in this task: no more blocks, no fee, no second slash
 
 
 @dataclass(frozen=True)

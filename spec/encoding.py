@@ -5,6 +5,7 @@ A small SSZ-like codec, chosen so that every value has exactly one encoding:
 | kind | encoding |
 | --- | --- |
 | `uintN` | N/8 bytes, little-endian |
+| `boolean` | one byte, 0 or 1 |
 | `ByteVector` (fixed length) | the bytes |
 | `ByteList(max)` | u32le length, then the bytes |
 | `List(elem, max)` | u32le count, then each element's encoding |
@@ -96,6 +97,30 @@ class uint64(uint):
 
 class uint256(uint):
     BITS = 256
+
+
+class boolean(int):
+    """True or False as one byte, 1 or 0; any other byte is not an encoding."""
+
+    def __new__(cls, value=False):
+        if value not in (0, 1) or not isinstance(value, int):
+            raise ValueError(f"a boolean is 0 or 1, got {value!r}")
+        return super().__new__(cls, int(value))
+
+    def __repr__(self):
+        return repr(bool(self))
+
+    @classmethod
+    def coerce(cls, value):
+        return cls(value)
+
+    @classmethod
+    def encode_value(cls, value) -> bytes:
+        return bytes([cls(value)])
+
+    @classmethod
+    def decode_from(cls, data: bytes, offset: int, path: str):
+        return cls(_read(data, offset, 1, path)[0]), offset + 1
 
 
 class int64(int):

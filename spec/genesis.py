@@ -51,7 +51,8 @@ def get_genesis_task(genesis_task, task_index: int) -> tuple:
         test_set_hash=genesis_task.test_set_hash, group_size=len(genesis_task.members),
         iterations=genesis_task.iterations, evaluation_deadline=genesis_task.evaluation_deadline,
         payment=genesis_task.payment, status=TASK_TRAINING, status_height=0,
-        members=[Member(address=a, recorded_iterations=0, next_minable_iteration=0) for a in genesis_task.members],
+        members=[Member(address=a, recorded_iterations=0, next_minable_iteration=0, slashed=False)
+                 for a in genesis_task.members],
         supervisors=genesis_task.supervisors, evaluators=genesis_task.evaluators,
     )
     return compute_task_id(Address(), task_index), task

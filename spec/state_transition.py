@@ -260,8 +260,9 @@ def process_pouw(state: State, block: Block, replay: Replay) -> None:
     In order (cheap checks before the replay):
     1. both messages are signed by the header's miner, for the header's task;
        IT_RES(i) is for the header's iteration i, IT_RES(i - k) for i - k;
-    2. the task is in TRAINING, the miner is a member, i < iterations, and i
-       is at least the member's next minable iteration (one block per iteration);
+    2. the task is in TRAINING, the miner is a member not slashed in it,
+       i < iterations, and i is at least the member's next minable iteration
+       (one block per iteration);
     3. IT_RES(i - k).header_commitment = compute_header_commitment(header);
     4. the batch index is the schedule's, the batch root is proven in the
        dataset root, and at most group_size - 1 peer updates are applied;
@@ -289,6 +290,7 @@ def process_pouw(state: State, block: Block, replay: Replay) -> None:
     member_index = get_member_index(task, header.miner)
     assert member_index is not None, "miner is not a member of the task's group"
     member = task.members[member_index]
+    assert not member.slashed, "miner was slashed in this task"
     assert work.iteration < task.iterations, "iteration beyond the task's iterations"
     assert work.iteration >= member.next_minable_iteration, "iteration already used or older than the miner's last block"
     # 3. header committed k iterations ahead
@@ -440,13 +442,14 @@ def process_cancel_task(state: State, transaction: Transaction, cancel: CancelTa
 
 
 def compute_fee_split(task: Task, scores, evaluator: Address) -> dict:
-    """Who gets what of the escrowed payment: BEST_MODEL_SHARE_BP to the
-    member with the highest score (the first on a tie), SUPERVISOR_SHARE_BP
-    split equally among the supervisors, EVALUATOR_SHARE_BP to the evaluator,
-    the rest to the members in proportion to their recorded iterations (equally
-    if none were recorded); rounding dust goes to the best model's miner."""
+    """Who gets what of the escrowed payment: EVALUATOR_SHARE_BP to the
+    evaluator, SUPERVISOR_SHARE_BP split equally among the supervisors,
+    BEST_MODEL_SHARE_BP to the unslashed member with the highest score (the
+    first on a tie), the rest to the unslashed members in proportion to their
+    recorded iterations (equally if none were recorded); rounding dust goes to
+    the best model's miner. If every member was slashed, the miners' part goes
+    back to the client."""
     payment = task.payment
-    best = max(range(len(scores)), key=lambda i: (scores[i], -i))
     shares: dict = {}
 
     def pay(address, amount):
@@ -456,13 +459,18 @@ def compute_fee_split(task: Task, scores, evaluator: Address) -> dict:
     supervisor_pool = payment * SUPERVISOR_SHARE_BP // BASIS_POINTS
     for supervisor in task.supervisors:
         pay(supervisor, supervisor_pool // len(task.supervisors))
+    eligible = [i for i, member in enumerate(task.members) if not member.slashed]
+    if not eligible:
+        pay(task.client, payment - sum(shares.values()))
+        return shares
+    best = max(eligible, key=lambda i: (scores[i], -i))
     pay(task.members[best].address, payment * BEST_MODEL_SHARE_BP // BASIS_POINTS)
     miner_pool = payment - sum(shares.values())
-    weights = [m.recorded_iterations for m in task.members]
-    if sum(weights) == 0:
-        weights = [1] * len(task.members)
-    for member, weight in zip(task.members, weights):
-        pay(member.address, miner_pool * weight // sum(weights))
+    weights = {i: task.members[i].recorded_iterations for i in eligible}
+    if sum(weights.values()) == 0:
+        weights = {i: 1 for i in eligible}
+    for i, weight in weights.items():
+        pay(task.members[i].address, miner_pool * weight // sum(weights.values()))
     pay(task.members[best].address, payment - sum(shares.values()))
     return shares
 
@@ -487,7 +495,8 @@ def process_dispute(state: State, transaction: Transaction, dispute: Dispute, re
     or fraud (a signed message whose replay does not match; a dispute whose
     replay matches is a false accusation and invalid, so its sender pays the
     fee for nothing). The disputer gets SLASH_REWARD_SHARE_BP of the stake,
-    the rest is burned; the member's recorded iterations are erased."""
+    the rest is burned; the member's recorded iterations are erased and it is
+    marked slashed in the task (the same misbehaviour is punished once)."""
     evidence = dispute.evidence
     if isinstance(evidence, Equivocation):
         first, second = evidence.first, evidence.second
@@ -506,6 +515,7 @@ def process_dispute(state: State, transaction: Transaction, dispute: Dispute, re
     assert task is not None, "evidence: unknown task"
     member_index = get_member_index(task, miner)
     assert member_index is not None, "evidence: miner is not a member of the task's group"
+    assert not task.members[member_index].slashed, "evidence: miner already slashed in this task"
     if isinstance(evidence, FraudProof):
         try:
             replayed = check_replay(task, evidence.message.message, replay)
@@ -514,13 +524,13 @@ def process_dispute(state: State, transaction: Transaction, dispute: Dispute, re
         assert not replayed, "evidence: replay matches the message (false accusation)"
     key = StakeKey(owner=miner, role=ROLE_MINER)
     stake = state.stakes.get(key)
-    assert stake is not None and stake.amount > 0, "miner has no stake left to slash"
+    assert stake is not None and stake.amount > 0, "miner has no stake to slash"
     del state.stakes[key]
     reward = stake.amount * SLASH_REWARD_SHARE_BP // BASIS_POINTS
     increase_balance(state, transaction.sender, reward)
     state.burned += stake.amount - reward
     members = list(task.members)
-    members[member_index] = dataclasses.replace(members[member_index], recorded_iterations=0)
+    members[member_index] = dataclasses.replace(members[member_index], recorded_iterations=0, slashed=True)
     set_task(state, task_id, task, members=members)
 
 

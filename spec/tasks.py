@@ -208,7 +208,8 @@ def compute_group(state: State, task_id: TaskId, task: Task, block_hash: Hash32)
                             excluded | set(members) | set(supervisors))
     if evaluators is None:
         return None
-    return [Member(address=a, recorded_iterations=0, next_minable_iteration=0) for a in members], supervisors, evaluators
+    return ([Member(address=a, recorded_iterations=0, next_minable_iteration=0, slashed=False) for a in members],
+            supervisors, evaluators)
 
 
 def get_member_index(task: Task, address: Address) -> int | None:

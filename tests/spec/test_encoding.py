@@ -6,7 +6,7 @@ import pytest
 from bws.spec import containers as C
 from bws.spec.constants import MAX_GROUP_SIZE
 from bws.spec.encoding import (
-    ByteList, Container, DecodeError, List, Map, SortedSet, Union, decode, encode, int64, uint8, uint16, uint64,
+    ByteList, Container, DecodeError, boolean, List, Map, SortedSet, Union, decode, encode, int64, uint8, uint16, uint64,
     uint256,
 )
 from bws.spec.presets import DEVNET, MAINNET
@@ -46,6 +46,7 @@ def test_bytelist_and_list_are_length_prefixed():
     (SortedSet(uint8, 4), b"\x02\x00\x00\x00\x01\x01", "strictly increasing"),
     (Map(uint8, uint8, 4), b"\x02\x00\x00\x00\x02\x00\x01\x00", "map keys must be strictly increasing"),
     (Union(C.Transfer, C.Unstake), b"\x02", "unknown selector 2"),
+    (boolean, b"\x02", "a boolean is 0 or 1"),
 ])
 def test_strict_decoding_rejects_non_canonical_bytes(typ, data, problem):
     with pytest.raises(DecodeError, match=problem):

@@ -164,3 +164,35 @@ def test_coin_conservation_over_a_long_chain(chain):
         state, block = chain.extend(state, block, MINERS[height % 3], txs)
         assert conserved(state)
     assert state.minted == 12 * state.config.initial_block_reward
+
+
+def test_fee_split_skips_slashed_members_and_returns_to_client_if_all_are():
+    from bws.spec.state_transition import compute_fee_split
+    members = [C.Member(address=bytes([n]) * 20, recorded_iterations=n, next_minable_iteration=0, slashed=False)
+               for n in (1, 2, 3)]
+    task = C.Task(client=b"\xcc" * 20, task_definition=b"", work_units=1, dataset_root=bytes(32), num_batches=1,
+                  test_set_hash=bytes(32), group_size=3, iterations=2, evaluation_deadline=9, payment=10_000,
+                  status=TASK_EVALUATION, status_height=0, members=members, supervisors=[b"\x55" * 20],
+                  evaluators=[b"\xee" * 20])
+    split = compute_fee_split(task, [9, 1, 5], b"\xee" * 20)
+    assert sum(split.values()) == 10_000
+    pool = 10_000 - 500 - 500 - 2000
+    assert split[b"\x01" * 20] == 2000 + pool // 6 + (pool - pool // 6 - pool * 2 // 6 - pool * 3 // 6)
+    assert split[b"\x55" * 20] == 500 and split[b"\xee" * 20] == 500
+    cheat = dataclasses.replace(task, members=[dataclasses.replace(members[0], slashed=True), *members[1:]])
+    split = compute_fee_split(cheat, [9, 1, 5], b"\xee" * 20)
+    assert b"\x01" * 20 not in split and sum(split.values()) == 10_000
+    assert split[b"\x03" * 20] > split[b"\x02" * 20], "best model and most iterations"
+    everyone = dataclasses.replace(task, members=[dataclasses.replace(m, slashed=True) for m in members])
+    split = compute_fee_split(everyone, [9, 1, 5], b"\xee" * 20)
+    assert split == {b"\xee" * 20: 500, b"\x55" * 20: 500, b"\xcc" * 20: 9000}
+
+
+def test_dispute_needs_a_stake_to_slash(chain, started):
+    state, _ = started
+    first, second, _ = equivocation(chain, state)
+    unstaked = dataclasses.replace(state)
+    unstaked.stakes = {k: v for k, v in state.stakes.items() if k.owner != chain.address["alice"]}
+    dispute = chain.transaction(state, "mallory", C.Dispute(evidence=C.Equivocation(first=first, second=second)))
+    with pytest.raises(InvalidTransaction, match="no stake to slash"):
+        apply_transaction(unstaked, dispute, chain.address["sam"], chain.replay)

@@ -28,6 +28,8 @@ def test_render_contains_every_public_function_in_reading_order():
     assert "| `MAX_GROUP_SIZE` | `64` |" in document
     assert "| `header_commitment_lag` | 1 | 4 |" in document
     assert "| `header_commitment` | `Hash32` |" in document
+    assert document.index("## Threat model") > document.index("## `spec/fork_choice.py`")
+    assert "**Signature malleability**" in document
 
 
 def git(repo, *args):
