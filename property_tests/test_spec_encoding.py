@@ -8,7 +8,8 @@ from hypothesis import given, strategies as st
 
 from bws.spec import containers as C
 from bws.spec.encoding import (
-    ByteVector, Container, DecodeError, _ByteList, _List, _Map, _Union, decode, encode, get_fields, int64, uint,
+    ByteVector, Container, DecodeError, _ByteList, _List, _Map, _Union, boolean, decode, encode, get_fields, int64,
+    uint,
 )
 
 CONTAINERS = [obj for _, obj in inspect.getmembers(C, inspect.isclass)
@@ -21,6 +22,8 @@ def strategy_for(typ: type) -> st.SearchStrategy:
         return st.integers(0, 2**typ.BITS - 1).map(typ)
     if typ is int64:
         return st.integers(-(2**63), 2**63 - 1)
+    if typ is boolean:
+        return st.booleans()
     if issubclass(typ, ByteVector):
         return st.binary(min_size=typ.LENGTH, max_size=typ.LENGTH)
     if issubclass(typ, _ByteList):
