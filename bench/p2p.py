@@ -35,8 +35,9 @@ def percentile(values: list[float], q: float) -> float:
 def run(args: argparse.Namespace) -> dict:
     nodes: list[PeerProcess] = []
     try:
-        for index in range(args.nodes):
-            nodes.append(PeerProcess(seed_from_text(f"bench-{index}")))
+        nodes.extend(PeerProcess(seed_from_text(f"bench-{index}"), wait=False) for index in range(args.nodes))
+        for node in nodes:
+            node.wait_started()
         for node in nodes:
             node.call("subscribe", topic=TOPIC_BLOCK)
         for index, node in enumerate(nodes):

@@ -176,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
 class PeerProcess:
     """Runs `python -m bws.node.p2p_peer` and sends it commands."""
 
-    def __init__(self, seed: bytes, listen: str = "/ip4/127.0.0.1/tcp/0", start_timeout: float = 30.0):
+    def __init__(self, seed: bytes, listen: str = "/ip4/127.0.0.1/tcp/0", start_timeout: float = 30.0,
+                 wait: bool = True):
+        """Launch the process; with wait=False call `wait_started()` later (start several at once)."""
+        self._start_timeout = start_timeout
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bws.node.p2p_peer", "--seed", seed.hex(), "--listen", listen],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -184,9 +187,14 @@ class PeerProcess:
         )
         self._lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._read_lines, daemon=True).start()
-        self.addr = self._next(start_timeout)["addr"]
+        if wait:
+            self.wait_started()
+
+    def wait_started(self) -> "PeerProcess":
+        self.addr = self._next(self._start_timeout)["addr"]
         self.peer_id = self.addr.rsplit("/p2p/", 1)[1]
         self.port = int(self.addr.split("/tcp/")[1].split("/")[0])
+        return self
 
     def _read_lines(self) -> None:
         for line in self.process.stdout:

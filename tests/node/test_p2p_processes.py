@@ -21,10 +21,13 @@ BAD = b"BAD".hex()
 def spawn():
     processes = []
 
-    def start(name: str) -> PeerProcess:
-        process = PeerProcess(seed_from_text(name))
-        processes.append(process)
-        return process
+    def start(*names: str):
+        """One started peer process per name, launched together; one or a list."""
+        launched = [PeerProcess(seed_from_text(name), wait=False) for name in names]
+        processes.extend(launched)
+        for process in launched:
+            process.wait_started()
+        return launched[0] if len(launched) == 1 else launched
 
     yield start
     for process in processes:
@@ -40,7 +43,7 @@ def wait_until(condition, timeout=15.0, what="condition"):
 
 def line_of_three(spawn, topic):
     """a - b - c: c hears a only through b's relay."""
-    nodes = [spawn(name) for name in ("a", "b", "c")]
+    nodes = spawn("a", "b", "c")
     for node in nodes:
         node.call("subscribe", topic=topic, reject_prefix=BAD)
     nodes[1].call("connect", addr=nodes[0].addr)
@@ -60,7 +63,7 @@ def test_three_processes_gossip_and_all_receive_through_a_relay(spawn):
 
 
 def test_full_mesh_delivers_each_message_exactly_once(spawn):
-    a, b, c = (spawn(name) for name in ("mesh-a", "mesh-b", "mesh-c"))
+    a, b, c = spawn("mesh-a", "mesh-b", "mesh-c")
     a.call("subscribe", topic=TOPIC_BLOCK)
     b.call("subscribe", topic=TOPIC_BLOCK)
     # c validates slowly: b's relayed copy arrives while c still checks a's copy.
@@ -79,7 +82,7 @@ def test_full_mesh_delivers_each_message_exactly_once(spawn):
 def test_burst_is_paced_not_lost(spawn):
     a, b, c = line_of_three(spawn, TOPIC_TASK)
     a.call("publish", topic=TOPIC_TASK, count=500, size=1000)   # no interval: the service paces
-    wait_until(lambda: c.call("received", topic=TOPIC_TASK)["count"] == 500, timeout=40, what="500 at c")
+    wait_until(lambda: c.call("received", topic=TOPIC_TASK)["count"] == 500, timeout=60, what="500 at c")
     assert b.call("received", topic=TOPIC_TASK)["sequences"] == list(range(500))
 
 
@@ -98,7 +101,7 @@ def test_rejected_message_is_not_relayed_and_scores_the_sender_down(spawn):
 
 
 def test_five_megabyte_response(spawn):
-    server, client = spawn("server"), spawn("client")
+    server, client = spawn("server", "client")
     server.call("serve", protocol=PROTOCOL_DATA, response_bytes=5_000_000)
     client.call("connect", addr=server.addr)
     answer = client.call("request", peer=server.peer_id, protocol=PROTOCOL_DATA, size=100)
@@ -107,7 +110,7 @@ def test_five_megabyte_response(spawn):
 
 
 def test_garbage_peer_is_dropped_while_honest_traffic_continues(spawn):
-    target, honest, garbage = spawn("target"), spawn("honest"), spawn("garbage")
+    target, honest, garbage = spawn("target", "honest", "garbage")
     for node in (target, honest, garbage):
         node.call("subscribe", topic=TOPIC_BLOCK, reject_prefix=BAD)
     target.call("serve", protocol=PROTOCOL_SYNC, response_bytes=0)
@@ -141,7 +144,7 @@ def test_garbage_peer_is_dropped_while_honest_traffic_continues(spawn):
 
 
 def test_stop_returns_promptly(spawn):
-    a, b = spawn("stop-a"), spawn("stop-b")
+    a, b = spawn("stop-a", "stop-b")
     b.call("connect", addr=a.addr)
     a.call("serve", protocol=PROTOCOL_SYNC)
     b.call("request", peer=a.peer_id, protocol=PROTOCOL_SYNC, size=10)
@@ -150,7 +153,7 @@ def test_stop_returns_promptly(spawn):
 
 
 def test_restart_with_the_same_key_on_a_new_port_reconnects(spawn):
-    a, b = spawn("stay"), spawn("restart")
+    a, b = spawn("stay", "restart")
     a.call("serve", protocol=PROTOCOL_SYNC)
     b.call("connect", addr=a.addr)
     old_addr = b.addr
