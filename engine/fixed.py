@@ -68,12 +68,11 @@ def bit_length(x):
 def isqrt(n):
     """floor(sqrt(n)) of an int64 array with 0 <= n < 2**62, bit by bit (exact)."""
     n = n.astype(I64)
-
-    def try_bit(k, root):
-        candidate = root + (jnp.asarray(1, I64) << (30 - k).astype(I64))
-        return jnp.where(candidate * candidate <= n, candidate, root)
-
-    return jax.lax.fori_loop(0, 31, try_bit, jnp.zeros_like(n))
+    root = jnp.zeros_like(n)
+    for bit in reversed(range(31)):
+        candidate = root + (1 << bit)
+        root = jnp.where(candidate * candidate <= n, candidate, root)
+    return root
 
 
 def mul_q30(x, c):

@@ -432,16 +432,23 @@ def optimizer_step(config: dict, grads: dict, opt: dict, step):
     bias_1, bias_2 = power_q30(beta_1, t), power_q30(beta_2, t)
     lr_t = div_round(lr * isqrt((one - bias_2) << F_HYPER), jnp.maximum(one - bias_1, 1))
     lr_t = jnp.clip(lr_t, 0, one)
+    # Adam is element-wise: run it once over all tensors concatenated (a
+    # smaller program to compile), then cut the result back into tensors.
+    flat = lambda tree: jnp.concatenate([tree[name][key].reshape(-1) for name, key in leaves])
+    g, m_old, v_old = flat(grads).astype(I64), flat(opt["m"]).astype(I64), flat(opt["v"])
+    m = saturate32(m_old + shift_round((g - m_old) * (one - beta_1), F_HYPER))
+    g_squared = shift_round(g * g, 2 * F_GRAD - F_V)
+    v = jnp.maximum(v_old + mul_q30(g_squared - v_old, one - beta_2), 0)
+    denominator = jnp.maximum(isqrt(v) + epsilon, 1)  # F24
+    ratio = div_round(m.astype(I64) << (F_HYPER + F_PARAM - F_GRAD), denominator)  # F30
+    ratio = jnp.clip(ratio, -(1 << 32), 1 << 32)
+    delta = saturate32(-shift_round(lr_t * ratio, 2 * F_HYPER - F_PARAM))
+    offset = 0
     for name, key in leaves:
-        g = grads[name][key].astype(I64)
-        m = saturate32(opt["m"][name][key] + shift_round((g - opt["m"][name][key]) * (one - beta_1), F_HYPER))
-        g_squared = shift_round(g * g, 2 * F_GRAD - F_V)
-        v = opt["v"][name][key]
-        v = jnp.maximum(v + mul_q30(g_squared - v, one - beta_2), 0)
-        denominator = jnp.maximum(isqrt(v) + epsilon, 1)  # F24
-        ratio = div_round(m.astype(I64) << (F_HYPER + F_PARAM - F_GRAD), denominator)  # F30
-        ratio = jnp.clip(ratio, -(1 << 32), 1 << 32)
-        update[name][key] = saturate32(-shift_round(lr_t * ratio, 2 * F_HYPER - F_PARAM))
-        new_opt["m"][name][key] = m
-        new_opt["v"][name][key] = v
+        shape = grads[name][key].shape
+        size = math.prod(shape)
+        update[name][key] = delta[offset:offset + size].reshape(shape)
+        new_opt["m"][name][key] = m[offset:offset + size].reshape(shape)
+        new_opt["v"][name][key] = v[offset:offset + size].reshape(shape)
+        offset += size
     return update, new_opt

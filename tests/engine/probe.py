@@ -1,7 +1,8 @@
 """Run one iteration in this process and print its digests as JSON; the
 determinism tests start it in subprocesses under different XLA settings.
 
-    python tests/engine/probe.py canonical [--disable-jit] [--shard N]
+    python tests/engine/probe.py canonical [--disable-jit] [--shard N] [--model M --batch B]
+    python tests/engine/probe.py reference [--model M --batch B]
     python tests/engine/probe.py float
 """
 import argparse
@@ -15,20 +16,20 @@ MODEL = "mlp:784-512-256-10"
 BATCH = 1024
 
 
-def synthetic(rng, classes=10):
-    x = rng.random((BATCH, 784))
-    y = rng.integers(0, classes, BATCH)
+def synthetic(rng, width=784, batch=BATCH, classes=10):
+    x = rng.random((batch, width))
+    y = rng.integers(0, classes, batch)
     return x, y
 
 
-def canonical(disable_jit: bool, shards: int) -> dict:
+def canonical(disable_jit: bool, shards: int, model: str, batch_size: int) -> dict:
     import jax
 
     from bws.engine import ModelSpec, init_state, make_iteration, parse_model_shorthand, quantize_inputs, sum_updates
     from bws.engine.commit import state_root, update_root
 
-    spec = ModelSpec.from_dict(parse_model_shorthand(MODEL))
-    x, y = synthetic(np.random.default_rng(0))
+    spec = ModelSpec.from_dict(parse_model_shorthand(model))
+    x, y = synthetic(np.random.default_rng(0), spec.input_shape[0], batch_size, spec.output_shape[0])
     batch = {"x": quantize_inputs(x), "y": y.astype(np.int32)}
     if shards > 1:
         from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -48,13 +49,14 @@ def canonical(disable_jit: bool, shards: int) -> dict:
             "metrics": {k: int(v) for k, v in metrics.items()}, "devices": len(jax.devices())}
 
 
-def reference() -> dict:
+def reference(model_name: str, batch_size: int) -> dict:
     from bws.engine import ModelSpec, parse_model_shorthand, quantize_inputs
     from bws.engine.commit import state_root, update_root
     from bws.spec.reference import training
 
-    model = ModelSpec.from_dict(parse_model_shorthand(MODEL)).to_dict()
-    x, y = synthetic(np.random.default_rng(0))
+    spec = ModelSpec.from_dict(parse_model_shorthand(model_name))
+    model = spec.to_dict()
+    x, y = synthetic(np.random.default_rng(0), spec.input_shape[0], batch_size, spec.output_shape[0])
     batch = {"x": quantize_inputs(x), "y": y.astype(np.int32)}
     state = training.init_state(model, 1)
     zero = {k: {n: np.zeros_like(a) for n, a in p.items()} for k, p in state["params"].items()}
@@ -104,11 +106,13 @@ def main() -> None:
     parser.add_argument("kind", choices=("canonical", "reference", "float"))
     parser.add_argument("--disable-jit", action="store_true")
     parser.add_argument("--shard", type=int, default=1)
+    parser.add_argument("--model", default=MODEL, help="an mlp: shorthand")
+    parser.add_argument("--batch", type=int, default=BATCH)
     args = parser.parse_args()
     if args.kind == "canonical":
-        result = canonical(args.disable_jit, args.shard)
+        result = canonical(args.disable_jit, args.shard, args.model, args.batch)
     elif args.kind == "reference":
-        result = reference()
+        result = reference(args.model, args.batch)
     else:
         result = float_step()
     json.dump(result, sys.stdout)

@@ -1,0 +1,53 @@
+"""The jaxpr checker: the whole iteration passes; a float op slipped in fails
+with the primitive, its dtypes and where it came from."""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bws.engine import ModelSpec, init_state, make_iteration, parse_model_shorthand, sum_updates
+from bws.engine.checker import CanonicalityError, check_function, check_iteration
+
+CNN_WITH_EVERYTHING = {
+    "input_shape": [8, 8, 1],
+    "layers": [{"type": "conv2d", "filters": 2, "kernel_size": 3, "padding": "same", "activation": "tanh"},
+               {"type": "max_pool2d"}, {"type": "dropout", "rate": 0.1},
+               {"type": "avg_pool2d", "pool_size": 2}, {"type": "flatten"},
+               {"type": "dense", "units": 4, "activation": "sigmoid"}, {"type": "dense", "units": 3}],
+    "loss": {"type": "mse"}, "optimizer": {"type": "sgd", "momentum": 0.9}}
+
+
+@pytest.mark.parametrize("model", [parse_model_shorthand("mlp:10-8-3"), CNN_WITH_EVERYTHING])
+def test_whole_iteration_is_canonical(model):
+    assert check_iteration(model) > 100
+
+
+def test_float_op_slipped_into_the_iteration_is_caught():
+    spec = ModelSpec.from_dict(parse_model_shorthand("mlp:10-8-3"))
+    iteration = make_iteration(spec, jit=False)
+
+    def tampered(state, batch, peers):
+        new_state, update, metrics = iteration(state, batch, peers)
+        scale = jnp.exp(jnp.float32(0.5))  # a transcendental in float: not canonical
+        update = dict(update, **{"0": {k: (v * scale).astype(jnp.int32) for k, v in update["0"].items()}})
+        return new_state, update, metrics
+
+    batch = {"x": np.zeros((2, 10), np.int32), "y": np.zeros((2,), np.int32)}
+    with pytest.raises(CanonicalityError) as error:
+        check_function(tampered, init_state(spec, 0), batch, sum_updates([], spec))
+    message = str(error.value)
+    assert "exp" in message and "float32" in message and "test_engine_checker.py" in message
+
+
+def test_float_data_movement_is_caught_by_dtype():
+    with pytest.raises(CanonicalityError, match="float32"):
+        check_function(lambda x: (x.astype(jnp.float32) + 1).astype(jnp.int32), np.zeros(3, np.int32))
+
+
+def test_float_inside_a_loop_body_is_found():
+    import jax
+
+    def body(i, carry):
+        return carry + jnp.sqrt(jnp.float32(i)).astype(jnp.int32)
+
+    with pytest.raises(CanonicalityError, match=r"float32.*body"):
+        check_function(lambda x: jax.lax.fori_loop(0, 3, body, x), np.zeros(3, np.int32))
