@@ -17,6 +17,7 @@ COMMAND_GROUPS: dict[str, tuple[str, str]] = {
     "task": ("bws.node.commands.task", "write and inspect task definitions (Keras models, job templates, datasets)"),
     "train": ("bws.node.commands.train", "train a task locally, canonically, and export the model"),
     "spec": ("bws.node.commands.spec", "Render and diff the protocol spec"),
+    "devnet": ("bws.node.commands.devnet", "run a local multi-process network that trains a model while mining blocks"),
     "node": ("bws.node.commands.node", "run a full node (chain store, p2p, sync, HTTP API)"),
     "wallet": ("bws.node.commands.wallet", "keys in encrypted keystores, balances, transfers"),
     "chain": ("bws.node.commands.chain", "inspect and export the chain; write genesis files"),

@@ -151,6 +151,12 @@ class Node:
         self.counters = {"gossip_blocks": 0, "gossip_transactions": 0, "iteration_messages": 0,
                          "equivocations": 0, "synced_blocks": 0, "sync_failures": 0}
         self.equivocations: list[dict] = []
+        # Hooks of the roles layer (node/roles/host.py): called with each
+        # valid gossiped iteration message (signed, origin peer) after the
+        # supervisor's record; extra sections for /metrics; extra fields for /task/<id>.
+        self.iteration_message_listeners: list = []
+        self.metrics_extensions: list = []
+        self.task_extensions: list = []
 
     # -- lifecycle ----------------------------------------------------------
     def start(self) -> "Node":
@@ -262,8 +268,11 @@ class Node:
 
     def _on_iteration_message(self, message) -> None:
         self.counters["iteration_messages"] += 1
+        signed = decode(message.data, C.SignedIterationMessage)
         if "supervisor" in self.roles:
-            self.record_iteration_message(decode(message.data, C.SignedIterationMessage), message.received_at)
+            self.record_iteration_message(signed, message.received_at)
+        for listener in self.iteration_message_listeners:
+            listener(signed, message.origin)
 
     def record_iteration_message(self, signed: C.SignedIterationMessage, received_at: float) -> bool:
         """The supervisor's record; returns False for a duplicate. Two different
@@ -402,8 +411,11 @@ class Node:
         task = self.chain.head_state.tasks.get(task_id)
         if task is None:
             raise ApiError(HTTPStatus.NOT_FOUND, f"no task {task_id.hex()}")
-        return {"task_id": task_id.hex(), "status": TASK_STATUS_NAMES.get(int(task.status), str(int(task.status))),
-                "task": to_json(task), "blocks": self.store.audit_entries(task_id)}
+        document = {"task_id": task_id.hex(), "status": TASK_STATUS_NAMES.get(int(task.status), str(int(task.status))),
+                    "task": to_json(task), "blocks": self.store.audit_entries(task_id)}
+        for extension in self.task_extensions:
+            document.update(extension(task_id, task))
+        return document
 
     def submit_transaction(self, raw: bytes) -> dict:
         try:
@@ -440,6 +452,9 @@ class Node:
         chain["mean_transition_ms"] = round(1000 * seconds / transitions, 3) if transitions else None
         network = dict(self.network.stats)
         network["peers"] = len(self._safe_peers())
-        return {"uptime_seconds": round(time.time() - self.started_at, 1), "chain": chain, "node": dict(self.counters),
-                "mempool": {"transactions": len(self.mempool), "bytes": self.mempool.total_bytes},
-                "network": network, "height": self.chain.head.height}
+        document = {"uptime_seconds": round(time.time() - self.started_at, 1), "chain": chain, "node": dict(self.counters),
+                    "mempool": {"transactions": len(self.mempool), "bytes": self.mempool.total_bytes},
+                    "network": network, "height": self.chain.head.height}
+        for extension in self.metrics_extensions:
+            document.update(extension())
+        return document

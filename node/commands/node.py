@@ -28,8 +28,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--data-dir", required=True, type=Path, help="the node's folder (chain store, p2p key, node.json)")
     run.add_argument("--genesis", required=True, type=Path, help="genesis file (JSON; see `bws chain genesis`)")
     run.add_argument("--roles", default="peer",
-                     help="comma-separated roles: peer, supervisor (record and check iteration messages); "
-                          "verifier, miner, client, evaluator come with the roles layer (default: peer)")
+                     help="comma-separated roles: peer, verifier (replay every block's iteration), miner (train "
+                          "task groups, mine), supervisor (record and check iteration messages), evaluator (score "
+                          "final models, finalize tasks), client (default: peer)")
+    run.add_argument("--keystore", help="the node's keystore (bws wallet new): miner, supervisor and evaluator sign with it")
+    run.add_argument("--password-file", help="file holding the keystore's password")
+    run.add_argument("--dataset-dir", help="TFDS data directory for task datasets (default: $BWS_DATA_DIR or ~/.cache/bws/tensorflow_datasets)")
     run.add_argument("--peer", action="append", default=[], metavar="MULTIADDR",
                      help="a peer to connect to, /ip4/…/tcp/…/p2p/<peer id> (repeatable)")
     run.add_argument("--api-port", type=int, default=DEFAULT_API_PORT, help=f"HTTP API port on 127.0.0.1 (default {DEFAULT_API_PORT}; 0 = any free)")
@@ -51,12 +55,17 @@ def run_node(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     roles = {role.strip() for role in args.roles.split(",") if role.strip()}
-    if roles & {"verifier", "miner", "client", "evaluator"}:
-        return _fail(f"role(s) {', '.join(sorted(roles & {'verifier', 'miner', 'client', 'evaluator'}))} "
-                     "are not in this build yet; available: peer, supervisor")
+    role_set = None
     try:
+        if roles & {"verifier", "miner", "client", "evaluator", "supervisor"}:
+            from bws.node.roles.host import RoleSet, RoleSetupError, load_role_account
+            try:
+                role_set = RoleSet(roles, load_role_account(args.keystore, args.password_file), args.dataset_dir)
+            except RoleSetupError as error:
+                return _fail(str(error))
         node = Node(NodeSettings(data_dir=args.data_dir, genesis=load_genesis(args.genesis), roles=roles,
-                                 peers=args.peer, api_port=args.api_port, listen=args.listen))
+                                 peers=args.peer, api_port=args.api_port, listen=args.listen,
+                                 replay=role_set.replay if role_set and "verifier" in roles else None))
     except (NodeError, StoreError) as error:
         return _fail(str(error))
     stop = threading.Event()
@@ -67,9 +76,13 @@ def run_node(args: argparse.Namespace) -> int:
     except (ApiError, NetworkError, NodeError) as error:
         node.stop()
         return _fail(str(error))
+    if role_set is not None:
+        role_set.attach(node)
     print(f"node {node.network.peer_id}\n  p2p: {node.network.address}\n  api: {node.api.url}\n"
           f"  head: height {node.chain.head.height}", flush=True)
     stop.wait()
     print("stopping…", flush=True)
+    if role_set is not None:
+        role_set.stop()
     node.stop()
     return 0

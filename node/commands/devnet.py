@@ -1,0 +1,52 @@
+"""`bws devnet`: run a local network that trains a model while mining blocks from its iterations (docs/devnet.md)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Start N nodes as separate processes on 127.0.0.1 from a genesis with funded and staked accounts, "
+        "submit a training task from a client account, show live progress (height, iterations, loss, blocks, "
+        "verifications), then print a summary (blocks, best model accuracy, payouts, blocks verified and "
+        "rejected). Exits 0 when the task is finalized and paid out; non-zero with a message otherwise. "
+        "Every node is stopped on exit, also on failure and Ctrl-C.")
+    parser.add_argument("--nodes", type=int, default=4,
+                        help="node processes (default 4; at least 3: the task's group needs miners, a supervisor "
+                             "and an evaluator on different nodes, so N nodes give N-2 miners)")
+    parser.add_argument("--template", default="dnn", choices=("dnn", "cnn"),
+                        help="job template of the task (default dnn)")
+    parser.add_argument("--dataset", default="digits", help="TFDS dataset, prepared locally (default digits, shipped)")
+    parser.add_argument("--data-dir", help="directory for the nodes' stores, keys, logs and genesis "
+                                           "(default: a new temporary directory; must not hold a devnet already)")
+    parser.add_argument("--blocks", type=int, default=10, help="run at least until this height (default 10)")
+    parser.add_argument("--iterations", type=int, default=50,
+                        help="training iterations of each group member (default 50)")
+    parser.add_argument("--batch-size", type=int, default=128, help="examples per iteration (default 128)")
+    parser.add_argument("--learning-rate", type=float, default=0.003, help="Adam learning rate (default 0.003)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the keys and of the model initialization (default 0)")
+    parser.add_argument("--min-accuracy", type=float, default=0.95,
+                        help="fail unless the best final model reaches this test accuracy (default 0.95; 0 to skip)")
+    parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds (default 900)")
+    parser.add_argument("--dataset-dir", help="TFDS data directory (default: $BWS_DATA_DIR or ~/.cache/bws/tensorflow_datasets)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from bws.node.devnet import Devnet, DevnetError, DevnetOptions
+    from bws.templates.errors import TemplateError
+
+    options = DevnetOptions(nodes=args.nodes, template=args.template, dataset=args.dataset, data_dir=args.data_dir,
+                            blocks=args.blocks, seed=args.seed, iterations=args.iterations, batch_size=args.batch_size,
+                            learning_rate=args.learning_rate, min_accuracy=args.min_accuracy, timeout=args.timeout,
+                            dataset_dir=args.dataset_dir)
+    try:
+        Devnet(options).run()
+    except (DevnetError, TemplateError, OSError) as error:
+        print(f"bws devnet: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bws devnet: interrupted; nodes stopped", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,401 @@
+"""`bws devnet`: a local network on loopback that trains a real model while
+it mines blocks from the training iterations.
+
+What it does, in order:
+1. builds the task definition (a job template on a dataset, as `bws task new`);
+2. writes keys for a client and every node, and a genesis (devnet preset)
+   where every node is funded and staked for the miner, supervisor and
+   evaluator roles, and holds a bootstrap task (a genesis task in training
+   with that node as its only member: blocks need a task in training, so
+   the first blocks, which include the client's task, are mined on these);
+3. starts every node as a separate process (`bws node run` with the roles
+   peer, verifier, miner, supervisor and evaluator) listening on 127.0.0.1,
+   each dialing the nodes started before it;
+4. submits the task from the client account through node 0's HTTP API;
+5. shows progress from the nodes' APIs until the task is finalized (group
+   selected by the chain, trained by its group, mined into blocks, every
+   block replayed by the other nodes, evaluated, fee split);
+6. prints a summary and stops every node (always: also on failure and Ctrl-C).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+
+from bws.spec import containers as C
+from bws.spec.constants import EVALUATORS_PER_TASK, ROLE_EVALUATOR, ROLE_MINER, ROLE_SUPERVISOR, SUPERVISORS_PER_TASK
+from bws.spec.genesis import create_genesis_state
+from bws.spec.presets import COIN, DEVNET
+
+from .api import ApiClient, ApiError
+from .p2p import peer_id_from_seed
+from .roles.client import Client, TaskOrder
+from .service import NODE_INFO_FILE, P2P_KEY_FILE, write_genesis
+from .wallet import Account, save_keystore
+
+DEVNET_PASSWORD = "bws-devnet"
+DEVNET_SCRYPT_N = 2**12          # devnet keys protect nothing; keep start-up fast
+NODE_BALANCE = 1000 * COIN
+CLIENT_BALANCE = 10_000 * COIN
+TASK_PAYMENT = 1000 * COIN
+TRANSACTION_FEE = 1000
+BOOTSTRAP_ITERATIONS = 10**9
+BOOTSTRAP_DEADLINE = 2**62
+START_TIMEOUT_SECONDS = 180.0
+NODE_ROLES = ("peer", "verifier", "miner", "supervisor", "evaluator")
+STOP_TIMEOUT_SECONDS = 15.0
+_SECP256K1_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+
+class DevnetError(Exception):
+    """The devnet could not run to the end (the message says what failed)."""
+
+
+@dataclass
+class DevnetOptions:
+    nodes: int = 4
+    template: str = "dnn"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    blocks: int = 10
+    seed: int = 0
+    iterations: int = 50
+    batch_size: int = 128
+    learning_rate: float = 0.003
+    min_accuracy: float = 0.95
+    timeout: float = 900.0
+    dataset_dir: str | None = None
+
+
+@dataclass
+class DevnetNode:
+    index: int
+    account: Account
+    data_dir: Path
+    listen_port: int
+    api_port: int
+    process: subprocess.Popen | None = None
+    api: ApiClient | None = None
+
+    @property
+    def name(self) -> str:
+        return f"node{self.index}"
+
+    @property
+    def p2p_key(self) -> bytes:
+        """The node's libp2p identity seed, derived from its account key."""
+        return hashlib.sha256(b"BWS/devnet-p2p-identity" + self.account.secret_key).digest()
+
+    @property
+    def multiaddr(self) -> str:
+        return f"/ip4/127.0.0.1/tcp/{self.listen_port}/p2p/{peer_id_from_seed(self.p2p_key)}"
+
+
+def derive_account(seed: int, label: str) -> Account:
+    """A devnet key from the seed and a label (reproducible devnets)."""
+    counter = 0
+    while True:
+        digest = hashlib.sha256(f"BWS/devnet-key/{seed}/{label}/{counter}".encode()).digest()
+        if 0 < int.from_bytes(digest, "big") < _SECP256K1_ORDER:
+            return Account(digest)
+        counter += 1
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free TCP ports on 127.0.0.1 (bound, read, released)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def group_size_for(nodes: int) -> int:
+    """Members of the client task: every node but the supervisor's and evaluator's seats."""
+    return nodes - SUPERVISORS_PER_TASK - EVALUATORS_PER_TASK
+
+
+def build_task(options: DevnetOptions):
+    from bws.templates import jobs
+
+    group = group_size_for(options.nodes)
+    sample = jobs.make_task(options.template, options.dataset, epochs=1, batch_size=options.batch_size,
+                            learning_rate=options.learning_rate, data_dir=options.dataset_dir, init_seed=options.seed)
+    per_epoch = sample.dataset["num_batches"]
+    epochs = max(1, math.ceil(group * options.iterations / per_epoch))
+    return jobs.make_task(options.template, options.dataset, epochs=epochs, batch_size=options.batch_size,
+                          learning_rate=options.learning_rate, data_dir=options.dataset_dir, init_seed=options.seed)
+
+
+def make_genesis(nodes: list[DevnetNode], client: Account, definition, timestamp: int) -> C.GenesisConfig:
+    dataset = definition.dataset
+    stakes = [C.GenesisStake(owner=n.account.address, role=role, amount=price)
+              for n in nodes for role, price in ((ROLE_MINER, DEVNET.miner_ticket_price),
+                                                 (ROLE_SUPERVISOR, DEVNET.supervisor_ticket_price),
+                                                 (ROLE_EVALUATOR, DEVNET.evaluator_ticket_price))]
+    bootstrap = [C.GenesisTask(client=bytes(20), task_definition=definition.to_bytes(),
+                               dataset_root=bytes.fromhex(dataset["batches_root"]), num_batches=dataset["num_batches"],
+                               test_set_hash=bytes.fromhex(dataset["test_root"]), iterations=BOOTSTRAP_ITERATIONS,
+                               evaluation_deadline=BOOTSTRAP_DEADLINE, payment=0, members=[n.account.address],
+                               supervisors=[], evaluators=[]) for n in nodes]
+    accounts = [C.GenesisAccount(address=client.address, balance=CLIENT_BALANCE)] + [
+        C.GenesisAccount(address=n.account.address, balance=NODE_BALANCE) for n in nodes]
+    return C.GenesisConfig(config=DEVNET, timestamp=timestamp, accounts=accounts, stakes=stakes, tasks=bootstrap)
+
+
+class Devnet:
+    """One devnet run; `run()` returns the summary or raises DevnetError."""
+
+    def __init__(self, options: DevnetOptions, out=sys.stdout) -> None:
+        if options.nodes < SUPERVISORS_PER_TASK + EVALUATORS_PER_TASK + 1:
+            raise DevnetError(f"--nodes must be at least {SUPERVISORS_PER_TASK + EVALUATORS_PER_TASK + 1} "
+                              "(a task needs a miner, a supervisor and an evaluator, on different nodes)")
+        self.options = options
+        self.out = out
+        self.root = Path(options.data_dir or tempfile.mkdtemp(prefix="bws-devnet-"))
+        self.nodes: list[DevnetNode] = []
+        self.client_account = derive_account(options.seed, "client")
+        self.task_id: bytes | None = None
+        self.genesis_state = None
+        self.started = time.monotonic()
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    # -- setup ----------------------------------------------------------
+    def prepare(self):
+        self.root.mkdir(parents=True, exist_ok=True)
+        if any(self.root.glob("node*/chain.duckdb")):
+            raise DevnetError(f"{self.root} already holds a devnet; pass an empty or new --data-dir")
+        self.say(f"devnet: {self.options.nodes} nodes, template {self.options.template} on {self.options.dataset}, "
+                 f"data in {self.root}")
+        definition = build_task(self.options)
+        ports = free_ports(2 * self.options.nodes)
+        for index in range(self.options.nodes):
+            node = DevnetNode(index, derive_account(self.options.seed, f"node{index}"), self.root / f"node{index}",
+                              ports[2 * index], ports[2 * index + 1])
+            node.data_dir.mkdir(parents=True, exist_ok=True)
+            save_keystore(node.data_dir / "key.json", node.account, DEVNET_PASSWORD, scrypt_n=DEVNET_SCRYPT_N,
+                          overwrite=True)
+            (node.data_dir / P2P_KEY_FILE).write_bytes(node.p2p_key)
+            self.nodes.append(node)
+        (self.root / "password.txt").write_text(DEVNET_PASSWORD)
+        genesis = make_genesis(self.nodes, self.client_account, definition, int(time.time()))
+        write_genesis(self.root / "genesis.json", genesis)
+        (self.root / "task.json").write_bytes(definition.to_bytes())
+        self.genesis_state = create_genesis_state(genesis)
+        return definition
+
+    def start_nodes(self) -> None:
+        """Start every node at once, each dialing the nodes before it (the
+        roles layer redials until they are up). The nodes share a persistent
+        XLA compilation cache, so the iteration compiles once per machine."""
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        environment = dict(os.environ)
+        environment.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache" / "bws" / "jax"))
+        for node in self.nodes:
+            command = [sys.executable, "-m", "bws.node.cli", "node", "run", "--data-dir", str(node.data_dir),
+                       "--genesis", str(self.root / "genesis.json"), "--keystore", str(node.data_dir / "key.json"),
+                       "--password-file", str(self.root / "password.txt"), "--roles", ",".join(NODE_ROLES),
+                       "--listen", f"/ip4/127.0.0.1/tcp/{node.listen_port}", "--api-port", str(node.api_port)]
+            for earlier in self.nodes[:node.index]:
+                command += ["--peer", earlier.multiaddr]
+            if self.options.dataset_dir:
+                command += ["--dataset-dir", self.options.dataset_dir]
+            with open(node.data_dir / "node.log", "wb") as log:
+                node.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment,
+                                                stdin=subprocess.DEVNULL, start_new_session=True)
+        for node in self.nodes:
+            while not (node.data_dir / NODE_INFO_FILE).exists():
+                self.check_alive()
+                if time.monotonic() > deadline:
+                    raise DevnetError(f"{node.name} did not start within {START_TIMEOUT_SECONDS:.0f} s "
+                                      f"(see {node.data_dir / 'node.log'})")
+                time.sleep(0.2)
+            node.api = ApiClient(json.loads((node.data_dir / NODE_INFO_FILE).read_text())["api"], timeout=30)
+        self.say(f"devnet: {len(self.nodes)} nodes up: " + ", ".join(f"{n.name} api {n.api.url}" for n in self.nodes))
+
+    def check_alive(self) -> None:
+        for node in self.nodes:
+            if node.process is not None and node.process.poll() is not None:
+                tail = (node.data_dir / "node.log").read_text(errors="replace").strip().splitlines()[-5:]
+                raise DevnetError(f"{node.name} exited with code {node.process.returncode}: " + " | ".join(tail))
+
+    def stop_nodes(self) -> None:
+        for node in self.nodes:
+            if node.process is not None and node.process.poll() is None:
+                node.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+        for node in self.nodes:
+            if node.process is None:
+                continue
+            try:
+                node.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(node.process.pid, signal.SIGKILL)
+                node.process.wait()
+
+    # -- the run --------------------------------------------------------
+    def submit(self, definition) -> None:
+        api = self.nodes[0].api
+        height = int(api.get("/status")["head"]["height"])
+        iterations = self.options.iterations
+        order = TaskOrder(group_size=group_size_for(self.options.nodes), iterations=iterations,
+                          evaluation_deadline=height + 8 + iterations + int(DEVNET.evaluation_period),
+                          payment=TASK_PAYMENT, fee=TRANSACTION_FEE)
+        client = Client(self.client_account, api, DEVNET.chain_id)
+        self.task_id = client.submit(definition, order)
+        self.order = order
+        self.say(f"devnet: task {self.task_id.hex()[:16]}… submitted at height {height} "
+                 f"({order.group_size} miners x {iterations} iterations, fee {TASK_PAYMENT // COIN} BWS, "
+                 f"deadline height {order.evaluation_deadline})")
+
+    def poll(self) -> dict:
+        metrics = [n.api.get("/metrics") for n in self.nodes]
+        try:
+            task = self.nodes[0].api.get(f"/task/{self.task_id.hex()}")
+        except ApiError as error:
+            if error.status != HTTPStatus.NOT_FOUND:
+                raise
+            task = {"status": "in mempool", "blocks": []}  # not in a block yet
+        return {"metrics": metrics, "task": task}
+
+    @staticmethod
+    def role_counters(snapshot: dict) -> list[dict]:
+        return [m.get("roles", {}).get("counters", {}) for m in snapshot["metrics"]]
+
+    def progress_line(self, snapshot: dict) -> str:
+        metrics, task = snapshot["metrics"], snapshot["task"]
+        counters = self.role_counters(snapshot)
+        losses = [model["loss"] for model in task.get("latest_models", {}).values()]
+        return (f"[{time.monotonic() - self.started:5.0f}s] height {max(m['height'] for m in metrics):3d} | "
+                f"task {task['status']:14s} iteration {task.get('max_iteration_seen', -1) + 1:3d}/"
+                f"{self.options.iterations} loss {min(losses) if losses else float('nan'):.3f} | "
+                f"iterations {sum(c.get('iterations', 0) for c in counters):4d} | "
+                f"blocks mined {sum(c.get('blocks_mined', 0) for c in counters):3d} (task {len(task['blocks']):3d}) | "
+                f"verified {sum(c.get('peer_blocks_verified', 0) for c in counters):3d} "
+                f"rejected {sum(m['chain'].get('blocks_rejected', 0) for m in metrics):2d} "
+                f"replay mismatches {sum(c.get('replay_mismatches', 0) for c in counters)}")
+
+    def watch(self) -> dict:
+        deadline = self.started + self.options.timeout
+        last_line = ""
+        while True:
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise DevnetError(f"timeout after {self.options.timeout:.0f} s; last progress: {last_line}")
+            try:
+                snapshot = self.poll()
+            except ApiError as error:
+                raise DevnetError(f"a node stopped answering: {error.message}") from None
+            line = self.progress_line(snapshot)
+            if line.split("|", 1)[1] != last_line.split("|", 1)[-1]:
+                self.say(line)
+            last_line = line
+            status = snapshot["task"]["status"]
+            if status in ("expired", "cancelled"):
+                raise DevnetError(f"the task was {status} instead of finalized (see the nodes' logs in {self.root})")
+            if status == "finalized" and min(m["height"] for m in snapshot["metrics"]) >= self.options.blocks:
+                heads = self.heads()
+                if len(set(heads)) == 1:
+                    return snapshot
+            time.sleep(1.0)
+
+    def heads(self) -> list[str]:
+        return [n.api.get("/status")["head"]["hash"] for n in self.nodes]
+
+    def blocks_verified_elsewhere(self, height: int) -> tuple[int, int]:
+        """(blocks, blocks whose miner is a devnet node other than at least one
+        node holding it on its main chain): every node connects a block only
+        after its transition, replay included, so a block on the main chain of
+        a node that did not mine it was verified by replay there."""
+        miners = {n.account.address.hex() for n in self.nodes}
+        verified = 0
+        for block_height in range(1, height + 1):
+            miner = self.nodes[0].api.get(f"/block/{block_height}")["block"]["header"]["miner"]
+            holders = [n for n in self.nodes if n.account.address.hex() != miner
+                       and n.api.get(f"/block/{block_height}")["main_chain"]]
+            verified += bool(holders) and miner in miners
+        return height, verified
+
+    def summary(self, snapshot: dict) -> dict:
+        head = self.nodes[0].api.get("/status")["head"]
+        evaluation = next((d["evaluation"] for d in (n.api.get(f"/task/{self.task_id.hex()}") for n in self.nodes)
+                           if "evaluation" in d), None)
+        counters = self.role_counters(snapshot)
+        balances = {}
+        for label, address in [("client", self.client_account.address)] + [(n.name, n.account.address) for n in self.nodes]:
+            now = int(self.nodes[0].api.get(f"/account/{address.hex()}")["balance"])
+            before = int(self.genesis_state.accounts[address].balance)
+            balances[label] = {"address": address.hex(), "genesis": before, "now": now, "change": now - before}
+        best = max(evaluation, key=lambda r: r["score"]) if evaluation else None
+        blocks, verified = self.blocks_verified_elsewhere(int(head["height"]))
+        return {
+            "height": int(head["height"]), "head": head["hash"], "blocks_verified_elsewhere": verified,
+            "blocks_from_task": len(snapshot["task"]["blocks"]),
+            "iterations": sum(c.get("iterations", 0) for c in counters),
+            "task_iterations": snapshot["task"].get("max_iteration_seen", -1) + 1,
+            "best_accuracy": (best["correct"] / best["count"]) if best and best["count"] else 0.0,
+            "evaluation": evaluation or [],
+            "balances": balances,
+            "verified": [c.get("peer_blocks_verified", 0) for c in counters],
+            "rejected": [m["chain"].get("blocks_rejected", 0) for m in snapshot["metrics"]],
+            "mismatches": sum(c.get("replay_mismatches", 0) for c in counters),
+            "seconds": time.monotonic() - self.started,
+            "names": [n.name for n in self.nodes],
+            "node_of_address": {n.account.address.hex(): n.name for n in self.nodes},
+        }
+
+    def print_summary(self, summary: dict) -> None:
+        names = summary["node_of_address"]
+        self.say("")
+        self.say("devnet summary")
+        self.say(f"  blocks mined            {summary['height']} (from the client task's iterations: "
+                 f"{summary['blocks_from_task']}), every node at head {summary['head'][:16]}…")
+        self.say(f"  blocks replayed by another node  {summary['blocks_verified_elsewhere']} of {summary['height']}")
+        self.say(f"  training iterations     {summary['iterations']} in all (client task: {summary['task_iterations']} "
+                 f"per member)")
+        for entry in summary["evaluation"]:
+            self.say(f"  final model of {names.get(entry['miner'], entry['miner'][:12]):6s}   "
+                     f"{entry['correct']}/{entry['count']} = {entry['score'] / 10_000:.2f}% test accuracy")
+        self.say(f"  best model accuracy     {summary['best_accuracy'] * 100:.2f}%")
+        self.say("  blocks verified by replay (per node): " + ", ".join(
+            f"{name} {count}" for name, count in zip(summary["names"], summary["verified"])))
+        self.say("  blocks rejected (per node):           " + ", ".join(
+            f"{name} {count}" for name, count in zip(summary["names"], summary["rejected"])))
+        self.say(f"  replay mismatches       {summary['mismatches']}")
+        self.say("  payouts (balance change since genesis, BWS):")
+        for label, entry in summary["balances"].items():
+            self.say(f"    {label:7s} {entry['address'][:16]}…  {entry['change'] / COIN:+14.8f}")
+        self.say(f"  took {summary['seconds']:.0f} s; data in {self.root}")
+
+    def run(self) -> dict:
+        try:
+            definition = self.prepare()
+            self.start_nodes()
+            self.submit(definition)
+            snapshot = self.watch()
+            summary = self.summary(snapshot)
+        finally:
+            self.stop_nodes()
+        self.print_summary(summary)
+        if summary["best_accuracy"] < self.options.min_accuracy:
+            raise DevnetError(f"best model accuracy {summary['best_accuracy'] * 100:.2f}% is below the required "
+                              f"{self.options.min_accuracy * 100:.2f}%")
+        return summary

@@ -1,0 +1,163 @@
+"""What the roles exchange besides gossip: named integer tensors (model
+states, updates) as canonical bytes, a bounded cache of them by root, and the
+request/response protocols that serve them (`/bws/data/1`) and blocks
+(`/bws/sync/1`).
+
+Tensor bundle encoding (one state or one update):
+
+    u32le(count) ‖ for each tensor, by increasing name:
+        u16le(len(name)) ‖ name (UTF-8) ‖ encode_tensor(array)
+
+`encode_tensor` is the spec's (u8 dtype code ‖ u8 ndim ‖ u32le dims ‖
+little-endian data), so the bundle's root is the spec's
+`compute_tensors_root` of what it decodes to: a receiver checks the bytes it
+got against the root it asked for, and a peer cannot answer with anything else.
+
+Requests (first byte is the kind):
+
+    /bws/data/1   b"T" ‖ root(32)        -> b"\\x01" ‖ bundle, or b"\\x00" (unknown root)
+    /bws/sync/1   b"H"                   -> head hash(32) ‖ u64le(height)
+                  b"B" ‖ block hash(32)  -> b"\\x01" ‖ encode(Block), or b"\\x00" (unknown block)
+
+"Unknown" is an answer, not an error, so asking for something a peer does
+not have never scores the asker down.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+from bws.spec.constants import TENSOR_DTYPE_CODES
+from bws.spec.hashing import compute_tensors_root, encode_tensor
+
+ROOT_BYTES = 32
+MAX_TENSORS = 4096
+MAX_TENSOR_DIMS = 8
+MAX_BUNDLE_BYTES = 64 << 20
+DATA_TENSORS = b"T"
+SYNC_HEAD = b"H"
+SYNC_BLOCK = b"B"
+FOUND = b"\x01"
+NOT_FOUND = b"\x00"
+
+_DTYPES_BY_CODE = {code: np.dtype(name).newbyteorder("<") for name, code in TENSOR_DTYPE_CODES.items()}
+
+
+class DataError(ValueError):
+    """Bytes that are not a valid tensor bundle or request, or data whose root is not the one asked for."""
+
+
+def encode_tensors(tensors: dict[str, np.ndarray]) -> bytes:
+    """A flat {name: integer array} as a tensor bundle (names sorted)."""
+    parts = [len(tensors).to_bytes(4, "little")]
+    for name in sorted(tensors):
+        name_bytes = name.encode("utf-8")
+        parts += [len(name_bytes).to_bytes(2, "little"), name_bytes, encode_tensor(np.asarray(tensors[name]))]
+    return b"".join(parts)
+
+
+def decode_tensors(data: bytes) -> dict[str, np.ndarray]:
+    """The inverse of encode_tensors; DataError names what is wrong."""
+    if len(data) > MAX_BUNDLE_BYTES:
+        raise DataError(f"bundle of {len(data)} bytes exceeds {MAX_BUNDLE_BYTES}")
+    view = memoryview(data)
+    offset = 0
+
+    def take(size: int, what: str) -> memoryview:
+        nonlocal offset
+        if size < 0 or offset + size > len(view):
+            raise DataError(f"truncated bundle: {what} needs {size} bytes at offset {offset}")
+        chunk = view[offset:offset + size]
+        offset += size
+        return chunk
+
+    count = int.from_bytes(take(4, "tensor count"), "little")
+    if count > MAX_TENSORS:
+        raise DataError(f"{count} tensors exceed {MAX_TENSORS}")
+    tensors: dict[str, np.ndarray] = {}
+    previous = None
+    for _ in range(count):
+        name_length = int.from_bytes(take(2, "name length"), "little")
+        try:
+            name = bytes(take(name_length, "name")).decode("utf-8")
+        except UnicodeDecodeError:
+            raise DataError("tensor name is not UTF-8") from None
+        if previous is not None and name <= previous:
+            raise DataError(f"tensor names not strictly increasing at {name!r}")
+        previous = name
+        code, ndim = take(2, f"header of {name!r}")
+        if code not in _DTYPES_BY_CODE:
+            raise DataError(f"tensor {name!r}: unknown dtype code {code}")
+        if ndim > MAX_TENSOR_DIMS:
+            raise DataError(f"tensor {name!r}: {ndim} dimensions exceed {MAX_TENSOR_DIMS}")
+        shape = tuple(int.from_bytes(take(4, f"shape of {name!r}"), "little") for _ in range(ndim))
+        dtype = _DTYPES_BY_CODE[code]
+        size = dtype.itemsize
+        for dim in shape:
+            size *= dim
+        raw = take(size, f"data of {name!r}")
+        tensors[name] = np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+    if offset != len(view):
+        raise DataError(f"{len(view) - offset} trailing bytes after the last tensor")
+    return tensors
+
+
+def bundle_root(tensors: dict[str, np.ndarray]) -> bytes:
+    """The spec's tensors root of a flat bundle (what iteration messages name)."""
+    return bytes(compute_tensors_root(tensors))
+
+
+def decode_checked(data: bytes, root: bytes) -> dict[str, np.ndarray]:
+    """Decode a bundle and check that it is the one with `root`."""
+    tensors = decode_tensors(data)
+    if bundle_root(tensors) != bytes(root):
+        raise DataError(f"bundle does not have the requested root {bytes(root).hex()[:16]}…")
+    return tensors
+
+
+def tensors_request(root: bytes) -> bytes:
+    if len(root) != ROOT_BYTES:
+        raise DataError(f"a root is {ROOT_BYTES} bytes, got {len(root)}")
+    return DATA_TENSORS + bytes(root)
+
+
+def parse_request(request: bytes, kind: bytes, payload_bytes: int) -> bytes:
+    """The payload of a request of `kind`; DataError for anything else."""
+    if request[:1] != kind or len(request) != 1 + payload_bytes:
+        raise DataError(f"not a {kind!r} request of {1 + payload_bytes} bytes")
+    return bytes(request[1:])
+
+
+class TensorCache:
+    """Bundles by root, least recently used dropped beyond `max_entries`.
+    Thread-safe. Holds the encoded bytes, ready to serve."""
+
+    def __init__(self, max_entries: int = 512) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[bytes, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, root: bytes, encoded: bytes) -> None:
+        with self._lock:
+            self._entries[bytes(root)] = encoded
+            self._entries.move_to_end(bytes(root))
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def put_tensors(self, tensors: dict[str, np.ndarray], root: bytes | None = None) -> bytes:
+        """Cache a flat bundle; returns its root (computed unless given)."""
+        root = bundle_root(tensors) if root is None else bytes(root)
+        self.put(root, encode_tensors(tensors))
+        return root
+
+    def get(self, root: bytes) -> bytes | None:
+        with self._lock:
+            encoded = self._entries.get(bytes(root))
+            if encoded is not None:
+                self._entries.move_to_end(bytes(root))
+            return encoded
+
+    def __len__(self) -> int:
+        return len(self._entries)

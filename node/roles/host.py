@@ -1,0 +1,159 @@
+"""Plugging the role components into the node process (node/service.py).
+
+    roles = RoleSet({"miner", "verifier", "supervisor", "evaluator"}, account, dataset_dir)
+    node = Node(NodeSettings(..., replay=roles.replay))   # the verifier's replay
+    node.start()
+    roles.attach(node)      # serves /bws/data/1, hears iteration messages, starts the role threads
+    ...
+    roles.stop(); node.stop()
+
+`bws node run --roles miner,verifier,... --keystore K --password-file P`
+does exactly this. The node keeps everything that is not a role: store,
+validation, mempool, gossip, sync, API. The roles add, through the node's
+hooks: the tensor data protocol, the iteration messages they hear, a "roles"
+section in /metrics and role fields in /task/<id>.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from bws.spec import containers as C
+
+from ..p2p import PROTOCOL_DATA, NetworkError
+from ..wallet import Account, KeystoreError, load_keystore
+from .context import RoleContext
+from .data import DATA_TENSORS, FOUND, NOT_FOUND, ROOT_BYTES, parse_request
+from .evaluator import Evaluator
+from .library import TaskLibrary
+from .miner import Miner
+from .supervisor import Supervisor
+from .verifier import NetworkReplay
+
+logger = logging.getLogger("bws.node.roles")
+
+# Roles that need the roles layer (the node core plays "peer" by itself).
+ROLE_COMPONENTS = frozenset({"miner", "supervisor", "evaluator", "verifier", "client"})
+# Roles that sign (transactions, iteration messages) and so need the node's key.
+SIGNING_ROLES = frozenset({"miner", "supervisor", "evaluator"})
+REDIAL_SECONDS = 120.0
+
+
+class RoleSetupError(Exception):
+    """The roles cannot start (no key for a signing role, unreadable keystore)."""
+
+
+def load_role_account(keystore: str | None, password_file: str | None) -> Account | None:
+    """The node's account from its keystore, or None if none was given."""
+    if keystore is None:
+        return None
+    if password_file is None:
+        raise RoleSetupError("--keystore needs --password-file (the file holding the keystore's password)")
+    try:
+        password = Path(password_file).read_text().rstrip("\n")
+        return load_keystore(Path(keystore), password)
+    except (OSError, KeystoreError) as error:
+        raise RoleSetupError(f"cannot unlock {keystore}: {error}") from None
+
+
+class RoleSet:
+    def __init__(self, roles: set[str], account: Account | None, dataset_dir: str | None = None) -> None:
+        if roles & SIGNING_ROLES and account is None:
+            raise RoleSetupError(f"role(s) {', '.join(sorted(roles & SIGNING_ROLES))} sign messages and "
+                                 "transactions: give the node a key (--keystore and --password-file)")
+        self.roles = set(roles)
+        self.account = account
+        self.dataset_dir = dataset_dir
+        self.context: RoleContext | None = None
+        self.replay = NetworkReplay(lambda: self.context)
+        self.miner = self.supervisor = self.evaluator = None
+        self._node = None
+
+    def attach(self, node) -> None:
+        """Start the roles on a started node."""
+        self._node = node
+        self.context = RoleContext(chain=node.chain, mempool=node.mempool, network=node.network,
+                                   account=self.account, library=TaskLibrary(self.dataset_dir),
+                                   import_block=node.import_block)
+        node.network.register_handler(PROTOCOL_DATA, self._serve_data)
+        node.iteration_message_listeners.append(self._on_iteration_message)
+        node.metrics_extensions.append(self.metrics)
+        node.task_extensions.append(self.task_info)
+        if "miner" in self.roles:
+            self.miner = Miner(self.context)
+        if "supervisor" in self.roles:
+            self.supervisor = Supervisor(self.context)
+        if "evaluator" in self.roles:
+            self.evaluator = Evaluator(self.context)
+        for role in (self.miner, self.supervisor, self.evaluator):
+            if role is not None:
+                role.start()
+        threading.Thread(target=self._redial, args=(list(node.settings.peers),), name="bws-redial", daemon=True).start()
+        logger.info("roles started: %s", ", ".join(sorted(self.roles)))
+
+    def _redial(self, peers: list[str]) -> None:
+        """Dial the configured peers that are not connected yet, for a while:
+        nodes of a devnet start together, and a group's members must reach
+        each other directly to fetch updates."""
+        deadline = time.monotonic() + REDIAL_SECONDS
+        while time.monotonic() < deadline and not self.context.stop.wait(1.0):
+            try:
+                connected = set(self._node.network.peers())
+            except NetworkError:
+                continue
+            missing = [p for p in peers if p.rsplit("/p2p/", 1)[-1] not in connected]
+            if not missing:
+                return
+            for peer in missing:
+                try:
+                    self._node.network.connect(peer, timeout=5)
+                except NetworkError as error:
+                    logger.debug("dial %s: %s", peer, error)
+
+    def stop(self) -> None:
+        if self.context is None:
+            return
+        self.context.stop.set()
+        for role in (self.miner, self.supervisor, self.evaluator):
+            if role is not None:
+                role.join(timeout=30)
+
+    # -- hooks ------------------------------------------------------------
+    def _serve_data(self, peer: str, request: bytes) -> bytes:
+        root = parse_request(request, DATA_TENSORS, ROOT_BYTES)
+        self.context.metrics["data_requests_served"] += 1
+        encoded = self.context.cache.get(root)
+        return NOT_FOUND if encoded is None else FOUND + encoded
+
+    def _on_iteration_message(self, signed: C.SignedIterationMessage, origin: str) -> None:
+        if self.context.messages.add(signed, origin):
+            self.context.metrics["task_messages"] += 1
+            self.context.note_task_activity(bytes(signed.message.work.task_id))
+            if self.supervisor is not None:
+                self.supervisor.on_message(signed)
+
+    def metrics(self) -> dict:
+        context = self.context
+        gauges = {k: v for k, v in context.gauges.items() if isinstance(k, str)}
+        return {"roles": {"enabled": sorted(self.roles), "counters": dict(context.metrics), "gauges": gauges,
+                          "address": context.address.hex() if self.account else None}}
+
+    def task_info(self, task_id: bytes, task: C.Task) -> dict:
+        """Role fields of /task/<id>: iterations seen, each member's latest model root, the evaluation, the supervisor's history."""
+        context = self.context
+        models = {}
+        for member in task.members:
+            latest = context.messages.latest(task_id, bytes(member.address))
+            if latest is not None:
+                models[bytes(member.address).hex()] = {"iteration": int(latest.message.work.iteration),
+                                                       "state_root": bytes(latest.message.work.state_after_root).hex(),
+                                                       "loss": int(latest.message.work.loss) / (1 << 16)}
+        document = {"max_iteration_seen": context.messages.max_iteration(task_id), "latest_models": models}
+        evaluation = context.gauges.get(("evaluation", task_id))
+        if evaluation is not None:
+            document["evaluation"] = evaluation
+        if self.supervisor is not None and self.account and self.account.address in [bytes(s) for s in task.supervisors]:
+            document["supervisor_history"] = self.supervisor.history(task_id)
+        return document

@@ -1,0 +1,104 @@
+"""The tasks a node works on, loaded once each: the task definition parsed
+by the templates, the engine model, the local dataset checked against the
+task's commitments, the batch roots and their Merkle proofs, and the
+compiled iteration. Shared by the miner, verifier, supervisor and evaluator.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bws import engine
+from bws.engine import commit
+from bws.spec import containers as C
+from bws.spec.hashing import compute_merkle_proof, hash_bytes
+from bws.templates.errors import TemplateError
+from bws.templates.task import TaskData, TaskDefinition, batch_root, parse_task, task_data
+
+
+class TaskUnavailable(Exception):
+    """This node cannot work on a task (unreadable definition, dataset missing or not matching)."""
+
+
+@dataclass
+class LoadedTask:
+    definition: TaskDefinition
+    spec: engine.ModelSpec
+    data: TaskData
+    batch_roots: list[bytes]
+
+    @property
+    def batch_size(self) -> int:
+        return self.definition.dataset["batch_size"]
+
+    def batch(self, index: int) -> dict[str, np.ndarray]:
+        return self.data.batch(self.batch_size, self.definition.dataset["schedule"]["seed"], index)
+
+    def batch_proof(self, index: int) -> list[bytes]:
+        return compute_merkle_proof(self.batch_roots, index)
+
+    def initial_state(self) -> dict:
+        return engine.init_state(self.spec, self.definition.hyperparameters["init_seed"])
+
+    def iterate(self, state: dict, batch: dict, peer_updates: list[dict]):
+        """One canonical iteration: (new state, update, metrics), all on the host as numpy."""
+        peer_sum = engine.sum_updates(peer_updates, spec=self.spec)
+        new_state, update, metrics = engine.make_iteration(self.spec)(
+            state, {"x": jnp.asarray(batch["x"]), "y": jnp.asarray(batch["y"])}, peer_sum)
+        return jax.device_get(new_state), jax.device_get(update), jax.device_get(metrics)
+
+    def accuracy(self, params: dict) -> tuple[int, int]:
+        """(correct, count) of `params` on the task's test split, integer-exact."""
+        result = engine.evaluate(self.spec, params, self.data.test_x, self.data.test_y)
+        return result["correct"], result["count"]
+
+    def test_set_hash(self) -> bytes:
+        return batch_root({"x": self.data.test_x, "y": self.data.test_y})
+
+
+def flat(tree: dict) -> dict[str, np.ndarray]:
+    """A pytree (state or update) as the flat {name: array} its root commits to."""
+    return commit.flatten(jax.device_get(tree))
+
+
+def tree(flat_tensors: dict[str, np.ndarray]) -> dict:
+    """The inverse of `flat`, as device arrays the engine takes."""
+    return jax.tree.map(jnp.asarray, commit.unflatten(flat_tensors))
+
+
+class TaskLibrary:
+    """Loaded tasks by the hash of their definition bytes (many task ids may share one)."""
+
+    def __init__(self, data_dir: str | None = None) -> None:
+        self.data_dir = data_dir
+        self._loaded: dict[bytes, LoadedTask] = {}
+        self._failed: dict[bytes, str] = {}
+        self._lock = threading.Lock()
+
+    def load(self, task: C.Task) -> LoadedTask:
+        """The loaded task for a task in the state; TaskUnavailable if this node cannot load it."""
+        definition_bytes = bytes(task.task_definition)
+        key = bytes(hash_bytes(definition_bytes))
+        with self._lock:
+            if key in self._loaded:
+                return self._loaded[key]
+            if key in self._failed:
+                raise TaskUnavailable(self._failed[key])
+            try:
+                definition = parse_task(definition_bytes)
+                data = task_data(definition, self.data_dir)
+                seed, epochs = definition.dataset["schedule"]["seed"], definition.hyperparameters["epochs"]
+                roots = [batch_root(b) for _, b in data.batches(definition.dataset["batch_size"], seed, epochs)]
+                loaded = LoadedTask(definition, engine.ModelSpec.from_dict(definition.model), data, roots)
+            except (TemplateError, engine.EngineError, ValueError, OSError) as error:
+                self._failed[key] = f"task definition {key.hex()[:16]}…: {error}"
+                raise TaskUnavailable(self._failed[key]) from None
+            if len(roots) != task.num_batches:
+                self._failed[key] = f"the task commits to {task.num_batches} batches, the definition makes {len(roots)}"
+                raise TaskUnavailable(self._failed[key])
+            self._loaded[key] = loaded
+            return loaded

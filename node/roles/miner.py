@@ -1,0 +1,316 @@
+"""The miner: trains the tasks whose group it belongs to, publishes an
+iteration message (IT_RES) after every iteration, and mines blocks with the
+nonces its iterations earn.
+
+One iteration i of task T by member j (spec/pouw.py, spec/tasks.py):
+1. wait (bounded) for the other members' IT_RES(i - 1) and fetch the updates
+   they name over `/bws/data/1`; apply those that arrived (a set: the sum of
+   integer updates does not depend on their order);
+2. train on batch compute_batch_index(T, i, j) of the task's schedule, with
+   its Merkle proof in the task's dataset root;
+3. commit, in IT_RES(i), to the header of the block it may mine with the
+   nonces of IT_RES(i + k) (k = header_commitment_lag): parent = the current
+   head, next height, a timestamp, the mempool's transactions, the target;
+4. sign and gossip IT_RES(i); keep its state and update in the tensor cache
+   so verifiers can fetch them;
+5. derive IT_RES(i)'s nonces (get_nonce_allowance of them) and try them
+   against the header committed in IT_RES(i - k); on a hit, and if that
+   header still extends the head, fill in the state root and publish the block.
+
+Tasks: a client task this node is a member of (selected or training) comes
+first. Otherwise the node trains its bootstrap task (a genesis task whose
+only member it is, spec/genesis.py: the chain needs a task in training to
+advance), paced so that blocks do not race each other; it pauses while a
+client task is being trained by its group (its messages are seen on gossip)
+so the group's iterations mine the blocks.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from bws.spec import containers as C
+from bws.spec.constants import MAX_TRANSACTIONS_PER_BLOCK, TASK_GROUP_SELECTED, TASK_TRAINING
+from bws.spec.hashing import ZERO_HASH
+from bws.spec.pouw import (
+    compute_header_commitment, compute_message_digest, compute_nonce, compute_nonce_seed, get_nonce_allowance,
+    is_valid_pow, sign_iteration_message,
+)
+from bws.spec.state_transition import (
+    InvalidTransaction, apply_transaction, compute_state_root, compute_transactions_root, process_block,
+)
+from bws.spec.tasks import compute_batch_index, get_member_index
+from bws.spec.encoding import decode, DecodeError
+from bws.spec.containers import SignedTransaction
+
+from .context import RoleContext, RoleError
+from .library import LoadedTask, TaskUnavailable, flat, tree
+from .verifier import replay_iteration
+
+logger = logging.getLogger("bws.node.roles.miner")
+
+FIRST_PEER_WAIT_SECONDS = 20.0   # members notice their selection at slightly different times
+PEER_WAIT_SECONDS = 4.0          # then a late member's update is left out of this iteration
+BOOTSTRAP_INTERVAL_SECONDS = 1.0  # one bootstrap iteration per node this often (fewer racing blocks)
+CLIENT_TASK_QUIET_SECONDS = 6.0  # a client task with no message this long is no longer being trained
+MAX_BLOCK_TRANSACTION_BYTES = 1 << 20
+
+
+@dataclass
+class CommittedBlock:
+    """The header fields an IT_RES committed to, with the transactions behind its root."""
+    parent_hash: bytes
+    height: int
+    timestamp: int
+    miner: bytes
+    target: int
+    transactions: list
+
+
+@dataclass
+class Training:
+    """One member's training of one task."""
+    task_id: bytes
+    loaded: LoadedTask
+    member_index: int
+    state: dict                      # numpy pytree, the model state before the next iteration
+    state_root: bytes
+    next_iteration: int = 0
+    commitments: dict = field(default_factory=dict)   # iteration -> CommittedBlock (for that iteration's nonces)
+    messages: dict = field(default_factory=dict)      # iteration -> SignedIterationMessage
+
+
+class Miner:
+    def __init__(self, context: RoleContext) -> None:
+        self.context = context
+        self._trainings: dict[bytes, Training] = {}
+        self._last_bootstrap = 0.0
+        self._thread = threading.Thread(target=self._run, name="bws-miner", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    # -- the loop ---------------------------------------------------------
+    def _run(self) -> None:
+        context = self.context
+        while not context.stop.is_set():
+            try:
+                worked = self.step()
+            except Exception:  # a role must never take the node down; the error is logged and counted
+                logger.exception("miner step failed")
+                context.metrics["miner_errors"] += 1
+                worked = False
+            if not worked:
+                context.stop.wait(0.1)
+
+    def step(self) -> bool:
+        """Run at most one iteration; whether one ran."""
+        state = self.context.chain.head_state
+        client = self._client_task(state)
+        if client is not None:
+            return self._iterate(state, *client)
+        if self._client_training_in_progress(state):
+            return False
+        bootstrap = self._bootstrap_task(state)
+        if bootstrap is None or time.monotonic() - self._last_bootstrap < BOOTSTRAP_INTERVAL_SECONDS:
+            return False
+        self._last_bootstrap = time.monotonic()
+        return self._iterate(state, *bootstrap)
+
+    def _my_tasks(self, state: C.State, statuses):
+        for task_id in sorted(state.tasks):
+            task = state.tasks[task_id]
+            index = get_member_index(task, self.context.address)
+            if task.status in statuses and index is not None:
+                yield bytes(task_id), task, index
+
+    def _client_task(self, state: C.State):
+        """(task id, task, member index) of a client task (one with a client) this node still trains."""
+        for task_id, task, index in self._my_tasks(state, (TASK_GROUP_SELECTED, TASK_TRAINING)):
+            if bytes(task.client) == bytes(20):
+                continue
+            training = self._trainings.get(task_id)
+            if training is None or training.next_iteration < task.iterations:
+                return task_id, task, index
+        return None
+
+    def _bootstrap_task(self, state: C.State):
+        for task_id, task, index in self._my_tasks(state, (TASK_TRAINING,)):
+            if bytes(task.client) == bytes(20) and task.group_size == 1:
+                return task_id, task, index
+        return None
+
+    def _client_training_in_progress(self, state: C.State) -> bool:
+        """Whether some group is still training a client task (judged from its gossip)."""
+        now = time.monotonic()
+        for task_id, task in state.tasks.items():
+            if bytes(task.client) == bytes(20) or task.status not in (TASK_GROUP_SELECTED, TASK_TRAINING):
+                continue
+            last_seen = self.context.gauges.get(("task_last_message", bytes(task_id)))
+            done = self.context.messages.max_iteration(bytes(task_id)) >= task.iterations - 1
+            if not done and (last_seen is None or now - last_seen < CLIENT_TASK_QUIET_SECONDS):
+                return True
+        return False
+
+    # -- one iteration ----------------------------------------------------
+    def _training(self, task_id: bytes, task: C.Task, member_index: int) -> Training | None:
+        training = self._trainings.get(task_id)
+        if training is None:
+            try:
+                loaded = self.context.library.load(task)
+            except TaskUnavailable as error:
+                logger.warning("cannot train task %s…: %s", task_id.hex()[:12], error)
+                self.context.metrics["tasks_unavailable"] += 1
+                return None
+            initial = flat(loaded.initial_state())
+            root = self.context.cache.put_tensors(initial)
+            training = Training(task_id, loaded, member_index, tree(initial), root)
+            self._trainings[task_id] = training
+        return training
+
+    def _iterate(self, head_state: C.State, task_id: bytes, task: C.Task, member_index: int) -> bool:
+        context = self.context
+        training = self._training(task_id, task, member_index)
+        if training is None:
+            return False
+        i = training.next_iteration
+        if i >= task.iterations:
+            return False
+        others = [bytes(m.address) for m in task.members if bytes(m.address) != context.address]
+        peer_updates, peer_roots = self._peer_updates(task_id, i, others)
+        batch_index = compute_batch_index(task, i, member_index)
+        batch = training.loaded.batch(batch_index)
+        started = time.perf_counter()
+        new_state, update, metrics = training.loaded.iterate(training.state, batch, peer_updates)
+        context.metrics["training_ms"] += int((time.perf_counter() - started) * 1000)
+        update_flat, state_flat = flat(update), flat(new_state)
+        update_root = context.cache.put_tensors(update_flat)
+        state_after_root = context.cache.put_tensors(state_flat)
+        loss = int(metrics["loss_sum"]) // max(int(metrics["count"]), 1)
+        work = C.IterationWork(
+            task_id=task_id, iteration=i, miner=context.address, state_before_root=training.state_root,
+            batch_index=batch_index, batch_root=training.loaded.batch_roots[batch_index],
+            batch_proof=training.loaded.batch_proof(batch_index), peer_update_roots=sorted(peer_roots),
+            update_root=update_root, state_after_root=state_after_root, loss=loss,
+        )
+        k = int(head_state.config.header_commitment_lag)
+        ahead = self._commit_header(head_state)
+        training.commitments[i + k] = ahead
+        message = C.IterationMessage(work=work, header_commitment=compute_header_commitment(self._header(ahead)))
+        signed = sign_iteration_message(context.account.secret_key, message)
+        training.messages[i] = signed
+        context.publish_iteration_message(signed)
+        context.note_task_activity(task_id)
+        training.state, training.state_root, training.next_iteration = tree(state_flat), state_after_root, i + 1
+        context.metrics["iterations"] += 1
+        context.gauges["last_loss"] = loss / (1 << 16)
+        context.gauges["last_iteration"] = {"task": task_id.hex(), "iteration": i, "peers_applied": len(peer_roots)}
+        for old in [n for n in training.commitments if n < i]:
+            del training.commitments[old]
+        if i - k >= 0 and i - k in training.messages:
+            self._mine(task, training, i, training.messages[i - k], signed)
+        for old in [n for n in training.messages if n < i - k]:
+            del training.messages[old]
+        return True
+
+    def _peer_updates(self, task_id: bytes, iteration: int, others: list[bytes]):
+        """The other members' updates of `iteration - 1` that arrive in time, and their roots."""
+        if iteration == 0 or not others:
+            return [], []
+        wait = FIRST_PEER_WAIT_SECONDS if iteration == 1 else PEER_WAIT_SECONDS
+        found = self.context.messages.wait_for(task_id, iteration - 1, others, time.monotonic() + wait, self.context.stop)
+        updates, roots = [], []
+        for miner, signed in sorted(found.items()):
+            root = bytes(signed.message.work.update_root)
+            try:
+                updates.append(tree(self.context.fetch_tensors(root, self.context.messages.peer_of(miner))))
+            except RoleError as error:
+                logger.info("peer update left out: %s", error)
+                continue
+            roots.append(root)
+        if len(roots) < len(others):
+            self.context.metrics["peer_updates_missed"] += len(others) - len(roots)
+        return updates, roots
+
+    # -- headers and blocks -----------------------------------------------
+    def _commit_header(self, head_state: C.State) -> CommittedBlock:
+        """The header this node will mine k iterations from now: on the current head."""
+        head = self.context.chain.head
+        parent_timestamp = int(head_state.latest_block_header.timestamp)
+        return CommittedBlock(
+            parent_hash=bytes(head.hash), height=int(head_state.height) + 1,
+            timestamp=max(int(time.time()), parent_timestamp + 1), miner=self.context.address,
+            target=int(head_state.target), transactions=self._select_transactions(head_state))
+
+    def _select_transactions(self, head_state: C.State) -> list[SignedTransaction]:
+        """Mempool transactions that apply, in order, on the head state."""
+        chosen, state = [], head_state
+        for record in self.context.mempool.select(MAX_TRANSACTIONS_PER_BLOCK, MAX_BLOCK_TRANSACTION_BYTES):
+            try:
+                signed = decode(record.raw, SignedTransaction)
+                state = apply_transaction(state, signed, self.context.address,
+                                          lambda task, message: replay_iteration(self.context, task, message))
+            except (DecodeError, InvalidTransaction):
+                continue
+            chosen.append(signed)
+        return chosen
+
+    @staticmethod
+    def _header(committed: CommittedBlock, **pouw) -> C.BlockHeader:
+        fields = dict(parent_hash=committed.parent_hash, height=committed.height, timestamp=committed.timestamp,
+                      state_root=ZERO_HASH, transactions_root=compute_transactions_root(committed.transactions),
+                      miner=committed.miner, target=committed.target, task_id=ZERO_HASH, iteration=0,
+                      message_digest=ZERO_HASH, nonce_index=0, nonce=ZERO_HASH)
+        fields.update(pouw)
+        return C.BlockHeader(**fields)
+
+    def _mine(self, task: C.Task, training: Training, iteration: int,
+              commitment: C.SignedIterationMessage, signed: C.SignedIterationMessage) -> None:
+        committed = training.commitments.get(iteration)
+        context = self.context
+        head_state = context.chain.head_state
+        if committed is None or committed.parent_hash != bytes(context.chain.head.hash) \
+                or committed.height != int(head_state.height) + 1:
+            context.metrics["stale_commitments"] += 1
+            return
+        seed = compute_nonce_seed(signed.message.work)
+        allowance = get_nonce_allowance(head_state.config, task)
+        context.metrics["nonces_tried"] += allowance
+        for index in range(allowance):
+            header = self._header(committed, task_id=training.task_id, iteration=iteration,
+                                  message_digest=compute_message_digest(signed.message), nonce_index=index,
+                                  nonce=compute_nonce(seed, index))
+            if is_valid_pow(header):
+                self._publish_block(head_state, header, committed, commitment, signed)
+                return
+
+    def _publish_block(self, head_state: C.State, header: C.BlockHeader, committed: CommittedBlock,
+                       commitment: C.SignedIterationMessage, signed: C.SignedIterationMessage) -> None:
+        block = C.Block(header=header, transactions=committed.transactions,
+                        proofs=[C.PouwProof(message=signed, commitment=commitment)])
+        post = copy.deepcopy(head_state)
+        claimed = C.ReplayResult(update_root=signed.message.work.update_root,
+                                 state_after_root=signed.message.work.state_after_root)
+        try:
+            process_block(post, block, lambda task, message: claimed)
+        except AssertionError as error:
+            logger.info("found a nonce but the block would be invalid: %s", error)
+            self.context.metrics["blocks_not_built"] += 1
+            return
+        block = dataclasses.replace(block, header=dataclasses.replace(header, state_root=compute_state_root(post)))
+        try:
+            self.context.publish_block(block)
+        except RoleError as error:
+            logger.warning("%s", error)
+            self.context.metrics["blocks_not_built"] += 1
+            return
+        self.context.metrics["blocks_mined"] += 1
+        logger.info("mined block %d (task %s… iteration %d)", header.height, bytes(header.task_id).hex()[:12],
+                    header.iteration)

@@ -1,0 +1,126 @@
+"""The supervisor: records every iteration message of the tasks it
+supervises, signs the message history, and flags misbehaviour.
+
+- Every IT_RES of a task whose supervisors include this node is kept in the
+  chain store (`record_iteration_message`, one DB transaction each; the node
+  core records them too when the node has the supervisor role).
+- Equivocation: two different signed messages of one miner for one (task,
+  iteration) become a Dispute(Equivocation) transaction, which slashes the
+  miner's stake (spec `process_dispute`).
+- Non-replayable updates: each recorded message is replayed (the verifier's
+  replay: inputs fetched and checked by root); a message whose replay does
+  not give its roots becomes a Dispute(FraudProof) transaction. A message whose
+  inputs cannot be fetched is counted (`supervisor_unreplayable`) but not
+  disputed: the spec only slashes a proven mismatch.
+- The history: `history(task_id)` is the Merkle root of the recorded
+  messages' digests in (iteration, miner, digest) order, signed by this
+  supervisor; the API reports it with the metrics.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+from bws.spec import containers as C
+from bws.spec.hashing import compute_merkle_root
+from bws.spec.state_transition import ReplayUnavailable, sign_transaction
+
+from ..validation import ValidationError
+from .context import RoleContext, message_digest
+from .verifier import replay_iteration
+
+logger = logging.getLogger("bws.node.roles.supervisor")
+
+DISPUTE_FEE = 1000
+
+
+class Supervisor:
+    def __init__(self, context: RoleContext) -> None:
+        self.context = context
+        self._queue: queue.Queue = queue.Queue(maxsize=10_000)
+        self._thread = threading.Thread(target=self._run, name="bws-supervisor", daemon=True)
+        self._disputed: set[bytes] = set()
+        self._seen: set[bytes] = set()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def on_message(self, signed: C.SignedIterationMessage) -> None:
+        """Called for every valid IT_RES seen on gossip (cheap: the work is queued)."""
+        task = self.context.chain.head_state.tasks.get(signed.message.work.task_id)
+        if task is None or self.context.address not in [bytes(s) for s in task.supervisors]:
+            return
+        try:
+            self._queue.put_nowait(signed)
+        except queue.Full:
+            self.context.metrics["supervisor_dropped"] += 1
+
+    def _run(self) -> None:
+        while not self.context.stop.is_set():
+            try:
+                signed = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                self._supervise(signed)
+            except Exception:  # logged and counted; the node keeps running
+                logger.exception("supervising a message failed")
+                self.context.metrics["supervisor_errors"] += 1
+
+    def _supervise(self, signed: C.SignedIterationMessage) -> None:
+        context = self.context
+        work = signed.message.work
+        digest = message_digest(signed)
+        if digest in self._seen:
+            return
+        self._seen.add(digest)
+        # The node core records every message when the node is a supervisor; recording is idempotent.
+        context.chain.store.record_iteration_message(signed, digest, time.time())
+        context.metrics["supervisor_recorded"] += 1
+        recorded = context.chain.store.iteration_messages(bytes(work.task_id), int(work.iteration), bytes(work.miner))
+        different = [other for other in recorded if other != signed]
+        if different:
+            context.metrics["supervisor_equivocations"] += 1
+            self._dispute(work.miner, C.Equivocation(first=different[0], second=signed))
+            return
+        task = context.chain.head_state.tasks.get(work.task_id)
+        if task is None:
+            return
+        try:
+            result = replay_iteration(context, task, signed.message)
+        except ReplayUnavailable as error:
+            context.metrics["supervisor_unreplayable"] += 1
+            logger.info("cannot replay iteration %d of %s…: %s", work.iteration, bytes(work.miner).hex()[:12], error)
+            return
+        context.metrics["supervisor_replays"] += 1
+        if result.update_root != work.update_root or result.state_after_root != work.state_after_root:
+            context.metrics["supervisor_fraud"] += 1
+            self._dispute(work.miner, C.FraudProof(message=signed))
+
+    def _dispute(self, miner, evidence) -> None:
+        if bytes(miner) in self._disputed:
+            return
+        context = self.context
+        transaction = C.Transaction(chain_id=context.chain.config.chain_id, sender=context.address,
+                                    nonce=context.next_nonce(), fee=max(DISPUTE_FEE, context.chain.config.min_transaction_fee),
+                                    body=C.Dispute(evidence=evidence))
+        try:
+            context.submit_transaction(sign_transaction(context.account.secret_key, transaction))
+        except ValidationError as error:
+            logger.warning("dispute against %s… not submitted: %s", bytes(miner).hex()[:12], error.reason)
+            return
+        self._disputed.add(bytes(miner))
+        context.metrics["disputes_submitted"] += 1
+        logger.warning("dispute submitted against miner %s…", bytes(miner).hex()[:12])
+
+    def history(self, task_id: bytes) -> dict:
+        """The signed root of the recorded message history of a task."""
+        messages = self.context.chain.store.iteration_messages(task_id)
+        root = bytes(compute_merkle_root([message_digest(m) for m in messages]))
+        return {"task": task_id.hex(), "messages": len(messages), "root": root.hex(),
+                "signature": self.context.account.sign(root).hex(), "supervisor": self.context.address.hex()}
