@@ -823,6 +823,11 @@ def render_functions(source: str, classes: bool = True) -> list[str]:
             out += [f"### {title}", "", ast.get_docstring(node) or "", "", "```python",
                     *lines[start - 1:node.end_lineno], "```", ""]
         elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            following = tree.body[tree.body.index(node) + 1] if node is not tree.body[-1] else None
+            if isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant) \
+                    and isinstance(following.value.value, str):
+                name = ", ".join(ast.unparse(t) for t in (node.targets if isinstance(node, ast.Assign) else [node.target]))
+                out += [f"### `{name}`", "", inspect.cleandoc(following.value.value), ""]
             out += ["```python", *lines[node.lineno - 1:node.end_lineno], "```", ""]
     return out
 

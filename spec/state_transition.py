@@ -56,6 +56,10 @@ from .tasks import (
 )
 from .types import Address, Hash32, Root
 
+if not __debug__:
+    # Every rule is an `assert`; `python -O` would strip them and accept anything.
+    raise RuntimeError("the spec's state transition needs assertions: do not run it under python -O")
+
 
 class InvalidBlock(Exception):
     """The block breaks a rule; `reason` says which."""
