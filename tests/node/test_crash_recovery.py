@@ -33,9 +33,9 @@ def test_sigkill_during_import_again_and_again(tmp_path):
     # A common prefix, then two competing branches, interleaved, so imports
     # connect, store side blocks and reorg back and forth (equal work: lowest
     # hash wins); branch b ends one block longer and wins.
-    prefix = factory.chain(6, miner_of=lambda h: h % 2)
-    a = factory.chain(5, state=prefix[-1][1], miner_of=lambda h: 0)
-    b = factory.chain(6, state=prefix[-1][1], miner_of=lambda h: 1)
+    prefix = factory.chain(4, miner_of=lambda h: h % 2)
+    a = factory.chain(3, state=prefix[-1][1], miner_of=lambda h: 0)
+    b = factory.chain(4, state=prefix[-1][1], miner_of=lambda h: 1)
     interleaved = [blk for blk, _ in prefix] + [blk for pair in zip(a, b) for blk, _ in pair] + [b[-1][0]]
     roots = {compute_block_hash(blk): blk.header.state_root for blk, _ in prefix + a + b}
     roots[factory.genesis_hash] = factory.genesis_block.header.state_root
@@ -46,13 +46,20 @@ def test_sigkill_during_import_again_and_again(tmp_path):
     acknowledged: list[bytes] = []
     kills = 0
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for attempt in range(40):
+    for attempt in range(30):
         child = subprocess.Popen([sys.executable, "-m", "tests.node.crash_importer", str(data_dir), str(blocks_file), str(SEED)],
                                  cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
-        assert child.stdout.readline().strip() == "ready"
-        time.sleep(rng.uniform(0.0, 0.4))
+        lines = [child.stdout.readline().strip()]
+        assert lines[0] == "ready"
+        # Let it acknowledge a few blocks (so every round makes progress), then
+        # kill it a random moment later: usually in the middle of the next import.
+        for _ in range(rng.randint(1, 3)):
+            lines.append(child.stdout.readline().strip())
+            if lines[-1] in ("done", ""):
+                break
+        time.sleep(rng.uniform(0.0, 0.06))
         child.send_signal(signal.SIGKILL)
-        output, _ = child.communicate()
+        output = "\n".join(lines) + "\n" + child.communicate()[0]
         finished = "done" in output
         acknowledged += [bytes.fromhex(line.split()[1]) for line in output.splitlines() if line.startswith("ack")]
         kills += not finished

@@ -1,5 +1,6 @@
 """The node, wallet and chain commands as a user runs them (subprocesses)."""
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -87,12 +88,37 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     (tmp_path / "genesis.json").write_text("{not json")
     one_line_error(bws("node", "run", "--data-dir", tmp_path / "d", "--genesis", tmp_path / "genesis.json", check=False),
                    "not JSON")
-    one_line_error(bws("node", "run", "--data-dir", tmp_path / "d", "--genesis", tmp_path / "absent.json", check=False),
-                   "no genesis file")
     one_line_error(bws("chain", "genesis", "--out", tmp_path / "g.json", "--fund", "aabb:1", check=False), "40 hex")
     address = "11" * 20
     bws("chain", "genesis", "--out", tmp_path / "g.json", "--fund", f"{address}:12.5")
-    one_line_error(bws("node", "run", "--data-dir", tmp_path / "d", "--genesis", tmp_path / "g.json", "--roles", "miner",
-                       check=False), "not in this build")
-    one_line_error(bws("chain", "head", "--data-dir", tmp_path / "nothing", check=False), "no chain store")
+    one_line_error(bws("node", "run", "--data-dir", tmp_path / "d", "--genesis", tmp_path / "g.json", "--roles", "wizard",
+                       check=False), "unknown role(s) wizard")
     one_line_error(bws("wallet", "address", "--keystore", tmp_path / "g.json", check=False), "missing the field")
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no genesis file"),
+    ("[1]", "a genesis file is a JSON object"),
+    ('{"preset": "moon"}', "unknown preset 'moon'"),
+    ('{"preset": "devnet", "timestamp": 1, "accounts": [], "stakes": []}', "missing field(s) tasks"),
+    ('{"preset": "devnet", "timestamp": -1, "accounts": [], "stakes": [], "tasks": []}', "out of range"),
+    ('{"preset": "devnet", "timestamp": 1, "accounts": [{"address": "zz", "balance": 1}], "stakes": [], "tasks": []}',
+     "not a valid genesis"),
+])
+def test_genesis_file_errors(tmp_path, content, message):
+    from bws.node.service import NodeError, load_genesis
+
+    path = tmp_path / "genesis.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(NodeError, match=re.escape(message)):
+        load_genesis(path)
+
+
+def test_genesis_file_round_trip(tmp_path):
+    from bws.node.service import load_genesis
+
+    genesis = ChainFactory(miners=1, seed=2).genesis
+    write_genesis(tmp_path / "g.json", genesis)
+    assert load_genesis(tmp_path / "g.json") == genesis
+    one_line_error(bws("chain", "head", "--data-dir", tmp_path / "nothing", check=False), "no chain store")
