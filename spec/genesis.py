@@ -11,12 +11,12 @@ its genesis (docs/spec.md).
 """
 import dataclasses
 
-from .constants import ROLES, TASK_TRAINING
+from .constants import DOMAIN_TASK_ID, ROLES, TASK_TRAINING
 from .containers import Account, Block, BlockHeader, GenesisConfig, Member, StakeBalance, StakeKey, State, Task
-from .hashing import ZERO_HASH
+from .hashing import ZERO_HASH, hash_bytes, hash_object
 from .state_transition import compute_block_hash, compute_state_root, compute_transactions_root
-from .tasks import TaskDefinitionError, compute_task_id, compute_work_units
-from .types import Address, Hash32
+from .tasks import TaskDefinitionError, compute_work_units
+from .types import Address, Hash32, TaskId
 
 
 class InvalidGenesis(ValueError):
@@ -32,10 +32,18 @@ def get_genesis_header(genesis: GenesisConfig) -> BlockHeader:
     )
 
 
-def get_genesis_task(genesis_task, task_index: int) -> tuple:
-    """(task id, Task) of genesis task number `task_index`, in TRAINING. Its id
-    is compute_task_id(zero address, index): no key signs for the zero
-    address, so no submitted task can take the same id."""
+def compute_genesis_task_id(genesis: GenesisConfig, task_index: int) -> TaskId:
+    """Id of genesis task number `task_index`: hash(DOMAIN_TASK_ID ‖
+    hash(genesis config) ‖ u64le(index)). It names the network, so a miner in
+    the genesis tasks of two networks never signs two messages for one
+    (task, iteration) — which would be slashable equivocation — and its
+    preimage is longer than a submitted task's, so the two never collide."""
+    return TaskId(hash_bytes(DOMAIN_TASK_ID + hash_object(genesis) + task_index.to_bytes(8, "little")))
+
+
+def get_genesis_task(genesis: GenesisConfig, task_index: int) -> tuple:
+    """(task id, Task) of genesis task number `task_index`, in TRAINING from height 0."""
+    genesis_task = genesis.tasks[task_index]
     try:
         work_units = compute_work_units(genesis_task.task_definition)
     except TaskDefinitionError as error:
@@ -55,7 +63,7 @@ def get_genesis_task(genesis_task, task_index: int) -> tuple:
                  for a in genesis_task.members],
         supervisors=genesis_task.supervisors, evaluators=genesis_task.evaluators,
     )
-    return compute_task_id(Address(), task_index), task
+    return compute_genesis_task_id(genesis, task_index), task
 
 
 def create_genesis_state(genesis: GenesisConfig) -> State:
@@ -73,7 +81,7 @@ def create_genesis_state(genesis: GenesisConfig) -> State:
     if genesis.config.initial_target == 0 or genesis.config.retarget_interval == 0 \
             or genesis.config.halving_interval == 0 or genesis.config.work_units_per_nonce == 0:
         raise InvalidGenesis("initial target, retarget interval, halving interval and work units per nonce must be positive")
-    tasks = dict(get_genesis_task(t, index) for index, t in enumerate(genesis.tasks))
+    tasks = dict(get_genesis_task(genesis, index) for index in range(len(genesis.tasks)))
     supply = (sum(a.balance for a in genesis.accounts) + sum(s.amount for s in genesis.stakes)
               + sum(t.payment for t in genesis.tasks))
     if supply >= 2**64:

@@ -49,3 +49,11 @@ def test_genesis_config_round_trips(chain):
     from bws.spec.encoding import decode, encode
     assert decode(encode(chain.genesis), C.GenesisConfig) == chain.genesis
     assert chain.genesis.stakes[0].role == ROLE_MINER
+
+
+def test_genesis_task_ids_name_the_network(chain):
+    from bws.spec.genesis import compute_genesis_task_id
+    other = dataclasses.replace(chain.genesis, config=dataclasses.replace(chain.genesis.config, chain_id=7))
+    assert compute_genesis_task_id(chain.genesis, 0) == chain.genesis_task_id
+    assert compute_genesis_task_id(other, 0) != chain.genesis_task_id
+    assert compute_genesis_task_id(chain.genesis, 1) != chain.genesis_task_id
