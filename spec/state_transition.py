@@ -264,9 +264,10 @@ def process_pouw(state: State, block: Block, replay: Replay) -> None:
     In order (cheap checks before the replay):
     1. both messages are signed by the header's miner, for the header's task;
        IT_RES(i) is for the header's iteration i, IT_RES(i - k) for i - k;
-    2. the task is in TRAINING, the miner is a member not slashed in it,
-       i < iterations, and i is at least the member's next minable iteration
-       (one block per iteration);
+    2. the task is in TRAINING, the miner is a member not slashed in it and
+       still holds a miner stake (active or being released: something to
+       slash), i < iterations, and i is at least the member's next minable
+       iteration (one block per iteration);
     3. IT_RES(i - k).header_commitment = compute_header_commitment(header);
     4. the batch index is the schedule's, the batch root is proven in the
        dataset root, and at most group_size - 1 peer updates are applied;
@@ -295,6 +296,7 @@ def process_pouw(state: State, block: Block, replay: Replay) -> None:
     assert member_index is not None, "miner is not a member of the task's group"
     member = task.members[member_index]
     assert not member.slashed, "miner was slashed in this task"
+    assert StakeKey(owner=header.miner, role=ROLE_MINER) in state.stakes, "miner has no stake left to answer for its work"
     assert work.iteration < task.iterations, "iteration beyond the task's iterations"
     assert work.iteration >= member.next_minable_iteration, "iteration already used or older than the miner's last block"
     # 3. header committed k iterations ahead

@@ -179,3 +179,15 @@ def test_tickets_count_only_active_stakes(chain, started):
     state.stakes = dict(state.stakes)
     state.stakes[key] = C.StakeBalance(amount=state.stakes[key].amount, release_height=50)
     assert chain.address["alice"] not in dict(get_tickets(state, 0))
+
+
+def test_a_member_whose_stake_was_released_cannot_mine():
+    from bws.node.review import TOY_CONFIG, ToyChain
+    chain = ToyChain(config=dataclasses.replace(TOY_CONFIG, stake_lock_period=2))
+    state, block = chain.extend(chain.genesis_state, chain.genesis_block, "alice",
+                                [chain.transaction(chain.genesis_state, "carol", C.Unstake(role=0))])
+    state, block = chain.extend(state, block, "carol")   # released at height 3: carol may still mine at 2
+    state, block = chain.extend(state, block, "bob")
+    assert C.StakeKey(owner=chain.address["carol"], role=0) not in state.stakes
+    with pytest.raises(InvalidBlock, match="no stake left"):
+        state_transition(state, chain.mine(state, block, "carol", seal=False), chain.replay)
