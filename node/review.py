@@ -541,6 +541,11 @@ def generate_vectors() -> list[dict]:
     forged("block/miner-slashed", c.iteration_work(c.genesis_task_id, alice_task, alice_next, 0),
            c.iteration_work(c.genesis_task_id, alice_task, alice_next - k_lag, 0), "miner was slashed in this task",
            miner="alice", header=c.header_template(s_slashed, b_slashed, "alice"), pre=s_slashed)
+    released, parent = c.extend(s1, b1, "bob", [c.transaction(s1, "carol", C.Unstake(role=ROLE_MINER))])
+    while C.StakeKey(owner=a["carol"], role=ROLE_MINER) in released.stakes:
+        released, parent = c.extend(released, parent, ("alice", "bob")[released.height % 2])
+    block("block/miner-stake-released", released, c.mine(released, parent, "carol", seal=False),
+          "no stake left", description="carol unstaked and was paid back: her work has nothing left to answer for it")
     forged("block/iteration-beyond-task", dataclasses.replace(work_of(i), iteration=1000),
            dataclasses.replace(work_of(i - 1), iteration=999), "beyond the task's iterations")
     s_after = state_transition(s1, valid, c.replay)
