@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 
@@ -33,6 +34,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=run)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
     from bws.node.devnet import Devnet, DevnetError, DevnetOptions
     from bws.templates.errors import TemplateError
@@ -41,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
                             blocks=args.blocks, seed=args.seed, iterations=args.iterations, batch_size=args.batch_size,
                             learning_rate=args.learning_rate, min_accuracy=args.min_accuracy, timeout=args.timeout,
                             dataset_dir=args.dataset_dir)
+    # SIGTERM ends the run like Ctrl-C, so the nodes are stopped on the way out.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         Devnet(options).run()
     except (DevnetError, TemplateError, OSError) as error:

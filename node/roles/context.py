@@ -21,7 +21,9 @@ from ..mempool import Mempool, MempoolError
 from ..p2p import PROTOCOL_DATA, TOPIC_BLOCK, TOPIC_TASK, TOPIC_TX, NetworkError
 from ..validation import Chain, TransactionRejected, ValidationError, transaction_pool_record
 from ..wallet import Account
-from .data import FOUND, DataError, TensorCache, decode_checked, tensors_request
+from .data import (
+    DATA_TENSORS, FOUND, NOT_FOUND, ROOT_BYTES, DataError, TensorCache, decode_checked, parse_request, tensors_request,
+)
 from .library import TaskLibrary
 
 logger = logging.getLogger("bws.node.roles")
@@ -133,6 +135,13 @@ class RoleContext:
             self.metrics["tensors_fetched"] += 1
             return tensors
         raise RoleError(f"no peer has the tensors with root {bytes(root).hex()[:16]}…")
+
+    def serve_data(self, request: bytes) -> bytes:
+        """The `/bws/data/1` handler: a cached bundle by root, or NOT_FOUND."""
+        root = parse_request(request, DATA_TENSORS, ROOT_BYTES)
+        self.metrics["data_requests_served"] += 1
+        encoded = self.cache.get(root)
+        return NOT_FOUND if encoded is None else FOUND + encoded
 
     # -- publishing ------------------------------------------------------
     def submit_transaction(self, signed: C.SignedTransaction) -> bytes:

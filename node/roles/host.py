@@ -25,7 +25,6 @@ from bws.spec import containers as C
 from ..p2p import PROTOCOL_DATA, NetworkError
 from ..wallet import Account, KeystoreError, load_keystore
 from .context import RoleContext
-from .data import DATA_TENSORS, FOUND, NOT_FOUND, ROOT_BYTES, parse_request
 from .evaluator import Evaluator
 from .library import TaskLibrary
 from .miner import Miner
@@ -122,10 +121,7 @@ class RoleSet:
 
     # -- hooks ------------------------------------------------------------
     def _serve_data(self, peer: str, request: bytes) -> bytes:
-        root = parse_request(request, DATA_TENSORS, ROOT_BYTES)
-        self.context.metrics["data_requests_served"] += 1
-        encoded = self.context.cache.get(root)
-        return NOT_FOUND if encoded is None else FOUND + encoded
+        return self.context.serve_data(request)
 
     def _on_iteration_message(self, signed: C.SignedIterationMessage, origin: str) -> None:
         if self.context.messages.add(signed, origin):

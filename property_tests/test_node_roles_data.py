@@ -1,0 +1,70 @@
+"""The roles' tensor bundle codec and request parser: round trips on random
+integer tensors, and any bytes at all give a bundle or a DataError, never
+another exception."""
+import numpy as np
+from hypothesis import given, strategies as st
+
+from bws.node.roles.data import (
+    DATA_TENSORS, DataError, bundle_root, decode_checked, decode_tensors, encode_tensors, parse_request,
+)
+from bws.spec.constants import TENSOR_DTYPE_CODES
+from bws.spec.hashing import compute_tensors_root
+
+names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789/_", min_size=1, max_size=24)
+shapes = st.lists(st.integers(0, 5), min_size=0, max_size=3)
+
+
+@st.composite
+def tensors(draw):
+    bundle = {}
+    for name in draw(st.lists(names, max_size=6, unique=True)):
+        dtype = np.dtype(draw(st.sampled_from(sorted(TENSOR_DTYPE_CODES))))
+        shape = tuple(draw(shapes))
+        info = np.iinfo(dtype)
+        values = draw(st.lists(st.integers(int(info.min), int(info.max)), min_size=int(np.prod(shape)),
+                               max_size=int(np.prod(shape))))
+        bundle[name] = np.array(values, dtype=dtype).reshape(shape)
+    return bundle
+
+
+@given(tensors())
+def test_round_trip_keeps_values_dtypes_and_root(bundle):
+    decoded = decode_tensors(encode_tensors(bundle))
+    assert sorted(decoded) == sorted(bundle)
+    for name, array in bundle.items():
+        assert decoded[name].dtype == array.dtype and decoded[name].shape == array.shape
+        assert np.array_equal(decoded[name], array)
+    assert bundle_root(decoded) == bytes(compute_tensors_root(bundle))
+    assert decode_checked(encode_tensors(bundle), bundle_root(bundle)).keys() == bundle.keys()
+
+
+@given(st.binary(max_size=512))
+def test_any_bytes_decode_or_raise_data_error(data):
+    try:
+        decode_tensors(data)
+    except DataError:
+        pass
+
+
+@given(tensors(), st.integers(0, 10_000), st.integers(0, 255))
+def test_a_flipped_byte_is_caught_by_the_root(bundle, position, value):
+    encoded = bytearray(encode_tensors(bundle))
+    position %= len(encoded)
+    if encoded[position] == value:
+        return
+    encoded[position] = value
+    try:
+        decode_checked(bytes(encoded), bundle_root(bundle))
+    except DataError:
+        return
+    raise AssertionError("a changed bundle passed as the original")
+
+
+@given(st.binary(max_size=40))
+def test_request_parser_accepts_only_exact_requests(data):
+    try:
+        root = parse_request(data, DATA_TENSORS, 32)
+    except DataError:
+        assert data[:1] != DATA_TENSORS or len(data) != 33
+        return
+    assert data == DATA_TENSORS + root

@@ -1,0 +1,56 @@
+"""Tensor bundles (node/roles/data.py): exact round trip, each kind of bad
+input named, the cache's bound and recency."""
+import numpy as np
+import pytest
+
+from bws.node.roles.data import (
+    DataError, TensorCache, bundle_root, decode_checked, decode_tensors, encode_tensors, tensors_request,
+)
+
+STATE = {"params/0/kernel": np.arange(-6, 6, dtype=np.int32).reshape(3, 4), "step": np.array(7, np.int32),
+         "opt/nu": np.array([2**40, -1], np.int64), "seed": np.array([1, 2], np.uint32)}
+
+
+def test_round_trip_is_exact():
+    decoded = decode_tensors(encode_tensors(STATE))
+    assert sorted(decoded) == sorted(STATE)
+    for name in STATE:
+        assert decoded[name].dtype == STATE[name].dtype and np.array_equal(decoded[name], STATE[name])
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda b: b[:-1], "truncated"),
+    (lambda b: b + b"\x00", "trailing"),
+    (lambda b: (5000).to_bytes(4, "little") + b[4:], "exceed"),
+    (lambda b: b[:4] + b"\x01\x00\xff" + b[7:], "not UTF-8|strictly increasing|unknown dtype|truncated"),
+])
+def test_bad_bundles_are_named(mutate, message):
+    with pytest.raises(DataError, match=message):
+        decode_tensors(mutate(encode_tensors(STATE)))
+
+
+def test_unknown_dtype_code_is_named():
+    encoded = bytearray(encode_tensors({"a": np.zeros(2, np.int8)}))
+    encoded[4 + 2 + 1] = 99  # after count, name length and name: the dtype code
+    with pytest.raises(DataError, match="unknown dtype code 99"):
+        decode_tensors(bytes(encoded))
+
+
+def test_wrong_root_is_refused():
+    other = dict(STATE, step=np.array(8, np.int32))
+    with pytest.raises(DataError, match="requested root"):
+        decode_checked(encode_tensors(other), bundle_root(STATE))
+
+
+def test_request_needs_a_32_byte_root():
+    with pytest.raises(DataError):
+        tensors_request(b"short")
+
+
+def test_cache_drops_least_recently_used():
+    cache = TensorCache(max_entries=2)
+    roots = [cache.put_tensors({"x": np.array([i], np.int32)}) for i in range(2)]
+    assert cache.get(roots[0]) is not None            # roots[0] is now the most recent
+    third = cache.put_tensors({"x": np.array([9], np.int32)})
+    assert cache.get(roots[1]) is None and cache.get(roots[0]) is not None and cache.get(third) is not None
+    assert len(cache) == 2

@@ -1,0 +1,183 @@
+"""The verifier role against real engine iterations: a miner's honest block
+is replayed and accepted by every other node (inputs fetched from the miner
+by root), and a forged nonce, a tampered iteration message, a wrong batch, a
+replay mismatch and withheld inputs are each rejected by every node.
+
+Nodes here are in-process role contexts over their own DuckDB stores; their
+`/bws/data/1` requests go straight to the other contexts' handlers (the
+libp2p transport itself is tested in test_p2p*.py, the whole path in
+tests/devnet)."""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from types import SimpleNamespace
+
+import pytest
+
+from bws.spec import containers as C
+from bws.spec.encoding import decode
+from bws.spec.genesis import create_genesis_state, get_genesis_block
+from bws.spec.hashing import hash_bytes
+from bws.spec.pouw import compute_message_digest, compute_nonce, compute_nonce_seed, get_nonce_allowance, is_valid_pow, \
+    sign_iteration_message
+from bws.node.devnet import DevnetOptions, build_task, derive_account, make_genesis
+from bws.node.mempool import Mempool
+from bws.node.p2p import PROTOCOL_DATA, TOPIC_BLOCK
+from bws.node.roles.context import RoleContext
+from bws.node.roles.library import TaskLibrary
+from bws.node.roles.miner import Miner
+from bws.node.roles.verifier import NetworkReplay
+from bws.node.store import ChainStore
+from bws.node.validation import BlockRejected, Chain
+
+pytestmark = pytest.mark.slow
+
+
+class LoopbackNetwork:
+    """The part of NetworkService the roles use, between in-process nodes."""
+
+    def __init__(self, name: str, nodes: dict) -> None:
+        self.name, self.nodes, self.published = name, nodes, []
+
+    def peers(self) -> list[str]:
+        return [name for name in self.nodes if name != self.name]
+
+    def request(self, peer: str, protocol: str, data: bytes, timeout=None) -> bytes:
+        assert protocol == PROTOCOL_DATA
+        return self.nodes[peer].serve_data(data)
+
+    def publish(self, topic: str, data: bytes) -> None:
+        self.published.append((topic, data))
+
+
+@pytest.fixture(scope="module")
+def network_setup():
+    definition = build_task(DevnetOptions(nodes=3, iterations=4))
+    accounts = [derive_account(7, f"node{i}") for i in range(3)]
+    genesis = make_genesis([SimpleNamespace(account=a) for a in accounts], derive_account(7, "client"), definition,
+                           timestamp=1_700_000_000)
+    return genesis, accounts, TaskLibrary()
+
+
+def make_node(setup, directory, name: str, account, nodes: dict) -> RoleContext:
+    genesis, _, library = setup
+    state = create_genesis_state(genesis)
+    holder = {}
+    chain = Chain(ChainStore(directory / name), state, get_genesis_block(state), NetworkReplay(lambda: holder["c"]))
+    context = RoleContext(chain=chain, mempool=Mempool(chain.account_nonce), network=LoopbackNetwork(name, nodes),
+                          account=account, library=library, import_block=chain.import_block)
+    holder["c"] = context
+    nodes[name] = context
+    return context
+
+
+@pytest.fixture(scope="module")
+def mined(network_setup, tmp_path_factory):
+    """A block mined by node0 from its real iterations, and node0's context (which serves its tensors)."""
+    nodes: dict = {}
+    miner_context = make_node(network_setup, tmp_path_factory.mktemp("miner"), "node0", network_setup[1][0], nodes)
+    miner = Miner(miner_context)
+    for _ in range(200):
+        miner._last_bootstrap = float("-inf")  # no pacing in a test
+        miner.step()
+        if miner_context.metrics["blocks_mined"]:
+            break
+    blocks = [decode(data, C.Block) for topic, data in miner_context.network.published if topic == TOPIC_BLOCK]
+    assert blocks, "node0 mined no block in 200 iterations"
+    return blocks[0], nodes, miner_context
+
+
+def verifiers(network_setup, mined, tmp_path, count=2):
+    _, nodes, _ = mined
+    accounts = network_setup[1]
+    return [make_node(network_setup, tmp_path, f"node{i}-{tmp_path.name}", accounts[i], nodes)
+            for i in range(1, count + 1)]
+
+
+def test_honest_block_is_replayed_and_accepted_by_every_other_node(network_setup, mined, tmp_path):
+    block, _, _ = mined
+    for node in verifiers(network_setup, mined, tmp_path):
+        assert node.chain.import_block(block).status == "connected"
+        assert node.metrics["replays"] == 1 and node.metrics["peer_blocks_verified"] == 1
+        assert node.metrics["tensors_fetched"] >= 1  # the state before the iteration came from node0
+
+
+def reforge(block: C.Block, secret_key: bytes, config, task, **work_changes) -> C.Block:
+    """The block with its iteration message's work changed, re-signed, and a
+    nonce that meets the target found by varying the (informational) loss."""
+    proof = block.proofs[0]
+    for salt in itertools.count():
+        work = dataclasses.replace(proof.message.message.work, loss=1_000_000 + salt, **work_changes)
+        message = dataclasses.replace(proof.message.message, work=work)
+        seed = compute_nonce_seed(work)
+        for index in range(get_nonce_allowance(config, task)):
+            header = dataclasses.replace(block.header, message_digest=compute_message_digest(message),
+                                         nonce_index=index, nonce=compute_nonce(seed, index))
+            if is_valid_pow(header):
+                signed = sign_iteration_message(secret_key, message)
+                return dataclasses.replace(block, header=header,
+                                           proofs=[C.PouwProof(message=signed, commitment=proof.commitment)])
+
+
+def assert_rejected_everywhere(nodes, block, reason: str) -> None:
+    for node in nodes:
+        with pytest.raises(BlockRejected, match=reason):
+            node.chain.import_block(block)
+        assert node.chain.head.height == 0
+
+
+def task_of(node, block):
+    return node.chain.head_state.tasks[block.header.task_id]
+
+
+def test_forged_nonce_is_rejected_by_every_node(network_setup, mined, tmp_path):
+    block, _, _ = mined
+    nodes = verifiers(network_setup, mined, tmp_path)
+    forged = dataclasses.replace(block, header=dataclasses.replace(block.header, nonce=hash_bytes(b"forged")))
+    assert_rejected_everywhere(nodes, forged, "nonce is not derived")
+
+
+def test_tampered_iteration_message_is_rejected_by_every_node(network_setup, mined, tmp_path):
+    block, _, _ = mined
+    nodes = verifiers(network_setup, mined, tmp_path)
+    signed = block.proofs[0].message
+    work = dataclasses.replace(signed.message.work, update_root=hash_bytes(b"another update"))
+    tampered_message = dataclasses.replace(signed, message=dataclasses.replace(signed.message, work=work))
+    tampered = dataclasses.replace(block, proofs=[dataclasses.replace(block.proofs[0], message=tampered_message)])
+    # The header still names the original digest: the prechecks catch that before the signature.
+    assert_rejected_everywhere(nodes, tampered, "message digest mismatch|bad signature")
+    # With the header fixed up to the tampered message, the signature no longer matches.
+    header = dataclasses.replace(block.header, message_digest=compute_message_digest(tampered_message.message))
+    assert_rejected_everywhere(nodes, dataclasses.replace(tampered, header=header), "nonce|bad signature")
+
+
+def test_wrong_batch_is_rejected_by_every_node(network_setup, mined, tmp_path):
+    block, _, miner_context = mined
+    nodes = verifiers(network_setup, mined, tmp_path)
+    task = task_of(nodes[0], block)
+    loaded = miner_context.library.load(task)
+    work = block.proofs[0].message.message.work
+    other = (int(work.batch_index) + 1) % task.num_batches
+    wrong = reforge(block, miner_context.account.secret_key, nodes[0].chain.config, task, batch_index=other,
+                    batch_root=loaded.batch_roots[other], batch_proof=loaded.batch_proof(other))
+    assert_rejected_everywhere(nodes, wrong, "batch index is not the schedule's")
+
+
+def test_replay_mismatch_is_rejected_by_every_node(network_setup, mined, tmp_path):
+    block, _, miner_context = mined
+    nodes = verifiers(network_setup, mined, tmp_path)
+    task = task_of(nodes[0], block)
+    lying = reforge(block, miner_context.account.secret_key, nodes[0].chain.config, task,
+                    state_after_root=hash_bytes(b"a state nobody computed"))
+    assert_rejected_everywhere(nodes, lying, "replay does not reproduce the iteration")
+    assert all(node.metrics["replay_mismatches"] == 1 for node in nodes)
+
+
+def test_withheld_inputs_make_the_block_invalid(network_setup, mined, tmp_path):
+    block, _, _ = mined
+    genesis_setup = network_setup
+    isolated: dict = {}
+    node = make_node(genesis_setup, tmp_path, "isolated", network_setup[1][1], isolated)
+    assert_rejected_everywhere([node], block, "iteration inputs unavailable")
+    assert node.metrics["replays_unavailable"] == 1
