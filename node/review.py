@@ -844,7 +844,8 @@ def render_spec(spec_dir: Path = SPEC_DIR) -> str:
     paths = order_spec_files([p.relative_to(spec_dir.parent).as_posix() for p in spec_dir.rglob("*.py")])
     package_doc = ast.get_docstring(ast.parse((spec_dir / "__init__.py").read_text())) or ""
     out = ["# The BWS protocol", "", package_doc, "",
-           "Rendered by `bws spec render` from the spec's source; every rule below is the code that runs.", ""]
+           "Rendered by `bws spec render` from the spec's source; every rule below is the code that runs.", "",
+           "Contents: " + ", ".join(f"`{path}`" for path in paths) + ", threat model.", ""]
     for path in paths:
         source = (spec_dir.parent / path).read_text()
         paragraphs = (ast.get_docstring(ast.parse(source)) or "").split("\n\n")
