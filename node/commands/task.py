@@ -11,6 +11,8 @@ import sys
 from bws.templates import jobs
 from bws.templates.errors import TemplateError
 
+from . import task_client
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -40,6 +42,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                                description="Validate a task file and summarize it (hash, dataset, model).")
     show.add_argument("task_file", metavar="TASK_JSON")
     show.set_defaults(run=run_show)
+
+    task_client.register(commands)  # submit, status, result (the client role)
 
 
 def _fail(message: str) -> int:

@@ -1,0 +1,195 @@
+"""`bws task submit|status|result`: the client role from the command line.
+
+    bws task submit task.json --keystore client.json --api http://127.0.0.1:8645 --group-size 2 --iterations 50
+    bws task status <task id> --api http://127.0.0.1:8645 [--watch]
+    bws task result <task id> --api http://127.0.0.1:8645 --output model.npz
+
+`submit` signs a SubmitTask transaction for a task file (`bws task new`) with
+its fee escrowed, `status` shows the task's lifecycle, training progress and
+blocks, `result` reads the evaluation scores from the block that finalized
+the task and downloads the best final model from the node over
+`/bws/data/1` (checked against the model root its miner signed) into an
+.npz file of fixed-point integer tensors (`params/<layer>/kernel`, ...).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from decimal import Decimal, InvalidOperation
+from http import HTTPStatus
+from pathlib import Path
+
+DEFAULT_API = "http://127.0.0.1:8645"
+TERMINAL = ("finalized", "cancelled", "expired")
+
+
+def register(commands) -> None:
+    submit = commands.add_parser("submit", help="submit a task file to the chain (client role)",
+                                 description="Sign and send a SubmitTask transaction for TASK_JSON; prints the task id.")
+    submit.add_argument("task_file", metavar="TASK_JSON", help="a task definition from `bws task new`")
+    submit.add_argument("--keystore", required=True, type=Path, help="the client's keystore (bws wallet new)")
+    submit.add_argument("--password-file", type=Path, help="file holding the password (else $BWS_WALLET_PASSWORD, else a prompt)")
+    submit.add_argument("--api", default=DEFAULT_API, help=f"node API URL (default {DEFAULT_API})")
+    submit.add_argument("--group-size", type=int, default=2, help="miners that train the task together (default 2)")
+    submit.add_argument("--iterations", type=int, help="iterations of each miner (default: the task's batches / group size)")
+    submit.add_argument("--payment", default="10", help="the fee for the work, in coins, escrowed until the task ends (default 10)")
+    submit.add_argument("--deadline-blocks", type=int,
+                        help="blocks from now until the evaluation deadline (default: iterations + 20)")
+    submit.add_argument("--fee", type=int, help="transaction fee in units (default: the chain's minimum)")
+    submit.set_defaults(run=run_submit)
+
+    status = commands.add_parser("status", help="show a submitted task's state and progress",
+                                 description="Show a task's lifecycle status, training progress and blocks.")
+    status.add_argument("task_id", metavar="TASK_ID", help="64 hex characters (printed by submit)")
+    status.add_argument("--api", default=DEFAULT_API, help=f"node API URL (default {DEFAULT_API})")
+    status.add_argument("--watch", action="store_true", help="keep showing changes until the task ends")
+    status.set_defaults(run=run_status)
+
+    result = commands.add_parser("result", help="scores of a finalized task, and its best model",
+                                 description="Read the evaluation of a finalized task from the chain and download "
+                                             "the best final model from the node.")
+    result.add_argument("task_id", metavar="TASK_ID", help="64 hex characters")
+    result.add_argument("--api", default=DEFAULT_API, help=f"node API URL (default {DEFAULT_API})")
+    result.add_argument("--output", type=Path, help="write the best model's tensors to this .npz file")
+    result.set_defaults(run=run_result)
+
+
+def _fail(message: str) -> int:
+    print(f"bws task: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _task_id(text: str) -> bytes:
+    try:
+        task_id = bytes.fromhex(text)
+    except ValueError:
+        raise ValueError(f"task id {text!r} is not hex") from None
+    if len(task_id) != 32:
+        raise ValueError(f"a task id is 64 hex characters, got {len(text)}")
+    return task_id
+
+
+def run_submit(args) -> int:
+    from bws.node.api import ApiClient, ApiError
+    from bws.node.commands.wallet import read_password
+    from bws.node.roles.client import Client, TaskOrder
+    from bws.node.wallet import KeystoreError, load_keystore
+    from bws.spec.presets import COIN
+    from bws.templates.errors import TemplateError
+    from bws.templates.task import load_task
+
+    try:
+        definition = load_task(args.task_file)
+        try:
+            payment = int(Decimal(args.payment) * COIN)
+        except InvalidOperation:
+            raise ValueError(f"--payment {args.payment!r} is not a number of coins") from None
+        if args.group_size < 1:
+            raise ValueError("--group-size must be at least 1")
+        iterations = args.iterations or definition.dataset["num_batches"] // args.group_size
+        account = load_keystore(args.keystore, read_password(args))
+        api = ApiClient(args.api)
+        status = api.get("/status")
+        deadline = int(status["head"]["height"]) + (args.deadline_blocks or iterations + 20)
+        fee = args.fee if args.fee is not None else int(status["min_transaction_fee"])
+        task_id = Client(account, api, int(status["chain_id"])).submit(
+            definition, TaskOrder(group_size=args.group_size, iterations=iterations, evaluation_deadline=deadline,
+                                  payment=payment, fee=fee))
+    except (TemplateError, KeystoreError, ApiError, ValueError) as error:
+        return _fail(str(error))
+    print(task_id.hex())
+    print(f"submitted: {args.group_size} miners x {iterations} iterations, payment {args.payment} coins, "
+          f"evaluation deadline at height {deadline}", file=sys.stderr)
+    return 0
+
+
+def describe(document: dict) -> str:
+    models = document.get("latest_models", {})
+    losses = ", ".join(f"{miner[:8]}… iteration {m['iteration'] + 1} loss {m['loss']:.3f}" for miner, m in models.items())
+    return (f"{document['status']}: {len(document['blocks'])} blocks from its iterations"
+            + (f"; {losses}" if losses else ""))
+
+
+def run_status(args) -> int:
+    from bws.node.api import ApiClient, ApiError
+
+    api = ApiClient(args.api)
+    last = None
+    try:
+        task_id = _task_id(args.task_id)
+        while True:
+            try:
+                document = api.get(f"/task/{task_id.hex()}")
+            except ApiError as error:
+                if error.status != HTTPStatus.NOT_FOUND or not args.watch:
+                    raise
+                document = None  # the submission is not in a block yet
+            line = describe(document) if document else "not in a block yet"
+            if line != last:
+                print(line, flush=True)
+                last = line
+            if document and (not args.watch or document["status"] in TERMINAL):
+                return 0
+            time.sleep(2.0)
+    except (ApiError, ValueError) as error:
+        return _fail(str(error))
+    except KeyboardInterrupt:
+        return 130
+
+
+def evaluation_scores(api, task_id: bytes, document: dict) -> list[int]:
+    """The scores of the EvaluationResult that finalized the task (in the block at its status height)."""
+    block = api.get(f"/block/{document['task']['status_height']}")["block"]
+    for signed in block["transactions"]:
+        body = signed["transaction"]["body"]
+        if body.get("type") == "EvaluationResult" and body["task_id"] == task_id.hex():
+            return [int(score) for score in body["scores"]]
+    raise ValueError("the finalizing block holds no evaluation result for this task")
+
+
+def download_tensors(p2p_address: str, root: bytes) -> dict:
+    """Fetch a tensor bundle by root from a node over /bws/data/1, checked against the root."""
+    from bws.node.p2p import PROTOCOL_DATA, NetworkService
+    from bws.node.roles.data import FOUND, decode_checked, tensors_request
+
+    network = NetworkService()
+    network.start()
+    try:
+        peer = network.connect(p2p_address)
+        answer = network.request(peer, PROTOCOL_DATA, tensors_request(root), timeout=60)
+    finally:
+        network.stop()
+    if answer[:1] != FOUND:
+        raise ValueError("the node does not hold that model (it may have restarted since the task ended)")
+    return decode_checked(answer[1:], root)
+
+
+def run_result(args) -> int:
+    import numpy as np
+
+    from bws.node.api import ApiClient, ApiError
+    from bws.node.p2p import NetworkError
+    from bws.node.roles.data import DataError
+
+    api = ApiClient(args.api)
+    try:
+        task_id = _task_id(args.task_id)
+        document = api.get(f"/task/{task_id.hex()}")
+        if document["status"] != "finalized":
+            raise ValueError(f"the task is {document['status']}, not finalized")
+        scores = evaluation_scores(api, task_id, document)
+        members = [m["address"] for m in document["task"]["members"]]
+        best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+        for index, (miner, score) in enumerate(zip(members, scores)):
+            mark = "  <- best" if index == best else ""
+            print(f"{miner}  test accuracy {score / 10_000:.2f}%{mark}")
+        if args.output is not None:
+            model = document.get("latest_models", {}).get(members[best])
+            if model is None:
+                raise ValueError("this node saw no iteration message of the best miner; ask a node of the task's group")
+            tensors = download_tensors(api.get("/status")["address"], bytes.fromhex(model["state_root"]))
+            np.savez(args.output, **tensors)
+            print(f"best model (iteration {model['iteration'] + 1}, root {model['state_root'][:16]}…) written to {args.output}")
+    except (ApiError, ValueError, NetworkError, DataError, OSError) as error:
+        return _fail(str(error))
+    return 0
