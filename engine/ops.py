@@ -64,6 +64,15 @@ def contract(digits_a, digits_b, dimension_numbers):
     return total
 
 
+def _row_major_transpose(d):
+    """d[N, P] -> d.T as a materialised row-major array. XLA:CPU's fast int8
+    dot wants the contracted axis of the left operand minor; a plain transpose
+    is folded into the dot (and falls off the fast path), the 3-D round trip
+    is not."""
+    rows, cols = d.shape
+    return jnp.transpose(d.reshape(rows, cols, 1), (1, 2, 0)).reshape(cols, rows)
+
+
 def contract_rows(digits_a, digits_b):
     """Like `contract` for a[N, P] and b[N, Q] over the row axis N -> [P, Q].
     N may exceed MAX_CONTRACTION_SIZE (batch x pixels): rows are cut into
@@ -71,16 +80,13 @@ def contract_rows(digits_a, digits_b):
     exact result does not depend on the chunking)."""
     rows = digits_a[0].shape[0]
     chunk = C.MAX_CONTRACTION_SIZE
-    if rows <= chunk:
-        return contract(digits_a, digits_b, (((0,), (0,)), ((), ())))
-    count = -(-rows // chunk)
-
-    def chunked(d):
-        d = jnp.pad(d, [(0, count * chunk - rows), (0, 0)])
-        return d.reshape(count, chunk, d.shape[-1])
-
-    total = contract([chunked(d) for d in digits_a], [chunked(d) for d in digits_b], (((1,), (1,)), ((0,), (0,))))
-    return jnp.sum(total, axis=0)
+    total = None
+    for start in range(0, rows, chunk):
+        part_a = [_row_major_transpose(d[start:start + chunk]) for d in digits_a]
+        part_b = [d[start:start + chunk] for d in digits_b]
+        part = contract(part_a, part_b, (((1,), (0,)), ((), ())))
+        total = part if total is None else total + part
+    return total
 
 
 def rescale(total, shift, frac_in: int, frac_out: int):
