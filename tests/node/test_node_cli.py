@@ -84,6 +84,7 @@ def test_node_wallet_chain_commands(tmp_path):
     one_line_error(bws("wallet", "balance", "--address", bob, "--api", "http://127.0.0.1:9", check=False), "no node answering")
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_one_line_errors(tmp_path):
     (tmp_path / "genesis.json").write_text("{not json")
     one_line_error(bws("node", "run", "--data-dir", tmp_path / "d", "--genesis", tmp_path / "genesis.json", check=False),

@@ -10,7 +10,8 @@ from bws.node.api import ApiClient, ApiError
 from bws.node.p2p import PROTOCOL_SYNC, NetworkError, NetworkService, RemoteError
 from bws.node.service import Node, NodeSettings
 from bws.spec.encoding import encode
-from bws.spec.state_transition import compute_block_hash
+from bws.node.store import transaction_id
+from bws.spec.state_transition import compute_block_hash, compute_state_root
 from tests.node.chain_factory import ChainFactory
 
 
@@ -125,3 +126,28 @@ def test_api_errors_name_the_problem(nodes, factory):
     assert call("POST", "/tx", json.dumps({"transaction": encode(tx).hex()}).encode())[0] == 200
     status, answer = call("POST", "/tx", json.dumps({"transaction": encode(tx).hex()}).encode())
     assert status == 400 and "already in the mempool" in answer["error"]
+
+
+@pytest.mark.slow
+def test_partitioned_nodes_reorg_to_the_heavier_branch(nodes, factory):
+    """Two nodes mine apart, then meet: both end on the branch with more work,
+    with the spec's state root, and the transaction of the losing branch is
+    back in the loser's mempool."""
+    a = nodes("a2")
+    b = nodes("b2")
+    tx = factory.transfer(factory.users[0], factory.users[1].address, 3 * 10**8, nonce=0)
+    short = factory.chain(1, miner_of=lambda h: 0)
+    first, _ = factory.next_block(short[-1][1], miner=0, transactions=[tx])
+    branch_a = [blk for blk, _ in short] + [first]
+    branch_b = [blk for blk, _ in factory.chain(4, miner_of=lambda h: 1)]
+    for block in branch_a:
+        assert a.submit_block(encode(block))["status"] == "connected"
+    assert len(a.mempool) == 0
+    for block in branch_b:
+        assert b.submit_block(encode(block))["status"] == "connected"
+    a.network.connect(b.network.address)
+    wait_for(lambda: a.chain.head.hash == compute_block_hash(branch_b[-1]), what="a to reorg onto b's branch")
+    assert compute_state_root(a.chain.head_state) == branch_b[-1].header.state_root
+    assert b.chain.head.hash == compute_block_hash(branch_b[-1])
+    assert a.chain.metrics["reorgs"] == 1
+    assert [record.tx_id for record in a.mempool.transactions()] == [transaction_id(tx)]
