@@ -7,7 +7,7 @@ import pytest
 
 from bws.node import sync
 from bws.node.api import ApiClient, ApiError
-from bws.node.p2p import PROTOCOL_SYNC, NetworkError, NetworkService, RemoteError
+from bws.node.p2p import PROTOCOL_SYNC, TOPIC_BLOCK, TOPIC_TASK, TOPIC_TX, NetworkError, NetworkService, RemoteError
 from bws.node.service import Node, NodeSettings
 from bws.spec.encoding import encode
 from bws.node.store import transaction_id
@@ -68,27 +68,36 @@ def test_gossip_sync_api_and_garbage(nodes, factory):
     assert client.get(f"/account/{factory.users[0].address.hex()}")["pending_nonce"] == 1
 
     # A late node catches up by request/response sync.
-    for block, _ in chain[4:]:
-        client.post("/block", {"block": encode(block).hex()})
+    client.post("/block", {"block": encode(chain[4][0]).hex()})
     c = nodes("c", peers=[b.network.address])
-    wait_for(lambda: c.chain.head.height == 6, what="sync of c")
-    assert c.chain.head.hash == a.chain.head.hash == compute_block_hash(chain[5][0])
+    wait_for(lambda: c.chain.head.height == 5, what="sync of c")
+    assert c.chain.head.hash == a.chain.head.hash == compute_block_hash(chain[4][0])
 
-    # A peer that sends garbage on the sync protocol gets errors; the node keeps serving.
+    # A peer that sends garbage on every topic and on the sync protocol gets
+    # rejects and errors; the nodes keep serving each other.
     rng = random.Random(3)
+    junk = [bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 200))) for _ in range(10)]
     with NetworkService() as rogue:
         rogue.start()
         peer = rogue.connect(a.network.address)
-        for _ in range(10):
-            junk = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 64)))
+        for topic in (TOPIC_BLOCK, TOPIC_TX, TOPIC_TASK):
+            rogue.subscribe(topic, lambda data: True, lambda message: None)
+        wait_for(lambda: peer in rogue.mesh_peers(TOPIC_BLOCK), what="rogue joining the mesh")
+        for data in junk[:3]:
+            for topic in (TOPIC_BLOCK, TOPIC_TX, TOPIC_TASK):
+                rogue.publish(topic, data)
+        wait_for(lambda: a.network.stats["rejected"] >= 3, what="a rejecting junk gossip")
+        for data in junk:
             try:
-                sync.decode_status(rogue.request(peer, PROTOCOL_SYNC, junk, timeout=10))
+                sync.decode_status(rogue.request(peer, PROTOCOL_SYNC, data, timeout=10))
             except (RemoteError, sync.SyncError):
                 pass  # an error answer (or, for b"S", a status)
             except NetworkError:
                 break  # scored down to a ban and disconnected: also fine; a hang is not
     status = sync.decode_status(b.network.request(a.network.peer_id, PROTOCOL_SYNC, sync.encode_request(sync.STATUS)))
-    assert status.height == 6
+    assert status.height == 5
+    ApiClient(b.api.url).post("/block", {"block": encode(chain[5][0]).hex()})
+    wait_for(lambda: a.chain.head.height == 6 and c.chain.head.height == 6, what="the next block reaching a and c")
     assert client.get("/status")["head"]["height"] == 6
     metrics = client.get("/metrics")
     assert metrics["chain"]["blocks_rejected"] >= 1
