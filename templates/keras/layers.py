@@ -57,7 +57,8 @@ def _snake_case(name: str) -> str:
 def _dtype_name(value: Any) -> Any:
     """Keras 3 writes dtypes as a DTypePolicy dict; keep its name."""
     if isinstance(value, dict) and value.get("class_name") in ("DTypePolicy", "Policy"):
-        return value.get("config", {}).get("name")
+        config = value.get("config")
+        return config.get("name") if isinstance(config, dict) else config
     return value
 
 
@@ -97,6 +98,8 @@ def normalize_initializer(layer: str, argument: str, value: Any) -> str:
     ({'class_name': 'HeNormal', 'config': {...}}), and nothing seeded."""
     if isinstance(value, dict):
         config = value.get("config") or {}
+        if not isinstance(config, dict):
+            raise KerasModelError(f"layer {layer!r}: {argument} config must be an object, got {config!r}")
         for key, setting in sorted(config.items()):
             if setting is not None:
                 raise UnsupportedKerasFeature(

@@ -112,8 +112,15 @@ def get(identifier: Any) -> Loss:
     if isinstance(identifier, str) and identifier in _BY_NAME:
         return _BY_NAME[identifier]()
     if isinstance(identifier, dict) and identifier.get("class_name") in _BY_CLASS:
-        config = dict(identifier.get("config") or {})
+        config = _config(identifier)
         return _BY_CLASS[identifier["class_name"]](**config)
     if identifier is None:
         raise KerasModelError("compile() needs a loss")
     raise UnsupportedKerasFeature(f"loss {identifier!r} is not supported; supported: {', '.join(sorted(_BY_NAME))}")
+
+
+def _config(identifier: dict) -> dict:
+    config = identifier.get("config") or {}
+    if not isinstance(config, dict):
+        raise KerasModelError(f"loss {identifier.get('class_name')}: config must be an object, got {config!r}")
+    return config

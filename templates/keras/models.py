@@ -406,7 +406,8 @@ def _inbound_names(entry: dict[str, Any]) -> list[str]:
             if node.get("kwargs"):
                 raise UnsupportedKerasFeature(f"layer {entry.get('name')!r}: call arguments {sorted(node['kwargs'])} are not supported")
             for argument in arguments if isinstance(arguments, list) else [arguments]:
-                history = argument.get("config", {}).get("keras_history") if isinstance(argument, dict) else None
+                config = argument.get("config") if isinstance(argument, dict) else None
+                history = config.get("keras_history") if isinstance(config, dict) else None
                 if not isinstance(history, list) or not history or not isinstance(history[0], str):
                     raise UnsupportedKerasFeature(f"layer {entry.get('name')!r}: inbound {str(argument)[:60]} is not a single tensor")
                 names.append(history[0])

@@ -83,7 +83,7 @@ def get(identifier: Any) -> Optimizer:
     if isinstance(identifier, str) and identifier.lower() in _BY_NAME:
         return _BY_NAME[identifier.lower()]()
     if isinstance(identifier, dict) and identifier.get("class_name") in _BY_CLASS:
-        return _BY_CLASS[identifier["class_name"]](**dict(identifier.get("config") or {}))
+        return _BY_CLASS[identifier["class_name"]](**_config(identifier))
     raise UnsupportedKerasFeature(f"optimizer {identifier!r} is not supported; supported: SGD, Adam")
 
 
@@ -91,3 +91,10 @@ def from_engine(description: dict[str, Any]) -> Optimizer:
     """The Keras optimizer an engine optimizer description came from."""
     config = {k: v for k, v in description.items() if k != "type"}
     return _BY_NAME[description["type"]](**config)
+
+
+def _config(identifier: dict) -> dict:
+    config = identifier.get("config") or {}
+    if not isinstance(config, dict):
+        raise KerasModelError(f"optimizer {identifier.get('class_name')}: config must be an object, got {config!r}")
+    return config
