@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from decimal import Decimal, InvalidOperation
@@ -51,14 +52,26 @@ def _fail(message: str) -> int:
     return 1
 
 
+def running_node_info(data_dir: Path | None) -> dict | None:
+    """The node.json of a node that is running in `data_dir` (None if there
+    is none, or its process is gone: killed nodes leave the file behind)."""
+    if data_dir is None or not (data_dir / "node.json").exists():
+        return None
+    try:
+        info = json.loads((data_dir / "node.json").read_text())
+        os.kill(int(info["pid"]), 0)
+    except (ValueError, KeyError, TypeError, ProcessLookupError):
+        return None
+    except PermissionError:
+        pass  # alive, owned by someone else
+    return info
+
+
 def api_url(args) -> str:
     if args.api:
         return args.api
-    if args.data_dir is not None:
-        info = args.data_dir / "node.json"
-        if info.exists():
-            return json.loads(info.read_text())["api"]
-    return DEFAULT_API
+    info = running_node_info(args.data_dir)
+    return info["api"] if info is not None else DEFAULT_API
 
 
 def _from_store(args):
@@ -68,7 +81,7 @@ def _from_store(args):
 
 
 def _use_store(args) -> bool:
-    return args.api is None and args.data_dir is not None and not (args.data_dir / "node.json").exists()
+    return args.api is None and args.data_dir is not None and running_node_info(args.data_dir) is None
 
 
 def run_head(args) -> int:

@@ -77,7 +77,11 @@ def test_node_wallet_chain_commands(tmp_path):
         node.send_signal(signal.SIGTERM)
         assert node.wait(30) == 0
     assert not (data_dir / "node.json").exists()
-    # Stopped: the store itself answers.
+    # Stopped: the store itself answers, also when a killed node left its node.json behind.
+    assert json.loads(bws("chain", "head", "--data-dir", data_dir).stdout)["height"] == 3
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (data_dir / "node.json").write_text(json.dumps({"pid": gone.pid, "api": "http://127.0.0.1:9"}))
     assert json.loads(bws("chain", "head", "--data-dir", data_dir).stdout)["height"] == 3
     bws("chain", "export", "--data-dir", data_dir, "--out", tmp_path / "chain.bin")
     assert (tmp_path / "chain.bin").stat().st_size > 0
