@@ -175,7 +175,8 @@ class ChainStore:
         try:
             self._db = duckdb.connect(str(self.path), read_only=read_only)
         except duckdb.IOException as exc:
-            raise StoreError(f"cannot open {self.path}: {exc}") from None
+            hint = " (is a node already running on this data dir?)" if "lock" in str(exc).lower() else ""
+            raise StoreError(f"cannot open {self.path}{hint}: {exc}") from None
         except duckdb.Error as exc:
             raise StoreError(f"{self.path} is not a usable chain store: {exc}") from None
         self._lock = threading.RLock()

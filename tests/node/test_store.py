@@ -138,3 +138,19 @@ def test_not_a_store(tmp_path):
     empty = ChainStore(tmp_path / "new")
     with pytest.raises(StoreError, match="no genesis"):
         empty.head_hash()
+
+
+def test_second_process_is_told_a_node_holds_the_store(tmp_path):
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from bws.node.store import ChainStore; "
+                               f"store = ChainStore({str(tmp_path)!r}); print('open', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(StoreError, match="is a node already running on this data dir"):
+            ChainStore(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
