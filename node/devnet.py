@@ -54,6 +54,8 @@ BOOTSTRAP_ITERATIONS = 10**9
 BOOTSTRAP_DEADLINE = 2**62
 START_TIMEOUT_SECONDS = 180.0
 NODE_ROLES = ("peer", "verifier", "miner", "supervisor", "evaluator")
+DEADLINE_START_BLOCKS = 6                # inclusion, group selection, training start, slack
+DEADLINE_BLOCKS_PER_ITERATION = 0.6
 STOP_TIMEOUT_SECONDS = 15.0
 _SECP256K1_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
@@ -141,6 +143,18 @@ def build_task(options: DevnetOptions):
     epochs = max(1, math.ceil(group * options.iterations / per_epoch))
     return jobs.make_task(options.template, options.dataset, epochs=epochs, batch_size=options.batch_size,
                           learning_rate=options.learning_rate, data_dir=options.dataset_dir, init_seed=options.seed)
+
+
+def evaluation_deadline(height: int, iterations: int) -> int:
+    """The task's evaluation deadline, submitted at `height`. Evaluation opens
+    when a block proves the last iteration, or evaluation_period blocks
+    before the deadline, whichever comes first; blocks come from the group's
+    iterations (at most one per iteration, about 0.35 per iteration measured
+    with two miners), so allowing DEADLINE_BLOCKS_PER_ITERATION of them
+    keeps training uncut while the wait after an unproven last iteration
+    stays short."""
+    return (height + DEADLINE_START_BLOCKS + math.ceil(DEADLINE_BLOCKS_PER_ITERATION * iterations)
+            + int(DEVNET.evaluation_period))
 
 
 def make_genesis(nodes: list[DevnetNode], client: Account, definition, timestamp: int) -> C.GenesisConfig:
@@ -257,7 +271,7 @@ class Devnet:
         height = int(api.get("/status")["head"]["height"])
         iterations = self.options.iterations
         order = TaskOrder(group_size=group_size_for(self.options.nodes), iterations=iterations,
-                          evaluation_deadline=height + 8 + iterations + int(DEVNET.evaluation_period),
+                          evaluation_deadline=evaluation_deadline(height, iterations),
                           payment=TASK_PAYMENT, fee=TRANSACTION_FEE)
         client = Client(self.client_account, api, DEVNET.chain_id)
         self.task_id = client.submit(definition, order)

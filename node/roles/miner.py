@@ -20,9 +20,9 @@ One iteration i of task T by member j (spec/pouw.py, spec/tasks.py):
 Tasks: a client task this node is a member of (selected or training) comes
 first. Otherwise the node trains its bootstrap task (a genesis task whose
 only member it is, spec/genesis.py: the chain needs a task in training to
-advance), paced so that blocks do not race each other; it pauses while a
-client task is being trained by its group (its messages are seen on gossip)
-so the group's iterations mine the blocks.
+advance); bootstrap miners take turns by height so their blocks do not
+race, and pause while a client task is being trained by its group (its
+messages are seen on gossip) so the group's iterations mine the blocks.
 """
 from __future__ import annotations
 
@@ -47,6 +47,8 @@ from bws.spec.tasks import compute_batch_index, get_member_index
 from bws.spec.encoding import decode, DecodeError
 from bws.spec.containers import SignedTransaction
 
+from ..audit import PROTOCOL_AUDIT, AuditServer, RecordedIteration
+from .byzantine import Byzantine
 from .context import RoleContext, RoleError
 from .library import LoadedTask, TaskUnavailable, flat, tree
 from .verifier import replay_iteration
@@ -55,7 +57,8 @@ logger = logging.getLogger("bws.node.roles.miner")
 
 FIRST_PEER_WAIT_SECONDS = 20.0   # members notice their selection at slightly different times
 PEER_WAIT_SECONDS = 4.0          # then a late member's update is left out of this iteration
-BOOTSTRAP_INTERVAL_SECONDS = 1.0  # one bootstrap iteration per node this often (fewer racing blocks)
+BOOTSTRAP_INTERVAL_SECONDS = 0.25   # the bootstrap miner whose turn it is iterates this often
+BOOTSTRAP_TURN_TIMEOUT_SECONDS = 4.0  # then every bootstrap miner may mine on a head this old
 CLIENT_TASK_QUIET_SECONDS = 6.0  # a client task with no message this long is no longer being trained
 MAX_BLOCK_TRANSACTION_BYTES = 1 << 20
 
@@ -89,6 +92,12 @@ class Miner:
         self.context = context
         self._trainings: dict[bytes, Training] = {}
         self._last_bootstrap = 0.0
+        self.byzantine = Byzantine.from_environment()
+        # Serves the iteration messages seen and this miner's intermediate commitments (/bws/audit/1).
+        self.audit = AuditServer(context, self.byzantine.claimed_trace if self.byzantine else None)
+        if hasattr(context.network, "register_handler"):  # in-process tests run the roles on a network double
+            context.network.register_handler(PROTOCOL_AUDIT, self.audit.serve)
+        self._head_hash, self._head_since = b"", time.monotonic()
         self._thread = threading.Thread(target=self._run, name="bws-miner", daemon=True)
 
     def start(self) -> None:
@@ -119,7 +128,8 @@ class Miner:
         if self._client_training_in_progress(state):
             return False
         bootstrap = self._bootstrap_task(state)
-        if bootstrap is None or time.monotonic() - self._last_bootstrap < BOOTSTRAP_INTERVAL_SECONDS:
+        if bootstrap is None or not self._bootstrap_turn(state, bootstrap[0]) \
+                or time.monotonic() - self._last_bootstrap < BOOTSTRAP_INTERVAL_SECONDS:
             return False
         self._last_bootstrap = time.monotonic()
         return self._iterate(state, *bootstrap)
@@ -159,6 +169,19 @@ class Miner:
                 return True
         return False
 
+    def _bootstrap_turn(self, state: C.State, task_id: bytes) -> bool:
+        """Bootstrap miners take turns by height, so their blocks do not race
+        (a lost race wastes every node's replay); anyone may mine once the
+        head has not moved for BOOTSTRAP_TURN_TIMEOUT_SECONDS (a node is down)."""
+        head = bytes(self.context.chain.head.hash)
+        if head != self._head_hash:
+            self._head_hash, self._head_since = head, time.monotonic()
+        if time.monotonic() - self._head_since > BOOTSTRAP_TURN_TIMEOUT_SECONDS:
+            return True
+        turns = sorted(bytes(i) for i, t in state.tasks.items()
+                       if bytes(t.client) == bytes(20) and t.group_size == 1 and t.status == TASK_TRAINING)
+        return turns[int(state.height) % len(turns)] == task_id
+
     # -- one iteration ----------------------------------------------------
     def _training(self, task_id: bytes, task: C.Task, member_index: int) -> Training | None:
         training = self._trainings.get(task_id)
@@ -188,9 +211,14 @@ class Miner:
         batch_index = compute_batch_index(task, i, member_index)
         batch = training.loaded.batch(batch_index)
         started = time.perf_counter()
-        new_state, update, metrics = training.loaded.iterate(training.state, batch, peer_updates)
+        cheating = self.byzantine is not None and self.byzantine.cheats(task, i)
+        if cheating:  # bws devnet --byzantine: this node cheats (node/roles/byzantine.py)
+            state_flat, update_flat, metrics, applied = self.byzantine.iterate(
+                training.loaded, training.state, batch, peer_updates, flat, tree)
+        else:
+            new_state, update, metrics = training.loaded.iterate(training.state, batch, peer_updates)
+            update_flat, state_flat, applied = flat(update), flat(new_state), peer_updates
         context.metrics["training_ms"] += int((time.perf_counter() - started) * 1000)
-        update_flat, state_flat = flat(update), flat(new_state)
         update_root = context.cache.put_tensors(update_flat)
         state_after_root = context.cache.put_tensors(state_flat)
         loss = int(metrics["loss_sum"]) // max(int(metrics["count"]), 1)
@@ -207,6 +235,10 @@ class Miner:
         signed = sign_iteration_message(context.account.secret_key, message)
         training.messages[i] = signed
         context.publish_iteration_message(signed)
+        self.audit.record(RecordedIteration(signed, training.loaded, flat(training.state), [flat(u) for u in applied],
+                                            batch, cheated=cheating))
+        if cheating and (second := self.byzantine.second_message(context.account.secret_key, signed)) is not None:
+            context.publish_iteration_message(second)
         context.note_task_activity(task_id)
         training.state, training.state_root, training.next_iteration = tree(state_flat), state_after_root, i + 1
         context.metrics["iterations"] += 1
