@@ -23,7 +23,6 @@ import os
 import platform
 import re
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -83,13 +82,14 @@ def engine_replay():
         new_state, update, _ = iteration(state, batch, peers)
         return new_state, update
 
-    new_state, update = compute()  # compile
-    started = time.perf_counter()
-    runs = 20
-    for _ in range(runs):
+    compute()  # compile
+    times = []
+    for _ in range(20):
+        started = time.perf_counter()
         new_state, update = compute()
         np.asarray(new_state["step"])  # wait for the result
-    seconds = (time.perf_counter() - started) / runs
+        times.append(time.perf_counter() - started)
+    seconds = min(times)  # best of 20: the shared machine's load only ever adds time
 
     def replay(task, message):
         new_state, update = compute()
@@ -106,7 +106,7 @@ def bench_validation(blocks: int) -> dict:
     replay, iteration_seconds = engine_replay()
     definition = json.dumps({"dataset": {"batch_size": BATCH_SIZE}, "model": DNN, "template": "dnn"},
                             sort_keys=True, separators=(",", ":")).encode()
-    result = {"iteration_ms": iteration_seconds * 1000}
+    result = {"iteration_ms": iteration_seconds * 1000, "blocks": blocks}
     for label, chosen in (("without_replay", hash_replay), ("with_replay", replay)):
         factory = ChainFactory(miners=2, seed=3, replay=chosen, task_definition=definition)
         chain_blocks = [block for block, _ in factory.chain(blocks, miner_of=lambda h: h % 2)]
@@ -118,7 +118,7 @@ def bench_validation(blocks: int) -> dict:
                 assert chain.import_block(block).status == "connected"
                 times.append(time.perf_counter() - started)
             chain.store.close()
-        result[f"{label}_ms"] = statistics.median(times) * 1000
+        result[f"{label}_ms"] = min(times) * 1000
     return result
 
 
@@ -159,9 +159,9 @@ def render(figures: dict) -> str:
         f"| signatures verified per second, libsecp256k1 (coincurve) | {s['coincurve_per_s']:,.0f} |",
         f"| signatures verified per second, python-ecdsa (spec) | {s['ecdsa_per_s']:,.0f} |",
         f"| libsecp256k1 / python-ecdsa | {s['coincurve_per_s'] / s['ecdsa_per_s']:.1f}x |",
-        f"| one iteration's compute (digits DNN, batch {BATCH_SIZE}, engine) | {iteration:.2f} ms |",
-        f"| block validation without replay (median) | {v['without_replay_ms']:.1f} ms = {v['without_replay_ms'] / iteration:.1f} iterations |",
-        f"| block validation with replay (median) | {v['with_replay_ms']:.1f} ms = {v['with_replay_ms'] / iteration:.1f} iterations |",
+        f"| one iteration's compute (digits DNN, batch {BATCH_SIZE}, engine, best of 20) | {iteration:.2f} ms |",
+        f"| block validation without replay (best of {v['blocks']}) | {v['without_replay_ms']:.1f} ms = {v['without_replay_ms'] / iteration:.1f} iterations |",
+        f"| block validation with replay (best of {v['blocks']}) | {v['with_replay_ms']:.1f} ms = {v['with_replay_ms'] / iteration:.1f} iterations |",
         f"| resident memory of an idle node (peer role) | {figures['idle_rss_mb']:.0f} MB |",
     ]
     return "\n".join(lines)
