@@ -21,6 +21,7 @@ COMMAND_GROUPS: dict[str, tuple[str, str]] = {
     "node": ("bws.node.commands.node", "run a full node (chain store, p2p, sync, HTTP API)"),
     "wallet": ("bws.node.commands.wallet", "keys in encrypted keystores, balances, transfers"),
     "chain": ("bws.node.commands.chain", "inspect and export the chain; write genesis files"),
+    "audit": ("bws.node.commands.audit", "replay a disputed iteration, localize the first divergent op, dispute the cheat"),
 }
 
 
