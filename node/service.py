@@ -8,23 +8,21 @@
 What the node does with the network (node/p2p.py's NetworkService):
 - gossip `bws/block/1`: validated before relay with `precheck_block` (stateless,
   libsecp256k1); a junk block is REJECTed (the forwarding peer is scored down);
-  accepted blocks are imported (orphans trigger a sync with the sender).
+  accepted blocks are imported (an orphan triggers a sync).
 - gossip `bws/tx/1`: envelope checked before relay (REJECT on a bad one);
   state-dependent failures (nonce already used, balance) are IGNOREd, since an
   honest peer may simply be behind; accepted transactions enter the mempool.
 - gossip `bws/task/1`: signed iteration messages, signature checked before
-  relay; a node with the supervisor role records every one in the store and
-  flags equivocation (two different messages of one miner for one task and
-  iteration).
+  relay; a node with the supervisor role records every one in the store
+  (the roles layer's supervisor acts on the record: equivocation, fraud).
 - request/response `/bws/sync/1` (node/sync.py's codec): status, main-chain
   blocks by height, a block by hash. Sync runs when a peer connects, when an
   orphan arrives, and every SYNC_INTERVAL seconds against peers with more work.
 
 Replay: the spec's transition needs a `replay`. A node with the verifier role
-gets one from its caller (the roles layer replays iterations with the engine
-on inputs fetched from peers); a node without it trusts the iteration's
-claimed roots (`trusting_replay`) and checks every other rule — like a light
-client for the ML part, documented in docs/node.md.
+gets one from the roles layer (the engine re-executing iterations on inputs
+fetched from peers); a node without it trusts the iteration's claimed roots
+(`trusting_replay`) and checks every other rule (docs/node.md).
 """
 from __future__ import annotations
 
@@ -149,8 +147,7 @@ class Node:
         self._sync_wanted = threading.Event()
         self._sync_thread: threading.Thread | None = None
         self.counters = {"gossip_blocks": 0, "gossip_transactions": 0, "iteration_messages": 0,
-                         "equivocations": 0, "synced_blocks": 0, "sync_failures": 0}
-        self.equivocations: list[dict] = []
+                         "synced_blocks": 0, "sync_failures": 0}
         # Hooks of the roles layer (node/roles/host.py): called with each
         # valid gossiped iteration message (signed, origin peer) after the
         # supervisor's record; extra sections for /metrics; extra fields for /task/<id>.
@@ -275,21 +272,10 @@ class Node:
             listener(signed, message.origin)
 
     def record_iteration_message(self, signed: C.SignedIterationMessage, received_at: float) -> bool:
-        """The supervisor's record; returns False for a duplicate. Two different
-        messages of one miner for one (task, iteration) are flagged as equivocation."""
-        work = signed.message.work
-        digest = bytes(compute_message_digest(signed.message))
-        earlier = self.store.iteration_messages(bytes(work.task_id), int(work.iteration), bytes(work.miner))
-        stored = self.store.record_iteration_message(signed, digest, received_at)
-        if stored and earlier:
-            self.counters["equivocations"] += 1
-            flag = {"task_id": bytes(work.task_id).hex(), "iteration": int(work.iteration),
-                    "miner": bytes(work.miner).hex(), "digests": [digest.hex()] + [
-                        bytes(compute_message_digest(e.message)).hex() for e in earlier]}
-            self.equivocations.append(flag)
-            logger.warning("equivocation by %s at iteration %d of task %s", flag["miner"], flag["iteration"],
-                           flag["task_id"][:16])
-        return stored
+        """The supervisors' record (every valid message seen, by task, iteration
+        and miner); False for a duplicate. Acting on what it shows (equivocation,
+        fraud) is the supervisor role's (node/roles/supervisor.py)."""
+        return self.store.record_iteration_message(signed, bytes(compute_message_digest(signed.message)), received_at)
 
     # -- sync -------------------------------------------------------------------
     def _serve_sync(self, peer: str, request: bytes) -> bytes:
