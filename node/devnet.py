@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 
@@ -39,6 +39,7 @@ from bws.spec.genesis import create_genesis_state
 from bws.spec.presets import COIN, DEVNET
 
 from .api import ApiClient, ApiError
+from .audit_devnet import audit_devnet, audit_failures, miner_tickets, node_environment, print_audit
 from .p2p import peer_id_from_seed
 from .roles.client import Client, TaskOrder
 from .service import NODE_INFO_FILE, P2P_KEY_FILE, write_genesis
@@ -78,6 +79,7 @@ class DevnetOptions:
     min_accuracy: float = 0.95
     timeout: float = 900.0
     dataset_dir: str | None = None
+    byzantine: dict = field(default_factory=dict)   # node index -> cheating behaviour (node/audit_devnet.py)
 
 
 @dataclass
@@ -157,9 +159,13 @@ def evaluation_deadline(height: int, iterations: int) -> int:
             + int(DEVNET.evaluation_period))
 
 
-def make_genesis(nodes: list[DevnetNode], client: Account, definition, timestamp: int) -> C.GenesisConfig:
+def make_genesis(nodes: list[DevnetNode], client: Account, definition, timestamp: int,
+                 miner_tickets: dict[bytes, int] | None = None) -> C.GenesisConfig:
+    """`miner_tickets`: miner stakes of that many tickets for some addresses (default one each)."""
     dataset = definition.dataset
-    stakes = [C.GenesisStake(owner=n.account.address, role=role, amount=price)
+    tickets = miner_tickets or {}
+    stakes = [C.GenesisStake(owner=n.account.address, role=role,
+                             amount=price * (tickets.get(n.account.address, 1) if role == ROLE_MINER else 1))
               for n in nodes for role, price in ((ROLE_MINER, DEVNET.miner_ticket_price),
                                                  (ROLE_SUPERVISOR, DEVNET.supervisor_ticket_price),
                                                  (ROLE_EVALUATOR, DEVNET.evaluator_ticket_price))]
@@ -210,7 +216,8 @@ class Devnet:
             (node.data_dir / P2P_KEY_FILE).write_bytes(node.p2p_key)
             self.nodes.append(node)
         (self.root / "password.txt").write_text(DEVNET_PASSWORD)
-        genesis = make_genesis(self.nodes, self.client_account, definition, int(time.time()))
+        genesis = make_genesis(self.nodes, self.client_account, definition, int(time.time()),
+                               miner_tickets(self.nodes, self.options.byzantine))
         write_genesis(self.root / "genesis.json", genesis)
         (self.root / "task.json").write_bytes(definition.to_bytes())
         self.genesis_state = create_genesis_state(genesis)
@@ -233,7 +240,8 @@ class Devnet:
             if self.options.dataset_dir:
                 command += ["--dataset-dir", self.options.dataset_dir]
             with open(node.data_dir / "node.log", "wb") as log:
-                node.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment,
+                node.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                                env=dict(environment, **node_environment(node.index, self.options.byzantine)),
                                                 stdin=subprocess.DEVNULL, start_new_session=True)
         for node in self.nodes:
             while not (node.data_dir / NODE_INFO_FILE).exists():
@@ -406,9 +414,15 @@ class Devnet:
             self.submit(definition)
             snapshot = self.watch()
             summary = self.summary(snapshot)
+            if self.options.byzantine:
+                summary["audit"] = audit_devnet(self)
         finally:
             self.stop_nodes()
         self.print_summary(summary)
+        if "audit" in summary:
+            print_audit(self.say, summary["audit"])
+            if failures := audit_failures(summary["audit"]):
+                raise DevnetError("byzantine run: " + "; ".join(failures))
         if summary["best_accuracy"] < self.options.min_accuracy:
             raise DevnetError(f"best model accuracy {summary['best_accuracy'] * 100:.2f}% is below the required "
                               f"{self.options.min_accuracy * 100:.2f}%")

@@ -31,6 +31,9 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="fail unless the best final model reaches this test accuracy (default 0.95; 0 to skip)")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds (default 900)")
     parser.add_argument("--dataset-dir", help="TFDS data directory (default: $BWS_DATA_DIR or ~/.cache/bws/tensorflow_datasets)")
+    parser.add_argument("--byzantine", action="append", default=[], metavar="N:KIND",
+                        help="make node N cheat (repeatable): flip-bit, random-update, wrong-peers or equivocate; "
+                             "the run then checks every cheat is disputed, localized and slashed (docs/audit.md)")
     parser.set_defaults(run=run)
 
 
@@ -39,6 +42,8 @@ def _interrupt(signum, frame) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bws.node.audit import AuditError
+    from bws.node.audit_devnet import ByzantineSpecError, parse_byzantine
     from bws.node.devnet import Devnet, DevnetError, DevnetOptions
     from bws.templates.errors import TemplateError
 
@@ -46,11 +51,16 @@ def run(args: argparse.Namespace) -> int:
                             blocks=args.blocks, seed=args.seed, iterations=args.iterations, batch_size=args.batch_size,
                             learning_rate=args.learning_rate, min_accuracy=args.min_accuracy, timeout=args.timeout,
                             dataset_dir=args.dataset_dir)
+    try:
+        options.byzantine = parse_byzantine(args.byzantine, args.nodes)
+    except ByzantineSpecError as error:
+        print(f"bws devnet: error: {error}", file=sys.stderr)
+        return 2
     # SIGTERM ends the run like Ctrl-C, so the nodes are stopped on the way out.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         Devnet(options).run()
-    except (DevnetError, TemplateError, OSError) as error:
+    except (DevnetError, TemplateError, OSError, AuditError) as error:
         print(f"bws devnet: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

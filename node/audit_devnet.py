@@ -1,0 +1,117 @@
+"""`bws devnet --byzantine N:KIND`: make node N cheat, then check that the
+network caught it (docs/audit.md).
+
+The cheating node gets `BYZANTINE_MINER_TICKETS` times the miner stake in
+the genesis, so the chain draws it into the client task's group (a cheat
+with nothing to cheat on shows nothing). Its process gets the behaviour in
+`BWS_BYZANTINE` (node/roles/byzantine.py). After the task is finalized, while
+the nodes still run, the devnet lists the chain's disputes and the task's
+slashed members, replays every fraud dispute with the auditor (inputs, trace
+and op outputs fetched from the nodes over libp2p) and checks: every
+byzantine member was disputed with the right evidence and slashed, its fault
+localized to the expected tensor and op, and no honest miner was slashed.
+"""
+from __future__ import annotations
+
+from .audit import AuditError, audit_iteration
+from .audit_sources import ChainViaApi, NetworkSource, chain_disputes
+from .roles.byzantine import ENVIRONMENT_VARIABLE, KINDS
+from .roles.library import TaskLibrary, TaskUnavailable
+
+BYZANTINE_MINER_TICKETS = 50
+# kind -> (dispute evidence, op the bisection must name; None: the cheat leaves no trace to bisect)
+EXPECTED = {"flip-bit": ("fraud", "update"), "wrong-peers": ("fraud", "merge"),
+            "random-update": ("fraud", None), "equivocate": ("equivocation", None)}
+
+
+class ByzantineSpecError(ValueError):
+    """A --byzantine argument is malformed."""
+
+
+def parse_byzantine(values: list[str], nodes: int) -> dict[int, str]:
+    """["1:flip-bit", ...] -> {1: "flip-bit"}; ByzantineSpecError names the bad value."""
+    chosen: dict[int, str] = {}
+    for value in values:
+        index, _, kind = value.partition(":")
+        if not index.isdigit() or kind not in KINDS:
+            raise ByzantineSpecError(f"--byzantine {value!r}: expected N:KIND with KIND one of {', '.join(KINDS)}")
+        if not 0 <= int(index) < nodes:
+            raise ByzantineSpecError(f"--byzantine {value!r}: node {index} does not exist (nodes 0..{nodes - 1})")
+        if int(index) in chosen:
+            raise ByzantineSpecError(f"--byzantine {value!r}: node {index} already cheats ({chosen[int(index)]})")
+        chosen[int(index)] = kind
+    return chosen
+
+
+def miner_tickets(nodes, byzantine: dict[int, str]) -> dict[bytes, int]:
+    return {nodes[index].account.address: BYZANTINE_MINER_TICKETS for index in byzantine}
+
+
+def node_environment(index: int, byzantine: dict[int, str]) -> dict[str, str]:
+    return {ENVIRONMENT_VARIABLE: byzantine[index]} if index in byzantine else {}
+
+
+def audit_devnet(devnet) -> dict:
+    """Disputes, slashes and audit reports of the devnet's client task (nodes running)."""
+    chain = ChainViaApi(devnet.nodes[0].api.url)
+    task = chain.task(devnet.task_id)
+    name_of = {n.account.address: n.name for n in devnet.nodes}
+    kind_of = {devnet.nodes[i].account.address: kind for i, kind in devnet.options.byzantine.items()}
+    disputes = [d for d in chain_disputes(chain) if bytes(d.messages[0].message.work.task_id) == devnet.task_id]
+    try:
+        loaded = TaskLibrary(devnet.options.dataset_dir).load(task)
+    except TaskUnavailable as error:
+        raise AuditError(str(error)) from None
+    source = NetworkSource.dial([n.multiaddr for n in devnet.nodes])
+    entries = []
+    try:
+        for dispute in disputes:
+            signed = dispute.messages[0]
+            miner = bytes(signed.message.work.miner)
+            entry = {"height": dispute.height, "kind": dispute.kind, "disputer": name_of.get(dispute.sender, "?"),
+                     "accused": name_of.get(miner, miner.hex()), "iteration": int(signed.message.work.iteration),
+                     "byzantine": kind_of.get(miner), "op": None, "tensor": None, "report": ""}
+            if dispute.kind == "fraud":
+                report = audit_iteration(source, loaded, signed)
+                entry.update(op=report.divergent_op, tensor=report.first_tensor, report=report.render(),
+                             verdict=report.verdict)
+            entries.append(entry)
+    finally:
+        source.close()
+    members = [{"name": name_of.get(bytes(m.address), bytes(m.address).hex()), "slashed": bool(m.slashed),
+                "byzantine": kind_of.get(bytes(m.address))} for m in task.members]
+    return {"disputes": entries, "members": members,
+            "not_drawn": [f"node{i}" for i, _ in devnet.options.byzantine.items()
+                          if devnet.nodes[i].account.address not in {bytes(m.address) for m in task.members}]}
+
+
+def print_audit(say, audit: dict) -> None:
+    say("  disputes and slashes:")
+    for member in audit["members"]:
+        role = f"byzantine {member['byzantine']}" if member["byzantine"] else "honest"
+        say(f"    member {member['name']:6s} {role:26s} {'SLASHED' if member['slashed'] else 'not slashed'}")
+    for entry in audit["disputes"]:
+        where = f", localized to op {entry['op'] or '-'} tensor {entry['tensor'] or '-'}" if entry["kind"] == "fraud" else ""
+        say(f"    dispute at height {entry['height']}: {entry['kind']} by {entry['disputer']} against "
+            f"{entry['accused']} (iteration {entry['iteration']}){where}")
+    for entry in audit["disputes"]:
+        if entry["report"]:
+            say("\n".join("    " + line for line in entry["report"].splitlines()))
+
+
+def audit_failures(audit: dict) -> list[str]:
+    """What the byzantine run got wrong (empty: every cheat caught and localized, no honest miner slashed)."""
+    failures = [f"{name} was not drawn into the task's group" for name in audit["not_drawn"]]
+    for member in audit["members"]:
+        if member["byzantine"] is None:
+            if member["slashed"]:
+                failures.append(f"honest miner {member['name']} was slashed")
+            continue
+        if not member["slashed"]:
+            failures.append(f"{member['name']} ({member['byzantine']}) was not slashed")
+        evidence, op = EXPECTED[member["byzantine"]]
+        mine = [d for d in audit["disputes"] if d["accused"] == member["name"]]
+        if not any(d["kind"] == evidence and d["op"] == op for d in mine):
+            failures.append(f"{member['name']} ({member['byzantine']}): expected a {evidence} dispute localized to op "
+                            f"{op}, got {[(d['kind'], d['op']) for d in mine]}")
+    return failures
