@@ -54,6 +54,7 @@ from .store import BlockRecord, ChainStore, StoreError, transaction_id
 MAX_BLOCK_BYTES = 8 * 1024 * 1024
 MAX_TRANSACTION_BYTES = 128 * 1024
 MAX_ORPHANS = 256
+MAX_ORPHAN_BYTES = 64 * 1024 * 1024
 MAX_REMEMBERED_INVALID = 10_000
 
 
@@ -187,7 +188,8 @@ class Chain:
         self.store = store
         self.replay = replay
         self._lock = threading.RLock()
-        self._orphans: OrderedDict[bytes, C.Block] = OrderedDict()
+        self._orphans: OrderedDict[bytes, tuple[C.Block, int]] = OrderedDict()
+        self._orphan_bytes = 0
         self._invalid: set[bytes] = set()
         self.metrics = {"blocks_connected": 0, "blocks_rejected": 0, "reorgs": 0, "side_blocks": 0,
                         "orphans": 0, "transition_seconds": 0.0, "transitions": 0}
@@ -266,9 +268,9 @@ class Chain:
         while pending:
             parent = pending.pop()
             with self._lock:
-                children = [(h, b) for h, b in self._orphans.items() if bytes(b.header.parent_hash) == parent]
+                children = [(h, b) for h, (b, _) in self._orphans.items() if bytes(b.header.parent_hash) == parent]
                 for child_hash, _ in children:
-                    del self._orphans[child_hash]
+                    self._orphan_bytes -= self._orphans.pop(child_hash)[1]
             for child_hash, child in children:
                 try:
                     result = self.import_block(child)
@@ -279,10 +281,17 @@ class Chain:
         return results
 
     def _add_orphan(self, block_hash: bytes, block: C.Block) -> None:
-        self._orphans[block_hash] = block
+        """Keep a block whose parent is unknown; the oldest go first when the
+        pool exceeds MAX_ORPHANS blocks or MAX_ORPHAN_BYTES."""
+        if block_hash in self._orphans:
+            return
+        size = len(encode(block))
+        self._orphans[block_hash] = (block, size)
+        self._orphan_bytes += size
         self.metrics["orphans"] += 1
-        while len(self._orphans) > MAX_ORPHANS:
-            self._orphans.popitem(last=False)
+        while len(self._orphans) > MAX_ORPHANS or self._orphan_bytes > MAX_ORPHAN_BYTES:
+            _, (_, dropped) = self._orphans.popitem(last=False)
+            self._orphan_bytes -= dropped
 
     def _reject(self, block: C.Block) -> None:
         # Remembered by the hash of the whole block, not the header's: the

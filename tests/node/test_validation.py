@@ -185,3 +185,17 @@ def test_precheck_rejects_genesis_and_missing_proof(factory):
     block, _ = factory.next_block(factory.genesis_state)
     with pytest.raises(BlockRejected, match="exactly one"):
         precheck_block(dataclasses.replace(block, proofs=[]), factory.genesis_state.config.chain_id)
+
+
+def test_orphan_pool_is_bounded(factory, tmp_path, monkeypatch):
+    from bws.node import validation
+
+    monkeypatch.setattr(validation, "MAX_ORPHANS", 2)
+    chain = open_chain(factory, tmp_path)
+    blocks = [b for b, _ in factory.chain(4)]
+    for block in blocks[1:]:
+        assert chain.import_block(block).status == "orphan"
+    assert len(chain._orphans) == 2 and compute_block_hash(blocks[1]) not in chain._orphans
+    results = chain.import_with_orphans(blocks[0])
+    assert [r.status for r in results] == ["connected"]  # block 2 was dropped: 3 and 4 stay orphans
+    assert chain._orphan_bytes == sum(size for _, size in chain._orphans.values())
