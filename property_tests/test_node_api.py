@@ -1,7 +1,6 @@
 """The API's request router and JSON codec on arbitrary input: a handler or
 a 4xx ApiError naming the problem, never a crash."""
 import json
-from http import HTTPStatus
 
 from hypothesis import given, strategies as st
 

@@ -1,5 +1,4 @@
 """The DuckDB chain store: connect, disconnect (undo), reopen, side blocks, records."""
-import dataclasses
 
 import pytest
 
