@@ -320,7 +320,8 @@ class Chain:
                 self._reject(block)
                 raise BlockRejected(error.reason) from None
             self.store.connect_block(block, block_hash, work, self._head_state, after)
-            self._head_state, self._head = after, self.store.head_record()
+            self._head_state = after
+            self._head = BlockRecord(block_hash, height, parent.hash, work, encode(block))
             self.metrics["blocks_connected"] += 1
             return ImportResult("connected", block_hash, height, connected=[block])
         if not self._beats_head(work, block_hash):
