@@ -61,7 +61,7 @@ REQUEST_TRACE = b"R"
 REQUEST_OP = b"O"
 TRACE_DOMAIN = b"BWS/trace"
 FIRST_VALUES = 5          # differing values shown per tensor
-RECENT_ITERATIONS = 64    # iterations a miner can still prove its intermediate commitments for
+RECENT_ITERATIONS = 256   # iterations a miner can still prove its intermediate commitments for
 
 
 class AuditError(Exception):
