@@ -398,6 +398,18 @@ def loss_forward_backward(kind: str, out, targets):
 
 # ---------------------------------------------------------------------------
 # Optimizers: (grads F28, opt state, step) -> (update F24, new opt state)
+def adam_ratio(m, v, epsilon_squared: int):
+    """m / sqrt(v + eps^2) with 30 fractional bits, m in F28, v in F48:
+    w = max(v + eps^2, 1); j = max(0, ceil((bit_length(w) - 12) / 2));
+    1/sqrt(w) = RSQRT_TABLE[w >> 2j] * 2**-(30 + j) (the index truncated), so
+    ratio = round(m * RSQRT_TABLE[w >> 2j] / 2**(4 + j))."""
+    w = jnp.maximum(v + epsilon_squared, 1)
+    half_shift = jnp.maximum(bit_length(w) - 11, 0) >> 1
+    index = w >> (2 * half_shift)
+    reciprocal = jnp.asarray(C.RSQRT_TABLE, I64)[index]
+    return shift_round_dynamic(m.astype(I64) * reciprocal, (4 + half_shift).astype(I32))
+
+
 # ---------------------------------------------------------------------------
 def optimizer_init(config: dict, params: dict) -> dict:
     zeros = lambda dtype: {name: {k: jnp.zeros(v.shape, dtype) for k, v in p.items()} for name, p in params.items()}
@@ -433,7 +445,7 @@ def optimizer_step(config: dict, grads: dict, opt: dict, step):
         return update, new_opt
     one = 1 << F_HYPER
     beta_1, beta_2 = to_fixed(config["beta_1"], F_HYPER), to_fixed(config["beta_2"], F_HYPER)
-    epsilon = to_fixed(config["epsilon"], F_PARAM)
+    epsilon_squared = to_fixed(config["epsilon"] ** 2, F_V)
     t = step.astype(I32) + 1
     bias_1, bias_2 = power_q30(beta_1, t), power_q30(beta_2, t)
     lr_t = div_round(lr * isqrt((one - bias_2) << F_HYPER), jnp.maximum(one - bias_1, 1))
@@ -445,9 +457,7 @@ def optimizer_step(config: dict, grads: dict, opt: dict, step):
     m = saturate32(m_old + shift_round((g - m_old) * (one - beta_1), F_HYPER))
     g_squared = shift_round(g * g, 2 * F_GRAD - F_V)
     v = jnp.maximum(v_old + mul_q30(g_squared - v_old, one - beta_2), 0)
-    denominator = jnp.maximum(isqrt(v) + epsilon, 1)  # F24
-    ratio = div_round(m.astype(I64) << (F_HYPER + F_PARAM - F_GRAD), denominator)  # F30
-    ratio = jnp.clip(ratio, -(1 << 32), 1 << 32)
+    ratio = jnp.clip(adam_ratio(m, v, epsilon_squared), -(1 << 32), 1 << 32)  # m / sqrt(v + eps^2), F30
     delta = saturate32(-shift_round(lr_t * ratio, 2 * F_HYPER - F_PARAM))
     offset = 0
     for name, key in leaves:

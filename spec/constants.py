@@ -61,6 +61,10 @@ EVALUATOR_SHARE_BP = 500      # to the evaluator whose result finalized the task
 # Slashing: a proven cheat loses its whole miner stake; the disputer gets this
 # share, the rest is burned (so a sybil cannot slash itself at a profit).
 SLASH_REWARD_SHARE_BP = 5000
+# A FraudProof whose replay matches the message (a false accusation) is
+# included and burns this much of the disputer's balance: it made every node
+# replay an iteration for nothing. 10 coin.
+FALSE_DISPUTE_PENALTY = 10 * 10**8
 
 # Proof of useful work
 WORK_PASSES_PER_ITERATION = 3  # forward + backward (activations and weights): ~3x the forward MACs
@@ -120,7 +124,8 @@ def _build_tables():
     exp = tuple(to_int((-TABLE_EXP_SPAN + i * step).exp(), PROB_FRAC_BITS) for i in range(TABLE_EXP_SIZE))
     log = tuple(to_int((1 + Decimal(k) / 256).ln(), ACT_FRAC_BITS) for k in range(257))
     ln2 = to_int(Decimal(2).ln(), ACT_FRAC_BITS)
-    return sigmoid, exp, log, ln2
+    rsqrt = tuple(to_int(1 / Decimal(max(m, 1)).sqrt(), RSQRT_FRAC_BITS) for m in range(RSQRT_TABLE_SIZE))
+    return sigmoid, exp, log, ln2, rsqrt
 
 
 # Tables are sampled every 2**-6 and interpolated linearly between samples:
@@ -134,7 +139,12 @@ TABLE_SIGMOID_SIZE = 32 * 2**TABLE_STEP_BITS_INV + 1       # 2049 samples, ACT_F
 TABLE_EXP_SPAN = 16                                       # exp sampled on [-16, 0]
 TABLE_EXP_SIZE = TABLE_EXP_SPAN * 2**TABLE_STEP_BITS_INV + 1  # 1025 samples, PROB_FRAC_BITS
 # LOG_TABLE[k] = ln(1 + k/256) (ACT_FRAC_BITS), k = 0..256, for the reported loss only.
-SIGMOID_TABLE, EXP_TABLE, LOG_TABLE, LN2_FIXED = _build_tables()
+# RSQRT_TABLE[m] = 1/sqrt(max(m, 1)) with RSQRT_FRAC_BITS, m < 4096: Adam's
+# 1/sqrt(v) = RSQRT_TABLE[v >> 2j] * 2**-j with 2j the smallest even shift
+# bringing v below 4096 (12 significant bits, ~11 bits of precision).
+RSQRT_FRAC_BITS = 30
+RSQRT_TABLE_SIZE = 4096
+SIGMOID_TABLE, EXP_TABLE, LOG_TABLE, LN2_FIXED, RSQRT_TABLE = _build_tables()
 
 # ---------------------------------------------------------------------------
 # Task templates (templates/ owner)

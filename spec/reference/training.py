@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from .. import constants as C
-from .arithmetic import (contract, contraction_to_fixed, derive_key, divide_round, float_to_fixed, integer_sqrt,
+from .arithmetic import (contract, contraction_to_fixed, derive_key, divide_round, float_to_fixed,
                          multiply_q30, natural_log, normalise, power_q30, random_words, round_shift, saturate32,
                          table_lookup)
 
@@ -351,6 +351,19 @@ def optimizer_init(config: dict, params: dict) -> dict:
     return {"velocity": zeros(np.int32)} if config["momentum"] > 0 else {}
 
 
+def adam_ratio(m, v, epsilon_squared: int) -> np.ndarray:
+    """m / sqrt(v + eps^2) in F30 (m in F28, v in F48), through the 1/sqrt
+    table: w = max(v + eps^2, 1) is cut to its top 11 or 12 bits by an even
+    shift 2j, w >> 2j indexes RSQRT_TABLE (30 fractional bits), and
+    m * 2**-28 * 2**24 * RSQRT / 2**(30 + j) * 2**30 = m * RSQRT / 2**(4 + j)."""
+    w = np.maximum(v.astype(np.int64) + epsilon_squared, 1)
+    bit_lengths = sum(((w >> k) > 0).astype(np.int64) for k in range(63))
+    j = np.maximum(bit_lengths - 11, 0) // 2
+    product = m.astype(np.int64) * np.asarray(C.RSQRT_TABLE, dtype=np.int64)[w >> (2 * j)]
+    shift = 4 + j
+    return (product + (np.int64(1) << (shift - 1))) >> shift
+
+
 def optimizer_update(config: dict, grads: dict, opt: dict, step: int):
     lr = float_to_fixed(config["learning_rate"], F_HYPER)
     update = {k: {} for k in grads}
@@ -370,7 +383,7 @@ def optimizer_update(config: dict, grads: dict, opt: dict, step: int):
                 update[k][n] = saturate32(round_shift(moved, F_GRAD - F_PARAM))
         return update, new_opt
     beta_1, beta_2 = float_to_fixed(config["beta_1"], F_HYPER), float_to_fixed(config["beta_2"], F_HYPER)
-    epsilon = float_to_fixed(config["epsilon"], F_PARAM)
+    epsilon_squared = float_to_fixed(config["epsilon"] ** 2, F_V)
     t = step + 1
     # lr_t = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t), in [0, 1]
     root = math.isqrt((ONE - power_q30(beta_2, t)) << F_HYPER)
@@ -382,9 +395,7 @@ def optimizer_update(config: dict, grads: dict, opt: dict, step: int):
             m = saturate32(m_old + round_shift((g - m_old) * (ONE - beta_1), F_HYPER))
             v_old = opt["v"][k][n]
             v = np.maximum(v_old + multiply_q30(round_shift(g * g, 2 * F_GRAD - F_V) - v_old, ONE - beta_2), 0)
-            denominator = np.maximum(integer_sqrt(v) + epsilon, 1)          # sqrt(v) + eps, F24
-            ratio = divide_round(m.astype(np.int64) << (F_HYPER + F_PARAM - F_GRAD), denominator)  # F30
-            ratio = np.clip(ratio, -(1 << 32), 1 << 32)
+            ratio = np.clip(adam_ratio(m, v, epsilon_squared), -(1 << 32), 1 << 32)  # m / sqrt(v + eps^2), F30
             update[k][n] = saturate32(-round_shift(lr_t * ratio, 2 * F_HYPER - F_PARAM))
             new_opt["m"][k][n], new_opt["v"][k][n] = m, v
     return update, new_opt
