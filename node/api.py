@@ -23,7 +23,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Protocol
 
-from bws.spec.encoding import ByteVector, Container, _ByteList, _List, _Map, _Union, get_fields, int64, uint
+from bws.spec.encoding import ByteVector, Container, _ByteList, _List, _Map, _Union, boolean, get_fields, int64, uint
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 HASH_HEX_LENGTH = 64
@@ -101,6 +101,10 @@ def from_json(typ: type, value: Any) -> Any:
             if not isinstance(value, str):
                 raise TypeError("bytes are written as a hex string")
             return typ(bytes.fromhex(value))
+        if issubclass(typ, boolean):  # to_json writes it as 0 or 1 (it is an int)
+            if value not in (0, 1) or not isinstance(value, int):
+                raise TypeError("expected 0, 1, true or false")
+            return typ(int(value))
         if issubclass(typ, (uint, int64)):
             if isinstance(value, str) and value.lstrip("-").isdigit():
                 value = int(value)

@@ -451,7 +451,7 @@ def generate_vectors() -> list[dict]:
     tx("dispute/fraud", s4, "mallory", C.Dispute(evidence=C.FraudProof(message=fraud)),
        description="alice signed an update that replay does not reproduce")
     tx("dispute/false-accusation", s4, "mallory", C.Dispute(evidence=C.FraudProof(message=first)),
-       "false accusation")
+       description="alice's message replays exactly: nobody is slashed, mallory loses FALSE_DISPUTE_PENALTY")
     withheld = c.signed_message("alice", dataclasses.replace(honest, state_before_root=random_root("state")),
                                 random_root("header A"))
     tx("dispute/inputs-unavailable", s4, "mallory", C.Dispute(evidence=C.FraudProof(message=withheld)),

@@ -35,7 +35,7 @@ from typing import Callable
 
 from .constants import (
     BASIS_POINTS, BEST_MODEL_SHARE_BP, DOMAIN_TRANSACTION, EVALUATOR_SHARE_BP, MAX_GROUP_SIZE, MAX_HALVINGS,
-    MAX_TARGET, RETARGET_CLAMP, ROLE_MINER, ROLES, SLASH_REWARD_SHARE_BP, SUPERVISOR_SHARE_BP,
+    FALSE_DISPUTE_PENALTY, MAX_TARGET, RETARGET_CLAMP, ROLE_MINER, ROLES, SLASH_REWARD_SHARE_BP, SUPERVISOR_SHARE_BP,
     TASK_CANCELLED, TASK_EVALUATION, TASK_EXPIRED, TASK_FINALIZED, TASK_GROUP_SELECTED, TASK_SUBMITTED,
     TASK_TRAINING, TERMINAL_TASK_STATUSES,
 )
@@ -498,9 +498,10 @@ def process_evaluation_result(state: State, transaction: Transaction, result: Ev
 def process_dispute(state: State, transaction: Transaction, dispute: Dispute, replay: Replay) -> None:
     """Slash a member's whole miner stake on proof of misbehaviour:
     equivocation (two different signed messages for one task and iteration)
-    or fraud (a signed message whose replay does not match; a dispute whose
-    replay matches is a false accusation and invalid, so its sender pays the
-    fee for nothing). The disputer gets SLASH_REWARD_SHARE_BP of the stake,
+    or fraud (a signed message whose replay does not match). A FraudProof whose
+    replay matches is a false accusation: it slashes nobody and burns
+    FALSE_DISPUTE_PENALTY of the disputer's balance (its fee is paid too).
+    The disputer gets SLASH_REWARD_SHARE_BP of the stake,
     the rest is burned; the member's recorded iterations are erased and it is
     marked slashed in the task (the same misbehaviour is punished once)."""
     evidence = dispute.evidence
@@ -527,7 +528,12 @@ def process_dispute(state: State, transaction: Transaction, dispute: Dispute, re
             replayed = check_replay(task, evidence.message.message, replay)
         except ReplayUnavailable as error:
             raise AssertionError("evidence: iteration inputs unavailable for replay") from error
-        assert not replayed, "evidence: replay matches the message (false accusation)"
+        if replayed:  # a false accusation: it stands, and costs the disputer
+            assert get_balance(state, transaction.sender) >= FALSE_DISPUTE_PENALTY, \
+                "evidence: replay matches the message, and the disputer cannot pay the false-accusation penalty"
+            decrease_balance(state, transaction.sender, FALSE_DISPUTE_PENALTY)
+            state.burned += FALSE_DISPUTE_PENALTY
+            return
     key = StakeKey(owner=miner, role=ROLE_MINER)
     stake = state.stakes.get(key)
     assert stake is not None and stake.amount > 0, "miner has no stake to slash"

@@ -6,7 +6,7 @@ import pytest
 from bws.node.review import random_root
 from bws.spec import containers as C
 from bws.spec.constants import (
-    BASIS_POINTS, BEST_MODEL_SHARE_BP, EVALUATOR_SHARE_BP, ROLE_MINER, SLASH_REWARD_SHARE_BP, SUPERVISOR_SHARE_BP,
+    BASIS_POINTS, BEST_MODEL_SHARE_BP, EVALUATOR_SHARE_BP, FALSE_DISPUTE_PENALTY, ROLE_MINER, SLASH_REWARD_SHARE_BP, SUPERVISOR_SHARE_BP,
     TASK_EVALUATION, TASK_EXPIRED, TASK_FINALIZED, TASK_GROUP_SELECTED, TASK_SUBMITTED, TASK_TRAINING,
 )
 from bws.spec.presets import COIN
@@ -135,26 +135,36 @@ def test_equivocation_slashes_and_rewards_the_disputer(chain, started):
     assert conserved(post)
 
 
-def test_fraud_proof_slashes_and_false_accusation_is_rejected(chain, started):
+def test_fraud_proof_slashes_and_false_accusation_costs_the_disputer(chain, started):
     state, _ = started
     _, _, work = equivocation(chain, state)
     honest = chain.signed_message("alice", work, random_root("A"))
-    with pytest.raises(InvalidTransaction, match="false accusation"):
-        apply_transaction(state, chain.transaction(state, "mallory", C.Dispute(evidence=C.FraudProof(message=honest))),
-                          chain.address["sam"], chain.replay)
+    accused = C.StakeKey(owner=chain.address["alice"], role=ROLE_MINER)
+    false = apply_transaction(state, chain.transaction(state, "mallory", C.Dispute(evidence=C.FraudProof(message=honest))),
+                              chain.address["sam"], chain.replay)
+    assert false.stakes[accused] == state.stakes[accused]
+    assert not false.tasks[chain.genesis_task_id].members[0].slashed
+    assert get_balance(false, chain.address["mallory"]) == get_balance(state, chain.address["mallory"]) - 1 \
+        - FALSE_DISPUTE_PENALTY
+    assert false.burned == state.burned + FALSE_DISPUTE_PENALTY and conserved(false)
     cheat = chain.signed_message("alice", dataclasses.replace(work, state_after_root=random_root("s")), random_root("A"))
     post = apply_transaction(state, chain.transaction(state, "mallory", C.Dispute(evidence=C.FraudProof(message=cheat))),
                              chain.address["sam"], chain.replay)
     assert post.burned > 0 and conserved(post)
 
 
-def test_false_accuser_inside_a_block_makes_the_block_invalid(chain, started):
+def test_false_accuser_who_cannot_pay_the_penalty_makes_the_block_invalid(chain, started):
     state, block = started
     _, _, work = equivocation(chain, state)
     honest = chain.signed_message("alice", work, random_root("A"))
-    accusation = chain.transaction(state, "mallory", C.Dispute(evidence=C.FraudProof(message=honest)))
-    with pytest.raises(InvalidBlock, match="transaction 0: evidence: replay matches"):
-        state_transition(state, chain.mine(state, block, "bob", [accusation], seal=False), chain.replay)
+    balance = get_balance(state, chain.address["mallory"])
+    # mallory first gives away all but less than the penalty, then accuses
+    spend = chain.transaction(state, "mallory", C.Transfer(recipient=chain.address["dave"],
+                                                           amount=balance - FALSE_DISPUTE_PENALTY))
+    accusation = chain.transaction(state, "mallory", C.Dispute(evidence=C.FraudProof(message=honest)),
+                                   nonce=state.accounts[chain.address["mallory"]].nonce + 1)
+    with pytest.raises(InvalidBlock, match="transaction 1: evidence: replay matches.*cannot pay"):
+        state_transition(state, chain.mine(state, block, "bob", [spend, accusation], seal=False), chain.replay)
 
 
 def test_coin_conservation_over_a_long_chain(chain):
