@@ -65,10 +65,6 @@ SLASH_REWARD_SHARE_BP = 5000
 # included and burns this much of the disputer's balance: it made every node
 # replay an iteration for nothing. 10 coin.
 FALSE_DISPUTE_PENALTY = 10 * 10**8
-# A FraudProof whose replay matches the message (a false accusation) is
-# included and burns this much of the disputer's balance: it made every node
-# replay an iteration for nothing. 10 coin.
-FALSE_DISPUTE_PENALTY = 10 * 10**8
 
 # Proof of useful work
 WORK_PASSES_PER_ITERATION = 3  # forward + backward (activations and weights): ~3x the forward MACs
