@@ -4,7 +4,7 @@ import math
 
 import jax.numpy as jnp
 import numpy as np
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from bws.engine import fixed, ops
 from bws.spec import constants as C
@@ -60,6 +60,11 @@ def test_tables_and_log(values):
     assert np.array_equal(np.asarray(fixed.ln_fixed(jnp.asarray(positive), 30)), ref.natural_log(positive, 30))
 
 
+# each new shape compiles the eager ops again: fewer examples for the shape-varying tests
+FEWER = settings(max_examples=max(10, settings.default.max_examples // 4))
+
+
+@FEWER
 @given(st.lists(int32s, min_size=1, max_size=32), st.sampled_from([1, 2, 3]))
 def test_split_digits_reconstruct_the_normalised_operand(values, slices):
     x = np.asarray(values, np.int32)
@@ -75,6 +80,7 @@ def test_split_digits_reconstruct_the_normalised_operand(values, slices):
         assert np.all(np.abs(q * 2.0**shift - x) <= max(2.0**shift, 1))
 
 
+@FEWER
 @given(st.integers(1, 40), st.integers(1, 6), st.integers(1, 6), st.sampled_from([1, 2, 3]), st.integers(0, 2**32 - 1))
 def test_contraction_matches_reference(k, rows, cols, slices, seed):
     rng = np.random.default_rng(seed)
