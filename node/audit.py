@@ -388,6 +388,7 @@ class AuditServer:
         self.transform = transform
         self._recent: OrderedDict[bytes, RecordedIteration] = OrderedDict()
         self._lock = threading.Lock()
+        self._compute_lock = threading.Lock()
 
     def record(self, recorded: RecordedIteration) -> None:
         digest = bytes(compute_message_digest(recorded.signed.message))
@@ -401,6 +402,10 @@ class AuditServer:
             recorded = self._recent.get(digest)
         if recorded is None:
             return None
+        with self._compute_lock:  # concurrent requests for one trace compute it once
+            return self._computed(recorded)
+
+    def _computed(self, recorded: RecordedIteration) -> tuple[RecordedIteration, Trace] | None:
         if recorded.trace is None:
             spec = recorded.loaded.spec
             trace = trace_iteration(spec, tree(recorded.state_before), recorded.batch,

@@ -26,6 +26,7 @@ from .roles.data import FOUND, DataError, decode_checked, tensors_request
 from .store import ChainStore, StoreError
 
 REQUEST_TIMEOUT_SECONDS = 60.0
+TRACE_ROUNDS = 4   # a trace request may wait for the miner to compile its traced iteration
 
 
 @dataclass
@@ -142,15 +143,25 @@ class NetworkSource:
     def close(self) -> None:
         self.network.stop()
 
-    def _ask(self, protocol: str, request: bytes):
-        """Each peer's answer in turn (peers that fail or do not have it are skipped)."""
-        for peer in self.peers:
-            try:
-                answer = self.network.request(peer, protocol, request, timeout=REQUEST_TIMEOUT_SECONDS)
-            except NetworkError:
-                continue
-            if answer[:1] == FOUND:
-                yield answer[1:]
+    def _ask(self, protocol: str, request: bytes, rounds: int = 1):
+        """Each peer's answer in turn (peers that fail or do not have it are
+        skipped). With `rounds` > 1, peers that failed are asked again: a miner
+        computes a trace on the first request for it (compiling the traced
+        iteration first) and keeps it, so a timed-out request succeeds later."""
+        peers = list(self.peers)
+        for _ in range(rounds):
+            failed = []
+            for peer in peers:
+                try:
+                    answer = self.network.request(peer, protocol, request, timeout=REQUEST_TIMEOUT_SECONDS)
+                except NetworkError:
+                    failed.append(peer)
+                    continue
+                if answer[:1] == FOUND:
+                    yield answer[1:]
+            if not failed:
+                return
+            peers = failed
 
     def fetch_tensors(self, root: bytes):
         for answer in self._ask(PROTOCOL_DATA, tensors_request(root)):
@@ -162,7 +173,7 @@ class NetworkSource:
 
     def fetch_trace(self, signed: C.SignedIterationMessage) -> bytes | None:
         digest = bytes(compute_message_digest(signed.message))
-        for answer in self._ask(PROTOCOL_AUDIT, REQUEST_TRACE + digest):
+        for answer in self._ask(PROTOCOL_AUDIT, REQUEST_TRACE + digest, rounds=TRACE_ROUNDS):
             try:
                 decode_signed_trace(answer, signed)
             except AuditError:
@@ -172,7 +183,7 @@ class NetworkSource:
 
     def fetch_op(self, signed: C.SignedIterationMessage, index: int, root: bytes):
         digest = bytes(compute_message_digest(signed.message))
-        for answer in self._ask(PROTOCOL_AUDIT, REQUEST_OP + digest + index.to_bytes(2, "little")):
+        for answer in self._ask(PROTOCOL_AUDIT, REQUEST_OP + digest + index.to_bytes(2, "little"), rounds=TRACE_ROUNDS):
             try:
                 return decode_checked(answer, root)
             except DataError:
