@@ -13,10 +13,9 @@ has one byte form and one hash (`task_hash`). Fields (all required):
     hyperparameters  epochs, iterations, init_seed (gan: latent_dim)
     slices           int8 slices per fixed-point number (= model.slices)
 
-`batches_root` is the Merkle root (spec `compute_merkle_root`) of the batch
-root (spec `compute_tensors_root`, what the engine's `batch_root` is) of every
-scheduled batch's quantized tensors {"x", "y"}; `test_root` is the batch root
-of the whole withheld test split.
+`batches_root` is the Merkle root (spec `compute_merkle_root`) of the engine's
+`batch_root` of every scheduled batch's quantized tensors {"x", "y"};
+`test_root` is the `batch_root` of the whole withheld test split.
 `load_task` validates strictly and names the bad field; `TaskData` rebuilds the
 batches from the local dataset and checks them against those roots.
 """
@@ -30,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from bws.spec.hashing import compute_merkle_root, compute_tensors_root, hash_bytes
+from bws.engine.commit import batch_root
+from bws.spec.hashing import compute_merkle_root, hash_bytes
 
 from . import datasets, schedule
 from .errors import DatasetError, TaskDefinitionError
@@ -331,11 +331,6 @@ class TaskData:
     def test_root(self) -> str:
         return batch_root({"x": self.test_x, "y": self.test_y}).hex()
 
-
-def batch_root(batch: dict[str, np.ndarray]) -> bytes:
-    """The root of a batch {"x", "y"} as docs/interfaces.md defines the engine's
-    batch_root: the spec's compute_tensors_root of its tensors."""
-    return compute_tensors_root({"x": batch["x"], "y": batch["y"]})
 
 
 def task_data(task: TaskDefinition, data_dir: str | None = None) -> TaskData:

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from bws.spec.hashing import compute_tensors_root
+from bws.engine.commit import state_root
 from bws.templates import datasets, jobs, keras
 from bws.templates.export import export_model
 from bws.templates.flax_model import flax_model, flax_variables
@@ -17,10 +17,6 @@ from bws.templates.task import task_data
 from bws.templates.training import train_supervised
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
-
-
-def _flat(params):
-    return {f"{layer}/{name}": np.asarray(value) for layer, weights in params.items() for name, value in weights.items()}
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +41,7 @@ def test_cnn_template_reaches_96_percent_on_digits(trained_cnn):
 def test_training_is_bit_exact_across_runs(data_dir):
     task = jobs.make_task("dnn", "digits", epochs=1, batch_size=128, data_dir=data_dir)
     data = task_data(task, data_dir)
-    roots = {compute_tensors_root(_flat(jax.device_get(train_supervised(task, data, progress=False).params["model"])))
-             for _ in range(2)}
+    roots = {state_root(jax.device_get(train_supervised(task, data, progress=False).params["model"])) for _ in range(2)}
     assert len(roots) == 1
 
 
