@@ -130,6 +130,16 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+def read_node_info(data_dir: Path) -> dict | None:
+    """A started node's info file ({"api", "address", "pid", ...}), or None
+    while it is absent or still being written."""
+    try:
+        info = json.loads((data_dir / NODE_INFO_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and "api" in info else None
+
+
 def group_size_for(nodes: int) -> int:
     """Members of the client task: every node but the supervisor's and evaluator's seats."""
     return nodes - SUPERVISORS_PER_TASK - EVALUATORS_PER_TASK
@@ -244,13 +254,13 @@ class Devnet:
                                                 env=dict(environment, **node_environment(node.index, self.options.byzantine)),
                                                 stdin=subprocess.DEVNULL, start_new_session=True)
         for node in self.nodes:
-            while not (node.data_dir / NODE_INFO_FILE).exists():
+            while (info := read_node_info(node.data_dir)) is None:
                 self.check_alive()
                 if time.monotonic() > deadline:
                     raise DevnetError(f"{node.name} did not start within {START_TIMEOUT_SECONDS:.0f} s "
                                       f"(see {node.data_dir / 'node.log'})")
                 time.sleep(0.2)
-            node.api = ApiClient(json.loads((node.data_dir / NODE_INFO_FILE).read_text())["api"], timeout=30)
+            node.api = ApiClient(info["api"], timeout=30)
         self.say(f"devnet: {len(self.nodes)} nodes up: " + ", ".join(f"{n.name} api {n.api.url}" for n in self.nodes))
 
     def check_alive(self) -> None:
@@ -325,6 +335,8 @@ class Devnet:
             try:
                 snapshot = self.poll()
             except ApiError as error:
+                time.sleep(1.0)
+                self.check_alive()  # a node that died is the better message
                 raise DevnetError(f"a node stopped answering: {error.message}") from None
             line = self.progress_line(snapshot)
             if line.split("|", 1)[1] != last_line.split("|", 1)[-1]:

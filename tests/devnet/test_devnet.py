@@ -4,7 +4,6 @@ then leaves no node running; a node that dies makes the devnet fail with a
 readable message, and the other nodes are stopped too."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from bws.node.devnet import read_node_info
 
 pytestmark = pytest.mark.slow
 
@@ -61,13 +62,12 @@ def test_a_dead_node_fails_the_devnet_and_the_others_are_stopped(tmp_path):
     process = subprocess.Popen(devnet_command(data_dir, "--nodes", "3", "--iterations", "400", "--timeout", "240"),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        info = data_dir / "node1" / "node.json"
         deadline = time.monotonic() + 200
-        while not info.exists():
+        while (info := read_node_info(data_dir / "node1")) is None:
             assert process.poll() is None, process.communicate()
             assert time.monotonic() < deadline, "node1 never started"
             time.sleep(0.5)
-        os.kill(json.loads(info.read_text())["pid"], signal.SIGKILL)
+        os.kill(info["pid"], signal.SIGKILL)
         stdout, stderr = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
