@@ -99,6 +99,9 @@ def test_gossip_sync_api_and_garbage(nodes, factory):
     ApiClient(b.api.url).post("/block", {"block": encode(chain[5][0]).hex()})
     wait_for(lambda: a.chain.head.height == 6 and c.chain.head.height == 6, what="the next block reaching a and c")
     assert client.get("/status")["head"]["height"] == 6
+    task = client.get(f"/task/{factory.task_id.hex()}")
+    assert [entry["height"] for entry in task["blocks"]] == [1, 2, 3, 4, 5, 6]
+    assert task["blocks"][0]["message_digest"] == chain[0][0].header.message_digest.hex()
     metrics = client.get("/metrics")
     assert metrics["chain"]["blocks_rejected"] >= 1
 
