@@ -86,7 +86,9 @@ def test_gossip_sync_api_and_garbage(nodes, factory):
         for data in junk[:3]:
             for topic in (TOPIC_BLOCK, TOPIC_TX, TOPIC_TASK):
                 rogue.publish(topic, data)
-        wait_for(lambda: a.network.stats["rejected"] >= 3, what="a rejecting junk gossip")
+        rogue.publish(TOPIC_BLOCK, encode(forged))  # well-formed, but its nonce is not the iteration's
+        wait_for(lambda: a.network.stats["rejected"] >= 4, what="a rejecting junk gossip and the forged block")
+        assert not any(node.store.has_block(compute_block_hash(forged)) for node in (a, b, c))
         for data in junk:
             try:
                 sync.decode_status(rogue.request(peer, PROTOCOL_SYNC, data, timeout=10))
