@@ -112,3 +112,11 @@ def test_exports_load_in_flax_and_keras(trained_cnn, tmp_path):
     assert np.mean(keras_model.predict(data.test_float).argmax(-1) == reference) > 0.97
     with np.load(os.path.join(tmp_path, "model_weights.npz")) as weights:
         assert sorted(weights.files)[0] == "params/0/bias"
+
+
+def test_regressor_template_beats_predicting_the_mean(data_dir):
+    task = jobs.make_task("dnn_regressor", "digits", epochs=3, data_dir=data_dir)
+    result = train_supervised(task, task_data(task, data_dir), progress=False)
+    # Targets are label / 9, whose variance (the MSE of predicting the mean) is about 0.10.
+    assert result.test_metrics["test_loss"] < 0.05, result.test_metrics
+    assert "test_accuracy" not in result.test_metrics
