@@ -391,6 +391,8 @@ class Devnet:
             "verified": [c.get("peer_blocks_verified", 0) for c in counters],
             "rejected": [m["chain"].get("blocks_rejected", 0) for m in snapshot["metrics"]],
             "mismatches": sum(c.get("replay_mismatches", 0) for c in counters),
+            "supervision": {name: sum(c.get(name, 0) for c in counters)
+                            for name in ("supervisor_recorded", "supervisor_replays", "disputes_submitted")},
             "seconds": time.monotonic() - self.started,
             "names": [n.name for n in self.nodes],
             "node_of_address": {n.account.address.hex(): n.name for n in self.nodes},
@@ -414,6 +416,9 @@ class Devnet:
         self.say("  blocks rejected (per node):           " + ", ".join(
             f"{name} {count}" for name, count in zip(summary["names"], summary["rejected"])))
         self.say(f"  replay mismatches       {summary['mismatches']}")
+        supervision = summary["supervision"]
+        self.say(f"  supervisor              {supervision['supervisor_recorded']} iteration messages recorded, "
+                 f"{supervision['supervisor_replays']} replayed, {supervision['disputes_submitted']} disputes")
         self.say("  payouts (balance change since genesis, BWS):")
         for label, entry in summary["balances"].items():
             self.say(f"    {label:7s} {entry['address'][:16]}…  {entry['change'] / COIN:+14.8f}")

@@ -58,7 +58,9 @@ def network_setup():
     accounts = [derive_account(7, f"node{i}") for i in range(3)]
     genesis = make_genesis([SimpleNamespace(account=a) for a in accounts], derive_account(7, "client"), definition,
                            timestamp=1_700_000_000)
-    return genesis, accounts, TaskLibrary()
+    # node1 supervises node0's bootstrap task (for the supervisor's tests).
+    tasks = [dataclasses.replace(genesis.tasks[0], supervisors=[accounts[1].address])] + list(genesis.tasks[1:])
+    return dataclasses.replace(genesis, tasks=tasks), accounts, TaskLibrary()
 
 
 def make_node(setup, directory, name: str, account, nodes: dict) -> RoleContext:
@@ -182,3 +184,61 @@ def test_withheld_inputs_make_the_block_invalid(network_setup, mined, tmp_path):
     node = make_node(genesis_setup, tmp_path, "isolated", network_setup[1][1], isolated)
     assert_rejected_everywhere([node], block, "iteration inputs unavailable")
     assert node.metrics["replays_unavailable"] == 1
+
+
+# ---------------------------------------------------------------------------
+# The supervisor, on the same real iteration messages
+# ---------------------------------------------------------------------------
+def supervisor_node(network_setup, mined, tmp_path):
+    """node1, the supervisor of node0's bootstrap task."""
+    _, nodes, _ = mined
+    return make_node(network_setup, tmp_path, f"supervisor-{tmp_path.name}", network_setup[1][1], nodes)
+
+
+def pending_disputes(context):
+    return [decode(tx.raw, C.SignedTransaction).transaction.body for tx in context.mempool.transactions()]
+
+
+def test_supervisor_records_and_replays_honest_messages(network_setup, mined, tmp_path):
+    from bws.node.roles.supervisor import Supervisor
+
+    block, _, _ = mined
+    node = supervisor_node(network_setup, mined, tmp_path)
+    supervisor = Supervisor(node)
+    honest = block.proofs[0].message
+    supervisor._supervise(honest)
+    work = honest.message.work
+    assert node.chain.store.iteration_messages(bytes(work.task_id), int(work.iteration)) == [honest]
+    assert node.metrics["supervisor_replays"] == 1 and not pending_disputes(node)
+    history = supervisor.history(bytes(work.task_id))
+    assert history["messages"] == 1 and len(bytes.fromhex(history["signature"])) == 64
+
+
+def test_supervisor_disputes_equivocation(network_setup, mined, tmp_path):
+    from bws.node.roles.supervisor import Supervisor
+
+    block, _, miner_context = mined
+    node = supervisor_node(network_setup, mined, tmp_path)
+    supervisor = Supervisor(node)
+    honest = block.proofs[0].message
+    other = sign_iteration_message(miner_context.account.secret_key, dataclasses.replace(
+        honest.message, work=dataclasses.replace(honest.message.work, loss=honest.message.work.loss + 1)))
+    supervisor._supervise(honest)
+    supervisor._supervise(other)
+    disputes = pending_disputes(node)
+    assert len(disputes) == 1 and isinstance(disputes[0].evidence, C.Equivocation)
+    assert {disputes[0].evidence.first, disputes[0].evidence.second} == {honest, other}
+
+
+def test_supervisor_disputes_a_non_replayable_update(network_setup, mined, tmp_path):
+    from bws.node.roles.supervisor import Supervisor
+
+    block, _, miner_context = mined
+    node = supervisor_node(network_setup, mined, tmp_path)
+    honest = block.proofs[0].message
+    lying = sign_iteration_message(miner_context.account.secret_key, dataclasses.replace(
+        honest.message, work=dataclasses.replace(honest.message.work, update_root=hash_bytes(b"made up"))))
+    Supervisor(node)._supervise(lying)
+    disputes = pending_disputes(node)
+    assert len(disputes) == 1 and isinstance(disputes[0].evidence, C.FraudProof)
+    assert node.metrics["supervisor_fraud"] == 1
