@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from .audit import (
 from .p2p import PROTOCOL_DATA, NetworkError, NetworkService
 from .roles.data import FOUND, DataError, decode_checked, tensors_request
 from .store import ChainStore, StoreError
+
+logger = logging.getLogger("bws.node.audit")
 
 REQUEST_TIMEOUT_SECONDS = 60.0
 TRACE_ROUNDS = 4   # a trace request may wait for the miner to compile its traced iteration
@@ -132,12 +135,17 @@ class NetworkSource:
             raise AuditError("no peer to fetch the iteration's data from: give --peer MULTIADDR")
         network = NetworkService()
         network.start()
-        peers = []
+        peers, failures = [], []
         for address in addresses:
             try:
                 peers.append(network.connect(address, timeout=10))
             except NetworkError as error:
-                raise AuditError(f"cannot dial {address}: {error}") from None
+                failures.append(f"cannot dial {address}: {error}")
+        if not peers:
+            network.stop()
+            raise AuditError("; ".join(failures))
+        for failure in failures:  # the reachable peers may still have everything the audit needs
+            logger.warning("%s", failure)
         return cls(network, peers)
 
     def close(self) -> None:

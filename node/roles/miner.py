@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 
 from bws.spec import containers as C
-from bws.spec.constants import MAX_TRANSACTIONS_PER_BLOCK, TASK_GROUP_SELECTED, TASK_TRAINING
+from bws.spec.constants import MAX_TRANSACTIONS_PER_BLOCK, ROLE_MINER, TASK_GROUP_SELECTED, TASK_TRAINING
 from bws.spec.hashing import ZERO_HASH
 from bws.spec.pouw import (
     compute_header_commitment, compute_message_digest, compute_nonce, compute_nonce_seed, get_nonce_allowance,
@@ -152,6 +152,8 @@ class Miner:
         return None
 
     def _bootstrap_task(self, state: C.State):
+        if C.StakeKey(owner=self.context.address, role=ROLE_MINER) not in state.stakes:
+            return None  # slashed (or unstaked): its blocks would be invalid, so the work would be wasted
         for task_id, task, index in self._my_tasks(state, (TASK_TRAINING,)):
             if bytes(task.client) == bytes(20) and task.group_size == 1:
                 return task_id, task, index
@@ -178,9 +180,11 @@ class Miner:
             self._head_hash, self._head_since = head, time.monotonic()
         if time.monotonic() - self._head_since > BOOTSTRAP_TURN_TIMEOUT_SECONDS:
             return True
+        # A slashed miner (no stake left) cannot mine its bootstrap task: it takes no turn.
         turns = sorted(bytes(i) for i, t in state.tasks.items()
-                       if bytes(t.client) == bytes(20) and t.group_size == 1 and t.status == TASK_TRAINING)
-        return turns[int(state.height) % len(turns)] == task_id
+                       if bytes(t.client) == bytes(20) and t.group_size == 1 and t.status == TASK_TRAINING
+                       and C.StakeKey(owner=t.members[0].address, role=ROLE_MINER) in state.stakes)
+        return bool(turns) and turns[int(state.height) % len(turns)] == task_id
 
     # -- one iteration ----------------------------------------------------
     def _training(self, task_id: bytes, task: C.Task, member_index: int) -> Training | None:

@@ -9,14 +9,19 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import duckdb
 import pytest
+
+from bws.node.devnet import derive_account
+from bws.spec.tasks import compute_task_id
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.mark.timeout(480)
 def test_cheats_are_disputed_localized_and_slashed_and_the_honest_miner_is_not(tmp_path):
-    command = [sys.executable, "-m", "bws.node.cli", "devnet", "--data-dir", str(tmp_path / "devnet"), "--seed", "3",
+    data_dir = tmp_path / "devnet"
+    command = [sys.executable, "-m", "bws.node.cli", "devnet", "--data-dir", str(data_dir), "--seed", "3",
                "--nodes", "6", "--iterations", "8", "--min-accuracy", "0", "--timeout", "420",
                "--byzantine", "1:flip-bit", "--byzantine", "2:wrong-peers", "--byzantine", "3:equivocate"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=460)
@@ -31,3 +36,25 @@ def test_cheats_are_disputed_localized_and_slashed_and_the_honest_miner_is_not(t
     assert any("fraud" in l and "node2" in l and "op merge" in l for l in lines), output[-3000:]
     assert any("equivocation" in l and "node3" in l for l in lines), output[-3000:]
     assert "first divergent op" in output
+
+    # The stopped nodes' stores answer the auditor's queries (docs/audit.md).
+    listed = subprocess.run([sys.executable, "-m", "bws.node.cli", "audit", "disputes", "--data-dir",
+                             str(data_dir / "node0")], capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert "3 dispute(s) on the main chain" in listed.stdout
+    cheats = {derive_account(3, f"node{i}").address.hex() for i in (1, 2, 3)}
+    accused = {line.split("accused ")[1].split()[0] for line in listed.stdout.splitlines() if "accused" in line}
+    assert accused == cheats
+    db = duckdb.connect(str(data_dir / "node0" / "chain.duckdb"), read_only=True)
+    disputes = db.execute("""
+        SELECT b.height, hex(t.tx_id) AS tx, hex(t.sender) AS disputer, t.fee, hex(b.hash) AS block
+        FROM transactions t JOIN main_chain b ON b.hash = t.block_hash
+        WHERE t.kind = 'Dispute' ORDER BY b.height, t.position""").fetchall()
+    assert len(disputes) == 3
+    task_id = bytes(compute_task_id(derive_account(3, "client").address, 0)).hex()
+    equivocations = db.execute("""
+        SELECT iteration, lower(hex(miner)) AS miner, count(*) AS messages
+        FROM iteration_messages WHERE task_id = from_hex(?)
+        GROUP BY iteration, miner HAVING count(*) > 1""", [task_id]).fetchall()
+    assert {miner for _, miner, _ in equivocations} == {derive_account(3, "node3").address.hex()}
+    db.close()
