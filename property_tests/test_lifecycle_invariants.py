@@ -41,7 +41,6 @@ from bws.spec.presets import COIN
 from bws.spec.state_transition import (
     InvalidTransaction, apply_transaction, compute_fee_split, get_block_reward, get_total_supply, state_transition,
 )
-from bws.spec.tasks import compute_task_id
 from property_tests.strategies import flip_bit
 
 TOY = ToyChain()

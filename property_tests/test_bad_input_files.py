@@ -1,0 +1,93 @@
+"""Bad input in the files a user hands to the node: spec vector files
+(`bws spec vectors --check DIR`) and genesis files (`bws node run --genesis
+FILE`, `load_genesis`). Random and mutated contents must be refused with the
+command's one-line error (exit code 1) or the area's own exception, never a
+traceback, and nothing may be written next to the input."""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import example, given, strategies as st
+
+from bws.node.commands.spec import run_vectors
+from bws.node.service import NodeError, load_genesis, write_genesis
+from bws.node.review import ToyChain
+from property_tests.strategies import mutated
+
+VECTOR_DIR = Path(__file__).resolve().parent.parent / "spec" / "vectors"
+VECTOR_LINE = (VECTOR_DIR / "transfer.jsonl").read_text().splitlines()[0]
+GENESIS = ToyChain().genesis
+
+
+def _listing(directory: Path) -> dict:
+    return {path.name: path.read_bytes() for path in directory.iterdir()}
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.text(max_size=16),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=12), children, max_size=3),
+    max_leaves=10,
+)
+
+
+@st.composite
+def vector_files(draw) -> bytes:
+    """A vector file: garbage, a valid line mutated as bytes, or a valid line
+    with one field replaced by any JSON value."""
+    kind = draw(st.sampled_from(["bytes", "mutated line", "field"]))
+    if kind == "bytes":
+        return draw(st.binary(max_size=300))
+    if kind == "mutated line":
+        return draw(mutated(VECTOR_LINE.encode()))
+    vector = json.loads(VECTOR_LINE)
+    vector[draw(st.sampled_from(sorted(vector) + ["extra"]))] = draw(json_values)
+    return json.dumps(vector).encode()
+
+
+@pytest.mark.xfail(strict=True, reason="bug in `bws spec vectors --check` (node/commands/spec.py run_vectors): a "
+                   "line that is JSON but not a vector object (e.g. `3`, or a field of the wrong type) raises "
+                   "TypeError out of check_vector, which run_vectors does not catch: a traceback, not a one-line error")
+@example(b"3")
+@example(VECTOR_LINE.replace('"kind": "transaction"', '"kind": "transaction", "pre_state": 5').encode())
+@given(vector_files())
+def test_vector_check_refuses_bad_files_with_one_line(contents):
+    with tempfile.TemporaryDirectory() as directory:
+        directory = Path(directory)
+        (directory / "case.jsonl").write_bytes(contents)
+        before = _listing(directory)
+        code = run_vectors(argparse.Namespace(out=None, check=directory))
+        assert code in (0, 1)
+        assert _listing(directory) == before, "checking vectors wrote next to them"
+
+
+@st.composite
+def genesis_files(draw) -> bytes:
+    with tempfile.TemporaryDirectory() as directory:
+        write_genesis(Path(directory) / "genesis.json", GENESIS)
+        valid = (Path(directory) / "genesis.json").read_bytes()
+    kind = draw(st.sampled_from(["bytes", "mutated", "field"]))
+    if kind == "bytes":
+        return draw(st.binary(max_size=300))
+    if kind == "mutated":
+        return draw(mutated(valid))
+    document = json.loads(valid)
+    target = draw(st.sampled_from([document, document["config"], document["accounts"][0], document["tasks"][0]]))
+    target[draw(st.sampled_from(sorted(target) + ["preset"]))] = draw(json_values)
+    return json.dumps(document).encode()
+
+
+@given(genesis_files())
+def test_genesis_loader_refuses_bad_files_with_node_error(contents):
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "genesis.json"
+        path.write_bytes(contents)
+        before = _listing(Path(directory))
+        try:
+            load_genesis(path)
+        except NodeError as error:
+            assert str(error).startswith(str(path)) or "genesis" in str(error)
+        assert _listing(Path(directory)) == before, "loading a genesis file wrote next to it"
