@@ -7,8 +7,9 @@ from .fixed import require_x64  # noqa: F401  (first: enables x64)
 from .iteration import (BatchError, check_batch, evaluate, forward, gradients, init_state, make_iteration,
                         param_shapes, predict, quantize_inputs, sum_updates)
 from .model import EngineError, ModelSpec, ModelSpecError, parse_model_shorthand
+from .commit import batch_root, state_root, update_root
 from . import ops
 
-__all__ = ["BatchError", "EngineError", "ModelSpec", "ModelSpecError", "check_batch", "evaluate", "forward",
-           "gradients", "init_state", "make_iteration", "ops", "param_shapes", "parse_model_shorthand", "predict",
-           "quantize_inputs", "sum_updates"]
+__all__ = ["BatchError", "EngineError", "ModelSpec", "ModelSpecError", "batch_root", "check_batch", "evaluate",
+           "forward", "gradients", "init_state", "make_iteration", "ops", "param_shapes", "parse_model_shorthand",
+           "predict", "quantize_inputs", "state_root", "sum_updates", "update_root"]
