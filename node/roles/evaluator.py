@@ -17,7 +17,7 @@ import logging
 import threading
 
 from bws.spec import containers as C
-from bws.spec.constants import TASK_EVALUATION
+from bws.spec.constants import TASK_EVALUATION, TASK_GROUP_SELECTED, TASK_TRAINING
 from bws.spec.state_transition import sign_transaction
 
 from ..validation import ValidationError
@@ -35,6 +35,7 @@ class Evaluator:
     def __init__(self, context: RoleContext) -> None:
         self.context = context
         self._submitted: set[bytes] = set()
+        self._prepared: set[bytes] = set()
         self._thread = threading.Thread(target=self._run, name="bws-evaluator", daemon=True)
 
     def start(self) -> None:
@@ -55,9 +56,24 @@ class Evaluator:
         state = self.context.chain.head_state
         for task_id in sorted(state.tasks):
             task = state.tasks[task_id]
-            if (task.status == TASK_EVALUATION and bytes(task_id) not in self._submitted
-                    and self.context.address in [bytes(e) for e in task.evaluators]):
+            if self.context.address not in [bytes(e) for e in task.evaluators]:
+                continue
+            if task.status in (TASK_GROUP_SELECTED, TASK_TRAINING) and bytes(task_id) not in self._prepared:
+                self.prepare(bytes(task_id), task)
+            elif task.status == TASK_EVALUATION and bytes(task_id) not in self._submitted:
                 self.evaluate(bytes(task_id), task)
+
+    def prepare(self, task_id: bytes, task: C.Task) -> None:
+        """While the group trains: load the task and compile the evaluation
+        (scoring the initial model), so the result is ready within the
+        evaluation window, which is only evaluation_period blocks long."""
+        self._prepared.add(task_id)
+        try:
+            loaded = self.context.library.load(task)
+        except TaskUnavailable as error:
+            logger.warning("cannot prepare the evaluation of %s…: %s", task_id.hex()[:12], error)
+            return
+        loaded.accuracy(loaded.initial_state()["params"])
 
     def score_members(self, task_id: bytes, task: C.Task) -> list[dict]:
         """Each member's final model scored on the committed test set, in group order."""

@@ -34,7 +34,9 @@ import time
 from dataclasses import dataclass, field
 
 from bws.spec import containers as C
-from bws.spec.constants import MAX_TRANSACTIONS_PER_BLOCK, ROLE_MINER, TASK_GROUP_SELECTED, TASK_TRAINING
+from bws.spec.constants import (
+    MAX_TRANSACTIONS_PER_BLOCK, ROLE_MINER, TASK_EVALUATION, TASK_GROUP_SELECTED, TASK_TRAINING,
+)
 from bws.spec.hashing import ZERO_HASH
 from bws.spec.pouw import (
     compute_header_commitment, compute_message_digest, compute_nonce, compute_nonce_seed, get_nonce_allowance,
@@ -59,6 +61,9 @@ FIRST_PEER_WAIT_SECONDS = 20.0   # members notice their selection at slightly di
 PEER_WAIT_SECONDS = 4.0          # then a late member's update is left out of this iteration
 BOOTSTRAP_INTERVAL_SECONDS = 0.25   # the bootstrap miner whose turn it is iterates this often
 BOOTSTRAP_TURN_TIMEOUT_SECONDS = 4.0  # then every bootstrap miner may mine on a head this old
+# While a task is in evaluation, slower: its window is only evaluation_period
+# blocks, and the evaluator's result must reach a block inside it.
+EVALUATION_BOOTSTRAP_INTERVAL_SECONDS = 1.5
 CLIENT_TASK_QUIET_SECONDS = 6.0  # a client task with no message this long is no longer being trained
 MAX_BLOCK_TRANSACTION_BYTES = 1 << 20
 
@@ -128,8 +133,10 @@ class Miner:
         if self._client_training_in_progress(state):
             return False
         bootstrap = self._bootstrap_task(state)
+        interval = EVALUATION_BOOTSTRAP_INTERVAL_SECONDS if any(
+            t.status == TASK_EVALUATION for t in state.tasks.values()) else BOOTSTRAP_INTERVAL_SECONDS
         if bootstrap is None or not self._bootstrap_turn(state, bootstrap[0]) \
-                or time.monotonic() - self._last_bootstrap < BOOTSTRAP_INTERVAL_SECONDS:
+                or time.monotonic() - self._last_bootstrap < interval:
             return False
         self._last_bootstrap = time.monotonic()
         return self._iterate(state, *bootstrap)
