@@ -236,7 +236,7 @@ def iteration_cases(draw):
     return model, {"x": x, "y": y}, draw(st.integers(0, 2**32 - 1)), draw(st.sampled_from(["zero", "extreme"]))
 
 
-@settings(max_examples=max(settings.default.max_examples // 15, 1))  # each example compiles one iteration
+@settings(max_examples=max(settings.default.max_examples // 25, 1))  # each example compiles one iteration
 @given(iteration_cases(), st.data())
 def test_whole_iteration_at_the_extremes(case, data):
     model, batch, seed, peers = case

@@ -392,5 +392,5 @@ class NodeVersusSpec(RuleBasedStateMachine):
 # ci: a few dozen short runs (well under a minute); nightly: long runs with deep forks.
 _NIGHTLY = os.environ.get("HYPOTHESIS_PROFILE") == "nightly"
 NodeVersusSpec.TestCase.settings = settings(stateful_step_count=40 if _NIGHTLY else 12,
-                                            max_examples=500 if _NIGHTLY else 25)
+                                            max_examples=500 if _NIGHTLY else 20)
 test_node_follows_the_spec = NodeVersusSpec.TestCase
