@@ -25,7 +25,7 @@ import numpy as np
 from bws.spec import containers as C
 from bws.spec.constants import ROLE_EVALUATOR, ROLE_MINER, ROLE_SUPERVISOR
 from bws.spec.crypto import CURVE_ORDER, compute_address, get_public_key
-from bws.spec.encoding import decode, encode
+from bws.spec.encoding import DecodeError, decode, encode
 from bws.spec.genesis import create_genesis_state, get_genesis_block
 from bws.spec.hashing import compute_merkle_proof, compute_merkle_root, compute_tensors_root, hash_bytes
 from bws.spec.pouw import (
@@ -295,16 +295,33 @@ def table_replay(replays: dict):
     return replay
 
 
+def _read_vector_inputs(vector: dict):
+    """The decoded pre-state, block or transaction, and fee recipient of a vector; a malformed vector
+    (a missing field, a field of the wrong type, bytes that do not decode) is a ReviewError naming it."""
+    try:
+        pre_state = decode(bytes.fromhex(vector["pre_state"]), C.State)
+        replays = vector.get("replays", {})
+        if not isinstance(replays, dict) or not isinstance(vector["expected"], dict):
+            raise TypeError("replays and expected must be objects")
+        if vector["kind"] == "block":
+            return pre_state, decode(bytes.fromhex(vector["block"]), C.Block), None, replays
+        if vector["kind"] == "transaction":
+            return (pre_state, decode(bytes.fromhex(vector["transaction"]), C.SignedTransaction),
+                    bytes.fromhex(vector["fee_recipient"]), replays)
+        raise ValueError(f"unknown kind {vector['kind']!r}")
+    except (KeyError, TypeError, ValueError, DecodeError) as error:
+        raise ReviewError(f"vector {vector.get('name', '?')!r} is malformed: {type(error).__name__}: {error}") from None
+
+
 def check_vector(vector: dict) -> str | None:
     """Run the spec on a vector; None if it reproduces the expected outcome, else what differs."""
-    pre_state = decode(bytes.fromhex(vector["pre_state"]), C.State)
-    replay = table_replay(vector.get("replays", {}))
+    pre_state, item, fee_recipient, replays = _read_vector_inputs(vector)
+    replay = table_replay(replays)
     try:
-        if vector["kind"] == "block":
-            post = state_transition(pre_state, decode(bytes.fromhex(vector["block"]), C.Block), replay)
+        if fee_recipient is None:
+            post = state_transition(pre_state, item, replay)
         else:
-            post = apply_transaction(pre_state, decode(bytes.fromhex(vector["transaction"]), C.SignedTransaction),
-                                     bytes.fromhex(vector["fee_recipient"]), replay)
+            post = apply_transaction(pre_state, item, fee_recipient, replay)
         outcome = {"post_state_root": compute_state_root(post).hex()}
     except (InvalidBlock, InvalidTransaction) as error:
         outcome = {"invalid": error.reason}
@@ -608,9 +625,12 @@ def read_vectors(vector_dir: Path) -> list[dict]:
     for path in sorted(vector_dir.glob("*.jsonl")):
         for number, line in enumerate(path.read_text().splitlines(), 1):
             try:
-                vectors.append(json.loads(line))
+                vector = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ReviewError(f"{path}:{number}: not JSON: {error}") from None
+            if not isinstance(vector, dict):
+                raise ReviewError(f"{path}:{number}: a vector is a JSON object, not {type(vector).__name__}")
+            vectors.append(vector)
     if not vectors:
         raise ReviewError(f"no vectors (*.jsonl) in {vector_dir}")
     return vectors

@@ -48,9 +48,6 @@ def vector_files(draw) -> bytes:
     return json.dumps(vector).encode()
 
 
-@pytest.mark.xfail(strict=True, reason="bug in `bws spec vectors --check` (node/commands/spec.py run_vectors): a "
-                   "line that is JSON but not a vector object (e.g. `3`, or a field of the wrong type) raises "
-                   "TypeError out of check_vector, which run_vectors does not catch: a traceback, not a one-line error")
 @example(b"3")
 @example(VECTOR_LINE.replace('"kind": "transaction"', '"kind": "transaction", "pre_state": 5').encode())
 @given(vector_files())
