@@ -10,7 +10,6 @@ import json
 import tempfile
 from pathlib import Path
 
-import pytest
 from hypothesis import example, given, strategies as st
 
 from bws.node.commands.spec import run_vectors
