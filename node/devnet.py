@@ -55,6 +55,7 @@ BOOTSTRAP_ITERATIONS = 10**9
 BOOTSTRAP_DEADLINE = 2**62
 START_TIMEOUT_SECONDS = 180.0
 NODE_ROLES = ("peer", "verifier", "miner", "supervisor", "evaluator")
+SETTLE_DEPTH = 2                         # blocks below the lowest head compared across nodes
 DEADLINE_START_BLOCKS = 6                # inclusion, group selection, training start, slack
 DEADLINE_BLOCKS_PER_ITERATION = 0.6
 STOP_TIMEOUT_SECONDS = 15.0
@@ -345,20 +346,28 @@ class Devnet:
             status = snapshot["task"]["status"]
             if status in ("expired", "cancelled"):
                 raise DevnetError(f"the task was {status} instead of finalized (see the nodes' logs in {self.root})")
-            if status == "finalized" and min(m["height"] for m in snapshot["metrics"]) >= self.options.blocks:
-                heads = self.heads()
-                if len(set(heads)) == 1:
+            if status == "finalized":
+                settled = self.settled_height(snapshot)
+                if settled is not None and settled >= self.options.blocks:
+                    snapshot["settled_height"] = settled
                     return snapshot
             time.sleep(1.0)
 
-    def heads(self) -> list[str]:
-        return [n.api.get("/status")["head"]["hash"] for n in self.nodes]
+    def settled_height(self, snapshot: dict) -> int | None:
+        """The height SETTLE_DEPTH below the lowest head, if every node has the
+        same block there (its chain up to it is then the same on every node;
+        the newest blocks may still be racing), else None."""
+        height = min(m["height"] for m in snapshot["metrics"]) - SETTLE_DEPTH
+        if height < 1:
+            return None
+        hashes = {n.api.get(f"/block/{height}")["hash"] for n in self.nodes}
+        return height if len(hashes) == 1 else None
 
-    def blocks_verified_elsewhere(self, height: int) -> tuple[int, int]:
-        """(blocks, blocks whose miner is a devnet node other than at least one
-        node holding it on its main chain): every node connects a block only
-        after its transition, replay included, so a block on the main chain of
-        a node that did not mine it was verified by replay there."""
+    def blocks_verified_elsewhere(self, height: int) -> int:
+        """How many of the blocks up to `height` some node other than their
+        miner holds on its main chain: a node connects a block only after its
+        transition, replay included, so each of those was verified by replay
+        on another node."""
         miners = {n.account.address.hex() for n in self.nodes}
         verified = 0
         for block_height in range(1, height + 1):
@@ -366,10 +375,11 @@ class Devnet:
             holders = [n for n in self.nodes if n.account.address.hex() != miner
                        and n.api.get(f"/block/{block_height}")["main_chain"]]
             verified += bool(holders) and miner in miners
-        return height, verified
+        return verified
 
     def summary(self, snapshot: dict) -> dict:
-        head = self.nodes[0].api.get("/status")["head"]
+        settled = snapshot["settled_height"]
+        settled_hash = self.nodes[0].api.get(f"/block/{settled}")["hash"]
         evaluation = next((d["evaluation"] for d in (n.api.get(f"/task/{self.task_id.hex()}") for n in self.nodes)
                            if "evaluation" in d), None)
         counters = self.role_counters(snapshot)
@@ -379,9 +389,9 @@ class Devnet:
             before = int(self.genesis_state.accounts[address].balance)
             balances[label] = {"address": address.hex(), "genesis": before, "now": now, "change": now - before}
         best = max(evaluation, key=lambda r: r["score"]) if evaluation else None
-        blocks, verified = self.blocks_verified_elsewhere(int(head["height"]))
+        verified = self.blocks_verified_elsewhere(settled)
         return {
-            "height": int(head["height"]), "head": head["hash"], "blocks_verified_elsewhere": verified,
+            "height": settled, "head": settled_hash, "blocks_verified_elsewhere": verified,
             "blocks_from_task": len(snapshot["task"]["blocks"]),
             "iterations": sum(c.get("iterations", 0) for c in counters),
             "task_iterations": snapshot["task"].get("max_iteration_seen", -1) + 1,
@@ -403,7 +413,8 @@ class Devnet:
         self.say("")
         self.say("devnet summary")
         self.say(f"  blocks mined            {summary['height']} (from the client task's iterations: "
-                 f"{summary['blocks_from_task']}), every node at head {summary['head'][:16]}…")
+                 f"{summary['blocks_from_task']}), the same chain on every node up to block "
+                 f"{summary['head'][:16]}…")
         self.say(f"  blocks replayed by another node  {summary['blocks_verified_elsewhere']} of {summary['height']}")
         self.say(f"  training iterations     {summary['iterations']} in all (client task: {summary['task_iterations']} "
                  f"per member)")
