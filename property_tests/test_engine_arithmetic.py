@@ -18,7 +18,7 @@ def round_half_up(numerator: int, denominator: int) -> int:
     return (2 * numerator + denominator) // (2 * denominator)
 
 
-@given(st.lists(small_int64s, min_size=1, max_size=8), st.integers(-70, 70))
+@given(st.lists(small_int64s, min_size=8, max_size=8), st.integers(-70, 70))
 def test_power_of_two_scaling(values, shift):
     engine = np.asarray(fixed.shift_round_dynamic(jnp.asarray(values, jnp.int64), jnp.asarray(shift, jnp.int32)))
     assert np.array_equal(engine, ref.scale_by_power_of_two(np.asarray(values, np.int64), shift))
@@ -28,19 +28,19 @@ def test_power_of_two_scaling(values, shift):
         assert engine.tolist() == [v << -shift for v in values]
 
 
-@given(st.lists(small_int64s, min_size=1, max_size=8), st.integers(1, 2**31))
+@given(st.lists(small_int64s, min_size=8, max_size=8), st.integers(1, 2**31))
 def test_division(values, d):
     engine = np.asarray(fixed.div_round(jnp.asarray(values, jnp.int64), d)).tolist()
     assert engine == [round_half_up(v, d) for v in values] == ref.divide_round(np.asarray(values), d).tolist()
 
 
-@given(st.lists(st.integers(0, 2**62 - 1), min_size=1, max_size=8))
+@given(st.lists(st.integers(0, 2**62 - 1), min_size=8, max_size=8))
 def test_isqrt(values):
     engine = np.asarray(fixed.isqrt(jnp.asarray(values, jnp.int64))).tolist()
     assert engine == [math.isqrt(v) for v in values] == ref.integer_sqrt(np.asarray(values)).tolist()
 
 
-@given(st.lists(st.integers(-(2**60), 2**60), min_size=1, max_size=8), st.integers(0, 2**30))
+@given(st.lists(st.integers(-(2**60), 2**60), min_size=8, max_size=8), st.integers(0, 2**30))
 def test_multiply_q30(values, c):
     engine = np.asarray(fixed.mul_q30(jnp.asarray(values, jnp.int64), c)).tolist()
     assert engine == [round_half_up(v * c, 1 << 30) for v in values] == ref.multiply_q30(np.asarray(values), c).tolist()
@@ -51,7 +51,7 @@ def test_power(base, exponent):
     assert int(fixed.power_q30(base, jnp.asarray(exponent, jnp.int32))) == ref.power_q30(base, exponent)
 
 
-@given(st.lists(int32s, min_size=1, max_size=16))
+@given(st.lists(int32s, min_size=16, max_size=16))
 def test_tables_and_log(values):
     x = np.asarray(values, np.int32)
     for table, lo in ((C.SIGMOID_TABLE, C.TABLE_SIGMOID_MIN), (C.EXP_TABLE, -C.TABLE_EXP_SPAN)):
@@ -60,12 +60,12 @@ def test_tables_and_log(values):
     assert np.array_equal(np.asarray(fixed.ln_fixed(jnp.asarray(positive), 30)), ref.natural_log(positive, 30))
 
 
-# each new shape compiles the eager ops again: fewer examples for the shape-varying tests
+# each new shape compiles the eager ops again: fixed list sizes, and fewer examples where shapes vary
 FEWER = settings(max_examples=max(10, settings.default.max_examples // 4))
 
 
 @FEWER
-@given(st.lists(int32s, min_size=1, max_size=32), st.sampled_from([1, 2, 3]))
+@given(st.lists(int32s, min_size=32, max_size=32), st.sampled_from([1, 2, 3]))
 def test_split_digits_reconstruct_the_normalised_operand(values, slices):
     x = np.asarray(values, np.int32)
     digits, shift = ops.split(jnp.asarray(x), slices)
@@ -81,8 +81,9 @@ def test_split_digits_reconstruct_the_normalised_operand(values, slices):
 
 
 @FEWER
-@given(st.integers(1, 40), st.integers(1, 6), st.integers(1, 6), st.sampled_from([1, 2, 3]), st.integers(0, 2**32 - 1))
-def test_contraction_matches_reference(k, rows, cols, slices, seed):
+@given(st.sampled_from([1, 17, 40]), st.sampled_from([1, 2, 3]), st.integers(0, 2**32 - 1))
+def test_contraction_matches_reference(k, slices, seed):
+    rows, cols = 4, 5  # few distinct shapes: each one compiles the eager ops
     rng = np.random.default_rng(seed)
     a = rng.integers(-(2**31 - 1), 2**31 - 1, (rows, k)).astype(np.int32) >> rng.integers(0, 31)
     b = rng.integers(-(2**31 - 1), 2**31 - 1, (k, cols)).astype(np.int32) >> rng.integers(0, 31)
