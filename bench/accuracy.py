@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--templates", nargs="+", default=["dnn", "cnn"], choices=["dnn", "cnn"])
     parser.add_argument("--seeds", type=int, default=3, help="initialization seeds 0..N-1 (default 3)")
     parser.add_argument("--slices", type=int, choices=(2, 3),
-                        help="int8 slices per number (default: the template's, dnn 2, cnn 3)")
+                        help="int8 slices per number (default: the template's, 3)")
     parser.add_argument("--data-dir", help="TFDS data directory")
     args = parser.parse_args(argv)
 

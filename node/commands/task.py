@@ -31,7 +31,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     new.add_argument("--learning-rate", type=float, help="default: per template")
     new.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (default 0)")
     new.add_argument("--slices", type=int, choices=(2, 3),
-                     help="int8 slices per fixed-point number (default: 3 for cnn, 2 otherwise)")
+                     help="int8 slices per fixed-point number (default: 2 for gan, 3 otherwise)")
     new.add_argument("--seed", type=int, default=0, help="seed of the canonical weight initialization")
     new.add_argument("--schedule-seed", type=int, default=0, help="seed of the batch schedule")
     new.add_argument("--latent-dim", type=int, default=16, help="gan: size of the generator's noise input")

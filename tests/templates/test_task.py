@@ -60,7 +60,7 @@ def _mutated(task, path, value):
 @pytest.mark.parametrize("path, value, match", [
     (("format",), "bws-task/0", "format"),
     (("template",), "rnn", "template"),
-    (("slices",), 3, "slices"),
+    (("slices",), 2, "slices"),
     (("dataset", "batch_size"), 0, "dataset.batch_size"),
     (("dataset", "batch_size"), True, "dataset.batch_size"),
     (("dataset", "num_batches"), 7, "dataset.num_batches"),
