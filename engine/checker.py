@@ -8,6 +8,7 @@ primitive, its dtypes and the source line it came from.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Iterator
 
 import jax
@@ -85,10 +86,25 @@ def check_jaxpr(jaxpr) -> int:
         if bad:
             raise CanonicalityError(f"primitive {name} computes in {', '.join(bad)} (only integers are canonical); "
                                     f"from {_where(eqn)}")
+        if name == "dot_general" and "int8" in dtypes:
+            _check_int8_contraction(eqn)
         checked += 1
         for sub in _sub_jaxprs(eqn.params):
             checked += check_jaxpr(sub)
     return checked
+
+
+def _check_int8_contraction(eqn) -> None:
+    """int8 dots must contract over a multiple of ops.CONTRACTION_MULTIPLE elements (XLA:GPU miscomputes
+    some other sizes; see engine/ops.py)."""
+    from .ops import CONTRACTION_MULTIPLE
+
+    (axes, _), _ = eqn.params["dimension_numbers"]
+    shape = eqn.invars[0].aval.shape
+    size = math.prod(shape[axis] for axis in axes)
+    if size % CONTRACTION_MULTIPLE:
+        raise CanonicalityError(f"int8 dot_general contracts over {size} elements, not a multiple of "
+                                f"{CONTRACTION_MULTIPLE} (XLA:GPU's int8 dot miscomputes such sizes); from {_where(eqn)}")
 
 
 def check_function(fn, *args) -> int:

@@ -51,11 +51,33 @@ def _kept_pairs(slices: int):
     return [(i, j) for i in range(slices) for j in range(slices) if i + j >= slices - 1]
 
 
+CONTRACTION_MULTIPLE = 16
+"""Every int8 dot contracts over a multiple of this many elements: contracted
+axes are zero-padded, which adds nothing to an exact integer sum. Measured on
+an H100 with jax/jaxlib 0.11.2: XLA:GPU's int8 x int8 -> int32 dot returns
+exactly twice the true sum for contraction sizes 2, 3, 5, 9 and 10 (1, 4, 8,
+16, 17, 32, 33, 64 and 784 were exact), and padded to a multiple of 16 every
+size measured was exact. The jaxpr checker enforces the rule."""
+
+
+def _pad_contracted(digits, axes):
+    """Zero-pad `axes` of each digit array to a multiple of CONTRACTION_MULTIPLE."""
+    widths = [(0, 0)] * digits[0].ndim
+    for axis in axes:
+        widths[axis] = (0, -digits[0].shape[axis] % CONTRACTION_MULTIPLE)
+    if not any(high for _, high in widths):
+        return digits
+    return [jnp.pad(d, widths) for d in digits]
+
+
 def contract(digits_a, digits_b, dimension_numbers):
     """Exact int64 sum over kept digit pairs of dot(a_i, b_j) << 7(i+j); each
     dot is int8 x int8 with int32 accumulation (contraction size <=
-    MAX_CONTRACTION_SIZE, so it cannot overflow)."""
+    MAX_CONTRACTION_SIZE, so it cannot overflow), over contracted axes padded
+    to a multiple of CONTRACTION_MULTIPLE."""
     slices = len(digits_a)
+    (axes_a, axes_b), _ = dimension_numbers
+    digits_a, digits_b = _pad_contracted(digits_a, axes_a), _pad_contracted(digits_b, axes_b)
     total = None
     for i, j in _kept_pairs(slices):
         part = jax.lax.dot_general(digits_a[i], digits_b[j], dimension_numbers, preferred_element_type=I32)

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from bws.engine import ModelSpec, fixed, init_state, make_iteration, ops
+from bws.engine import ModelSpec, ModelSpecError, fixed, init_state, make_iteration, ops
 from bws.engine.commit import flatten
 from bws.spec import constants as K
 from bws.spec.reference import arithmetic as R
@@ -36,7 +36,7 @@ I32_RANGE = (-INT32_MAX, INT32_MAX)   # saturation is symmetric: -2**31 never ap
 ACTIVATIONS = ("linear", "relu", "leaky_relu", "sigmoid", "tanh")
 fractions = st.one_of(st.sampled_from([0.0, 2.0**-30, 0.5, 0.9, 0.999, 1 - 2.0**-30]),
                       st.floats(0, 1, exclude_max=True))
-# Fractions in [0, 1) that round to exactly 1 with HYPER_FRAC_BITS (see test_adam_beta_2_rounding_to_one).
+# Fractions in [0, 1) that stay below 1 with HYPER_FRAC_BITS (ModelSpec refuses the others).
 below_one_in_fixed_point = fractions.filter(lambda f: R.float_to_fixed(f, K.HYPER_FRAC_BITS) < 1 << K.HYPER_FRAC_BITS)
 rates = st.one_of(st.sampled_from([0.0, 2.0**-31, 1e-7, 1.0]), st.floats(0, 1))
 
@@ -175,21 +175,17 @@ def optimizer_cases(draw):
     return config, grads, opt, draw(extreme_ints(0, 2**31 - 2))
 
 
-def _adam_case(beta_2: float):
-    grads = {"0": {"kernel": np.full((2, 3), 11805, np.int32), "bias": np.full((3,), 1056, np.int32)}}
-    opt = {"m": jax.tree.map(np.zeros_like, grads),
-           "v": jax.tree.map(lambda g: np.zeros(g.shape, np.int64), grads)}
-    return {"type": "adam", "learning_rate": 0.001, "beta_1": 0.9, "beta_2": beta_2, "epsilon": 1e-7}, grads, opt, 0
+@given(st.floats(1 - 2.0**-31, 1, exclude_max=True))
+def test_model_spec_refuses_a_beta_2_that_rounds_to_one(beta_2):
+    """A beta_2 in [0, 1) that rounds to exactly 1.0 in HYPER_FRAC_BITS made Adam's jitted step fail to
+    compile (and the reference give a zero update): such a model is refused up front, naming the field."""
+    model = {"input_shape": [4], "layers": [{"type": "dense", "units": 2}], "loss": {"type": "mse"},
+             "optimizer": {"type": "adam", "beta_2": beta_2}}
+    with pytest.raises(ModelSpecError, match="optimizer.beta_2"):
+        ModelSpec.from_dict(model)
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: Adam with a beta_2 that rounds to exactly 1.0 in HYPER_FRAC_BITS "
-                   "(any beta_2 > 1 - 2**-31, valid for ModelSpec's [0, 1) check) fails to compile under jit "
-                   "('Unknown MLIR failure'); the reference gives a zero update")
-def test_adam_beta_2_rounding_to_one():
-    _check_optimizer_step(_adam_case(0.9999999999999999))
-
-
-# (the bug case of test_adam_beta_2_rounding_to_one is excluded here by `below_one_in_fixed_point`)
+# (betas that round to 1, refused by ModelSpec, are excluded here by `below_one_in_fixed_point`)
 @settings(max_examples=max(settings.default.max_examples // 5, 1))  # each example compiles one step
 @given(optimizer_cases())
 def test_optimizer_step(case):

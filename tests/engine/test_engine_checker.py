@@ -51,3 +51,36 @@ def test_float_inside_a_loop_body_is_found():
 
     with pytest.raises(CanonicalityError, match=r"float32.*body"):
         check_function(lambda x: jax.lax.fori_loop(0, 3, body, x), np.zeros(3, np.int32))
+
+
+def test_int8_dot_over_an_unpadded_size_is_caught():
+    import jax
+
+    def unpadded(a, b):
+        return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), preferred_element_type=jnp.int32)
+
+    with pytest.raises(CanonicalityError, match="contracts over 10 elements, not a multiple of 16"):
+        check_function(unpadded, np.zeros((4, 10), np.int8), np.zeros((10, 3), np.int8))
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 9, 10, 17, 33])
+def test_contractions_of_sizes_xla_gpu_miscomputed_are_exact(size):
+    """The sizes XLA:GPU's int8 dot got wrong (twice the sum: 2, 3, 5, 9, 10) and some it got right,
+    through the engine's padded contraction, against exact int64 products."""
+    import jax
+
+    from bws.engine import ops
+
+    rng = np.random.default_rng(size)
+    a = rng.integers(-2**20, 2**20, (6, size)).astype(np.int32)
+    b = rng.integers(-2**20, 2**20, (5, size)).astype(np.int32)
+
+    def product(a, b):
+        (digits_a, shift_a), (digits_b, shift_b) = ops.split(a, 3), ops.split(b, 3)
+        return ops.contract(digits_a, digits_b, (((1,), (1,)), ((), ()))), shift_a, shift_b
+
+    check_function(product, a, b)
+    total, shift_a, shift_b = jax.jit(product)(a, b)
+    exact = a.astype(np.int64) @ b.astype(np.int64).T
+    approx = np.asarray(total).astype(np.float64) * 2.0 ** (int(shift_a) + int(shift_b))
+    assert np.allclose(approx, exact, rtol=2.0**-12, atol=2.0 ** (int(shift_a) + int(shift_b) + 16))
