@@ -100,31 +100,48 @@ def forward(spec: ModelSpec, params: dict, x, *, train=False, seed=None, step=No
     return x, caches
 
 
-def _fused(spec: ModelSpec) -> bool:
+def is_loss_fused(spec: ModelSpec) -> bool:
     """Whether the loss takes the last layer's pre-activation (softmax/sigmoid fused)."""
     last = spec.layers[-1]
     return FUSED_ACTIVATIONS.get(spec.loss["type"]) == last.get("activation")
 
 
-def gradients(spec: ModelSpec, params: dict, batch: dict, *, seed=None, step=None):
-    """Parameter gradients (F28) of the mean loss on the batch, and the metrics."""
-    out, caches = forward(spec, params, batch["x"], train=True, seed=seed, step=step)
-    fused = _fused(spec)
-    loss_input = caches[-1]["z"] if fused else out
-    delta, metrics = ops.loss_forward_backward(spec.loss["type"], loss_input, batch["y"])
-    grads = {}
+def loss_input(spec: ModelSpec, out, caches):
+    """What the loss reads: the last pre-activation when the loss fuses it, else the output."""
+    return caches[-1]["z"] if is_loss_fused(spec) else out
+
+
+def backward(spec: ModelSpec, params: dict, caches: list, delta, *, fused: bool, through_input: bool = False):
+    """Back-propagate dL/d(output) `delta` through every layer, last to first.
+
+    `fused`: `delta` is taken at the last layer's pre-activation (see
+    `is_loss_fused`). Returns (dL/d(input) when `through_input`, else None;
+    the parameter gradients; the steps taken, as (layer info, its gradients,
+    the delta it passed down or None), for per-op traces). Without
+    `through_input` the pass stops at the first layer with parameters."""
     infos = spec.layer_shapes()
-    first_with_params = min((i.index for i in infos if i.config["type"] in ("dense", "conv2d")), default=0)
+    first_with_params = 0 if through_input else min(
+        (i.index for i in infos if i.config["type"] in ("dense", "conv2d")), default=0)
+    grads, steps = {}, []
     for info in reversed(infos):
         layer = str(info.index)
         delta, layer_grads = ops.layer_backward(
             info, params.get(layer, {}), caches[info.index], delta, spec.slices,
-            need_input_delta=info.index > first_with_params,
+            need_input_delta=through_input or info.index > first_with_params,
             fused_activation=fused and info.index == len(infos) - 1)
         if layer_grads:
             grads[layer] = layer_grads
+        steps.append((info, layer_grads, delta))
         if delta is None:
             break
+    return delta, grads, steps
+
+
+def gradients(spec: ModelSpec, params: dict, batch: dict, *, seed=None, step=None):
+    """Parameter gradients (F28) of the mean loss on the batch, and the metrics."""
+    out, caches = forward(spec, params, batch["x"], train=True, seed=seed, step=step)
+    delta, metrics = ops.loss_forward_backward(spec.loss["type"], loss_input(spec, out, caches), batch["y"])
+    _, grads, _ = backward(spec, params, caches, delta, fused=is_loss_fused(spec))
     return grads, metrics
 
 

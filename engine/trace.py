@@ -39,7 +39,7 @@ from bws.spec.reference import training as reference
 from . import ops
 from .commit import flatten
 from .fixed import I64, require_x64, saturate32, to_fixed
-from .iteration import _as_spec, _fused, add_trees
+from .iteration import _as_spec, add_trees, backward, is_loss_fused, loss_input
 from .model import ModelSpec
 
 Trace = list[tuple[str, dict[str, np.ndarray]]]
@@ -65,23 +65,12 @@ def _engine_trace(spec: ModelSpec, state, batch, peer_update_sum) -> list[tuple[
                                      seed_key=state["seed"], step=state["step"])
         caches.append(cache)
         trace.append((f"forward/{info.index}/{info.config['type']}", {"y": x}))
-    fused = _fused(spec)
-    delta, metrics = ops.loss_forward_backward(spec.loss["type"], caches[-1]["z"] if fused else x, batch["y"])
+    delta, metrics = ops.loss_forward_backward(spec.loss["type"], loss_input(spec, x, caches), batch["y"])
     trace.append(("loss", {"delta": delta, "loss_sum": jnp.asarray(metrics["loss_sum"], I64)}))
-    first_with_params = min((i.index for i in infos if i.config["type"] in ("dense", "conv2d")), default=0)
-    grads = {}
-    for info in reversed(infos):
-        layer = str(info.index)
-        delta, layer_grads = ops.layer_backward(
-            info, merged.get(layer, {}), caches[info.index], delta, spec.slices,
-            need_input_delta=info.index > first_with_params,
-            fused_activation=fused and info.index == len(infos) - 1)
-        if layer_grads:
-            grads[layer] = layer_grads
+    _, grads, steps = backward(spec, merged, caches, delta, fused=is_loss_fused(spec))
+    for info, layer_grads, delta_in in steps:
         trace.append((f"backward/{info.index}/{info.config['type']}",
-                       dict(layer_grads, **({} if delta is None else {"delta_in": delta}))))
-        if delta is None:
-            break
+                      dict(layer_grads, **({} if delta_in is None else {"delta_in": delta_in}))))
     step_delta, opt = ops.optimizer_step(spec.optimizer, grads, state["opt"], state["step"])
     trace.append(("optimizer", {"delta": step_delta, "opt": opt}))
     update, residual = _threshold_update(spec, state, step_delta)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bws import engine
-from bws.engine.iteration import FUSED_ACTIVATIONS
+from bws.engine.iteration import loss_input
 from bws.spec import constants as C
 
 from . import schedule
@@ -40,12 +40,6 @@ def quantize_params(values: np.ndarray, where: str) -> np.ndarray:
     return engine.quantize_inputs(array, C.PARAM_FRAC_BITS)
 
 
-def _loss_input(spec: engine.ModelSpec, out, caches):
-    """What the loss reads: the last pre-activation when the loss fuses it."""
-    fused = FUSED_ACTIVATIONS.get(spec.loss["type"]) == spec.layers[-1].get("activation")
-    return caches[-1]["z"] if fused else out
-
-
 class CanonicalModel:
     """A compiled model's canonical state, with Keras-shaped entry points."""
 
@@ -59,7 +53,7 @@ class CanonicalModel:
 
         def metrics(params, x, y):
             out, caches = engine.forward(spec, params, x)
-            _, values = engine.ops.loss_forward_backward(spec.loss["type"], _loss_input(spec, out, caches), y)
+            _, values = engine.ops.loss_forward_backward(spec.loss["type"], loss_input(spec, out, caches), y)
             return values
 
         self._metrics = jax.jit(metrics)

@@ -17,7 +17,7 @@ import numpy as np
 
 from bws import engine
 from bws.engine import ops
-from bws.engine.iteration import FUSED_ACTIVATIONS, add_trees, seed_key
+from bws.engine.iteration import add_trees, backward, is_loss_fused, loss_input, seed_key
 from bws.spec import constants as C
 
 from .canonical import ACT_SCALE, CanonicalModel
@@ -69,28 +69,6 @@ def _noise(key, phase: int, step, shape):
     return (bits >> (32 - C.ACT_FRAC_BITS - 1)).astype(jnp.int32) - (1 << C.ACT_FRAC_BITS)
 
 
-def _fused(spec: engine.ModelSpec) -> bool:
-    return FUSED_ACTIVATIONS.get(spec.loss["type"]) == spec.layers[-1].get("activation")
-
-
-def _backward(spec: engine.ModelSpec, params: dict, caches: list, delta, *, through_input: bool, fused: bool):
-    """Back-propagate `delta` through every layer: the parameter gradients and,
-    when `through_input`, dL/d(input)."""
-    grads = {}
-    infos = spec.layer_shapes()
-    for info in reversed(infos):
-        layer = str(info.index)
-        needs_delta = through_input or info.index > 0
-        delta, layer_grads = ops.layer_backward(info, params.get(layer, {}), caches[info.index], delta, spec.slices,
-                                                need_input_delta=needs_delta,
-                                                fused_activation=fused and info.index == len(infos) - 1)
-        if layer_grads:
-            grads[layer] = layer_grads
-        if delta is None:
-            break
-    return delta, grads
-
-
 class CanonicalGAN:
     """Generator G and discriminator D (its output is the logit of "real",
     loss sigmoid binary cross-entropy), trained in alternation."""
@@ -122,11 +100,10 @@ class CanonicalGAN:
         fake, g_caches = engine.forward(g_spec, state["g"], _noise(key, 1, step, (batch, self.latent_dim)),
                                         train=True, seed=key, step=step)
         out, d_caches = engine.forward(d_spec, d_params, fake, train=True, seed=key, step=step)
-        fused = _fused(d_spec)
-        delta, g_metrics = ops.loss_forward_backward(d_spec.loss["type"], d_caches[-1]["z"] if fused else out,
+        delta, g_metrics = ops.loss_forward_backward(d_spec.loss["type"], loss_input(d_spec, out, d_caches),
                                                      jnp.full((batch, 1), one, jnp.int32))
-        delta, _ = _backward(d_spec, d_params, d_caches, delta, through_input=True, fused=fused)
-        _, g_grads = _backward(g_spec, state["g"], g_caches, delta, through_input=False, fused=False)
+        delta, _, _ = backward(d_spec, d_params, d_caches, delta, fused=is_loss_fused(d_spec), through_input=True)
+        _, g_grads, _ = backward(g_spec, state["g"], g_caches, delta, fused=False)
         g_update, g_opt = ops.optimizer_step(g_spec.optimizer, g_grads, state["g_opt"], step)
         new_state = {"g": add_trees(state["g"], g_update), "g_opt": g_opt, "d": d_params, "d_opt": d_opt,
                      "step": step + 1, "seed": key}
