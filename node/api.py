@@ -23,7 +23,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Protocol
 
-from bws.spec.encoding import ByteVector, Container, _ByteList, _List, _Map, _Union, boolean, get_fields, int64, uint
+from bws.spec.encoding import ByteVector, Container, FixedWidthInt, _ByteList, _List, _Map, _Union, boolean, get_fields
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 HASH_HEX_LENGTH = 64
@@ -105,7 +105,7 @@ def from_json(typ: type, value: Any) -> Any:
             if value not in (0, 1) or not isinstance(value, int):
                 raise TypeError("expected 0, 1, true or false")
             return typ(int(value))
-        if issubclass(typ, (uint, int64)):
+        if issubclass(typ, FixedWidthInt):
             if isinstance(value, str) and value.lstrip("-").isdigit():
                 value = int(value)
             if isinstance(value, bool) or not isinstance(value, int):

@@ -54,14 +54,16 @@ def _read_length(data: bytes, offset: int, path: str, maximum: int) -> int:
 # ---------------------------------------------------------------------------
 # Unsigned integers
 # ---------------------------------------------------------------------------
-class uint(int):
-    """Unsigned integer of `BITS` bits, little-endian on the wire."""
+class FixedWidthInt(int):
+    """Integer of `BITS` bits, little-endian on the wire; two's complement when `SIGNED`."""
     BITS = 0
+    SIGNED = False
 
     def __new__(cls, value: int = 0):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{cls.__name__} needs an int, got {type(value).__name__}")
-        if not 0 <= value < 1 << cls.BITS:
+        low, high = (-(1 << (cls.BITS - 1)), 1 << (cls.BITS - 1)) if cls.SIGNED else (0, 1 << cls.BITS)
+        if not low <= value < high:
             raise ValueError(f"{value} is out of range for {cls.__name__}")
         return super().__new__(cls, value)
 
@@ -71,12 +73,16 @@ class uint(int):
 
     @classmethod
     def encode_value(cls, value) -> bytes:
-        return int(cls(value)).to_bytes(cls.BITS // 8, "little")
+        return int(cls(value)).to_bytes(cls.BITS // 8, "little", signed=cls.SIGNED)
 
     @classmethod
     def decode_from(cls, data: bytes, offset: int, path: str):
         size = cls.BITS // 8
-        return cls(int.from_bytes(_read(data, offset, size, path), "little")), offset + size
+        return cls(int.from_bytes(_read(data, offset, size, path), "little", signed=cls.SIGNED)), offset + size
+
+
+class uint(FixedWidthInt):
+    """Unsigned integer of `BITS` bits, little-endian on the wire."""
 
 
 class uint8(uint):
@@ -123,27 +129,10 @@ class boolean(int):
         return cls(_read(data, offset, 1, path)[0]), offset + 1
 
 
-class int64(int):
+class int64(FixedWidthInt):
     """Signed 64-bit integer, two's complement little-endian (fixed-point metrics)."""
-
-    def __new__(cls, value: int = 0):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"int64 needs an int, got {type(value).__name__}")
-        if not -(1 << 63) <= value < 1 << 63:
-            raise ValueError(f"{value} is out of range for int64")
-        return super().__new__(cls, value)
-
-    @classmethod
-    def coerce(cls, value):
-        return cls(value)
-
-    @classmethod
-    def encode_value(cls, value) -> bytes:
-        return int(cls(value)).to_bytes(8, "little", signed=True)
-
-    @classmethod
-    def decode_from(cls, data: bytes, offset: int, path: str):
-        return cls(int.from_bytes(_read(data, offset, 8, path), "little", signed=True)), offset + 8
+    BITS = 64
+    SIGNED = True
 
 
 # ---------------------------------------------------------------------------
