@@ -426,7 +426,7 @@ def process_submit_task(state: State, transaction: Transaction, submit: SubmitTa
         "evaluation deadline too early"
     assert submit.payment > 0, "task without payment"
     decrease_balance(state, transaction.sender, submit.payment)
-    task_id = compute_task_id(transaction.sender, transaction.nonce)
+    task_id = compute_task_id(transaction.chain_id, transaction.sender, transaction.nonce)
     assert task_id not in state.tasks, "task id already used"
     state.tasks[task_id] = Task(
         client=transaction.sender, task_definition=submit.task_definition, work_units=work_units,

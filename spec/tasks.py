@@ -27,16 +27,19 @@ from .constants import (
 )
 from .containers import ChainConfig, Member, State, Task
 from .hashing import hash_bytes
-from .types import Address, Hash32, TaskId
+from .types import Address, ChainId, Hash32, TaskId
 
 
 class TaskDefinitionError(ValueError):
     """A task definition the spec cannot read (not canonical JSON, or a field it needs is missing or wrong)."""
 
 
-def compute_task_id(client: Address, nonce: int) -> TaskId:
-    """Id of the task submitted by `client` in its transaction number `nonce` (unique by replay protection)."""
-    return TaskId(hash_bytes(DOMAIN_TASK_ID + client + nonce.to_bytes(8, "little")))
+def compute_task_id(chain_id: ChainId, client: Address, nonce: int) -> TaskId:
+    """Id of the task submitted by `client` in its transaction number `nonce` on chain `chain_id` (unique by
+    replay protection; the chain id keeps a client's tasks on two networks apart, so a miner in both groups
+    cannot be accused of equivocating with its messages of the other network)."""
+    return TaskId(hash_bytes(DOMAIN_TASK_ID + chain_id.to_bytes(4, "little") + client
+                             + nonce.to_bytes(8, "little")))
 
 
 # ---------------------------------------------------------------------------

@@ -54,7 +54,7 @@ class Client:
         nonce = int(self.api.get(f"/account/{self.account.address.hex()}")["pending_nonce"])
         signed = submit_task_transaction(self.account, self.chain_id, nonce, definition, order)
         self.api.post("/tx", {"transaction": encode(signed).hex()})
-        return bytes(compute_task_id(self.account.address, nonce))
+        return bytes(compute_task_id(self.chain_id, self.account.address, nonce))
 
     def status(self, task_id: bytes) -> dict:
         """The node's view of the task (GET /task/<id>): status name, task state, blocks, role fields."""

@@ -32,7 +32,7 @@ def run_to_evaluation(chain, payment=100 * COIN):
     submit = chain.transaction(state, "client", chain.submit_task_body(group_size=2, iterations=4, deadline=30,
                                                                       payment=payment))
     state, block = chain.extend(state, block, "bob", [submit])
-    task_id = compute_task_id(chain.address["client"], 0)
+    task_id = compute_task_id(chain.config.chain_id, chain.address["client"], 0)
     statuses = [state.tasks[task_id].status]
     while state.tasks[task_id].status != TASK_EVALUATION:
         task = state.tasks[task_id]
@@ -96,7 +96,7 @@ def test_submitted_task_waits_for_enough_stakers(chain):
     too_big = chain.transaction(state, "client", chain.submit_task_body(group_size=6, deadline=30))
     state, block = chain.extend(state, block, "bob", [too_big])
     state, block = chain.extend(state, block, "carol")
-    task_id = compute_task_id(chain.address["client"], 0)
+    task_id = compute_task_id(chain.config.chain_id, chain.address["client"], 0)
     assert state.tasks[task_id].status == TASK_SUBMITTED, "5 staked miners cannot fill a group of 6"
 
 
@@ -104,7 +104,7 @@ def test_group_selection_is_deterministic_from_block_hash(chain):
     state, block = chain.extend(chain.genesis_state, chain.genesis_block, "alice")
     submit = chain.transaction(state, "client", chain.submit_task_body(group_size=3, deadline=30))
     state, block = chain.extend(state, block, "bob", [submit])
-    task_id = compute_task_id(chain.address["client"], 0)
+    task_id = compute_task_id(chain.config.chain_id, chain.address["client"], 0)
     groups = set()
     for miner in ("alice", "carol"):
         post, _ = chain.extend(state, block, miner)

@@ -104,7 +104,7 @@ def test_submit_escrows_the_payment(chain, started):
     state, _ = started
     body = chain.submit_task_body(payment=77 * COIN)
     post = apply(chain, state, "client", body)
-    task_id = compute_task_id(chain.address["client"], 0)
+    task_id = compute_task_id(chain.config.chain_id, chain.address["client"], 0)
     task = post.tasks[task_id]
     assert task.status == TASK_SUBMITTED and task.payment == 77 * COIN and task.members == ()
     assert task.work_units == 3 * 4 * 4 * 3  # MACs (3 inputs x 4 units) x batch 4 x 3 passes
@@ -130,7 +130,7 @@ def test_invalid_submissions(chain, started, changes, reason):
 def test_cancel_refunds_before_training(chain, started):
     state, _ = started
     post = apply(chain, state, "client", chain.submit_task_body(payment=50 * COIN))
-    task_id = compute_task_id(chain.address["client"], 0)
+    task_id = compute_task_id(chain.config.chain_id, chain.address["client"], 0)
     rejects(chain, post, "mallory", C.CancelTask(task_id=task_id), "only the client may cancel")
     cancelled = apply(chain, post, "client", C.CancelTask(task_id=task_id))
     assert cancelled.tasks[task_id].status == TASK_CANCELLED
