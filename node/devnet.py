@@ -403,6 +403,8 @@ class Devnet:
             "mismatches": sum(c.get("replay_mismatches", 0) for c in counters),
             "supervision": {name: sum(c.get(name, 0) for c in counters)
                             for name in ("supervisor_recorded", "supervisor_replays", "disputes_submitted")},
+            "miner_time_us": {name: sum(c.get(name, 0) for c in counters)
+                              for name in ("training_us", "iteration_step_us")},
             "seconds": time.monotonic() - self.started,
             "names": [n.name for n in self.nodes],
             "node_of_address": {n.account.address.hex(): n.name for n in self.nodes},
@@ -430,6 +432,13 @@ class Devnet:
         supervision = summary["supervision"]
         self.say(f"  supervisor              {supervision['supervisor_recorded']} iteration messages recorded, "
                  f"{supervision['supervisor_replays']} replayed, {supervision['disputes_submitted']} disputes")
+        miner_time = summary["miner_time_us"]
+        if miner_time["iteration_step_us"]:
+            overhead = miner_time["iteration_step_us"] - miner_time["training_us"]
+            self.say(f"  miners' time            {miner_time['training_us'] / 1e6:.1f} s in the engine's iterations of "
+                     f"{miner_time['iteration_step_us'] / 1e6:.1f} s in iteration steps: "
+                     f"{100 * overhead / miner_time['iteration_step_us']:.1f}% not useful work "
+                     f"(roots, signatures, nonces, blocks)")
         self.say("  payouts (balance change since genesis, BWS):")
         for label, entry in summary["balances"].items():
             self.say(f"    {label:7s} {entry['address'][:16]}…  {entry['change'] / COIN:+14.8f}")
