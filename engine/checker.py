@@ -16,6 +16,7 @@ import numpy as np
 from jax._src import source_info_util
 
 from .model import EngineError
+from .ops import CONTRACTION_MULTIPLE
 
 
 class CanonicalityError(EngineError):
@@ -97,8 +98,6 @@ def check_jaxpr(jaxpr) -> int:
 def _check_int8_contraction(eqn) -> None:
     """int8 dots must contract over a multiple of ops.CONTRACTION_MULTIPLE elements (XLA:GPU miscomputes
     some other sizes; see engine/ops.py)."""
-    from .ops import CONTRACTION_MULTIPLE
-
     (axes, _), _ = eqn.params["dimension_numbers"]
     shape = eqn.invars[0].aval.shape
     size = math.prod(shape[axis] for axis in axes)
