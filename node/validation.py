@@ -14,13 +14,17 @@ How a block is checked (cheapest first, so junk costs little):
    over the blocks after genesis), on equal work the lowest hash: the spec's
    `get_head`. Side blocks get the stateless checks when they arrive and the
    full transition when their branch would become the head.
-4. The state transition: the spec's `state_transition(state, block, replay)`
-   run on the parent's state. The node reuses the spec function here because
-   it is the definition of the next state and of its root; the node's own
-   work is around it (prechecks, the DB-backed state and undo journal, caches,
-   fork choice, orphans). A reorg (disconnect to the fork point, connect the
-   new branch) is ONE store transaction: if a block of the new branch is
-   invalid, the whole reorg rolls back and the old head stays.
+4. The state transition: the node's own (node/transition.py), run on the
+   parent's state. It gives exactly the spec's `state_transition` verdict,
+   reason, post-state and root, but copies only the state's maps (entries are
+   frozen and shared), verifies signatures through libsecp256k1 and not at all
+   when precheck_block already did, and computes the state root from leaf
+   hashes cached per entry, re-hashing only what the block replaced. Property
+   tests hold it to the spec (property_tests/test_node_transition_vs_spec.py),
+   and the spec's vectors to the spec's reasons. A reorg (disconnect to the
+   fork point, connect the new branch) is ONE store transaction: if a block
+   of the new branch is invalid, the whole reorg rolls back and the old head
+   stays.
 
 Transactions for the mempool are checked against the head state without
 running the transition: envelope (chain id, key, low-S signature), fee ≥ the
@@ -38,16 +42,13 @@ from bws.spec.constants import MAX_FUTURE_BLOCK_SECONDS
 from bws.spec.encoding import DecodeError, decode, encode
 from bws.spec.hashing import hash_bytes
 from bws.spec.fork_choice import is_timestamp_acceptable
-from bws.spec.pouw import (
-    compute_iteration_message_signing_root, compute_message_digest, compute_nonce, compute_nonce_seed,
-    compute_block_work, is_valid_pow,
-)
+from bws.spec.pouw import compute_message_digest, compute_nonce, compute_nonce_seed, compute_block_work, is_valid_pow
 from bws.spec.state_transition import (
     InvalidBlock, Replay, compute_block_hash, compute_transaction_signing_root, compute_transactions_root,
-    state_transition,
 )
 
 from . import keys
+from .transition import is_signed_iteration_message_valid, state_transition
 from .mempool import PoolTransaction
 from .store import BlockRecord, ChainStore, StoreError, transaction_id
 
@@ -116,13 +117,6 @@ def decode_transaction(raw: bytes) -> C.SignedTransaction:
         return decode(raw, C.SignedTransaction)
     except DecodeError as error:
         raise TransactionRejected(f"not a signed transaction: {error}") from None
-
-
-def is_signed_iteration_message_valid(signed: C.SignedIterationMessage) -> bool:
-    """The spec's rule (signed by the key of the miner it names), through libsecp256k1."""
-    return (keys.compute_address(signed.public_key) == signed.message.work.miner
-            and keys.is_valid_signature(signed.public_key, compute_iteration_message_signing_root(signed.message),
-                                        signed.signature))
 
 
 def check_transaction_envelope(signed: C.SignedTransaction, chain_id: int) -> None:
@@ -305,7 +299,9 @@ class Chain:
     def _transition(self, state: C.State, block: C.Block) -> C.State:
         started = time.perf_counter()
         try:
-            return state_transition(state, block, self.replay)
+            # Every block reaching here passed precheck_block (import_block runs it
+            # first; a reorg's side blocks ran it when they arrived).
+            return state_transition(state, block, self.replay, prechecked=True)
         finally:
             self.metrics["transition_seconds"] += time.perf_counter() - started
             self.metrics["transitions"] += 1
