@@ -172,6 +172,15 @@ def replay_traces(inputs: IterationInputs) -> tuple[Trace, Trace]:
         raise AuditError(f"the iteration's inputs do not fit the model: {error}") from None
 
 
+def reference_replay(loaded: LoadedTask, state_before: dict, peer_updates: list[dict], batch: dict) -> C.ReplayResult:
+    """The update and state-after roots the spec's NumPy reference gives for an
+    iteration (flat inputs, already checked): what a node compares its engine's
+    replay with before it accuses anyone."""
+    spec = loaded.spec
+    peer_sum = sum_updates([tree(u) for u in peer_updates], spec=spec)
+    return _result(reference_trace(spec, tree(state_before), batch, peer_sum))
+
+
 # ---------------------------------------------------------------------------
 # Differences
 # ---------------------------------------------------------------------------
@@ -456,4 +465,4 @@ def decode_messages_answer(answer: bytes) -> list[C.SignedIterationMessage]:
 __all__ = ["AuditError", "AuditReport", "AuditServer", "AuditSource", "IterationInputs", "PROTOCOL_AUDIT",
            "RecordedIteration", "TensorDiff", "audit_iteration", "decode_messages_answer", "decode_signed_trace",
            "diff_tensors", "encode_signed_trace", "first_divergence", "load_inputs", "messages_request",
-           "replay_traces"]
+           "reference_replay", "replay_traces"]

@@ -9,9 +9,12 @@ supervises, signs the message history, and flags misbehaviour.
   miner's stake (spec `process_dispute`).
 - Non-replayable updates: each recorded message is replayed (the verifier's
   replay: inputs fetched and checked by root); a message whose replay does
-  not give its roots becomes a Dispute(FraudProof) transaction. A message whose
-  inputs cannot be fetched is counted (`supervisor_unreplayable`) but not
-  disputed: the spec only slashes a proven mismatch.
+  not give its roots, with the spec's reference agreeing with the engine
+  (`is_proven_fraud`), becomes a Dispute(FraudProof) transaction. A message
+  whose inputs cannot be fetched is counted (`supervisor_unreplayable`) but
+  not disputed: the spec only slashes a proven mismatch.
+- Disputes go through node/roles/disputes.py, as the verifier's do: once per
+  miner, not when the chain or the mempool already has one against it.
 - The history: `history(task_id)` is the Merkle root of the recorded
   messages' digests in (iteration, miner, digest) order, signed by this
   supervisor; the API reports it with the metrics.
@@ -25,15 +28,13 @@ import time
 
 from bws.spec import containers as C
 from bws.spec.hashing import compute_merkle_root
-from bws.spec.state_transition import ReplayUnavailable, sign_transaction
+from bws.spec.state_transition import ReplayUnavailable
 
-from ..validation import ValidationError
 from .context import RoleContext, message_digest
-from .verifier import replay_iteration
+from .disputes import Disputes
+from .verifier import is_proven_fraud, replay_iteration
 
 logger = logging.getLogger("bws.node.roles.supervisor")
-
-DISPUTE_FEE = 1000
 
 
 class Supervisor:
@@ -41,7 +42,7 @@ class Supervisor:
         self.context = context
         self._queue: queue.Queue = queue.Queue(maxsize=10_000)
         self._thread = threading.Thread(target=self._run, name="bws-supervisor", daemon=True)
-        self._disputed: set[bytes] = set()
+        self.disputes = Disputes(context)
         self._seen: set[bytes] = set()
 
     def start(self) -> None:
@@ -86,7 +87,7 @@ class Supervisor:
         different = [other for other in recorded if other != signed]
         if different:
             context.metrics["supervisor_equivocations"] += 1
-            self._dispute(work.miner, C.Equivocation(first=different[0], second=signed))
+            self.disputes.submit(C.Equivocation(first=different[0], second=signed))
             return
         task = context.chain.head_state.tasks.get(work.task_id)
         if task is None:
@@ -98,25 +99,9 @@ class Supervisor:
             logger.info("cannot replay iteration %d of %s…: %s", work.iteration, bytes(work.miner).hex()[:12], error)
             return
         context.metrics["supervisor_replays"] += 1
-        if result.update_root != work.update_root or result.state_after_root != work.state_after_root:
+        if is_proven_fraud(context, task, signed.message, result):
             context.metrics["supervisor_fraud"] += 1
-            self._dispute(work.miner, C.FraudProof(message=signed))
-
-    def _dispute(self, miner, evidence) -> None:
-        if bytes(miner) in self._disputed:
-            return
-        context = self.context
-        transaction = C.Transaction(chain_id=context.chain.config.chain_id, sender=context.address,
-                                    nonce=context.next_nonce(), fee=max(DISPUTE_FEE, context.chain.config.min_transaction_fee),
-                                    body=C.Dispute(evidence=evidence))
-        try:
-            context.submit_transaction(sign_transaction(context.account.secret_key, transaction))
-        except ValidationError as error:
-            logger.warning("dispute against %s… not submitted: %s", bytes(miner).hex()[:12], error.reason)
-            return
-        self._disputed.add(bytes(miner))
-        context.metrics["disputes_submitted"] += 1
-        logger.warning("dispute submitted against miner %s…", bytes(miner).hex()[:12])
+            self.disputes.submit(C.FraudProof(message=signed))
 
     def history(self, task_id: bytes) -> dict:
         """The signed root of the recorded message history of a task."""

@@ -1,0 +1,98 @@
+"""Submitting disputes (spec `process_dispute`), shared by the roles that find
+misbehaviour: the supervisor (equivocation and fraud among its task's
+messages) and the verifier (fraud in a block's iteration).
+
+A node submits at most one dispute per miner, and none when the miner's fate
+is already settled or pending:
+
+- the chain shows the miner slashed in the task, or without a miner stake:
+  the spec rejects evidence against a member already slashed (and a miner
+  whose stake is gone), so a second dispute of the same fraud is never
+  included; it costs no false-dispute penalty (that is burned only when the
+  replay matches), but it would sit in the mempool and hold back this node's
+  later transactions, which the pool keeps in nonce order;
+- the mempool holds another node's dispute against the miner (gossiped).
+
+The fee is the same for every role: DISPUTE_FEE, or the chain's minimum if higher.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+from bws.spec import containers as C
+from bws.spec.constants import ROLE_MINER
+from bws.spec.encoding import DecodeError, decode
+from bws.spec.state_transition import sign_transaction
+from bws.spec.tasks import get_member_index
+
+from ..validation import ValidationError
+from .context import RoleContext
+
+logger = logging.getLogger("bws.node.roles.disputes")
+
+DISPUTE_FEE = 1000
+# Nonces come from the mempool: two roles of one node submitting at once must not take the same one.
+_SUBMIT_LOCK = threading.Lock()
+
+
+def accused(evidence: C.FraudProof | C.Equivocation) -> tuple[bytes, bytes]:
+    """(task id, miner) the evidence accuses."""
+    signed = evidence.message if isinstance(evidence, C.FraudProof) else evidence.first
+    return bytes(signed.message.work.task_id), bytes(signed.message.work.miner)
+
+
+def is_disputable(state: C.State, task_id: bytes, miner: bytes) -> bool:
+    """Whether a dispute against `miner` in the task could still slash it (the
+    spec's preconditions: a member, not yet slashed there, with a miner stake)."""
+    task = state.tasks.get(task_id)
+    index = get_member_index(task, miner) if task is not None else None
+    stake = state.stakes.get(C.StakeKey(owner=miner, role=ROLE_MINER))
+    return index is not None and not task.members[index].slashed and stake is not None and stake.amount > 0
+
+
+def has_pending_dispute(context: RoleContext, miner: bytes) -> bool:
+    """Whether the mempool holds a dispute (anyone's) against `miner`."""
+    for record in context.mempool.transactions():
+        try:
+            body = decode(record.raw, C.SignedTransaction).transaction.body
+        except DecodeError:
+            continue
+        if isinstance(body, C.Dispute) and accused(body.evidence)[1] == miner:
+            return True
+    return False
+
+
+class Disputes:
+    """One role's dispute submissions (see the module docstring)."""
+
+    def __init__(self, context: RoleContext) -> None:
+        self.context = context
+        self._disputed: set[bytes] = set()
+
+    def submit(self, evidence: C.FraudProof | C.Equivocation) -> bool:
+        """Submit a Dispute carrying `evidence` unless it is already settled or
+        pending (counted as `disputes_not_needed`); whether one was submitted."""
+        context = self.context
+        task_id, miner = accused(evidence)
+        with _SUBMIT_LOCK:
+            if miner in self._disputed:
+                return False
+            if not is_disputable(context.chain.head_state, task_id, miner) or has_pending_dispute(context, miner):
+                context.metrics["disputes_not_needed"] += 1
+                logger.info("miner %s… is already slashed or disputed: no dispute", miner.hex()[:12])
+                self._disputed.add(miner)
+                return False
+            transaction = C.Transaction(chain_id=context.chain.config.chain_id, sender=context.address,
+                                        nonce=context.next_nonce(),
+                                        fee=max(DISPUTE_FEE, context.chain.config.min_transaction_fee),
+                                        body=C.Dispute(evidence=evidence))
+            try:
+                context.submit_transaction(sign_transaction(context.account.secret_key, transaction))
+            except ValidationError as error:
+                logger.warning("dispute against %s… not submitted: %s", miner.hex()[:12], error.reason)
+                return False
+            self._disputed.add(miner)
+        context.metrics["disputes_submitted"] += 1
+        logger.warning("dispute submitted against miner %s… (%s)", miner.hex()[:12], type(evidence).__name__)
+        return True

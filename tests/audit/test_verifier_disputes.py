@@ -1,0 +1,177 @@
+"""A verifier that replays an iteration and finds a proven mismatch disputes
+the miner (node/roles/verifier.py), through the helper the supervisor uses
+(node/roles/disputes.py): once per miner, never an honest miner, and not
+when another node's dispute of the same fraud is already pending or decided.
+
+Real engine iterations of the devnet's digits task; the verifiers are
+in-process role contexts over their own DuckDB stores, fetching the miner's
+tensors from its cache."""
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from bws.node.devnet import DevnetOptions, build_task, derive_account, make_genesis
+from bws.node.mempool import Mempool
+from bws.node.roles import verifier
+from bws.node.roles.byzantine import Byzantine
+from bws.node.roles.context import RoleContext
+from bws.node.roles.data import FOUND, NOT_FOUND, TensorCache, parse_request, DATA_TENSORS, ROOT_BYTES
+from bws.node.roles.disputes import is_disputable
+from bws.node.roles.library import TaskLibrary, flat, tree
+from bws.node.roles.verifier import NetworkReplay, replay_iteration
+from bws.node.store import ChainStore
+from bws.node.validation import Chain, transaction_pool_record
+from bws.spec import containers as C
+from bws.spec.constants import ROLE_MINER
+from bws.spec.encoding import decode, encode
+from bws.spec.genesis import create_genesis_state, get_genesis_block
+from bws.spec.hashing import ZERO_HASH
+from bws.spec.pouw import sign_iteration_message
+from bws.spec.state_transition import InvalidTransaction, ReplayUnavailable, apply_transaction, sign_transaction
+from bws.spec.tasks import compute_batch_index, get_member_index
+
+
+class MinerCache:
+    """The network as a verifier sees it: one peer, the miner, serving its tensor cache."""
+
+    def __init__(self, cache: TensorCache | None) -> None:
+        self.cache = cache
+
+    def peers(self) -> list[str]:
+        return ["miner"] if self.cache is not None else []
+
+    def request(self, peer, protocol, data, timeout=None) -> bytes:
+        encoded = self.cache.get(parse_request(data, DATA_TENSORS, ROOT_BYTES))
+        return NOT_FOUND if encoded is None else FOUND + encoded
+
+    def publish(self, topic, data) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def setup():
+    accounts = [derive_account(5, f"node{i}") for i in range(3)]
+    genesis = make_genesis([SimpleNamespace(account=a) for a in accounts], derive_account(5, "client"),
+                           build_task(DevnetOptions(nodes=3, iterations=4)), timestamp=1_700_000_000)
+    state = create_genesis_state(genesis)
+    miner = accounts[0]
+    task_id, task = next((bytes(i), t) for i, t in sorted(state.tasks.items())
+                         if get_member_index(t, miner.address) is not None)
+    library = TaskLibrary()
+    loaded = library.load(task)
+    cache = TensorCache()
+    state0 = flat(loaded.initial_state())
+    batch_index = compute_batch_index(task, 0, 0)
+    batch = loaded.batch(batch_index)
+
+    def signed_claim(state_after: dict, update: dict) -> C.SignedIterationMessage:
+        work = C.IterationWork(
+            task_id=task_id, iteration=0, miner=miner.address, state_before_root=cache.put_tensors(state0),
+            batch_index=batch_index, batch_root=loaded.batch_roots[batch_index],
+            batch_proof=loaded.batch_proof(batch_index), peer_update_roots=[],
+            update_root=cache.put_tensors(update), state_after_root=cache.put_tensors(state_after), loss=0)
+        return sign_iteration_message(miner.secret_key, C.IterationMessage(work=work, header_commitment=ZERO_HASH))
+
+    new_state, update, _ = loaded.iterate(tree(state0), batch, [])
+    honest = signed_claim(flat(new_state), flat(update))
+    random_state, random_update, _, _ = Byzantine("random-update").iterate(loaded, tree(state0), batch, [], flat, tree)
+    fraud = signed_claim(random_state, random_update)
+    return SimpleNamespace(genesis_state=state, accounts=accounts, library=library, cache=cache, task=task,
+                           honest=honest, fraud=fraud)
+
+
+def verifier_node(setup, directory, account, reachable: bool = True) -> tuple[RoleContext, NetworkReplay]:
+    """A verifier (with `account`'s key) that has heard the miner's messages on gossip."""
+    holder = {}
+    replay = NetworkReplay(lambda: holder["context"])
+    state = setup.genesis_state
+    chain = Chain(ChainStore(directory), state, get_genesis_block(state), replay)
+    context = RoleContext(chain=chain, mempool=Mempool(chain.account_nonce),
+                          network=MinerCache(setup.cache if reachable else None), account=account,
+                          library=setup.library, import_block=chain.import_block)
+    holder["context"] = context
+    for signed in (setup.honest, setup.fraud):
+        context.messages.add(signed, "miner")
+    return context, replay
+
+
+@pytest.fixture(autouse=True)
+def no_dispute_delay(monkeypatch):
+    monkeypatch.setattr(verifier, "DISPUTE_DELAY_SECONDS", 0.0)
+    monkeypatch.setattr(verifier, "DISPUTE_DELAY_SPREAD_SECONDS", 0.0)
+
+
+def pending_disputes(context: RoleContext, wait: float = 0.0) -> list[C.SignedTransaction]:
+    """The Dispute transactions in the node's mempool (waiting up to `wait` s for the first)."""
+    deadline = time.monotonic() + wait
+    while True:
+        found = [decode(r.raw, C.SignedTransaction) for r in context.mempool.transactions()]
+        found = [s for s in found if isinstance(s.transaction.body, C.Dispute)]
+        if found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.05)
+
+
+def test_a_proven_fraud_is_disputed_once_by_the_verifier_that_replayed_it(setup, tmp_path):
+    context, replay = verifier_node(setup, tmp_path / "v1", setup.accounts[1])
+    result = replay(setup.task, setup.fraud.message)
+    assert result.update_root != setup.fraud.message.work.update_root
+    (dispute,) = pending_disputes(context, wait=60)
+    assert dispute.transaction.sender == setup.accounts[1].address
+    assert dispute.transaction.body.evidence == C.FraudProof(message=setup.fraud)
+    replay(setup.task, setup.fraud.message)   # the same fraud again (another block, a reorg): no second dispute
+    time.sleep(1.0)
+    assert len(pending_disputes(context)) == 1
+    assert context.metrics["verifier_fraud"] >= 1 and context.metrics["disputes_submitted"] == 1
+
+    # Every node checks it by replay: it slashes the miner and rewards the disputer.
+    def check(task, message):
+        return replay_iteration(context, task, message)
+    state = setup.genesis_state
+    slashed = apply_transaction(state, dispute, setup.accounts[2].address, check)
+    miner = setup.accounts[0].address
+    assert C.StakeKey(owner=miner, role=ROLE_MINER) not in slashed.stakes
+    assert not is_disputable(slashed, bytes(setup.fraud.message.work.task_id), miner)
+    # A second node disputing the same fraud: the spec rejects it (the member is slashed),
+    # so it is never included and its sender pays no false-dispute penalty.
+    other = setup.accounts[2]
+    second = sign_transaction(other.secret_key, C.Transaction(
+        chain_id=dispute.transaction.chain_id, sender=other.address, nonce=0, fee=dispute.transaction.fee,
+        body=dispute.transaction.body))
+    with pytest.raises(InvalidTransaction, match="already slashed"):
+        apply_transaction(slashed, second, setup.accounts[1].address, check)
+
+
+def test_a_node_does_not_dispute_a_fraud_another_node_has_disputed(setup, tmp_path):
+    first, first_replay = verifier_node(setup, tmp_path / "v1", setup.accounts[1])
+    first_replay(setup.task, setup.fraud.message)
+    (dispute,) = pending_disputes(first, wait=60)
+    second, second_replay = verifier_node(setup, tmp_path / "v2", setup.accounts[2])
+    second.mempool.add(transaction_pool_record(dispute, encode(dispute)))   # heard on gossip
+    result = second_replay(setup.task, setup.fraud.message)
+    assert not second_replay.disputes(second).dispute_if_proven(setup.task, setup.fraud.message, result)
+    assert second.metrics["disputes_not_needed"] >= 1 and second.metrics["disputes_submitted"] == 0
+    assert [d.transaction.sender for d in pending_disputes(second)] == [setup.accounts[1].address]
+
+
+def test_an_honest_miner_is_never_disputed(setup, tmp_path):
+    context, replay = verifier_node(setup, tmp_path / "v1", setup.accounts[1])
+    replay(setup.task, setup.honest.message)
+    assert context.metrics["peer_blocks_verified"] == 1 and context.metrics["replay_mismatches"] == 0
+    # An engine fault at the verifier (its replay disagrees with the honest claim): the spec's
+    # reference sides with the miner, so nobody is accused.
+    wrong = C.ReplayResult(update_root=setup.fraud.message.work.update_root,
+                           state_after_root=setup.fraud.message.work.state_after_root)
+    assert not replay.disputes(context).dispute_if_proven(setup.task, setup.honest.message, wrong)
+    assert context.metrics["engine_faults"] == 1 and pending_disputes(context) == []
+
+
+def test_an_unavailable_replay_is_not_a_mismatch(setup, tmp_path):
+    context, replay = verifier_node(setup, tmp_path / "v1", setup.accounts[1], reachable=False)
+    with pytest.raises(ReplayUnavailable):
+        replay(setup.task, setup.fraud.message)
+    assert context.metrics["replays_unavailable"] == 1 and context.metrics["replay_mismatches"] == 0
+    assert pending_disputes(context) == []
