@@ -28,12 +28,16 @@ The audit protocol `/bws/audit/1` (request's first byte is the kind):
         -> FOUND ‖ signed trace                 the miner's claimed op roots (see encode_signed_trace)
     b"O" ‖ message digest(32) ‖ u16le(op index)
         -> FOUND ‖ tensor bundle                that op's outputs (its root is the trace's)
+    R or O while the miner still computes the trace (the first one of a model compiles)
+        -> NOT_READY ‖ u16le(seconds)           ask again after that many seconds
     anything unknown -> NOT_FOUND
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import queue
 import struct
 import threading
 from collections import OrderedDict
@@ -62,6 +66,10 @@ REQUEST_OP = b"O"
 TRACE_DOMAIN = b"BWS/trace"
 FIRST_VALUES = 5          # differing values shown per tensor
 RECENT_ITERATIONS = 256   # iterations a miner can still prove its intermediate commitments for
+NOT_READY = b"\x02"       # answer to a trace request while the trace is computed: ‖ u16le seconds to wait
+ANSWER_WITHIN_SECONDS = 5.0   # a request waits this long for its trace (well inside a requester's timeout)
+TRACE_RETRY_SECONDS = 5
+TRACE_THREAD_NICENESS = 10
 
 
 class AuditError(Exception):
@@ -388,39 +396,80 @@ TraceTransform = Callable[[RecordedIteration, Trace], Trace | None]
 
 class AuditServer:
     """Answers `/bws/audit/1` for one node: the iteration messages it saw, and
-    for its own recent iterations the signed trace of what it computed
-    (recomputed on first request from the inputs it kept, then cached).
+    for its own recent iterations the signed trace of what it computed.
+
+    Traces are computed in a thread of their own, at a lower priority than
+    the training thread. The first traced iteration of a model compiles
+    (tens of seconds, minutes on a loaded machine), so `record` has the
+    thread trace the first iteration of each model at once, before anyone
+    asks; later traces take a fraction of a second. A request waits at most
+    ANSWER_WITHIN_SECONDS for its trace, then is answered NOT_READY with the
+    seconds to wait before asking again (the auditor does: audit_sources.py).
     `transform` lets a byzantine miner answer with what its cheat implies."""
 
     def __init__(self, context, transform: TraceTransform | None = None) -> None:
         self.context = context
         self.transform = transform
         self._recent: OrderedDict[bytes, RecordedIteration] = OrderedDict()
+        self._done: dict[bytes, threading.Event] = {}   # digest -> set once its trace is computed (or failed)
+        self._models: set[str] = set()                   # models whose first traced iteration is under way
+        self._pending: queue.Queue[bytes] = queue.Queue()
         self._lock = threading.Lock()
-        self._compute_lock = threading.Lock()
+        self._worker: threading.Thread | None = None
 
     def record(self, recorded: RecordedIteration) -> None:
         digest = bytes(compute_message_digest(recorded.signed.message))
+        model = recorded.loaded.spec.to_json()
         with self._lock:
             self._recent[digest] = recorded
             while len(self._recent) > RECENT_ITERATIONS:
-                self._recent.popitem(last=False)
+                old, _ = self._recent.popitem(last=False)
+                self._done.pop(old, None)
+            first_of_model = model not in self._models
+            self._models.add(model)
+        if first_of_model:  # compile the model's traced iteration now, not when an auditor is waiting
+            self._schedule(digest)
 
-    def _trace(self, digest: bytes) -> tuple[RecordedIteration, Trace] | None:
+    def _schedule(self, digest: bytes) -> threading.Event:
+        """The event set when `digest`'s trace is computed, queueing it if it is not yet."""
+        with self._lock:
+            event = self._done.get(digest)
+            if event is None:
+                event = self._done[digest] = threading.Event()
+                self._pending.put(digest)
+                if self._worker is None:
+                    self._worker = threading.Thread(target=self._compute_traces, name="bws-audit-trace", daemon=True)
+                    self._worker.start()
+            return event
+
+    def _compute_traces(self) -> None:
+        _lower_thread_priority()
+        while True:
+            digest = self._pending.get()
+            with self._lock:
+                recorded, event = self._recent.get(digest), self._done.get(digest)
+            try:
+                if recorded is not None and recorded.trace is None:
+                    spec = recorded.loaded.spec
+                    trace = trace_iteration(spec, tree(recorded.state_before), recorded.batch,
+                                            sum_updates([tree(u) for u in recorded.applied_updates], spec=spec))
+                    recorded.trace = self.transform(recorded, trace) if self.transform and recorded.cheated else trace
+            except Exception:  # a trace that cannot be computed is answered NOT_FOUND; the node keeps running
+                logger.exception("tracing iteration %s… failed", digest.hex()[:16])
+            finally:
+                if event is not None:
+                    event.set()
+
+    def _trace(self, digest: bytes) -> Trace | None | bytes:
+        """The trace of one of this node's recent iterations, None if it has
+        none (not its iteration, or it did no work), NOT_READY if still computing."""
         with self._lock:
             recorded = self._recent.get(digest)
         if recorded is None:
             return None
-        with self._compute_lock:  # concurrent requests for one trace compute it once
-            return self._computed(recorded)
-
-    def _computed(self, recorded: RecordedIteration) -> tuple[RecordedIteration, Trace] | None:
-        if recorded.trace is None:
-            spec = recorded.loaded.spec
-            trace = trace_iteration(spec, tree(recorded.state_before), recorded.batch,
-                                    sum_updates([tree(u) for u in recorded.applied_updates], spec=spec))
-            recorded.trace = self.transform(recorded, trace) if self.transform and recorded.cheated else trace
-        return (recorded, recorded.trace) if recorded.trace is not None else None
+        if not self._schedule(digest).wait(ANSWER_WITHIN_SECONDS):
+            return NOT_READY
+        return recorded.trace
 
     def serve(self, peer: str, request: bytes) -> bytes:
         kind, body = request[:1], bytes(request[1:])
@@ -429,18 +478,32 @@ class AuditServer:
             found = self.context.messages.get(task_id, iteration, miner)
             encoded = [encode(m) for m in found]
             return FOUND + struct.pack("<H", len(encoded)) + b"".join(struct.pack("<I", len(e)) + e for e in encoded)
-        if kind == REQUEST_TRACE and len(body) == 32:
-            found = self._trace(body)
-            if found is None:
-                return NOT_FOUND
-            return FOUND + encode_signed_trace(body, trace_roots(found[1]), self.context.account.sign)
-        if kind == REQUEST_OP and len(body) == 34:
-            found = self._trace(body[:32])
-            index = struct.unpack("<H", body[32:])[0]
-            if found is None or index >= len(found[1]):
-                return NOT_FOUND
-            return FOUND + encode_tensors(found[1][index][1])
-        return NOT_FOUND
+        if kind not in (REQUEST_TRACE, REQUEST_OP) or len(body) != (32 if kind == REQUEST_TRACE else 34):
+            return NOT_FOUND
+        trace = self._trace(body[:32])
+        if trace is NOT_READY:
+            return NOT_READY + struct.pack("<H", TRACE_RETRY_SECONDS)
+        if kind == REQUEST_TRACE:
+            return NOT_FOUND if trace is None else FOUND + encode_signed_trace(body, trace_roots(trace),
+                                                                               self.context.account.sign)
+        index = struct.unpack("<H", body[32:])[0]
+        return NOT_FOUND if trace is None or index >= len(trace) else FOUND + encode_tensors(trace[index][1])
+
+
+def _lower_thread_priority() -> None:
+    """Raise the calling thread's niceness by TRACE_THREAD_NICENESS (Linux
+    schedules threads one by one), so tracing yields to training."""
+    try:
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + TRACE_THREAD_NICENESS))
+    except (AttributeError, OSError) as error:  # not Linux, or not allowed: trace at the normal priority
+        logger.debug("trace thread keeps its priority: %s", error)
+
+
+def retry_after(answer: bytes) -> float:
+    """The seconds a NOT_READY answer asks to wait (1 to 60)."""
+    seconds = struct.unpack_from("<H", answer, 1)[0] if len(answer) >= 3 else 1
+    return float(min(max(seconds, 1), 60))
 
 
 def messages_request(task_id: bytes, iteration: int, miner: bytes) -> bytes:
@@ -462,7 +525,7 @@ def decode_messages_answer(answer: bytes) -> list[C.SignedIterationMessage]:
     return messages
 
 
-__all__ = ["AuditError", "AuditReport", "AuditServer", "AuditSource", "IterationInputs", "PROTOCOL_AUDIT",
+__all__ = ["AuditError", "AuditReport", "AuditServer", "AuditSource", "IterationInputs", "NOT_READY", "PROTOCOL_AUDIT",
            "RecordedIteration", "TensorDiff", "audit_iteration", "decode_messages_answer", "decode_signed_trace",
            "diff_tensors", "encode_signed_trace", "first_divergence", "load_inputs", "messages_request",
-           "reference_replay", "replay_traces"]
+           "reference_replay", "replay_traces", "retry_after"]

@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +21,8 @@ from bws.spec.pouw import compute_message_digest
 
 from .api import ApiClient, ApiError, from_json
 from .audit import (
-    PROTOCOL_AUDIT, REQUEST_OP, REQUEST_TRACE, AuditError, decode_messages_answer, decode_signed_trace,
-    messages_request,
+    NOT_READY, PROTOCOL_AUDIT, REQUEST_OP, REQUEST_TRACE, AuditError, decode_messages_answer, decode_signed_trace,
+    messages_request, retry_after,
 )
 from .p2p import PROTOCOL_DATA, NetworkError, NetworkService
 from .roles.data import FOUND, DataError, decode_checked, tensors_request
@@ -29,7 +31,8 @@ from .store import ChainStore, StoreError
 logger = logging.getLogger("bws.node.audit")
 
 REQUEST_TIMEOUT_SECONDS = 60.0
-TRACE_ROUNDS = 4   # a trace request may wait for the miner to compile its traced iteration
+TRACE_ROUNDS = 4   # a trace request that times out is sent again (a miner under load answers late)
+TRACE_READY_TIMEOUT_SECONDS = 900.0   # how long an auditor waits for a miner that answers NOT_READY
 
 
 @dataclass
@@ -151,25 +154,33 @@ class NetworkSource:
     def close(self) -> None:
         self.network.stop()
 
-    def _ask(self, protocol: str, request: bytes, rounds: int = 1):
+    def _ask(self, protocol: str, request: bytes, patient: bool = False):
         """Each peer's answer in turn (peers that fail or do not have it are
-        skipped). With `rounds` > 1, peers that failed are asked again: a miner
-        computes a trace on the first request for it (compiling the traced
-        iteration first) and keeps it, so a timed-out request succeeds later."""
-        peers = list(self.peers)
-        for _ in range(rounds):
-            failed = []
+        skipped). A `patient` ask (traces and op outputs, which the miner may
+        still be computing) asks again the peers that answered NOT_READY, after
+        the time they named, until TRACE_READY_TIMEOUT_SECONDS, and those that
+        timed out, up to TRACE_ROUNDS times."""
+        peers, timeouts = list(self.peers), Counter()
+        deadline = time.monotonic() + TRACE_READY_TIMEOUT_SECONDS
+        while peers:
+            again, wait = [], 0.0
             for peer in peers:
                 try:
                     answer = self.network.request(peer, protocol, request, timeout=REQUEST_TIMEOUT_SECONDS)
                 except NetworkError:
-                    failed.append(peer)
+                    timeouts[peer] += 1
+                    if patient and timeouts[peer] < TRACE_ROUNDS:
+                        again.append(peer)
                     continue
                 if answer[:1] == FOUND:
                     yield answer[1:]
-            if not failed:
-                return
-            peers = failed
+                elif answer[:1] == NOT_READY and patient and time.monotonic() < deadline:
+                    again.append(peer)
+                    wait = max(wait, retry_after(answer))
+            if wait:
+                logger.info("the miner is still computing its trace: asking again in %.0f s", wait)
+                time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
+            peers = again
 
     def fetch_tensors(self, root: bytes):
         for answer in self._ask(PROTOCOL_DATA, tensors_request(root)):
@@ -181,7 +192,7 @@ class NetworkSource:
 
     def fetch_trace(self, signed: C.SignedIterationMessage) -> bytes | None:
         digest = bytes(compute_message_digest(signed.message))
-        for answer in self._ask(PROTOCOL_AUDIT, REQUEST_TRACE + digest, rounds=TRACE_ROUNDS):
+        for answer in self._ask(PROTOCOL_AUDIT, REQUEST_TRACE + digest, patient=True):
             try:
                 decode_signed_trace(answer, signed)
             except AuditError:
@@ -191,7 +202,7 @@ class NetworkSource:
 
     def fetch_op(self, signed: C.SignedIterationMessage, index: int, root: bytes):
         digest = bytes(compute_message_digest(signed.message))
-        for answer in self._ask(PROTOCOL_AUDIT, REQUEST_OP + digest + index.to_bytes(2, "little"), rounds=TRACE_ROUNDS):
+        for answer in self._ask(PROTOCOL_AUDIT, REQUEST_OP + digest + index.to_bytes(2, "little"), patient=True):
             try:
                 return decode_checked(answer, root)
             except DataError:

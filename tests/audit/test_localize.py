@@ -4,6 +4,8 @@ op of the iteration in turn. No network: the accused miner's audit server
 answers in-process (its protocol encoding is exercised all the same)."""
 from __future__ import annotations
 
+import threading
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,10 +13,12 @@ import pytest
 
 from bws.engine.trace import trace_iteration
 from bws.engine import sum_updates
+from bws.node import audit
 from bws.node.audit import (
-    AuditError, AuditServer, RecordedIteration, REQUEST_OP, REQUEST_TRACE, audit_iteration, decode_messages_answer,
-    diff_tensors, messages_request,
+    NOT_READY, TRACE_RETRY_SECONDS, AuditError, AuditServer, RecordedIteration, REQUEST_OP, REQUEST_TRACE,
+    audit_iteration, decode_messages_answer, decode_signed_trace, diff_tensors, messages_request, retry_after,
 )
+from bws.node.audit_sources import NetworkSource
 from bws.node.devnet import DevnetOptions, build_task, derive_account, make_genesis
 from bws.node.roles.byzantine import Byzantine, ByzantineError
 from bws.node.roles.context import MessageLog
@@ -38,13 +42,18 @@ class ServerSource:
             raise AuditError(f"no tensors with root {bytes(root).hex()[:16]}…")
         return self.tensors[bytes(root)]
 
+    def ask(self, request: bytes) -> bytes:
+        """The server's answer, asking again while it answers NOT_READY (as NetworkSource does)."""
+        while (answer := self.server.serve("peer", request))[:1] == NOT_READY:
+            time.sleep(retry_after(answer))
+        return answer
+
     def fetch_trace(self, signed):
-        answer = self.server.serve("peer", REQUEST_TRACE + bytes(compute_message_digest(signed.message)))
+        answer = self.ask(REQUEST_TRACE + bytes(compute_message_digest(signed.message)))
         return answer[1:] if answer[:1] == FOUND else None
 
     def fetch_op(self, signed, index, root):
-        answer = self.server.serve("peer", REQUEST_OP + bytes(compute_message_digest(signed.message))
-                                   + index.to_bytes(2, "little"))
+        answer = self.ask(REQUEST_OP + bytes(compute_message_digest(signed.message)) + index.to_bytes(2, "little"))
         return decode_checked(answer[1:], root) if answer[:1] == FOUND else None
 
 
@@ -209,3 +218,44 @@ def test_diff_names_shape_changes_and_missing_tensors():
 def test_unknown_byzantine_kind_is_refused():
     with pytest.raises(ByzantineError, match="must be one of"):
         Byzantine("lazy")
+
+
+def test_the_first_trace_is_computed_before_anyone_asks_and_a_request_meanwhile_is_told_when_to_retry(
+        setup, monkeypatch):
+    computing, compiled = threading.Event(), threading.Event()
+    trace_iteration_of_engine = audit.trace_iteration
+
+    def compiling(*args):  # the first traced iteration of a model compiles: here it lasts until `compiled`
+        computing.set()
+        assert compiled.wait(60)
+        return trace_iteration_of_engine(*args)
+    monkeypatch.setattr(audit, "trace_iteration", compiling)
+    monkeypatch.setattr(audit, "ANSWER_WITHIN_SECONDS", 0.2)
+    signed, source = honest_claim(setup)
+    assert computing.wait(30), "recording the iteration did not start its trace"
+    request = REQUEST_TRACE + bytes(compute_message_digest(signed.message))
+    answer = source.server.serve("auditor", request)
+    assert answer[:1] == NOT_READY and retry_after(answer) == TRACE_RETRY_SECONDS
+    compiled.set()
+    (names, _) = zip(*decode_signed_trace(source.ask(request)[1:], signed))
+    assert names[0] == "merge" and names[-1] == "state_after"
+
+
+class NotReadyTwice:
+    """A network whose miner answers NOT_READY (retry after 1 s) twice, then as its audit server does."""
+
+    def __init__(self, server: AuditServer) -> None:
+        self.server, self.requests = server, 0
+
+    def request(self, peer, protocol, data, timeout=None) -> bytes:
+        self.requests += 1
+        return NOT_READY + (1).to_bytes(2, "little") if self.requests <= 2 else self.server.serve(peer, data)
+
+
+def test_the_auditor_asks_again_after_the_time_a_not_ready_answer_names(setup):
+    signed, source = honest_claim(setup)
+    network = NotReadyTwice(source.server)
+    started = time.monotonic()
+    raw = NetworkSource(network, ["miner"]).fetch_trace(signed)
+    assert raw is not None and decode_signed_trace(raw, signed)
+    assert network.requests == 3 and time.monotonic() - started >= 2.0
