@@ -50,6 +50,7 @@ class NodeBackend(Protocol):
     def submit_transaction(self, raw: bytes) -> dict: ...
     def submit_block(self, raw: bytes) -> dict: ...
     def metrics(self) -> dict: ...
+    def gossip(self) -> dict: ...
 
 
 def to_json(value: Any) -> Any:
@@ -159,7 +160,7 @@ def route(method: str, path: str, body: bytes) -> Callable[[NodeBackend], dict]:
     if not parts:
         raise ApiError(HTTPStatus.NOT_FOUND, "no such path; try /status")
     name, arguments = parts[0], parts[1:]
-    routes_get = {"status": 0, "metrics": 0, "block": 1, "account": 1, "task": 1}
+    routes_get = {"status": 0, "metrics": 0, "gossip": 0, "block": 1, "account": 1, "task": 1}
     routes_post = {"tx": 0, "block": 0}
     if method == "GET" and name in routes_get:
         expected = routes_get[name]
@@ -177,6 +178,8 @@ def route(method: str, path: str, body: bytes) -> Callable[[NodeBackend], dict]:
             return lambda node: node.status()
         if name == "metrics":
             return lambda node: node.metrics()
+        if name == "gossip":
+            return lambda node: node.gossip()
         argument = arguments[0]
         if name == "block":
             if argument.isdigit() and len(argument) < 20:

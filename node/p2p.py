@@ -38,6 +38,7 @@ import queue
 import socket
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -88,6 +89,9 @@ _pubsub_module.RpcQueue = functools.partial(RpcQueue, max_size=OUTBOUND_QUEUE_RP
 # Message ids whose first copy was validated, kept as long as Pubsub remembers seen ids.
 VALIDATED_IDS_SECONDS = 120.0
 VALIDATED_IDS_KEPT = 20_000
+# Per topic, when this node first published or received each of its most recent
+# messages (gossip latency across nodes: bench/node.py).
+GOSSIP_TIMES_KEPT = 1024
 
 __all__ = [
     "TOPIC_TX", "TOPIC_BLOCK", "TOPIC_TASK", "PROTOCOL_SYNC", "PROTOCOL_DATA", "MAX_GOSSIP_BYTES",
@@ -303,6 +307,8 @@ class NetworkService:
         self._topics: dict[str, tuple[Validator, MessageCallback]] = {}
         self._peer_watchers: list[PeerCallback] = []
         self._validated: dict[bytes, float] = {}   # message id -> when its first copy arrived
+        self._gossip_times: dict[str, OrderedDict[bytes, tuple[float, bool]]] = {}
+        self._gossip_times_lock = threading.Lock()
         self._handlers: dict[str, RequestHandler] = {}
         self._publish_send: trio.MemorySendChannel | None = None
         self._handler_limiter = trio.CapacityLimiter(self.config.handler_threads)
@@ -388,6 +394,22 @@ class NetworkService:
             self._call_sync(self._enqueue_publish, topic, bytes(data))
         except trio.WouldBlock:
             raise PublishQueueFull(f"{self.config.publish_queue_size} gossip messages already queued") from None
+        self._note_gossip_time(topic, data, time.time(), published=True)
+
+    def gossip_times(self, topic: str) -> dict[bytes, tuple[float, bool]]:
+        """SHA-256 of each recent message on `topic` -> (time.time() when this node
+        first published or received it, whether it published it)."""
+        with self._gossip_times_lock:
+            return dict(self._gossip_times.get(topic, {}))
+
+    def _note_gossip_time(self, topic: str, data: bytes, at: float, published: bool) -> None:
+        digest = hashlib.sha256(data).digest()
+        with self._gossip_times_lock:
+            times = self._gossip_times.setdefault(topic, OrderedDict())
+            if digest not in times:
+                times[digest] = (at, published)
+                if len(times) > GOSSIP_TIMES_KEPT:
+                    times.popitem(last=False)
 
     def subscribe(self, topic: str, validator: Validator, on_message: MessageCallback) -> None:
         """Receive gossip on `topic`. `validator(data)` runs before relay; `on_message(msg)`
@@ -605,7 +627,9 @@ class NetworkService:
             if origin == self._my_id:
                 continue
             self.stats["delivered"] += 1
-            self._deliver(on_message, GossipMessage(topic, bytes(message.data), origin.to_base58(), time.time()))
+            received_at = time.time()
+            self._note_gossip_time(topic, message.data, received_at, published=False)
+            self._deliver(on_message, GossipMessage(topic, bytes(message.data), origin.to_base58(), received_at))
 
     def _deliver(self, callback, *arguments) -> None:
         try:

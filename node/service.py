@@ -431,6 +431,13 @@ class Node:
         except NetworkError as error:
             logger.warning("could not gossip on %s: %s", topic, error)
 
+    def gossip(self) -> dict:
+        """When this node first published or received each recent gossip message, by topic
+        ({topic: {SHA-256 of the message, hex: {"at": time.time(), "published": bool}}})."""
+        return {topic: {digest.hex(): {"at": at, "published": published}
+                        for digest, (at, published) in self.network.gossip_times(topic).items()}
+                for topic in (TOPIC_BLOCK, TOPIC_TASK, TOPIC_TX)}
+
     def metrics(self) -> dict:
         chain = dict(self.chain.metrics)
         transitions = chain.pop("transitions")

@@ -23,6 +23,7 @@ to the same object, so an attacker cannot change a transaction's or block's
 id without changing its meaning.
 """
 import dataclasses
+import functools
 import typing
 
 LENGTH_PREFIX_BYTES = 4  # u32le in front of every variable-length value
@@ -354,10 +355,11 @@ class Container:
         return cls(**values), offset
 
 
-def get_fields(container: type) -> list[tuple[str, type]]:
+@functools.cache  # a class's fields never change, and resolving its type hints is slow
+def get_fields(container: type) -> tuple[tuple[str, type], ...]:
     """(name, codec type) of each field of `container`, in declaration order."""
     hints = typing.get_type_hints(container)
-    return [(field.name, hints[field.name]) for field in dataclasses.fields(container)]
+    return tuple((field.name, hints[field.name]) for field in dataclasses.fields(container))
 
 
 def decode_from(typ: type, data: bytes, offset: int, path: str):

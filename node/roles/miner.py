@@ -17,6 +17,18 @@ One iteration i of task T by member j (spec/pouw.py, spec/tasks.py):
    against the header committed in IT_RES(i - k); on a hit, and if that
    header still extends the head, fill in the state root and publish the block.
 
+Two threads share the work. The training thread runs steps 1 and 2 and
+hands the iteration's result (device arrays) to the proving thread, which
+runs steps 3 to 5 for iteration i while the engine computes i + 1: the next
+iteration needs only the new state, not its root. It proves them in order
+(IT_RES(i) is published before IT_RES(i + 1)), and publishes IT_RES(i)
+before it tries nonces or builds a block, so a group's members, who wait for
+each other's IT_RES(i) before iteration i + 1, wait only for the roots and
+the signature. The hand-over holds one iteration, so the proving thread is at
+most two behind (one proving, one waiting; a block's import takes several
+iterations of a small model). `step()` without `start()` proves each
+iteration at once, on the caller's thread (in-process tests).
+
 Tasks: a client task this node is a member of (selected or training) comes
 first. Otherwise the node trains its bootstrap task (a genesis task whose
 only member it is, spec/genesis.py: the chain needs a task in training to
@@ -29,9 +41,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
+
+import jax
 
 from bws.spec import containers as C
 from bws.spec.constants import (
@@ -39,8 +54,8 @@ from bws.spec.constants import (
 )
 from bws.spec.hashing import ZERO_HASH
 from bws.spec.pouw import (
-    compute_header_commitment, compute_message_digest, compute_nonce, compute_nonce_seed, get_nonce_allowance,
-    is_valid_pow, sign_iteration_message,
+    compute_header_commitment, compute_iteration_message_signing_root, compute_message_digest, compute_nonce,
+    compute_nonce_seed, get_nonce_allowance, is_valid_pow,
 )
 from bws.spec.state_transition import (
     InvalidTransaction, apply_transaction, compute_state_root, compute_transactions_root, process_block,
@@ -50,6 +65,7 @@ from bws.spec.encoding import decode, DecodeError
 from bws.spec.containers import SignedTransaction
 
 from ..audit import PROTOCOL_AUDIT, AuditServer, RecordedIteration
+from ..wallet import Account
 from .byzantine import Byzantine
 from .context import RoleContext, RoleError
 from .library import LoadedTask, TaskUnavailable, flat, tree
@@ -66,6 +82,7 @@ BOOTSTRAP_TURN_TIMEOUT_SECONDS = 4.0  # then every bootstrap miner may mine on a
 EVALUATION_BOOTSTRAP_INTERVAL_SECONDS = 1.5
 CLIENT_TASK_QUIET_SECONDS = 6.0  # a client task with no message this long is no longer being trained
 MAX_BLOCK_TRANSACTION_BYTES = 1 << 20
+PROVER_POLL_SECONDS = 0.1        # how often an idle proving thread looks at the stop flag
 
 
 @dataclass
@@ -81,15 +98,40 @@ class CommittedBlock:
 
 @dataclass
 class Training:
-    """One member's training of one task."""
+    """One member's training of one task. The training thread owns `state`
+    and `next_iteration`; the proving thread owns the rest."""
     task_id: bytes
     loaded: LoadedTask
     member_index: int
-    state: dict                      # numpy pytree, the model state before the next iteration
-    state_root: bytes
+    state: dict                      # device pytree, the model state before the next iteration
+    proven_state: dict               # flat numpy, the state before the next iteration to prove
+    proven_state_root: bytes
     next_iteration: int = 0
     commitments: dict = field(default_factory=dict)   # iteration -> CommittedBlock (for that iteration's nonces)
     messages: dict = field(default_factory=dict)      # iteration -> SignedIterationMessage
+
+
+@dataclass
+class ComputedIteration:
+    """One iteration as the engine left it, for the proving thread."""
+    training: Training
+    task: C.Task
+    iteration: int
+    batch_index: int
+    batch: dict
+    state_after: dict                # device pytree (flat numpy for a cheating iteration)
+    update: dict                     # likewise
+    metrics: dict
+    applied_updates: list[dict]      # the peer updates applied
+    peer_update_roots: list[bytes]
+    cheated: bool
+
+
+def sign_iteration_message(account: Account, message: C.IterationMessage) -> C.SignedIterationMessage:
+    """The spec's sign_iteration_message through libsecp256k1 (node/keys.py):
+    the same RFC 6979 low-S signature bytes, about 30 times faster."""
+    return C.SignedIterationMessage(message=message, public_key=account.public_key,
+                                    signature=account.sign(compute_iteration_message_signing_root(message)))
 
 
 class Miner:
@@ -104,12 +146,26 @@ class Miner:
             context.network.register_handler(PROTOCOL_AUDIT, self.audit.serve)
         self._head_hash, self._head_since = b"", time.monotonic()
         self._thread = threading.Thread(target=self._run, name="bws-miner", daemon=True)
+        # The hand-over to the proving thread: one computed iteration at most.
+        self._computed: queue.Queue[ComputedIteration] = queue.Queue(maxsize=1)
+        self._proving_thread = threading.Thread(target=self._prove_forever, name="bws-prover", daemon=True)
 
     def start(self) -> None:
+        self.start_proving()
         self._thread.start()
 
+    def start_proving(self) -> None:
+        """Prove iterations on the proving thread from now on (`start` does it)."""
+        self._proving_thread.start()
+
     def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
+        for thread in (self._thread, self._proving_thread):
+            if thread.ident is not None:  # started
+                thread.join(timeout)
+
+    def wait_proven(self) -> None:
+        """Return once every iteration handed over so far is proven."""
+        self._computed.join()
 
     # -- the loop ---------------------------------------------------------
     def _run(self) -> None:
@@ -124,12 +180,28 @@ class Miner:
             if not worked:
                 context.stop.wait(0.1)
 
+    def _prove_forever(self) -> None:
+        context = self.context
+        while not context.stop.is_set():
+            try:
+                computed = self._computed.get(timeout=PROVER_POLL_SECONDS)
+            except queue.Empty:
+                continue
+            try:
+                self._prove(computed)
+            except Exception:  # as in _run: logged and counted, the thread goes on
+                logger.exception("proving an iteration failed")
+                context.metrics["miner_errors"] += 1
+            finally:
+                self._computed.task_done()
+
     def step(self) -> bool:
         """Run at most one iteration; whether one ran."""
+        started = time.perf_counter()
         state = self.context.chain.head_state
         client = self._client_task(state)
         if client is not None:
-            return self._iterate(state, *client)
+            return self._iterate(started, *client)
         if self._client_training_in_progress(state):
             return False
         bootstrap = self._bootstrap_task(state)
@@ -139,7 +211,7 @@ class Miner:
                 or time.monotonic() - self._last_bootstrap < interval:
             return False
         self._last_bootstrap = time.monotonic()
-        return self._iterate(state, *bootstrap)
+        return self._iterate(started, *bootstrap)
 
     def _my_tasks(self, state: C.State, statuses):
         for task_id in sorted(state.tasks):
@@ -205,11 +277,12 @@ class Miner:
                 return None
             initial = flat(loaded.initial_state())
             root = self.context.cache.put_tensors(initial)
-            training = Training(task_id, loaded, member_index, tree(initial), root)
+            training = Training(task_id, loaded, member_index, tree(initial), initial, root)
             self._trainings[task_id] = training
         return training
 
-    def _iterate(self, head_state: C.State, task_id: bytes, task: C.Task, member_index: int) -> bool:
+    def _iterate(self, step_started: float, task_id: bytes, task: C.Task, member_index: int) -> bool:
+        """Steps 1 and 2 (the peers' updates, the engine's iteration), then the hand-over to the proving thread."""
         context = self.context
         training = self._training(task_id, task, member_index)
         if training is None:
@@ -218,54 +291,86 @@ class Miner:
         if i >= task.iterations:
             return False
         others = [bytes(m.address) for m in task.members if bytes(m.address) != context.address]
+        waited = time.perf_counter()
         peer_updates, peer_roots = self._peer_updates(task_id, i, others)
-        step_started = time.perf_counter()
+        peer_wait = time.perf_counter() - waited
+        started = time.perf_counter()
         batch_index = compute_batch_index(task, i, member_index)
         batch = training.loaded.batch(batch_index)
-        started = time.perf_counter()
         cheating = self.byzantine is not None and self.byzantine.cheats(task, i)
         if cheating:  # bws devnet --byzantine: this node cheats (node/roles/byzantine.py)
-            state_flat, update_flat, metrics, applied = self.byzantine.iterate(
+            state_after, update, metrics, applied = self.byzantine.iterate(
                 training.loaded, training.state, batch, peer_updates, flat, tree)
+            next_state = tree(state_after)
         else:
-            new_state, update, metrics = training.loaded.iterate(training.state, batch, peer_updates)
-            update_flat, state_flat, applied = flat(update), flat(new_state), peer_updates
+            state_after, update, metrics = jax.block_until_ready(training.loaded.iterate(training.state, batch, peer_updates))
+            next_state, applied = state_after, peer_updates
         context.metrics["training_us"] += int((time.perf_counter() - started) * 1e6)
+        computed = ComputedIteration(training, task, i, batch_index, batch, state_after, update, metrics, applied,
+                                     peer_roots, cheating)
+        if not self._hand_over(computed):
+            return False
+        training.state, training.next_iteration = next_state, i + 1
+        # The iteration's wall time but the wait for peers: the engine's iteration (training_us) plus what proof
+        # of useful work keeps on this thread (the hand-over, or all of steps 3-5 without a proving thread).
+        context.metrics["iteration_step_us"] += int((time.perf_counter() - step_started - peer_wait) * 1e6)
+        return True
+
+    def _hand_over(self, computed: ComputedIteration) -> bool:
+        """Give the iteration to the proving thread (waiting while it is full), or
+        prove it here if there is none; False if the node stopped meanwhile."""
+        if not self._proving_thread.is_alive():
+            self._prove(computed)
+            return True
+        while not self.context.stop.is_set():
+            try:
+                self._computed.put(computed, timeout=PROVER_POLL_SECONDS)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _prove(self, computed: ComputedIteration) -> None:
+        """Steps 3 to 5 for one computed iteration: roots, commitment, signature, gossip, nonces, block."""
+        context, training, i = self.context, computed.training, computed.iteration
+        started = time.perf_counter()
+        state_flat, update_flat = flat(computed.state_after), flat(computed.update)
         update_root = context.cache.put_tensors(update_flat)
         state_after_root = context.cache.put_tensors(state_flat)
-        loss = int(metrics["loss_sum"]) // max(int(metrics["count"]), 1)
+        loss = int(computed.metrics["loss_sum"]) // max(int(computed.metrics["count"]), 1)
+        loaded, batch_index = training.loaded, computed.batch_index
         work = C.IterationWork(
-            task_id=task_id, iteration=i, miner=context.address, state_before_root=training.state_root,
-            batch_index=batch_index, batch_root=training.loaded.batch_roots[batch_index],
-            batch_proof=training.loaded.batch_proof(batch_index), peer_update_roots=sorted(peer_roots),
+            task_id=training.task_id, iteration=i, miner=context.address, state_before_root=training.proven_state_root,
+            batch_index=batch_index, batch_root=loaded.batch_roots[batch_index],
+            batch_proof=loaded.batch_proof(batch_index), peer_update_roots=sorted(computed.peer_update_roots),
             update_root=update_root, state_after_root=state_after_root, loss=loss,
         )
+        head_state = context.chain.head_state
         k = int(head_state.config.header_commitment_lag)
         ahead = self._commit_header(head_state)
         training.commitments[i + k] = ahead
         message = C.IterationMessage(work=work, header_commitment=compute_header_commitment(self._header(ahead)))
-        signed = sign_iteration_message(context.account.secret_key, message)
+        signed = sign_iteration_message(context.account, message)
         training.messages[i] = signed
         context.publish_iteration_message(signed)
-        self.audit.record(RecordedIteration(signed, training.loaded, flat(training.state), [flat(u) for u in applied],
-                                            batch, cheated=cheating))
-        if cheating and (second := self.byzantine.second_message(context.account.secret_key, signed)) is not None:
+        self.audit.record(RecordedIteration(signed, loaded, training.proven_state,
+                                            [flat(u) for u in computed.applied_updates], computed.batch,
+                                            cheated=computed.cheated))
+        if computed.cheated and (second := self.byzantine.second_message(context.account.secret_key, signed)) is not None:
             context.publish_iteration_message(second)
-        context.note_task_activity(task_id)
-        training.state, training.state_root, training.next_iteration = tree(state_flat), state_after_root, i + 1
+        context.note_task_activity(training.task_id)
+        training.proven_state, training.proven_state_root = state_flat, state_after_root
         context.metrics["iterations"] += 1
         context.gauges["last_loss"] = loss / (1 << 16)
-        context.gauges["last_iteration"] = {"task": task_id.hex(), "iteration": i, "peers_applied": len(peer_roots)}
+        context.gauges["last_iteration"] = {"task": training.task_id.hex(), "iteration": i,
+                                            "peers_applied": len(computed.peer_update_roots)}
         for old in [n for n in training.commitments if n < i]:
             del training.commitments[old]
         if i - k >= 0 and i - k in training.messages:
-            self._mine(task, training, i, training.messages[i - k], signed)
-        # The whole step after the wait for peers: the engine's iteration (training_us) plus what proof of
-        # useful work adds (commitments, signing, nonces, the block); their difference is the overhead.
-        context.metrics["iteration_step_us"] += int((time.perf_counter() - step_started) * 1e6)
+            self._mine(computed.task, training, i, training.messages[i - k], signed)
         for old in [n for n in training.messages if n < i - k]:
             del training.messages[old]
-        return True
+        context.metrics["proving_us"] += int((time.perf_counter() - started) * 1e6)
 
     def _peer_updates(self, task_id: bytes, iteration: int, others: list[bytes]):
         """The other members' updates of `iteration - 1` that arrive in time, and their roots."""

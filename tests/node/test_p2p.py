@@ -3,6 +3,7 @@
 Multi-process behaviour (gossip across processes, garbage peers, restarts) is in
 test_p2p_processes.py.
 """
+import hashlib
 import threading
 import time
 
@@ -219,6 +220,11 @@ def test_gossip_verdicts_and_failing_validators_or_callbacks(pair):
     assert sorted(m.data for m in received) == [b"good-1", b"good-2"]
     assert received[0].origin == a.peer_id and received[0].topic == TOPIC_TX
     assert b.stats["ignored"] == 1 and b.stats["rejected"] == 2
+    # First-seen times (the gossip latency's inputs): a published all five, b received the two it accepted, later.
+    sent, got = a.gossip_times(TOPIC_TX), b.gossip_times(TOPIC_TX)
+    assert len(sent) == 5 and all(published for _, published in sent.values())
+    assert {hashlib.sha256(m.data).digest() for m in received} == set(got)
+    assert all(not published and sent[digest][0] <= at for digest, (at, published) in got.items())
     assert -60 < b.peer_score(a.peer_id) < -40   # two rejections of 25, minus a little recovery
 
 

@@ -1,0 +1,109 @@
+"""The miner's split between the training thread and the proving thread:
+pipelined, it publishes the same iteration work as when it proves every
+iteration on the training thread, in iteration order, with signatures that
+are the spec's bytes, and its blocks are valid on another node. Also the
+caches it relies on (batch Merkle proofs, epoch order, container fields)
+give what the uncached spec functions give."""
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from bws.node.devnet import DevnetOptions, build_task, derive_account, make_genesis
+from bws.node.p2p import TOPIC_BLOCK, TOPIC_TASK
+from bws.node.roles.library import TaskLibrary, merkle_layers, merkle_proof
+from bws.node.roles.miner import Miner, sign_iteration_message
+from bws.spec import containers as C
+from bws.spec import pouw
+from bws.spec.encoding import decode, get_fields
+from bws.spec.hashing import compute_merkle_proof, compute_merkle_root, hash_bytes
+from bws.templates import schedule
+from tests.node.test_roles_verifier import make_node
+
+ITERATIONS = 12
+
+
+@pytest.fixture(scope="module")
+def one_miner():
+    """A genesis whose only bootstrap miner is node0 (always its turn)."""
+    definition = build_task(DevnetOptions(nodes=3, iterations=ITERATIONS))
+    account = derive_account(7, "node0")
+    genesis = make_genesis([SimpleNamespace(account=account)], derive_account(7, "client"), definition,
+                           timestamp=1_700_000_000)
+    return genesis, [account], TaskLibrary()
+
+
+def mine(one_miner, directory, pipelined: bool, nodes: dict):
+    context = make_node(one_miner, directory, "node0", one_miner[1][0], nodes)
+    miner = Miner(context)
+    if pipelined:
+        miner.start_proving()
+    for _ in range(ITERATIONS):
+        miner._last_bootstrap = float("-inf")  # no pacing in a test
+        assert miner.step()
+    miner.wait_proven()
+    context.stop.set()
+    miner.join(10)
+    published = context.network.published
+    messages = [decode(data, C.SignedIterationMessage) for topic, data in published if topic == TOPIC_TASK]
+    blocks = [decode(data, C.Block) for topic, data in published if topic == TOPIC_BLOCK]
+    return context, messages, blocks
+
+
+def test_pipelined_miner_publishes_the_same_work_in_order_and_valid_blocks(one_miner, tmp_path):
+    _, serial, _ = mine(one_miner, tmp_path / "serial", pipelined=False, nodes={})
+    nodes: dict = {}
+    context, pipelined, blocks = mine(one_miner, tmp_path / "pipelined", pipelined=True, nodes=nodes)
+    assert context.metrics["miner_errors"] == 0 and context.metrics["iterations"] == ITERATIONS
+    assert [m.message.work for m in pipelined] == [m.message.work for m in serial]
+    assert [m.message.work.iteration for m in pipelined] == list(range(ITERATIONS))
+    for before, after in zip(pipelined, pipelined[1:]):
+        assert after.message.work.state_before_root == before.message.work.state_after_root
+    secret = one_miner[1][0].secret_key
+    for signed in pipelined:
+        assert signed == pouw.sign_iteration_message(secret, signed.message)   # the spec's bytes
+    assert blocks and context.metrics["blocks_mined"] == len(blocks)
+    verifier = make_node(one_miner, tmp_path, "verifier", derive_account(7, "node1"), nodes)
+    for block in blocks:
+        assert verifier.chain.import_block(block).status == "connected"
+    assert verifier.metrics["replays"] == len(blocks) and verifier.metrics["replay_mismatches"] == 0
+
+
+def test_node_signature_is_the_spec_signature():
+    account = derive_account(3, "signer")
+    work = C.IterationWork(task_id=hash_bytes(b"t"), iteration=5, miner=account.address, state_before_root=bytes(32),
+                           batch_index=2, batch_root=hash_bytes(b"b"), batch_proof=[], peer_update_roots=[],
+                           update_root=hash_bytes(b"u"), state_after_root=hash_bytes(b"s"), loss=7)
+    for header_commitment in (bytes(32), hash_bytes(b"h")):
+        message = C.IterationMessage(work=work, header_commitment=header_commitment)
+        signed = sign_iteration_message(account, message)
+        assert signed == pouw.sign_iteration_message(account.secret_key, message)
+        assert pouw.is_valid_signed_iteration_message(signed)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5, 8, 9])
+def test_batch_proofs_from_cached_layers_are_the_spec_proofs(count):
+    leaves = [hash_bytes(bytes([i])) for i in range(count)]
+    layers = merkle_layers(leaves)
+    assert hash_bytes(layers[-1][0] + count.to_bytes(8, "little")) == compute_merkle_root(leaves)
+    for index in range(count):
+        assert merkle_proof(layers, index) == compute_merkle_proof(leaves, index)
+
+
+def test_cached_epoch_order_is_shared_read_only_and_the_rule():
+    order = schedule.epoch_order(50, 3, 1)
+    assert schedule.epoch_order(50, 3, 1) is order
+    with pytest.raises(ValueError):
+        order[0] = 1
+    key = lambda i: hash_bytes(b"BWS/schedule" + (3).to_bytes(8, "little") + (1).to_bytes(4, "little")
+                               + i.to_bytes(4, "little"))
+    assert order.tolist() == sorted(range(50), key=key)
+    assert np.array_equal(schedule.batch_indices(50, 10, 3, 6), schedule.epoch_order(50, 3, 1)[10:20])
+
+
+def test_cached_fields_are_the_dataclass_fields():
+    assert [name for name, _ in get_fields(C.IterationWork)] == [f.name for f in dataclasses.fields(C.IterationWork)]
+    assert get_fields(C.IterationWork) is get_fields(C.IterationWork)
