@@ -13,15 +13,32 @@ localized to the expected tensor and op, and no honest miner was slashed.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .audit import AuditError, audit_iteration
 from .audit_sources import ChainViaApi, NetworkSource, chain_disputes
 from .roles.byzantine import ENVIRONMENT_VARIABLE, KINDS
 from .roles.library import TaskLibrary, TaskUnavailable
 
 BYZANTINE_MINER_TICKETS = 50
-# kind -> (dispute evidence, op the bisection must name; None: the cheat leaves no trace to bisect)
-EXPECTED = {"flip-bit": ("fraud", "update"), "wrong-peers": ("fraud", "merge"),
-            "random-update": ("fraud", None), "equivocate": ("equivocation", None)}
+
+
+@dataclass(frozen=True)
+class Expected:
+    """How the network must catch one kind of cheat."""
+    evidence: str                   # the dispute's evidence: "fraud" or "equivocation"
+    op: str | None = None           # the op the bisection names (None: no trace to bisect)
+    tensor_prefix: str = ""         # the first differing tensor of the update and state starts with this
+    note: str = ""                  # a note the audit report must carry
+
+
+EXPECTED = {
+    "flip-bit": Expected("fraud", "update", "update:0/bias"),
+    "wrong-peers": Expected("fraud", "merge", "update:"),
+    # It did no work, so it has no intermediates to show: the report says so.
+    "random-update": Expected("fraud", None, "update:0/bias", "provides no intermediate commitments"),
+    "equivocate": Expected("equivocation"),
+}
 
 
 class ByzantineSpecError(ValueError):
@@ -57,6 +74,7 @@ def audit_devnet(devnet) -> dict:
     task = chain.task(devnet.task_id)
     name_of = {n.account.address: n.name for n in devnet.nodes}
     kind_of = {devnet.nodes[i].account.address: kind for i, kind in devnet.options.byzantine.items()}
+    supervisors = {bytes(s) for s in task.supervisors}
     disputes = [d for d in chain_disputes(chain) if bytes(d.messages[0].message.work.task_id) == devnet.task_id]
     try:
         loaded = TaskLibrary(devnet.options.dataset_dir).load(task)
@@ -69,12 +87,13 @@ def audit_devnet(devnet) -> dict:
             signed = dispute.messages[0]
             miner = bytes(signed.message.work.miner)
             entry = {"height": dispute.height, "kind": dispute.kind, "disputer": name_of.get(dispute.sender, "?"),
+                     "disputer_role": "supervisor" if dispute.sender in supervisors else "verifier",
                      "accused": name_of.get(miner, miner.hex()), "iteration": int(signed.message.work.iteration),
-                     "byzantine": kind_of.get(miner), "op": None, "tensor": None, "report": ""}
+                     "byzantine": kind_of.get(miner), "op": None, "tensor": None, "notes": [], "report": ""}
             if dispute.kind == "fraud":
                 report = audit_iteration(source, loaded, signed)
-                entry.update(op=report.divergent_op, tensor=report.first_tensor, report=report.render(),
-                             verdict=report.verdict)
+                entry.update(op=report.divergent_op, tensor=report.first_tensor, notes=report.notes,
+                             report=report.render(), verdict=report.verdict)
             entries.append(entry)
     finally:
         source.close()
@@ -92,7 +111,8 @@ def print_audit(say, audit: dict) -> None:
         say(f"    member {member['name']:6s} {role:26s} {'SLASHED' if member['slashed'] else 'not slashed'}")
     for entry in audit["disputes"]:
         where = f", localized to op {entry['op'] or '-'} tensor {entry['tensor'] or '-'}" if entry["kind"] == "fraud" else ""
-        say(f"    dispute at height {entry['height']}: {entry['kind']} by {entry['disputer']} against "
+        say(f"    dispute at height {entry['height']}: {entry['kind']} by {entry['disputer']} "
+            f"({entry['disputer_role']}) against "
             f"{entry['accused']} (iteration {entry['iteration']}){where}")
     for entry in audit["disputes"]:
         if entry["report"]:
@@ -109,9 +129,21 @@ def audit_failures(audit: dict) -> list[str]:
             continue
         if not member["slashed"]:
             failures.append(f"{member['name']} ({member['byzantine']}) was not slashed")
-        evidence, op = EXPECTED[member["byzantine"]]
+        expected = EXPECTED[member["byzantine"]]
         mine = [d for d in audit["disputes"] if d["accused"] == member["name"]]
-        if not any(d["kind"] == evidence and d["op"] == op for d in mine):
-            failures.append(f"{member['name']} ({member['byzantine']}): expected a {evidence} dispute localized to op "
-                            f"{op}, got {[(d['kind'], d['op']) for d in mine]}")
+        if not any(caught_as(d, expected) for d in mine):
+            failures.append(f"{member['name']} ({member['byzantine']}): expected a {expected.evidence} dispute "
+                            f"localized to op {expected.op}, tensor {expected.tensor_prefix or '-'}"
+                            f"{', note ' + repr(expected.note) if expected.note else ''}; got "
+                            f"{[(d['kind'], d['op'], d['tensor'], d['notes']) for d in mine]}")
     return failures
+
+
+def caught_as(entry: dict, expected: Expected) -> bool:
+    """Whether a dispute (with its audit) is the evidence and localization `expected`."""
+    if entry["kind"] != expected.evidence:
+        return False
+    if expected.evidence != "fraud":
+        return True
+    return (entry["op"] == expected.op and (entry["tensor"] or "").startswith(expected.tensor_prefix)
+            and (not expected.note or any(expected.note in note for note in entry["notes"])))
