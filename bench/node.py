@@ -10,14 +10,24 @@ Figures (one run):
   block, without replay and with the replay of the block's iteration by the
   engine, each as a ratio to one iteration's compute (the digits DNN of the
   `dnn` template, 64-128-64-10, batch 32, jitted, after compilation).
-- resident memory of an idle node process (`bws node run`, peer role).
-Gossip latency across the devnet, a miner's non-useful time share and a
-mining node's memory come with the devnet and the miner role.
+- the share of a miner's time that is not useful work: (the miner's wall
+  time per iteration - the bare engine loop's) / the miner's, for the devnet's
+  digits DNN and a larger DNN, each against the bare engine loop on the same
+  model and batches in the same run; the miner is a lone in-process node
+  (its own DuckDB chain, always its turn, no pacing, no peers to wait for)
+  with the proving thread, and without it (everything on one thread).
+- resident memory of an idle node process (`bws node run`, peer role), and of
+  the mining nodes of a 4-node devnet (`bws devnet`'s processes, bootstrap
+  mining, every role) once they have mined some blocks;
+- gossip latency of a block across that devnet: for each block and each node
+  but its miner, when the node received it minus when its miner published it
+  (`GET /gossip` on every node; one machine, one clock), p50 and p99.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import io
 import json
 import os
 import platform
@@ -28,6 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the test chain factory lives in tests/node
@@ -39,6 +50,8 @@ DNN = {"input_shape": [64], "layers": [{"type": "dense", "units": 128, "activati
                                        {"type": "dense", "units": 10, "activation": "softmax"}],
        "loss": {"type": "softmax_cross_entropy"}, "optimizer": {"type": "adam", "learning_rate": 0.003}, "slices": 2}
 BATCH_SIZE = 32
+DEVNET_NODES = 4
+DEVNET_TIMEOUT_SECONDS = 600
 
 
 def bench_signatures(count: int) -> dict:
@@ -143,11 +156,168 @@ def idle_node_rss_mb() -> float:
             while not (data_dir / "node.json").exists() and time.time() < deadline:
                 time.sleep(0.2)
             time.sleep(3)  # settle
-            status = Path(f"/proc/{process.pid}/status").read_text()
-            return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+            return rss_mb(process.pid)
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(30)
+
+
+# -- a miner's time that is not useful work -----------------------------------
+class Offline:
+    """The network of a lone in-process miner: no peers; what it publishes goes nowhere."""
+
+    def peers(self) -> list[str]:
+        return []
+
+    def publish(self, topic: str, data: bytes) -> None:
+        return None
+
+    def request(self, peer: str, protocol: str, data: bytes, timeout=None) -> bytes:
+        from bws.node.p2p import NetworkError
+        raise NetworkError("offline")
+
+
+def miner_models() -> dict:
+    """Task definitions by label: the devnet's task and a larger DNN on the same digits."""
+    from bws.node.devnet import DevnetOptions, build_task
+    from bws.templates import jobs, keras
+
+    larger = keras.Sequential([keras.Input(shape=(64,)), jobs.layers.Dense(512, activation="relu"),
+                               jobs.layers.Dense(256, activation="relu"),
+                               jobs.layers.Dense(10, activation="softmax")], name="dnn")
+    return {"the devnet's digits DNN 64-128-64-10, batch 128": build_task(DevnetOptions()),
+            "DNN 64-512-256-10, batch 256": jobs.make_task("dnn", "digits", model=larger, epochs=2, batch_size=256)}
+
+
+def lone_miner(definition, directory: Path, library):
+    """A miner on an in-process node whose account is the genesis's only bootstrap miner."""
+    from bws.node.devnet import derive_account, make_genesis
+    from bws.node.mempool import Mempool
+    from bws.node.roles.context import RoleContext
+    from bws.node.roles.miner import Miner
+    from bws.node.roles.verifier import NetworkReplay
+    from bws.node.store import ChainStore
+    from bws.node.validation import Chain
+    from bws.spec.genesis import create_genesis_state, get_genesis_block
+
+    account = derive_account(11, "miner")
+    genesis = make_genesis([SimpleNamespace(account=account)], derive_account(11, "client"), definition,
+                           timestamp=int(time.time()))
+    state = create_genesis_state(genesis)
+    holder = {}
+    chain = Chain(ChainStore(directory), state, get_genesis_block(state), NetworkReplay(lambda: holder["context"]))
+    context = RoleContext(chain=chain, mempool=Mempool(chain.account_nonce), network=Offline(), account=account,
+                          library=library, import_block=chain.import_block)
+    holder["context"] = context
+    return Miner(context)
+
+
+def run_miner(miner, iterations: int) -> dict:
+    """Seconds per iteration of `iterations` back to back, and what the miner's counters gained."""
+    counters = ("training_us", "iteration_step_us", "proving_us", "blocks_mined", "iterations")
+    before = {name: miner.context.metrics[name] for name in counters}
+    started = time.perf_counter()
+    for _ in range(iterations):
+        miner._last_bootstrap = float("-inf")  # no pacing: a miner always at work
+        if not miner.step():
+            raise RuntimeError("the miner did not iterate")
+    miner.wait_proven()
+    seconds = (time.perf_counter() - started) / iterations
+    return {"seconds": seconds, **{name: (miner.context.metrics[name] - before[name]) / iterations
+                                   for name in counters}}
+
+
+def run_engine(loaded, task, iterations: int) -> float:
+    """Seconds per iteration of the bare engine loop: the same iterate call on the same batches."""
+    import jax
+
+    from bws.node.roles.library import flat, tree
+    from bws.spec.tasks import compute_batch_index
+
+    state = tree(flat(loaded.initial_state()))
+    started = time.perf_counter()
+    for i in range(iterations):
+        state, _, _ = jax.block_until_ready(loaded.iterate(state, loaded.batch(compute_batch_index(task, i, 0)), []))
+    return (time.perf_counter() - started) / iterations
+
+
+def bench_miner_share(iterations: int, rounds: int) -> dict:
+    from bws.node.roles.library import TaskLibrary
+
+    results = {}
+    library = TaskLibrary()
+    with tempfile.TemporaryDirectory() as directory:
+        for number, (label, definition) in enumerate(miner_models().items()):
+            miners = {setting: lone_miner(definition, Path(directory) / f"{number}-{setting}", library)
+                      for setting in ("pipelined", "serial")}
+            miners["pipelined"].start_proving()
+            state = miners["serial"].context.chain.head_state
+            task = next(iter(state.tasks.values()))
+            loaded = library.load(task)
+            for miner in miners.values():
+                run_miner(miner, 10)  # compile, first blocks
+            run_engine(loaded, task, 5)
+            runs = {"engine": [], "pipelined": [], "serial": []}
+            for _ in range(rounds):  # interleaved: every setting sees the same load on a shared machine
+                runs["engine"].append({"seconds": run_engine(loaded, task, iterations)})
+                for setting, miner in miners.items():
+                    runs[setting].append(run_miner(miner, iterations))
+            for miner in miners.values():
+                miner.context.stop.set()
+                miner.join(10)
+                miner.context.chain.store.close()
+            results[label] = {setting: min(values, key=lambda run: run["seconds"]) for setting, values in runs.items()}
+    return results
+
+
+def not_useful_share(miner_seconds: float, engine_seconds: float) -> float:
+    return (miner_seconds - engine_seconds) / miner_seconds
+
+
+# -- a devnet: mining nodes' memory, gossip latency --------------------------------
+def rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+
+
+def block_gossip_latencies(gossip_by_node: list[dict]) -> list[float]:
+    """Seconds from a block's publication by its miner to its reception by each other node."""
+    published = {digest: entry["at"] for gossip in gossip_by_node for digest, entry in gossip.items()
+                 if entry["published"]}
+    return [entry["at"] - published[digest] for gossip in gossip_by_node for digest, entry in gossip.items()
+            if not entry["published"] and digest in published]
+
+
+def bench_devnet(blocks: int) -> dict:
+    """Start a devnet's nodes (no client task: they mine their bootstrap tasks) until
+    every node has `blocks` blocks; their memory and the blocks' gossip latency."""
+    import numpy as np
+
+    from bws.node.devnet import Devnet, DevnetOptions
+    from bws.node.p2p import TOPIC_BLOCK
+
+    with tempfile.TemporaryDirectory() as directory:
+        devnet = Devnet(DevnetOptions(nodes=DEVNET_NODES, data_dir=directory), out=io.StringIO())
+        try:
+            devnet.prepare()
+            devnet.start_nodes()
+            deadline = time.monotonic() + DEVNET_TIMEOUT_SECONDS
+            while min(int(n.api.get("/status")["head"]["height"]) for n in devnet.nodes) < blocks:
+                devnet.check_alive()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the devnet did not reach {blocks} blocks in {DEVNET_TIMEOUT_SECONDS} s")
+                time.sleep(1.0)
+            rss = [rss_mb(n.process.pid) for n in devnet.nodes]
+            gossip = [n.api.get("/gossip")[TOPIC_BLOCK] for n in devnet.nodes]
+            mined = sum(n.api.get("/metrics")["roles"]["counters"].get("blocks_mined", 0) for n in devnet.nodes)
+        finally:
+            devnet.stop_nodes()
+    latencies = block_gossip_latencies(gossip)
+    if not latencies:
+        raise RuntimeError("no block was both published and received in the devnet's gossip records")
+    return {"nodes": DEVNET_NODES, "blocks": blocks, "blocks_mined": mined, "rss_mb": rss,
+            "latency_samples": len(latencies), "latency_p50_ms": float(np.percentile(latencies, 50)) * 1000,
+            "latency_p99_ms": float(np.percentile(latencies, 99)) * 1000}
 
 
 def render(figures: dict) -> str:
@@ -169,6 +339,32 @@ def render(figures: dict) -> str:
         f"| block validation with replay (best of {v['blocks']}) | {v['with_replay_ms']:.1f} ms = {v['with_replay_ms'] / iteration:.1f} iterations |",
         f"| resident memory of an idle node (peer role) | {figures['idle_rss_mb']:.0f} MB |",
     ]
+    d = figures["devnet"]
+    lines += [
+        f"| resident memory of a mining node ({d['nodes']}-node devnet, every role, after {d['blocks']} blocks), "
+        f"mean / max | {sum(d['rss_mb']) / len(d['rss_mb']):.0f} MB / {max(d['rss_mb']):.0f} MB = "
+        f"{max(d['rss_mb']) / figures['idle_rss_mb']:.1f}x the idle node |",
+        f"| gossip latency of a block across that devnet, miner's publication to each other node's reception, "
+        f"p50 / p99 ({d['latency_samples']} receptions) | {d['latency_p50_ms']:.0f} ms / {d['latency_p99_ms']:.0f} ms |",
+        "",
+        "A miner's time that is not useful work: (miner's wall time per iteration - the bare engine loop's) / the "
+        "miner's. The miner is a lone in-process node (its own DuckDB chain, always its turn, no pacing, no peers), "
+        f"{figures['miner_iterations']} iterations back to back, best of {figures['miner_rounds']} rounds interleaved "
+        "with the bare engine loop (the same `LoadedTask.iterate` on the same batches); blocks at the devnet's "
+        "genesis target.",
+        "",
+        "| model | engine loop | miner with the proving thread | not useful | miner on one thread | not useful "
+        "| proving thread busy | blocks per iteration |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for label, runs in figures["miner"].items():
+        engine_ms = runs["engine"]["seconds"] * 1000
+        pipelined, serial = runs["pipelined"], runs["serial"]
+        lines.append(
+            f"| {label} | {engine_ms:.1f} ms | {pipelined['seconds'] * 1000:.1f} ms "
+            f"| {100 * not_useful_share(pipelined['seconds'], runs['engine']['seconds']):.1f} % "
+            f"| {serial['seconds'] * 1000:.1f} ms | {100 * not_useful_share(serial['seconds'], runs['engine']['seconds']):.1f} % "
+            f"| {pipelined['proving_us'] / 1000:.1f} ms per iteration | {pipelined['blocks_mined']:.2f} |")
     return "\n".join(lines)
 
 
@@ -186,10 +382,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--signatures", type=int, default=300, help="signatures per implementation (default 300)")
     parser.add_argument("--blocks", type=int, default=10, help="blocks validated per setting (default 10)")
+    parser.add_argument("--miner-iterations", type=int, default=60, help="iterations per miner run (default 60)")
+    parser.add_argument("--miner-rounds", type=int, default=3, help="rounds of miner runs, best kept (default 3)")
+    parser.add_argument("--devnet-blocks", type=int, default=30,
+                        help="blocks every devnet node must have before its memory and gossip are read (default 30)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
     args = parser.parse_args()
     figures = {"signatures": bench_signatures(args.signatures), "validation": bench_validation(args.blocks),
-               "idle_rss_mb": idle_node_rss_mb()}
+               "idle_rss_mb": idle_node_rss_mb(), "miner": bench_miner_share(args.miner_iterations, args.miner_rounds),
+               "miner_iterations": args.miner_iterations, "miner_rounds": args.miner_rounds,
+               "devnet": bench_devnet(args.devnet_blocks)}
     text = render(figures)
     print(text)
     if not args.no_write:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass, field
 
 from bws.spec import containers as C
@@ -29,6 +29,7 @@ from .library import TaskLibrary
 logger = logging.getLogger("bws.node.roles")
 
 DATA_REQUEST_TIMEOUT = 20.0
+OWN_ITERATIONS_KEPT = 256   # about the iterations whose nonces may still be mined
 
 
 class RoleError(Exception):
@@ -101,10 +102,27 @@ class RoleContext:
     metrics: Counter = field(default_factory=Counter)
     gauges: dict = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
+    # Message digest -> the roots this node computed, for its own honest iterations:
+    # importing its own block, the node need not re-execute what it just computed.
+    _own_iterations: OrderedDict = field(default_factory=OrderedDict)
+    _own_iterations_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def address(self) -> bytes:
         return self.account.address
+
+    def remember_own_iteration(self, message: C.IterationMessage) -> None:
+        """An iteration this node computed and signed (never a cheat): its claimed roots are the engine's."""
+        result = C.ReplayResult(update_root=message.work.update_root, state_after_root=message.work.state_after_root)
+        with self._own_iterations_lock:
+            self._own_iterations[message_digest_of(message)] = result
+            while len(self._own_iterations) > OWN_ITERATIONS_KEPT:
+                self._own_iterations.popitem(last=False)
+
+    def own_iteration(self, message: C.IterationMessage) -> C.ReplayResult | None:
+        """The roots of `message` if this node computed it (remember_own_iteration), else None."""
+        with self._own_iterations_lock:
+            return self._own_iterations.get(message_digest_of(message))
 
     # -- data -----------------------------------------------------------
     def fetch_tensors(self, root: bytes, preferred_peer: str | None = None) -> dict:
@@ -182,4 +200,8 @@ class RoleContext:
 
 
 def message_digest(signed: C.SignedIterationMessage) -> bytes:
-    return bytes(compute_message_digest(signed.message))
+    return message_digest_of(signed.message)
+
+
+def message_digest_of(message: C.IterationMessage) -> bytes:
+    return bytes(compute_message_digest(message))

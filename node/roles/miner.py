@@ -351,6 +351,8 @@ class Miner:
         training.commitments[i + k] = ahead
         message = C.IterationMessage(work=work, header_commitment=compute_header_commitment(self._header(ahead)))
         signed = sign_iteration_message(context.account, message)
+        if not computed.cheated:
+            context.remember_own_iteration(message)
         training.messages[i] = signed
         context.publish_iteration_message(signed)
         self.audit.record(RecordedIteration(signed, loaded, training.proven_state,

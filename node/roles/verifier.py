@@ -177,6 +177,9 @@ class NetworkReplay:
 
     def __call__(self, task: C.Task, message: C.IterationMessage) -> C.ReplayResult:
         context: RoleContext = self._context_ref()
+        if (own := context.own_iteration(message)) is not None:  # this node's block of its own iteration
+            context.metrics["own_iterations_not_replayed"] += 1
+            return own
         started = time.perf_counter()
         try:
             result = replay_iteration(context, task, message)
