@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import threading
 
 from bws.spec import containers as C
@@ -84,15 +85,52 @@ def is_signed_iteration_message_valid(signed: C.SignedIterationMessage) -> bool:
 # ---------------------------------------------------------------------------
 # The state root
 # ---------------------------------------------------------------------------
+def _sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+class MerkleTree:
+    """`compute_merkle_root` of a list of leaves, kept layer by layer so that
+    changing k of n leaves rehashes k paths (k·log n hashes), not the tree."""
+
+    def __init__(self, leaves: list[bytes]) -> None:
+        self.count = len(leaves)
+        layer = list(leaves) or [bytes(ZERO_HASH)]
+        layer += [bytes(ZERO_HASH)] * ((1 << (len(layer) - 1).bit_length()) - len(layer))  # to a power of two
+        self.layers = [layer]
+        while len(layer) > 1:
+            layer = [_sha256(layer[i] + layer[i + 1]) for i in range(0, len(layer), 2)]
+            self.layers.append(layer)
+
+    @property
+    def leaves(self) -> list[bytes]:
+        return self.layers[0]
+
+    def update(self, changed: dict[int, bytes]) -> None:
+        """Set leaf `position` to `leaf` for each item of `changed`."""
+        positions = set(changed)
+        for position, leaf in changed.items():
+            self.layers[0][position] = leaf
+        for below, above in zip(self.layers, self.layers[1:]):
+            positions = {position // 2 for position in positions}
+            for position in positions:
+                above[position] = _sha256(below[2 * position] + below[2 * position + 1])
+
+    @property
+    def root(self) -> bytes:
+        return _sha256(self.layers[-1][0] + self.count.to_bytes(8, "little"))
+
+
 class StateRootCache:
     """`compute_state_root` with the leaf of each scalar field and map entry
-    remembered next to the object it hashes (module docstring). Not
+    remembered next to the object it hashes (module docstring), and each map's
+    Merkle tree kept, in the spec's leaf order, from one root to the next. Not
     thread-safe by itself: `compute_state_root` shares one under a lock."""
 
     def __init__(self) -> None:
         self._field_leaves: dict[str, tuple[object, bytes]] = {}
         self._entry_leaves: dict[str, dict] = {name: {} for name, typ in STATE_FIELDS if is_map_type(typ)}
-        self._map_roots: dict[str, tuple[tuple, bytes]] = {}
+        self._trees: dict[str, tuple[dict, MerkleTree]] = {}  # map name -> (position of each key, tree)
 
     def state_root(self, state: C.State) -> Root:
         leaves = []
@@ -108,25 +146,33 @@ class StateRootCache:
             self._field_leaves[name] = cached
         return cached[1]
 
+    def _entry_leaf(self, cache: dict, typ: type, key, value) -> tuple[bytes, bytes]:
+        """(key encoding, leaf hash) of a map entry, encoded only for a value object not seen before."""
+        cached = cache.get(key)
+        if cached is None or cached[0] is not value:
+            key_bytes = typ.KEY.encode_value(key)
+            cached = (value, key_bytes, _sha256(key_bytes + typ.VALUE.encode_value(value)))
+            cache[key] = cached
+        return cached[1], cached[2]
+
     def _map_root(self, name: str, typ: type, entries: dict) -> bytes:
         cache = self._entry_leaves[name]
-        ordered = []
-        for key, value in entries.items():
-            cached = cache.get(key)
-            if cached is None or cached[0] is not value:
-                key_bytes = typ.KEY.encode_value(key)
-                cached = (value, key_bytes, hash_bytes(key_bytes + typ.VALUE.encode_value(value)))
-                cache[key] = cached
-            ordered.append(cached[1:])
-        ordered.sort()
-        leaves = tuple(leaf for _, leaf in ordered)
+        positions, tree = self._trees.get(name, ({}, None))
+        if tree is not None and positions.keys() == entries.keys():  # same keys: same leaf order
+            changed = {}
+            for key, value in entries.items():
+                leaf = self._entry_leaf(cache, typ, key, value)[1]
+                if tree.leaves[positions[key]] != leaf:
+                    changed[positions[key]] = leaf
+            tree.update(changed)
+        else:
+            ordered = sorted(self._entry_leaf(cache, typ, key, value) + (key,) for key, value in entries.items())
+            positions = {key: position for position, (_, _, key) in enumerate(ordered)}
+            tree = MerkleTree([leaf for _, leaf, _ in ordered])
+            self._trees[name] = (positions, tree)
         if len(cache) > 2 * len(entries) + 64:  # entries of other branches and deleted keys
             self._entry_leaves[name] = {key: cache[key] for key in entries}
-        memo = self._map_roots.get(name)
-        if memo is None or memo[0] != leaves:
-            memo = (leaves, compute_merkle_root(list(leaves)))
-            self._map_roots[name] = memo
-        return memo[1]
+        return tree.root
 
 
 _ROOTS = StateRootCache()

@@ -13,6 +13,7 @@ from bws.spec import containers as C
 from bws.spec import state_transition as T
 from bws.spec.constants import ROLE_MINER
 from bws.spec.encoding import ByteList, decode, encode
+from bws.spec.hashing import compute_merkle_root, hash_bytes
 from bws.spec.presets import COIN
 from tests.node.chain_factory import ChainFactory, hash_replay
 from tests.node.test_spec_vectors import VECTORS, vector_replay
@@ -169,3 +170,16 @@ def test_apply_transaction_matches_the_spec_and_leaves_the_state():
     with pytest.raises(T.InvalidTransaction, match="^bad signature$"):
         N.apply_transaction(state, forged, fee_recipient, hash_replay)
     assert encode(state) == before
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 3, 4, 5, 8, 9, 17])
+def test_merkle_tree_updates_give_the_spec_root(count):
+    leaves = [hash_bytes(b"leaf %d" % i) for i in range(count)]
+    tree = N.MerkleTree(leaves)
+    assert tree.root == compute_merkle_root(leaves)
+    for position in range(0, count, 3):
+        leaves[position] = hash_bytes(b"changed %d" % position)
+        tree.update({position: leaves[position]})
+        assert tree.root == compute_merkle_root(leaves)
+    tree.update({position: hash_bytes(b"again %d" % position) for position in range(count)})
+    assert tree.root == compute_merkle_root([hash_bytes(b"again %d" % position) for position in range(count)])
