@@ -21,9 +21,11 @@ small functions for the rest:
   entry and scalar field is remembered with the very object it was computed
   from, and recomputed only for an object not seen before (an entry the
   block replaced). Validity needs no convention about who mutates states:
-  a cached leaf is used only for the identical (frozen) object. Map roots are
-  Merkle roots over the cached leaves, equal bit for bit to the spec's
-  `compute_state_root` (tests/node/test_transition.py and
+  a cached leaf is used only for the identical (frozen) object. Each map's
+  Merkle tree is kept from one root to the next in the spec's leaf order, so
+  a block rehashes the paths of the entries it changed, not the whole map.
+  The root equals the spec's `compute_state_root` bit for bit
+  (tests/node/test_transition.py and
   property_tests/test_node_transition_vs_spec.py hold it to that).
 
 What the block changes is applied by the spec's functions where they are
