@@ -10,6 +10,9 @@ Figures (one run):
   block, without replay and with the replay of the block's iteration by the
   engine, each as a ratio to one iteration's compute (the digits DNN of the
   `dnn` template, 64-128-64-10, batch 32, jitted, after compilation).
+- block transition per block, the node's (node/transition.py) against the
+  spec's `state_transition`, on the same blocks in one run, with 25 and 1005
+  accounts in the state.
 - the share of a miner's time that is not useful work: (the miner's wall
   time per iteration - the bare engine loop's) / the miner's, for the devnet's
   digits DNN and a larger DNN, each against the bare engine loop on the same
@@ -138,6 +141,45 @@ def bench_validation(blocks: int) -> dict:
     for label in settings:
         result[f"{label}_ms"] = min(times[label]) * 1000
     return result
+
+
+def transition_section(blocks: int) -> str:
+    """Block transition, node (node/transition.py) against spec (`state_transition`),
+    on the same blocks in one run: a table, ms per block, best of `blocks`."""
+    from bws.node import transition
+    from bws.spec import state_transition as spec
+    from tests.node.chain_factory import ChainFactory, hash_replay
+
+    rows = []
+    for accounts in (20, 1000):
+        factory = ChainFactory(miners=2, seed=5, extra_accounts=accounts)
+        senders = factory.users[:4]
+        state, chain = factory.genesis_state, []
+        for height in range(1, blocks + 1):
+            transfers = [factory.transfer(user, factory.users[-1 - i].address, 1000, nonce=height - 1)
+                         for i, user in enumerate(senders)]
+            block, state = factory.next_block(state, transfers, miner=height % 2)
+            chain.append(block)
+        runs = {"spec": lambda s, b: spec.state_transition(s, b, hash_replay),
+                "node": lambda s, b: transition.state_transition(s, b, hash_replay),
+                "node, prechecked (as Chain runs it)": lambda s, b: transition.state_transition(
+                    s, b, hash_replay, prechecked=True)}
+        states = {label: factory.genesis_state for label in runs}
+        times = {label: [] for label in runs}
+        for block in chain:  # interleaved: every run sees the same load
+            for label, run in runs.items():
+                started = time.perf_counter()
+                states[label] = run(states[label], block)
+                times[label].append(time.perf_counter() - started)
+        best = {label: min(seconds) * 1000 for label, seconds in times.items()}
+        for label in runs:
+            ratio = "1x" if label == "spec" else f"{best['spec'] / best[label]:.1f}x faster"
+            rows.append(f"| {len(state.accounts)} | {label} | {best[label]:.2f} ms | {ratio} |")
+    return "\n".join([
+        f"Block transition, the node's (node/transition.py) against the spec's `state_transition`, on the same "
+        f"{blocks} blocks (4 transfers each, hash replay) in one run, each on its own previous post-state, best of "
+        f"{blocks}:", "",
+        "| accounts in the state | transition | per block | vs spec |", "| --- | --- | --- | --- |", *rows])
 
 
 def idle_node_rss_mb() -> float:
@@ -392,7 +434,7 @@ def main() -> int:
                "idle_rss_mb": idle_node_rss_mb(), "miner": bench_miner_share(args.miner_iterations, args.miner_rounds),
                "miner_iterations": args.miner_iterations, "miner_rounds": args.miner_rounds,
                "devnet": bench_devnet(args.devnet_blocks)}
-    text = render(figures)
+    text = render(figures) + "\n\n" + transition_section(args.blocks)
     print(text)
     if not args.no_write:
         write_results(text)
