@@ -7,6 +7,7 @@ run the same in the node process and in in-process tests.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -107,7 +108,13 @@ class RoleContext:
     _own_iterations: OrderedDict = field(default_factory=OrderedDict)
     _own_iterations_lock: threading.Lock = field(default_factory=threading.Lock)
 
-    @property
+    # Derived once: deriving a public key takes a curve multiplication, and
+    # the miner needs the address for every task at every step.
+    @functools.cached_property
+    def public_key(self) -> bytes:
+        return self.account.public_key
+
+    @functools.cached_property
     def address(self) -> bytes:
         return self.account.address
 

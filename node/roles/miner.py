@@ -65,7 +65,7 @@ from bws.spec.encoding import decode, DecodeError
 from bws.spec.containers import SignedTransaction
 
 from ..audit import PROTOCOL_AUDIT, AuditServer, RecordedIteration
-from ..wallet import Account
+from .. import keys
 from .byzantine import Byzantine
 from .context import RoleContext, RoleError
 from .library import LoadedTask, TaskUnavailable, flat, tree
@@ -127,11 +127,11 @@ class ComputedIteration:
     cheated: bool
 
 
-def sign_iteration_message(account: Account, message: C.IterationMessage) -> C.SignedIterationMessage:
+def sign_iteration_message(secret_key: bytes, public_key: bytes, message: C.IterationMessage) -> C.SignedIterationMessage:
     """The spec's sign_iteration_message through libsecp256k1 (node/keys.py):
     the same RFC 6979 low-S signature bytes, about 30 times faster."""
-    return C.SignedIterationMessage(message=message, public_key=account.public_key,
-                                    signature=account.sign(compute_iteration_message_signing_root(message)))
+    return C.SignedIterationMessage(message=message, public_key=public_key,
+                                    signature=keys.sign(secret_key, compute_iteration_message_signing_root(message)))
 
 
 class Miner:
@@ -337,7 +337,8 @@ class Miner:
         state_flat, update_flat = flat(computed.state_after), flat(computed.update)
         update_root = context.cache.put_tensors(update_flat)
         state_after_root = context.cache.put_tensors(state_flat)
-        loss = int(computed.metrics["loss_sum"]) // max(int(computed.metrics["count"]), 1)
+        metrics = jax.device_get(computed.metrics)
+        loss = int(metrics["loss_sum"]) // max(int(metrics["count"]), 1)
         loaded, batch_index = training.loaded, computed.batch_index
         work = C.IterationWork(
             task_id=training.task_id, iteration=i, miner=context.address, state_before_root=training.proven_state_root,
@@ -350,7 +351,7 @@ class Miner:
         ahead = self._commit_header(head_state)
         training.commitments[i + k] = ahead
         message = C.IterationMessage(work=work, header_commitment=compute_header_commitment(self._header(ahead)))
-        signed = sign_iteration_message(context.account, message)
+        signed = sign_iteration_message(context.account.secret_key, context.public_key, message)
         if not computed.cheated:
             context.remember_own_iteration(message)
         training.messages[i] = signed

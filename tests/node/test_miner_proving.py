@@ -79,7 +79,7 @@ def test_node_signature_is_the_spec_signature():
                            update_root=hash_bytes(b"u"), state_after_root=hash_bytes(b"s"), loss=7)
     for header_commitment in (bytes(32), hash_bytes(b"h")):
         message = C.IterationMessage(work=work, header_commitment=header_commitment)
-        signed = sign_iteration_message(account, message)
+        signed = sign_iteration_message(account.secret_key, account.public_key, message)
         assert signed == pouw.sign_iteration_message(account.secret_key, message)
         assert pouw.is_valid_signed_iteration_message(signed)
 
