@@ -356,12 +356,9 @@ def state_transition(state: C.State, block: C.Block, replay: Replay, prechecked:
     """The spec's `state_transition`: the state after `block`, or
     InvalidBlock(reason); `state` is not modified. `prechecked`: the block
     passed `validation.precheck_block` (module docstring)."""
-    post = copy_state(state)
-    try:
-        _apply_block(post, block, replay, prechecked)
-        _require(block.header.state_root == compute_state_root(post), "state root mismatch")
-    except AssertionError as error:
-        raise InvalidBlock(str(error) or "assertion failed") from None
+    post = process_block(state, block, replay, prechecked)
+    if block.header.state_root != compute_state_root(post):
+        raise InvalidBlock("state root mismatch")
     return post
 
 
