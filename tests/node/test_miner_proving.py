@@ -23,27 +23,34 @@ from bws.spec.hashing import compute_merkle_proof, compute_merkle_root, hash_byt
 from bws.templates import schedule
 from tests.node.test_roles_verifier import make_node
 
-ITERATIONS = 12
+MIN_ITERATIONS = 12
+MAX_ITERATIONS = 120   # a block's proof of work depends on its timestamp: iterate until one is found
 
 
 @pytest.fixture(scope="module")
 def one_miner():
     """A genesis whose only bootstrap miner is node0 (always its turn)."""
-    definition = build_task(DevnetOptions(nodes=3, iterations=ITERATIONS))
+    definition = build_task(DevnetOptions(nodes=3, iterations=MAX_ITERATIONS))
     account = derive_account(7, "node0")
     genesis = make_genesis([SimpleNamespace(account=account)], derive_account(7, "client"), definition,
                            timestamp=1_700_000_000)
     return genesis, [account], TaskLibrary()
 
 
-def mine(one_miner, directory, pipelined: bool, nodes: dict):
+def mine(one_miner, directory, pipelined: bool, nodes: dict, iterations: int | None = None):
+    """Run `iterations`, or at least MIN_ITERATIONS and until a block is mined."""
     context = make_node(one_miner, directory, "node0", one_miner[1][0], nodes)
     miner = Miner(context)
     if pipelined:
         miner.start_proving()
-    for _ in range(ITERATIONS):
+    done = 0
+    while done < (iterations or MIN_ITERATIONS) or (iterations is None and not context.metrics["blocks_mined"]):
+        assert done < MAX_ITERATIONS, f"no block in {MAX_ITERATIONS} iterations"
         miner._last_bootstrap = float("-inf")  # no pacing in a test
         assert miner.step()
+        done += 1
+        if iterations is None and done >= MIN_ITERATIONS:
+            miner.wait_proven()  # whether a block came
     miner.wait_proven()
     context.stop.set()
     miner.join(10)
@@ -54,12 +61,13 @@ def mine(one_miner, directory, pipelined: bool, nodes: dict):
 
 
 def test_pipelined_miner_publishes_the_same_work_in_order_and_valid_blocks(one_miner, tmp_path):
-    _, serial, _ = mine(one_miner, tmp_path / "serial", pipelined=False, nodes={})
     nodes: dict = {}
     context, pipelined, blocks = mine(one_miner, tmp_path / "pipelined", pipelined=True, nodes=nodes)
-    assert context.metrics["miner_errors"] == 0 and context.metrics["iterations"] == ITERATIONS
+    iterations = len(pipelined)
+    _, serial, _ = mine(one_miner, tmp_path / "serial", pipelined=False, nodes={}, iterations=iterations)
+    assert context.metrics["miner_errors"] == 0 and context.metrics["iterations"] == iterations >= MIN_ITERATIONS
     assert [m.message.work for m in pipelined] == [m.message.work for m in serial]
-    assert [m.message.work.iteration for m in pipelined] == list(range(ITERATIONS))
+    assert [m.message.work.iteration for m in pipelined] == list(range(iterations))
     for before, after in zip(pipelined, pipelined[1:]):
         assert after.message.work.state_before_root == before.message.work.state_after_root
     secret = one_miner[1][0].secret_key
