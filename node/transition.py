@@ -341,15 +341,20 @@ def _apply_block(state: C.State, block: C.Block, replay: Replay, prechecked: boo
 # ---------------------------------------------------------------------------
 # The transition
 # ---------------------------------------------------------------------------
+def _applied_to_copy(state: C.State, apply, invalid: type) -> C.State:
+    """A copy of `state` (copy_state) changed by `apply`, or `invalid(reason)` for a broken rule."""
+    post = copy_state(state)
+    try:
+        apply(post)
+    except AssertionError as error:
+        raise invalid(str(error) or "assertion failed") from None
+    return post
+
+
 def process_block(state: C.State, block: C.Block, replay: Replay, prechecked: bool = False) -> C.State:
     """The state after `block`, without the state root check (what a miner
     fills the header's root from), or InvalidBlock(reason). `state` is not modified."""
-    post = copy_state(state)
-    try:
-        _apply_block(post, block, replay, prechecked)
-    except AssertionError as error:
-        raise InvalidBlock(str(error) or "assertion failed") from None
-    return post
+    return _applied_to_copy(state, lambda post: _apply_block(post, block, replay, prechecked), InvalidBlock)
 
 
 def state_transition(state: C.State, block: C.Block, replay: Replay, prechecked: bool = False) -> C.State:
@@ -365,9 +370,5 @@ def state_transition(state: C.State, block: C.Block, replay: Replay, prechecked:
 def apply_transaction(state: C.State, signed: C.SignedTransaction, fee_recipient: bytes, replay: Replay) -> C.State:
     """The spec's `apply_transaction`: the state after one transaction, or
     InvalidTransaction(reason); `state` is not modified."""
-    post = copy_state(state)
-    try:
-        process_transaction(post, signed, fee_recipient, replay)
-    except AssertionError as error:
-        raise InvalidTransaction(str(error) or "assertion failed") from None
-    return post
+    return _applied_to_copy(state, lambda post: process_transaction(post, signed, fee_recipient, replay),
+                            InvalidTransaction)
