@@ -68,7 +68,8 @@ def _is_fixed_width(typ: type) -> bool:
 # them by the key's encoding, the same order when every key has one width.
 for _name, _typ in STATE_FIELDS:
     if is_map_type(_typ) and not _is_fixed_width(_typ.KEY):
-        raise TypeError(f"State.{_name}: keys of {_typ.KEY.__name__} vary in width; StateRootCache needs fixed-width keys")
+        raise TypeError(f"State.{_name}: keys of {_typ.KEY.__name__} vary in width; "
+                        "StateRootCache needs fixed-width keys")
 
 
 def _require(condition: bool, reason: str) -> None:

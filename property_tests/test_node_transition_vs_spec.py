@@ -48,8 +48,8 @@ TOY = ToyChain(dataclasses.replace(TOY_CONFIG, stake_lock_period=2))  # stakes a
 ACTORS = ToyChain.MINERS + ToyChain.OTHERS
 NAME_OF = {address: name for name, address in TOY.address.items()}
 # Honest blocks slash nobody (slashed miners would stop the chain); the others may.
-HONEST_KINDS = ("transfer", "transfer", "stake", "unstake", "unstake", "submit_task", "submit_task", "cancel_task", "evaluation",
-                "evaluation", "false_accusation")  # repeats: weights
+HONEST_KINDS = ("transfer", "transfer", "stake", "unstake", "unstake", "submit_task", "submit_task", "cancel_task",
+                "evaluation", "evaluation", "false_accusation")  # repeats: weights
 TRANSACTION_KINDS = HONEST_KINDS + ("equivocation", "fraud")
 ENVELOPE_MUTATIONS = ("nonce_ahead", "nonce_used", "fee_below_minimum", "wrong_chain_id", "bad_signature", "high_s",
                       "key_not_senders")
@@ -64,16 +64,19 @@ def build_prefix() -> list[tuple[C.Block, C.State]]:
     recorded (4), evaluation (5)."""
     state, parent = TOY.genesis_state, TOY.genesis_block
     blocks = []
-    for miner, transactions, task in (("alice", [], None), ("bob", ["submit"], None), ("carol", [], None),
-                                      (None, [], "client"), ("alice", [], None)):
-        if transactions:
-            transactions = [TOY.transaction(state, "client", TOY.submit_task_body(iterations=20, deadline=10))]
-        task_id = next(t for t in state.tasks if t != TOY.genesis_task_id) if task else None
-        if task_id is not None:
-            miner = NAME_OF[state.tasks[task_id].members[0].address]
-        state, parent = TOY.extend(state, parent, miner, transactions, task_id=task_id)
+
+    def extend(miner: str, transactions=(), task_id=None):
+        nonlocal state, parent
+        state, parent = TOY.extend(state, parent, miner, list(transactions), task_id=task_id)
         blocks.append((parent, state))
-    assert sorted(task.status for task in state.tasks.values()) == [TASK_TRAINING, TASK_EVALUATION]
+
+    extend("alice")
+    extend("bob", [TOY.transaction(state, "client", TOY.submit_task_body(iterations=20, deadline=10))])
+    extend("carol")
+    (client_task_id,) = (task_id for task_id in state.tasks if task_id != TOY.genesis_task_id)
+    extend(NAME_OF[state.tasks[client_task_id].members[0].address], task_id=client_task_id)
+    extend("alice")
+    assert state.tasks[client_task_id].status == TASK_EVALUATION
     return blocks
 
 
@@ -106,7 +109,9 @@ class TransitionVersusSpec(RuleBasedStateMachine):
             assert node_post == spec_post, f"{what}: the node's post-state differs from the spec's"
             assert N.compute_state_root(node_post) == T.compute_state_root(spec_post), f"{what}: state root differs"
 
-    def judge_block(self, index: int, block: C.Block) -> C.State | None:
+    def judge_block(self, index: int, block: C.Block) -> None:
+        """The spec's verdict against the node's, and the prechecked node's
+        when precheck_block passes the block; a valid block joins the tree."""
         _, spec_state, node_state = self.tree[index]
         spec = outcome(lambda: T.state_transition(spec_state, block, TOY.replay))
         node = outcome(lambda: N.state_transition(node_state, block, TOY.replay))
@@ -117,9 +122,9 @@ class TransitionVersusSpec(RuleBasedStateMachine):
             precheck_block(block, spec_state.config.chain_id)
         except BlockRejected as error:
             note(f"precheck: {error.reason}")
-            return node[0]
-        node = outcome(lambda: N.state_transition(node_state, block, TOY.replay, prechecked=True))
-        self._same(node, spec, "prechecked block")
+        else:
+            node = outcome(lambda: N.state_transition(node_state, block, TOY.replay, prechecked=True))
+            self._same(node, spec, "prechecked block")
         if spec[0] is not None:
             self.tree.append((block, spec[0], node[0]))
             for signed in block.transactions:
@@ -131,7 +136,6 @@ class TransitionVersusSpec(RuleBasedStateMachine):
                 before = spec_state.tasks.get(task_id)
                 if before is None or before.status != task.status:
                     event(f"a task enters status {task.status}")
-        return node[0]
 
     # -- transactions -----------------------------------------------------------------
     def _draw_transactions(self, data, state: C.State, honest: bool) -> list[C.SignedTransaction]:
@@ -228,8 +232,8 @@ class TransitionVersusSpec(RuleBasedStateMachine):
             hash_bytes(b"header A")))
 
     # -- rules ------------------------------------------------------------------------
-    @rule(on_tip=st.sampled_from([True, True, True, False]), parent=st.integers(0, 10**6), honest=st.booleans(), spacing=st.integers(1, 30),
-          data=st.data())
+    @rule(on_tip=st.sampled_from([True, True, True, False]), parent=st.integers(0, 10**6), honest=st.booleans(),
+          spacing=st.integers(1, 30), data=st.data())
     def mine_block(self, on_tip, parent, honest, spacing, data):
         """A block on the newest block (or on any: a fork); an `honest` one
         carries honest transactions and is not mutated."""
