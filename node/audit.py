@@ -438,14 +438,20 @@ class AuditServer:
                 event = self._done[digest] = threading.Event()
                 self._pending.put(digest)
                 if self._worker is None:
-                    self._worker = threading.Thread(target=self._compute_traces, name="bws-audit-trace", daemon=True)
+                    # Not a daemon: the interpreter must not exit under a compile (XLA's C++
+                    # frames abort the process when Python ends a daemon thread there).
+                    self._worker = threading.Thread(target=self._compute_traces, name="bws-audit-trace")
                     self._worker.start()
             return event
 
     def _compute_traces(self) -> None:
+        """Compute queued traces until the program exits (its main thread ends)."""
         _lower_thread_priority()
-        while True:
-            digest = self._pending.get()
+        while threading.main_thread().is_alive():
+            try:
+                digest = self._pending.get(timeout=0.5)
+            except queue.Empty:
+                continue
             with self._lock:
                 recorded, event = self._recent.get(digest), self._done.get(digest)
             try:

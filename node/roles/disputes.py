@@ -70,18 +70,26 @@ class Disputes:
         self.context = context
         self._disputed: set[bytes] = set()
 
+    def needed(self, task_id: bytes, miner: bytes) -> bool:
+        """Whether a dispute against `miner` is still this role's to submit: it
+        has not submitted one, and the chain and the mempool show none settled
+        or pending (counted as `disputes_not_needed`; asked again later, as a
+        pending dispute may yet be dropped)."""
+        context = self.context
+        if miner in self._disputed:
+            return False
+        if not is_disputable(context.chain.head_state, task_id, miner) or has_pending_dispute(context, miner):
+            context.metrics["disputes_not_needed"] += 1
+            logger.info("miner %s… is already slashed or disputed: no dispute", miner.hex()[:12])
+            return False
+        return True
+
     def submit(self, evidence: C.FraudProof | C.Equivocation) -> bool:
-        """Submit a Dispute carrying `evidence` unless it is already settled or
-        pending (counted as `disputes_not_needed`); whether one was submitted."""
+        """Submit a Dispute carrying `evidence` if it is `needed`; whether one was submitted."""
         context = self.context
         task_id, miner = accused(evidence)
         with _SUBMIT_LOCK:
-            if miner in self._disputed:
-                return False
-            if not is_disputable(context.chain.head_state, task_id, miner) or has_pending_dispute(context, miner):
-                context.metrics["disputes_not_needed"] += 1
-                logger.info("miner %s… is already slashed or disputed: no dispute", miner.hex()[:12])
-                self._disputed.add(miner)
+            if not self.needed(task_id, miner):
                 return False
             transaction = C.Transaction(chain_id=context.chain.config.chain_id, sender=context.address,
                                         nonce=context.next_nonce(),

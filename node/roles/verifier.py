@@ -18,7 +18,9 @@ without a live supervisor, the verifier also disputes the miner
 task's supervisors go first and spreads out the verifiers that saw the same
 block, it checks that the mismatch is proven (`is_proven_fraud`: the spec's
 NumPy reference agrees with the engine, so the fault is not this node's
-engine), finds the miner's signed message among those gossiped, and submits
+engine), finds the miner's signed message (among those it heard on gossip,
+else from the peers' message records over `/bws/audit/1`: a block that came
+by sync was never gossiped to this node), and submits
 Dispute(FraudProof) through the helper the supervisor uses (node/roles/disputes.py:
 once per miner, not when the chain or the mempool already has a dispute).
 A replay that is unavailable is no mismatch and accuses nobody.
@@ -34,8 +36,10 @@ from bws.spec import containers as C
 from bws.spec.hashing import hash_bytes
 from bws.spec.state_transition import ReplayUnavailable
 
-from ..audit import reference_replay
-from .context import RoleContext, RoleError
+from ..audit import PROTOCOL_AUDIT, AuditError, decode_messages_answer, messages_request, reference_replay
+from ..p2p import NetworkError
+from ..transition import is_signed_iteration_message_valid
+from .context import DATA_REQUEST_TIMEOUT, RoleContext, RoleError
 from .data import DataError, bundle_root
 from .disputes import Disputes
 from .library import LoadedTask, TaskUnavailable, flat, tree
@@ -100,6 +104,27 @@ def is_proven_fraud(context: RoleContext, task: C.Task, message: C.IterationMess
     return True
 
 
+def signed_message(context: RoleContext, message: C.IterationMessage) -> C.SignedIterationMessage | None:
+    """The miner's signed `message`: from the gossip this node heard, else from
+    the messages its peers recorded (`/bws/audit/1`); None if nobody has it."""
+    work = message.work
+    key = (bytes(work.task_id), int(work.iteration), bytes(work.miner))
+    heard = [s for s in context.messages.get(*key) if s.message == message]
+    if heard:
+        return heard[0]
+    for peer in context.network.peers():
+        try:
+            answer = context.network.request(peer, PROTOCOL_AUDIT, messages_request(*key), timeout=DATA_REQUEST_TIMEOUT)
+            recorded = decode_messages_answer(answer)
+        except (NetworkError, AuditError) as error:
+            logger.info("message request to %s failed: %s", peer[:12], error)
+            continue
+        found = [s for s in recorded if s.message == message and is_signed_iteration_message_valid(s)]
+        if found:
+            return found[0]
+    return None
+
+
 class VerifierDisputes:
     """Disputes the verifier's replay mismatches (module docstring), in a thread of its own."""
 
@@ -145,14 +170,15 @@ class VerifierDisputes:
         miner = bytes(work.miner)
         if miner == context.address:
             return False  # a node does not accuse itself (a byzantine miner's own block)
-        signed = next((s for s in context.messages.get(bytes(work.task_id), int(work.iteration), miner)
-                       if s.message == message), None)
+        if not self.disputes.needed(bytes(work.task_id), miner):
+            return False  # before the reference replay: every later block of a slashed cheat comes here too
+        if not is_proven_fraud(context, task, message, engine_result):
+            return False
+        signed = signed_message(context, message)
         if signed is None:
             context.metrics["verifier_fraud_unsigned"] += 1
-            logger.info("replay mismatch of iteration %d of %s…, but its signed message was not seen: no dispute",
+            logger.info("replay mismatch of iteration %d of %s…, but nobody has its signed message: no dispute",
                         work.iteration, miner.hex()[:12])
-            return False
-        if not is_proven_fraud(context, task, message, engine_result):
             return False
         context.metrics["verifier_fraud"] += 1
         return self.disputes.submit(C.FraudProof(message=signed))

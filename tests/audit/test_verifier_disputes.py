@@ -17,7 +17,8 @@ from bws.node.devnet import DevnetOptions, build_task, derive_account, make_gene
 from bws.node.mempool import Mempool
 from bws.node.roles import verifier
 from bws.node.roles.byzantine import Byzantine
-from bws.node.roles.context import RoleContext
+from bws.node.audit import PROTOCOL_AUDIT, AuditServer
+from bws.node.roles.context import MessageLog, RoleContext
 from bws.node.roles.data import FOUND, NOT_FOUND, TensorCache, parse_request, DATA_TENSORS, ROOT_BYTES
 from bws.node.roles.disputes import is_disputable
 from bws.node.roles.library import TaskLibrary, flat, tree
@@ -34,16 +35,19 @@ from bws.spec.state_transition import InvalidTransaction, ReplayUnavailable, app
 from bws.spec.tasks import compute_batch_index, get_member_index
 
 
-class MinerCache:
-    """The network as a verifier sees it: one peer, the miner, serving its tensor cache."""
+class MinerPeer:
+    """The network as a verifier sees it: one peer, the miner, serving its
+    tensor cache (`/bws/data/1`) and the messages it recorded (`/bws/audit/1`)."""
 
-    def __init__(self, cache: TensorCache | None) -> None:
-        self.cache = cache
+    def __init__(self, cache: TensorCache | None, messages: MessageLog) -> None:
+        self.cache, self.audit = cache, AuditServer(SimpleNamespace(messages=messages))
 
     def peers(self) -> list[str]:
         return ["miner"] if self.cache is not None else []
 
     def request(self, peer, protocol, data, timeout=None) -> bytes:
+        if protocol == PROTOCOL_AUDIT:
+            return self.audit.serve(peer, data)
         encoded = self.cache.get(parse_request(data, DATA_TENSORS, ROOT_BYTES))
         return NOT_FOUND if encoded is None else FOUND + encoded
 
@@ -83,18 +87,28 @@ def setup():
                            honest=honest, fraud=fraud)
 
 
-def verifier_node(setup, directory, account, reachable: bool = True) -> tuple[RoleContext, NetworkReplay]:
-    """A verifier (with `account`'s key) that has heard the miner's messages on gossip."""
+def message_log(*signed: C.SignedIterationMessage) -> MessageLog:
+    log = MessageLog()
+    for message in signed:
+        log.add(message, "miner")
+    return log
+
+
+def verifier_node(setup, directory, account, reachable: bool = True, heard_gossip: bool = True,
+                  miner_recorded: bool = True) -> tuple[RoleContext, NetworkReplay]:
+    """A verifier (with `account`'s key) that has heard the miner's messages on
+    gossip (or not), with the miner as its peer (if `reachable`) keeping a record
+    of its messages (or not)."""
     holder = {}
     replay = NetworkReplay(lambda: holder["context"])
     state = setup.genesis_state
     chain = Chain(ChainStore(directory), state, get_genesis_block(state), replay)
     context = RoleContext(chain=chain, mempool=Mempool(chain.account_nonce),
-                          network=MinerCache(setup.cache if reachable else None), account=account,
-                          library=setup.library, import_block=chain.import_block)
+                          network=MinerPeer(setup.cache if reachable else None,
+                                            message_log(setup.honest, setup.fraud) if miner_recorded else MessageLog()),
+                          account=account, library=setup.library, import_block=chain.import_block,
+                          messages=message_log(setup.honest, setup.fraud) if heard_gossip else MessageLog())
     holder["context"] = context
-    for signed in (setup.honest, setup.fraud):
-        context.messages.add(signed, "miner")
     return context, replay
 
 
@@ -175,3 +189,19 @@ def test_an_unavailable_replay_is_not_a_mismatch(setup, tmp_path):
         replay(setup.task, setup.fraud.message)
     assert context.metrics["replays_unavailable"] == 1 and context.metrics["replay_mismatches"] == 0
     assert pending_disputes(context) == []
+
+
+def test_a_verifier_that_did_not_hear_the_message_gets_it_from_its_peers(setup, tmp_path):
+    """A block that came by sync: the signed message is taken from a peer's record, signature checked."""
+    context, replay = verifier_node(setup, tmp_path / "v1", setup.accounts[1], heard_gossip=False)
+    replay(setup.task, setup.fraud.message)
+    (dispute,) = pending_disputes(context, wait=60)
+    assert dispute.transaction.body.evidence == C.FraudProof(message=setup.fraud)
+
+
+def test_without_the_signed_message_nobody_is_disputed(setup, tmp_path):
+    context, replay = verifier_node(setup, tmp_path / "v1", setup.accounts[1], heard_gossip=False,
+                                    miner_recorded=False)
+    result = replay(setup.task, setup.fraud.message)
+    assert not replay.disputes(context).dispute_if_proven(setup.task, setup.fraud.message, result)
+    assert context.metrics["verifier_fraud_unsigned"] >= 1 and pending_disputes(context) == []
