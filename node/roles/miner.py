@@ -50,18 +50,18 @@ import jax
 
 from bws.spec import containers as C
 from bws.spec.constants import (
-    MAX_TRANSACTIONS_PER_BLOCK, ROLE_MINER, TASK_EVALUATION, TASK_GROUP_SELECTED, TASK_TRAINING,
+    DOMAIN_POW, MAX_TRANSACTIONS_PER_BLOCK, ROLE_MINER, TASK_EVALUATION, TASK_GROUP_SELECTED, TASK_TRAINING,
 )
-from bws.spec.hashing import ZERO_HASH
+from bws.spec.hashing import ZERO_HASH, hash_bytes
 from bws.spec.pouw import (
     compute_header_commitment, compute_iteration_message_signing_root, compute_message_digest, compute_nonce,
-    compute_nonce_seed, get_nonce_allowance, is_valid_pow,
+    compute_nonce_seed, get_committed_header, get_nonce_allowance,
 )
 from bws.spec.state_transition import (
     InvalidTransaction, apply_transaction, compute_state_root, compute_transactions_root, process_block,
 )
 from bws.spec.tasks import compute_batch_index, get_member_index
-from bws.spec.encoding import decode, DecodeError
+from bws.spec.encoding import decode, encode, DecodeError
 from bws.spec.containers import SignedTransaction
 
 from ..audit import PROTOCOL_AUDIT, AuditServer, RecordedIteration
@@ -132,6 +132,18 @@ def sign_iteration_message(secret_key: bytes, public_key: bytes, message: C.Iter
     the same RFC 6979 low-S signature bytes, about 30 times faster."""
     return C.SignedIterationMessage(message=message, public_key=public_key,
                                     signature=keys.sign(secret_key, compute_iteration_message_signing_root(message)))
+
+
+def find_nonce(header: C.BlockHeader, seed: bytes, allowance: int) -> tuple[int, bytes] | None:
+    """(index, nonce) of the first of an iteration's `allowance` nonces with which
+    `header` meets its target (the spec's is_valid_pow), or None. The committed
+    header, the prefix of every work hash (compute_pow_hash), is encoded once."""
+    prefix = DOMAIN_POW + encode(get_committed_header(header))
+    for index in range(allowance):
+        nonce = compute_nonce(seed, index)
+        if int.from_bytes(hash_bytes(prefix + nonce), "big") <= header.target:
+            return index, bytes(nonce)
+    return None
 
 
 class Miner:
@@ -435,16 +447,15 @@ class Miner:
                 or committed.height != int(head_state.height) + 1:
             context.metrics["stale_commitments"] += 1
             return
-        seed = compute_nonce_seed(signed.message.work)
         allowance = get_nonce_allowance(head_state.config, task)
         context.metrics["nonces_tried"] += allowance
-        for index in range(allowance):
-            header = self._header(committed, task_id=training.task_id, iteration=iteration,
-                                  message_digest=compute_message_digest(signed.message), nonce_index=index,
-                                  nonce=compute_nonce(seed, index))
-            if is_valid_pow(header):
-                self._publish_block(head_state, header, committed, commitment, signed)
-                return
+        header = self._header(committed, task_id=training.task_id, iteration=iteration,
+                              message_digest=compute_message_digest(signed.message))
+        found = find_nonce(header, compute_nonce_seed(signed.message.work), allowance)
+        if found is not None:
+            index, nonce = found
+            header = dataclasses.replace(header, nonce_index=index, nonce=nonce)
+            self._publish_block(head_state, header, committed, commitment, signed)
 
     def _publish_block(self, head_state: C.State, header: C.BlockHeader, committed: CommittedBlock,
                        commitment: C.SignedIterationMessage, signed: C.SignedIterationMessage) -> None:

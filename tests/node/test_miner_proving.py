@@ -15,7 +15,7 @@ import pytest
 from bws.node.devnet import DevnetOptions, build_task, derive_account, make_genesis
 from bws.node.p2p import TOPIC_BLOCK, TOPIC_TASK
 from bws.node.roles.library import TaskLibrary, merkle_layers, merkle_proof
-from bws.node.roles.miner import Miner, sign_iteration_message
+from bws.node.roles.miner import Miner, find_nonce, sign_iteration_message
 from bws.spec import containers as C
 from bws.spec import pouw
 from bws.spec.encoding import decode, get_fields
@@ -90,6 +90,22 @@ def test_node_signature_is_the_spec_signature():
         signed = sign_iteration_message(account.secret_key, account.public_key, message)
         assert signed == pouw.sign_iteration_message(account.secret_key, message)
         assert pouw.is_valid_signed_iteration_message(signed)
+
+
+def test_find_nonce_finds_the_first_nonce_the_spec_accepts():
+    found_some = False
+    for trial in range(40):
+        header = C.BlockHeader(parent_hash=hash_bytes(bytes([trial])), height=trial + 1, timestamp=1_700_000_000 + trial,
+                               state_root=bytes(32), transactions_root=bytes(32), miner=bytes(20), target=2**251,
+                               task_id=hash_bytes(b"task"), iteration=trial, message_digest=hash_bytes(b"m"),
+                               nonce_index=0, nonce=bytes(32))
+        seed = hash_bytes(b"seed" + bytes([trial]))
+        accepted = [index for index in range(6) if pouw.is_valid_pow(dataclasses.replace(
+            header, nonce_index=index, nonce=pouw.compute_nonce(seed, index)))]
+        expected = (accepted[0], bytes(pouw.compute_nonce(seed, accepted[0]))) if accepted else None
+        assert find_nonce(header, seed, 6) == expected
+        found_some |= expected is not None
+    assert found_some
 
 
 @pytest.mark.parametrize("count", [1, 2, 3, 5, 8, 9])
