@@ -42,6 +42,7 @@ ALLOWED_PRIMITIVES = frozenset({
     "eq", "ne", "lt", "le", "gt", "ge",
     # integer reductions and the contraction
     "reduce_sum", "reduce_max", "reduce_min", "reduce_and", "reduce_or", "argmax", "argmin", "dot_general",
+    "reduce",  # multi-operand; its body and inits are checked by _check_reduce
     # randomness
     "threefry2x32",
 })
@@ -89,6 +90,8 @@ def check_jaxpr(jaxpr) -> int:
                                     f"from {_where(eqn)}")
         if name == "dot_general" and "int8" in dtypes:
             _check_int8_contraction(eqn)
+        if name == "reduce":
+            _check_reduce(eqn)
         checked += 1
         for sub in _sub_jaxprs(eqn.params):
             checked += check_jaxpr(sub)
@@ -104,6 +107,38 @@ def _check_int8_contraction(eqn) -> None:
     if size % CONTRACTION_MULTIPLE:
         raise CanonicalityError(f"int8 dot_general contracts over {size} elements, not a multiple of "
                                 f"{CONTRACTION_MULTIPLE} (XLA:GPU's int8 dot miscomputes such sizes); from {_where(eqn)}")
+
+
+# A general (multi-operand) reduce is order-free when every output is one of
+# these associative, commutative integer operations of its own accumulator and
+# element, started from the operation's identity (XLA may start each partial
+# reduction of a split from the init value).
+_REDUCE_IDENTITIES = {
+    "max": lambda info: info.min, "min": lambda info: info.max,
+    "add": lambda info: 0, "or": lambda info: 0, "xor": lambda info: 0, "and": lambda info: -1,
+}
+
+
+def _check_reduce(eqn) -> None:
+    body = eqn.params["jaxpr"].jaxpr
+    count = len(body.outvars)
+    accumulators, elements = body.invars[:count], body.invars[count:]
+    producers = {id(e.outvars[0]): e for e in body.eqns if len(e.outvars) == 1}
+    for k, (out, init) in enumerate(zip(body.outvars, eqn.invars[count:])):
+        step = producers.get(id(out))
+        operands = {id(v) for v in step.invars} if step is not None else set()
+        if (step is None or step.primitive.name not in _REDUCE_IDENTITIES or len(step.invars) != 2
+                or operands != {id(accumulators[k]), id(elements[k])}):
+            raise CanonicalityError(f"reduce output {k} is not max/min/add/and/or/xor of its accumulator and "
+                                    f"element (an order-dependent reduction); from {_where(eqn)}")
+        op = step.primitive.name
+        info = np.iinfo(init.aval.dtype)
+        identity = _REDUCE_IDENTITIES[op](info)
+        value = getattr(init, "val", None)
+        if value is None or int(value) != identity:
+            raise CanonicalityError(f"reduce output {k} ({op}) starts from {value if value is not None else 'a traced value'}, "
+                                    f"not its identity {identity} (a split reduction would count it twice); "
+                                    f"from {_where(eqn)}")
 
 
 def check_function(fn, *args) -> int:

@@ -42,15 +42,20 @@ def shift_round(x, s: int):
 def shift_round_dynamic(x, s):
     """x * 2**-s for a traced int32 scalar s: right shift with round half up
     when s > 0, left shift when s <= 0. int64 in, int64 out; the caller keeps
-    left shifts within range (they clip to +-(2**62 >> -s) first)."""
+    left shifts within range (they clip to +-(2**62 >> -s) first).
+
+    Both directions in one branch-free expression (one pass, no select):
+    (clip(x, +-limit) << left + half) >> right with right = clip(s, 0, 62),
+    left = clip(-s, 0, 62), half = 2**(right-1) (0 when right = 0), and no
+    clip (the whole int64 range) when right > 0."""
     x = x.astype(I64)
     s = s.astype(I64)
-    right = jnp.clip(s, 1, 62)
-    rounded = (x + (jnp.asarray(1, I64) << (right - 1))) >> right
-    left = jnp.clip(-s, 0, 62)
+    right, left = jnp.clip(s, 0, 62), jnp.clip(-s, 0, 62)
     limit = jnp.asarray(2**62, I64) >> left
-    shifted = jnp.clip(x, -limit, limit) << left
-    return jnp.where(s > 0, rounded, shifted)
+    low = jnp.where(right > 0, jnp.iinfo(I64).min, -limit)
+    high = jnp.where(right > 0, jnp.iinfo(I64).max, limit)
+    half = (jnp.asarray(1, I64) << right) >> 1
+    return ((jnp.clip(x, low, high) << left) + half) >> right
 
 
 def div_round(n, d):

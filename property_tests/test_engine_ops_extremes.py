@@ -86,8 +86,8 @@ def test_natural_log(p, frac_bits):
 # ---------------------------------------------------------------------------
 # Contractions: block normalisation, digits, the sliced product, rescaling
 # ---------------------------------------------------------------------------
-@given(int_arrays((3, 4), *I32_RANGE), int_arrays((4, 2), *I32_RANGE), st.sampled_from(K.ALLOWED_SLICES),
-       st.integers(-8, 8))
+@given(int_arrays((3, 4), *I32_RANGE, dtype=np.int32), int_arrays((4, 2), *I32_RANGE, dtype=np.int32),
+       st.sampled_from(K.ALLOWED_SLICES), st.integers(-8, 8))
 def test_contraction(a, b, slices, frac_shift):
     (digits_a, shift_a), (digits_b, shift_b) = (jax.jit(ops.split, static_argnums=1)(jnp.asarray(m), slices)
                                                 for m in (a, b))

@@ -63,6 +63,29 @@ def test_int8_dot_over_an_unpadded_size_is_caught():
         check_function(unpadded, np.zeros((4, 10), np.int8), np.zeros((10, 3), np.int8))
 
 
+def _two_operand_reduce(combine, inits):
+    import jax
+
+    return lambda x: jax.lax.reduce((x, x), tuple(jnp.asarray(v, jnp.int32) for v in inits), combine, (0,))
+
+
+def test_multi_operand_reduce_of_order_free_operations_passes():
+    both = _two_operand_reduce(lambda a, b: (jnp.maximum(a[0], b[0]), jnp.minimum(b[1], a[1])),
+                               (-2**31, 2**31 - 1))
+    assert check_function(both, np.arange(5, dtype=np.int32)) >= 1
+
+
+@pytest.mark.parametrize("combine, inits, message", [
+    (lambda a, b: (a[0] - b[0], a[1] + b[1]), (0, 0), "output 0 is not max/min/add"),          # not associative
+    (lambda a, b: (jnp.maximum(a[0], b[1]), a[1] + b[1]), (-2**31, 0), "output 0 is not"),   # mixes operands
+    (lambda a, b: (jnp.maximum(a[0], b[0]), a[1] + b[1]), (-2**31, 5), "starts from 5, not its identity 0"),
+    (lambda a, b: (jnp.maximum(a[0], b[0]), a[1] * b[1]), (-2**31, 1), "output 1 is not"),
+])
+def test_order_dependent_reduce_is_caught(combine, inits, message):
+    with pytest.raises(CanonicalityError, match=message):
+        check_function(_two_operand_reduce(combine, inits), np.arange(5, dtype=np.int32))
+
+
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 9, 10, 17, 33])
 def test_contractions_of_sizes_xla_gpu_miscomputed_are_exact(size):
     """The sizes XLA:GPU's int8 dot got wrong (twice the sum: 2, 3, 5, 9, 10) and some it got right,
