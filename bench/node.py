@@ -15,7 +15,7 @@ Figures (one run):
   accounts in the state.
 - the share of a miner's time that is not useful work: (the miner's wall
   time per iteration - the bare engine loop's) / the miner's, for the devnet's
-  digits DNN and a larger DNN, each against the bare engine loop on the same
+  digits DNN, a larger DNN and the cnn template's CNN, each against the bare engine loop on the same
   model and batches in the same run; the miner is a lone in-process node
   (its own DuckDB chain, always its turn, no pacing, no peers to wait for)
   with the proving thread, and without it (everything on one thread).
@@ -224,7 +224,8 @@ class Offline:
 
 
 def miner_models() -> dict:
-    """Task definitions by label: the devnet's task and a larger DNN on the same digits."""
+    """Task definitions by label: the devnet's task, a larger DNN (about 10x the state) and
+    the cnn template's CNN (more compute for its state) on the same digits."""
     from bws.node.devnet import DevnetOptions, build_task
     from bws.templates import jobs, keras
 
@@ -232,7 +233,8 @@ def miner_models() -> dict:
                                jobs.layers.Dense(256, activation="relu"),
                                jobs.layers.Dense(10, activation="softmax")], name="dnn")
     return {"the devnet's digits DNN 64-128-64-10, batch 128": build_task(DevnetOptions()),
-            "DNN 64-512-256-10, batch 256": jobs.make_task("dnn", "digits", model=larger, epochs=2, batch_size=256)}
+            "DNN 64-512-256-10, batch 256": jobs.make_task("dnn", "digits", model=larger, epochs=2, batch_size=256),
+            "the cnn template's CNN, batch 128": jobs.make_task("cnn", "digits", epochs=2, batch_size=128)}
 
 
 def lone_miner(definition, directory: Path, library, initial_target: int | None = None):
@@ -411,7 +413,11 @@ def render(figures: dict) -> str:
         "miner's. The miner is a lone in-process node (its own DuckDB chain, always its turn, no pacing, no peers), "
         f"{figures['miner_iterations']} iterations back to back, best of {figures['miner_rounds']} rounds interleaved "
         "with the bare engine loop (the same `LoadedTask.iterate` on the same batches); blocks at the devnet's "
-        "genesis target.",
+        "genesis target (a block every few iterations) or a target at which blocks are rare, as for one miner "
+        "among many. The proving thread works beside the engine: the miner's pace is the slower of the two, and "
+        "the proving thread's work (the roots of the whole state and update, the signed message, the nonce "
+        "trials, and for a block the spec's transition and the import) is mostly Python, which runs one thread at "
+        "a time.",
         "",
         "| model | setting | wall time per iteration | not useful | proving thread busy per iteration "
         "| blocks per iteration |",
