@@ -16,6 +16,13 @@ Rules (what a user sees when submitting):
 - When a block is connected, transactions whose nonce is now used are
   dropped; when a block is disconnected by a reorg its transactions come
   back (`reinsert`), and are dropped again if the new chain used them.
+- A transaction that the full rules refuse while it is next in its sender's
+  queue (a dispute against a miner someone else already had slashed, an
+  evaluation result for a task already finalized) is dropped once block
+  builders have reported it on INVALID_HEADS_BEFORE_DROP different heads
+  (`report_invalid`): a balance may still arrive, but kept for ever it would
+  hold back every later transaction of its sender, whose wallet then reuses
+  its nonce.
 
 The pool is independent of the transaction encoding: callers give it
 `PoolTransaction` records (id, sender, nonce, fee, size, raw bytes).
@@ -33,6 +40,7 @@ DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_PER_SENDER = 64
 MAX_NONCE_GAP = 64
 REPLACEMENT_FEE_BUMP_PERCENT = 10
+INVALID_HEADS_BEFORE_DROP = 3
 
 
 class MempoolError(Exception):
@@ -77,6 +85,7 @@ class Mempool:
         self._by_sender: dict[bytes, dict[int, PoolTransaction]] = {}
         self._by_id: dict[bytes, PoolTransaction] = {}
         self._arrival: dict[bytes, int] = {}
+        self._refused_on: dict[bytes, set[bytes]] = {}   # tx id -> heads on which the full rules refused it
         self._counter = itertools.count()
         self._bytes = 0
         self._lock = threading.RLock()
@@ -169,6 +178,7 @@ class Mempool:
             del self._by_sender[tx.sender]
         del self._by_id[tx.tx_id]
         del self._arrival[tx.tx_id]
+        self._refused_on.pop(tx.tx_id, None)
         self._bytes -= tx.size
 
     # -- chain events ---------------------------------------------------
@@ -199,6 +209,20 @@ class Mempool:
             except MempoolError:
                 continue
         return restored
+
+    def report_invalid(self, tx_id: bytes, head_hash: bytes) -> bool:
+        """A block builder found `tx_id` invalid by the full rules on the
+        head `head_hash`; whether the transaction was dropped (module docstring)."""
+        with self._lock:
+            tx = self._by_id.get(tx_id)
+            if tx is None or tx.nonce != self._account_nonce(tx.sender):
+                return False  # gone, or waiting behind an earlier nonce: not its own fault
+            heads = self._refused_on.setdefault(tx_id, set())
+            heads.add(bytes(head_hash))
+            if len(heads) < INVALID_HEADS_BEFORE_DROP:
+                return False
+            self._remove(tx)
+            return True
 
     # -- block templates ------------------------------------------------
     def select(self, max_count: int, max_bytes: int) -> list[PoolTransaction]:

@@ -129,3 +129,23 @@ def test_select_respects_byte_limit_and_skips_blocked_sender():
     pool.add(make_tx(B, 0, 1, size=100))
     chosen = pool.select(10, 200)
     assert [(tx.sender, tx.nonce) for tx in chosen] == [(B, 0)]
+
+
+def test_a_transaction_refused_on_three_heads_is_dropped_and_its_nonce_reused():
+    chain = Chain()
+    pool = Mempool(chain)
+    stuck, follower = make_tx(b"a", 0, 50), make_tx(b"a", 1, 50)
+    pool.add(stuck)
+    pool.add(follower)
+    assert not pool.report_invalid(follower.tx_id, b"head1")  # behind nonce 0: not its own fault
+    assert not pool.report_invalid(stuck.tx_id, b"head1")
+    assert not pool.report_invalid(stuck.tx_id, b"head1")  # the same head again counts once
+    assert not pool.report_invalid(stuck.tx_id, b"head2")
+    assert stuck.tx_id in pool
+    assert pool.report_invalid(stuck.tx_id, b"head3")
+    assert stuck.tx_id not in pool and follower.tx_id in pool
+    assert pool.pending_nonce(b"a") == 0  # the wallet fills the gap, then the follower can go
+    refill = make_tx(b"a", 0, 60)
+    pool.add(refill)
+    assert [tx.tx_id for tx in pool.select(10, 10_000)] == [refill.tx_id, follower.tx_id]
+    assert not pool.report_invalid(b"unknown", b"head4")
