@@ -69,12 +69,6 @@ def _max_and_min(x):
                           lambda a, b: (jnp.maximum(a[0], b[0]), jnp.minimum(a[1], b[1])), tuple(range(x.ndim)))
 
 
-def _kept_pairs(slices: int):
-    """Digit pairs (i, j) whose product is kept: i + j >= slices - 1. The
-    dropped pairs weigh at most 2**-(7*(slices-1)) of the top pair."""
-    return [(i, j) for i in range(slices) for j in range(slices) if i + j >= slices - 1]
-
-
 CONTRACTION_MULTIPLE = 16
 """Every int8 dot contracts over a multiple of this many elements: contracted
 axes are zero-padded, which adds nothing to an exact integer sum. Measured on
@@ -95,18 +89,32 @@ def _pad_contracted(digits, axes):
 
 
 def contract(digits_a, digits_b, dimension_numbers):
-    """Exact int64 sum over kept digit pairs of dot(a_i, b_j) << 7(i+j); each
-    dot is int8 x int8 with int32 accumulation (contraction size <=
-    MAX_CONTRACTION_SIZE, so it cannot overflow), over contracted axes padded
-    to a multiple of CONTRACTION_MULTIPLE."""
+    """Exact int64 sum over the kept digit pairs, i + j >= slices - 1, of
+    dot(a_i, b_j) << 7(i+j) (the dropped pairs weigh at most 2**-(7*(slices-1))
+    of the top pair); each dot is int8 x int8 with int32 accumulation, over
+    contracted axes padded to a multiple of CONTRACTION_MULTIPLE.
+
+    The pairs of one weight i + j are one dot over the digits concatenated
+    along the contracted axis (a_i | a_i' ...) . (b_j ; b_j' ...) when that
+    cannot overflow: every digit product is at most 128 * 128 = 2**14, so
+    pairs * size <= MAX_CONTRACTION_SIZE keeps the int32 sum below 2**31.
+    Otherwise (or with several contracted axes) each pair is its own dot."""
     slices = len(digits_a)
     (axes_a, axes_b), _ = dimension_numbers
     digits_a, digits_b = _pad_contracted(digits_a, axes_a), _pad_contracted(digits_b, axes_b)
+    size = math.prod(digits_a[0].shape[axis] for axis in axes_a)
     total = None
-    for i, j in _kept_pairs(slices):
-        part = jax.lax.dot_general(digits_a[i], digits_b[j], dimension_numbers, preferred_element_type=I32)
-        part = part.astype(I64) << (DIGIT * (i + j))
-        total = part if total is None else total + part
+    for weight in range(slices - 1, 2 * slices - 1):
+        pairs = [(i, weight - i) for i in range(slices) if 0 <= weight - i < slices]
+        if len(pairs) > 1 and len(axes_a) == 1 and len(pairs) * size <= C.MAX_CONTRACTION_SIZE:
+            operands = [(jnp.concatenate([digits_a[i] for i, _ in pairs], axis=axes_a[0]),
+                         jnp.concatenate([digits_b[j] for _, j in pairs], axis=axes_b[0]))]
+        else:
+            operands = [(digits_a[i], digits_b[j]) for i, j in pairs]
+        for a, b in operands:
+            part = jax.lax.dot_general(a, b, dimension_numbers, preferred_element_type=I32)
+            part = part.astype(I64) << (DIGIT * weight)
+            total = part if total is None else total + part
     return total
 
 
@@ -134,7 +142,7 @@ def contract_rows(digits_a, digits_b, *, transpose_in_loop: bool = False):
     activation. Convolution patches come from pads of already materialised
     digits, where the loop only adds copies, so they go without it."""
     rows = digits_a[0].shape[0]
-    chunk = C.MAX_CONTRACTION_SIZE
+    chunk = C.MAX_CONTRACTION_SIZE // len(digits_a)  # small enough for `contract` to join each weight's pairs
     total = None
     for start in range(0, rows, chunk):
         rows_a = [d[start:start + chunk] for d in digits_a]
