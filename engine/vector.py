@@ -133,7 +133,23 @@ def read_vector(data: bytes) -> IterationVector:
         raise VectorError(f"vector: {len(data) - position} unexpected bytes after the last tensor")
     state, batch, peer = (unflatten(groups[g]) for g in ("state", "batch", "peer"))
     _check_layout(model, state, batch, peer)
-    return IterationVector(model, state, batch, peer, expected)
+    vector = IterationVector(model, state, batch, peer, expected)
+    _check_canonical(vector, header, data)
+    return vector
+
+
+def _check_canonical(vector: IterationVector, header: dict, data: bytes) -> None:
+    """The header's input roots must be those of the tensors, and the file
+    exactly what `to_bytes` writes (so one iteration has one file)."""
+    inputs = header.get("inputs")
+    roots = {"state_root": state_root(vector.state), "batch_root": batch_root(vector.batch),
+             "peer_update_root": update_root(vector.peer_update_sum)}
+    for name, root in roots.items():
+        if not isinstance(inputs, dict) or inputs.get(name) != root.hex():
+            raise VectorError(f"vector: header.inputs.{name} does not match the tensors")
+    if vector.to_bytes() != data:
+        raise VectorError("vector: not in canonical form (header JSON with sorted keys and no spaces, "
+                          "the model with every default filled in, tensors sorted by name)")
 
 
 def _check_layout(model: dict, state: dict, batch: dict, peer: dict) -> None:
