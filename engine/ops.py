@@ -486,13 +486,15 @@ def adam_ratio(m, v, epsilon_squared: int):
     1/sqrt(w) = RSQRT_TABLE[w >> 2j] * 2**-(30 + j) (the index truncated), so
     ratio = round(m * RSQRT_TABLE[w >> 2j] / 2**(4 + j)).
 
-    The shift 4 + j is in [4, 30] (bit_length(w) <= 63), so the rounding is a
-    plain right shift, and m * RSQRT_TABLE[...] < 2**31 * 2**30 leaves room
-    for the half added."""
+    The index w >> 2j has 11 or 12 bits (w itself when bit_length(w) <= 11),
+    so it is inside the 4096-entry table and the lookup skips bounds
+    handling. The shift 4 + j is in [4, 30] (bit_length(w) <= 63), so the
+    rounding is a plain right shift, and m * RSQRT_TABLE[...] < 2**31 * 2**30
+    leaves room for the half added."""
     w = jnp.maximum(v + epsilon_squared, 1)
     half_shift = jnp.maximum(bit_length(w) - 11, 0) >> 1
     index = w >> (2 * half_shift)
-    reciprocal = jnp.asarray(C.RSQRT_TABLE, I64)[index]
+    reciprocal = jnp.asarray(C.RSQRT_TABLE, I64).at[index].get(mode="promise_in_bounds")
     shift = 4 + half_shift
     return (m.astype(I64) * reciprocal + (jnp.asarray(1, I64) << (shift - 1))) >> shift
 
