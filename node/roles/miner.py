@@ -38,7 +38,6 @@ messages are seen on gossip) so the group's iterations mine the blocks.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import queue
@@ -57,15 +56,14 @@ from bws.spec.pouw import (
     compute_header_commitment, compute_iteration_message_signing_root, compute_message_digest, compute_nonce,
     compute_nonce_seed, get_committed_header, get_nonce_allowance,
 )
-from bws.spec.state_transition import (
-    InvalidTransaction, apply_transaction, compute_state_root, compute_transactions_root, process_block,
-)
+from bws.spec.state_transition import InvalidBlock, InvalidTransaction, compute_transactions_root
 from bws.spec.tasks import compute_batch_index, get_member_index
 from bws.spec.encoding import decode, encode, DecodeError
 from bws.spec.containers import SignedTransaction
 
 from ..audit import PROTOCOL_AUDIT, AuditServer, RecordedIteration
 from .. import keys
+from ..transition import apply_transaction, compute_state_root, process_block
 from .byzantine import Byzantine
 from .context import RoleContext, RoleError
 from .library import LoadedTask, TaskUnavailable, flat, tree
@@ -419,12 +417,15 @@ class Miner:
     def _select_transactions(self, head_state: C.State) -> list[SignedTransaction]:
         """Mempool transactions that apply, in order, on the head state."""
         chosen, state = [], head_state
-        for record in self.context.mempool.select(MAX_TRANSACTIONS_PER_BLOCK, MAX_BLOCK_TRANSACTION_BYTES):
+        mempool, head_hash = self.context.mempool, bytes(self.context.chain.head.hash)
+        for record in mempool.select(MAX_TRANSACTIONS_PER_BLOCK, MAX_BLOCK_TRANSACTION_BYTES):
             try:
                 signed = decode(record.raw, SignedTransaction)
                 state = apply_transaction(state, signed, self.context.address,
                                           lambda task, message: replay_iteration(self.context, task, message))
             except (DecodeError, InvalidTransaction):
+                if mempool.report_invalid(record.tx_id, head_hash):
+                    self.context.metrics["transactions_dropped_invalid"] += 1
                 continue
             chosen.append(signed)
         return chosen
@@ -461,12 +462,11 @@ class Miner:
                        commitment: C.SignedIterationMessage, signed: C.SignedIterationMessage) -> None:
         block = C.Block(header=header, transactions=committed.transactions,
                         proofs=[C.PouwProof(message=signed, commitment=commitment)])
-        post = copy.deepcopy(head_state)
         claimed = C.ReplayResult(update_root=signed.message.work.update_root,
                                  state_after_root=signed.message.work.state_after_root)
         try:
-            process_block(post, block, lambda task, message: claimed)
-        except AssertionError as error:
+            post = process_block(head_state, block, lambda task, message: claimed)
+        except InvalidBlock as error:
             logger.info("found a nonce but the block would be invalid: %s", error)
             self.context.metrics["blocks_not_built"] += 1
             return

@@ -131,3 +131,28 @@ def test_cached_epoch_order_is_shared_read_only_and_the_rule():
 def test_cached_fields_are_the_dataclass_fields():
     assert [name for name, _ in get_fields(C.IterationWork)] == [f.name for f in dataclasses.fields(C.IterationWork)]
     assert get_fields(C.IterationWork) is get_fields(C.IterationWork)
+
+
+def test_a_pooled_transaction_the_rules_refuse_is_dropped_after_three_heads(one_miner, tmp_path):
+    """Admitted to the pool (envelope, fee, nonce and balance are fine) but
+    invalid by the full rules: the miner leaves it out of every block and the
+    pool drops it once refused on three heads, so it cannot hold back node0's
+    later transactions."""
+    from bws.spec.state_transition import sign_transaction
+    context = make_node(one_miner, tmp_path, "node0", one_miner[1][0], {})
+    config = context.chain.config
+    orphan_result = C.Transaction(chain_id=config.chain_id, sender=context.address, nonce=0,
+                                  fee=config.min_transaction_fee,
+                                  body=C.EvaluationResult(task_id=hash_bytes(b"no such task"),
+                                                          test_set_hash=hash_bytes(b"test"), scores=[]))
+    context.submit_transaction(sign_transaction(one_miner[1][0].secret_key, orphan_result))
+    assert len(context.mempool) == 1
+    miner = Miner(context)
+    for _ in range(MAX_ITERATIONS):
+        miner._last_bootstrap = float("-inf")
+        assert miner.step()
+        if not len(context.mempool):
+            break
+    assert not len(context.mempool), "the refused transaction is still pooled"
+    assert context.metrics["transactions_dropped_invalid"] == 1 and context.metrics["blocks_mined"] >= 2
+    assert context.chain.account_nonce(context.address) == 0   # never included
