@@ -11,6 +11,7 @@ in float32, same initial weights, batches and hyper-parameters; test accuracy
 side by side.
 
     .venv/bin/python bench/engine.py            # everything (a few minutes on 2 cores)
+    .venv/bin/python bench/engine.py --rounds 5 # more canonical/float pairs per case (medians)
     .venv/bin/python bench/engine.py --quick    # fewer timed iterations, fewer epochs
 """
 from __future__ import annotations
@@ -147,6 +148,10 @@ def worker_reference(model: str, batch: int) -> dict:
     return {"iter_s": time.perf_counter() - t, "cold_s": time.perf_counter() - start}
 
 
+def _median_of(results: list[dict]) -> dict:
+    return {key: statistics.median(result[key] for result in results) for key in results[0]}
+
+
 def run_worker(kind: str, model: str, batch: int, iterations: int) -> dict:
     command = [sys.executable, __file__, "--worker", kind, "--model", model, "--batch", str(batch),
                "--iterations", str(iterations)]
@@ -237,6 +242,8 @@ def main() -> int:
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--iterations", type=int, default=20, help=argparse.SUPPRESS)
     parser.add_argument("--skip-quality", action="store_true", help="only the speed and memory table")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="canonical/float worker pairs per case; each figure is the median (default 3)")
     args = parser.parse_args()
     if args.worker:
         result = {"canonical": lambda: worker_canonical(args.model, args.batch, args.iterations),
@@ -251,12 +258,16 @@ def main() -> int:
           "| peak RSS MB (canon / float, ratio) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for model, batch in CASES:
-        canonical = run_worker("canonical", model, batch, iterations)
-        baseline = run_worker("float", model, batch, iterations)
+        # The two steps run back to back, `--rounds` times: on a shared machine
+        # the load changes between runs, so each figure is the median over rounds.
+        runs = [(run_worker("canonical", model, batch, iterations), run_worker("float", model, batch, iterations))
+                for _ in range(args.rounds)]
+        canonical, baseline = (_median_of([run[side] for run in runs]) for side in (0, 1))
+        ratio = statistics.median(c["iter_s"] / f["iter_s"] for c, f in runs)  # of pairs run back to back
         reference = run_worker("reference", model, batch, 1)
         mb = 1 << 20
         print(f"| {model} | {batch} | {canonical['iter_s'] * 1e3:.1f} | {baseline['iter_s'] * 1e3:.1f} "
-              f"| {canonical['iter_s'] / baseline['iter_s']:.2f}x "
+              f"| {ratio:.2f}x "
               f"| {canonical['compile_s']:.1f} / {baseline['compile_s']:.1f} "
               f"| {canonical['cold_s']:.1f} / {reference['cold_s']:.1f} "
               f"| {canonical['xla_bytes'] / mb:.0f} / {baseline['xla_bytes'] / mb:.0f} "
