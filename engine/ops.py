@@ -385,11 +385,17 @@ def layer_backward(shape_info, params, cache, delta, slices, *, need_input_delta
             grads["bias"] = saturate32(jnp.sum(delta.astype(I64), axis=tuple(range(delta.ndim - 1))))
         if not need_input_delta:
             return None, grads
-        total = contract(digits_d, digits_k, (((delta.ndim - 1,), (1,)), ((), ())))
-        delta_in = rescale(total, shift_d + shift_k, F_GRAD + F_PARAM, F_GRAD)
-        if kind == "conv2d":
-            delta_in = _col2im(shape_info, delta_in)
-        return delta_in, grads
+        dimensions = (((delta.ndim - 1,), (1,)), ((), ()))
+        if kind == "dense":
+            return rescale(contract(digits_d, digits_k, dimensions), shift_d + shift_k, F_GRAD + F_PARAM, F_GRAD), grads
+        # conv: one contraction per window offset (kernel rows k*C .. (k+1)*C-1), so each part's
+        # rescale has one consumer and fuses into col2im's sum (the same values as cutting one
+        # contraction over every row into parts, without materialising nine padded int64 parts)
+        channels = shape_info.in_shape[2]
+        parts = [rescale(contract(digits_d, [d[k * channels:(k + 1) * channels] for d in digits_k], dimensions),
+                         shift_d + shift_k, F_GRAD + F_PARAM, F_GRAD)
+                 for k in range(digits_k[0].shape[0] // channels)]
+        return _col2im(shape_info, parts), grads
     if kind == "max_pool2d":
         taken = None
         parts = []
@@ -419,15 +425,15 @@ def layer_backward(shape_info, params, cache, delta, slices, *, need_input_delta
     raise ValueError(kind)
 
 
-def _col2im(shape_info, patch_deltas):
-    """Patch deltas [B, Ho, Wo, kh*kw*C] -> input deltas [B, H, W, C] (F28)."""
+def _col2im(shape_info, parts):
+    """Patch deltas, one [B, Ho, Wo, C] part per window offset (dy, dx) in
+    row-major order -> input deltas [B, H, W, C] (F28)."""
     config = shape_info.config
     (kh, kw), strides = config["kernel_size"], config["strides"]
-    h, w, c = shape_info.in_shape
+    h, w, _ = shape_info.in_shape
     pad_h, pad_w = ((0, 0), (0, 0))
     if config["padding"] == "same":
         pad_h, pad_w = _same_padding(h, kh, strides[0]), _same_padding(w, kw, strides[1])
-    parts = [patch_deltas[..., k * c:(k + 1) * c] for k in range(kh * kw)]
     total = _scatter_windows(parts, (kh, kw), strides, (h + sum(pad_h), w + sum(pad_w)))
     return saturate32(total[:, pad_h[0]:pad_h[0] + h, pad_w[0]:pad_w[0] + w, :])
 
