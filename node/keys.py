@@ -59,8 +59,14 @@ def sign(secret_key: bytes, signing_root: bytes) -> Signature:
     """RFC 6979 low-S signature of a 32-byte signing root, as r ‖ s."""
     if len(signing_root) != SIGNING_ROOT_SIZE:
         raise KeyFormatError(f"a signing root is {SIGNING_ROOT_SIZE} bytes, got {len(signing_root)}")
-    der = coincurve.PrivateKey(validate_secret_key(secret_key)).sign(bytes(signing_root), hasher=None)
+    der = _private_key(bytes(secret_key)).sign(bytes(signing_root), hasher=None)
     return Signature(serialize_compact(der_to_cdata(der)))
+
+
+@lru_cache(maxsize=64)
+def _private_key(secret_key: bytes) -> coincurve.PrivateKey:
+    # Building one derives its public key (a curve multiplication); a node signs with one key over and over.
+    return coincurve.PrivateKey(validate_secret_key(secret_key))
 
 
 @lru_cache(maxsize=65536)

@@ -82,10 +82,15 @@ def encode_tensor(array) -> bytes:
 
 def compute_tensor_leaf(name: str, array) -> Bytes32:
     """Leaf of one named tensor: hash(DOMAIN_TENSOR ‖ u16le(len(name)) ‖ name ‖ encode_tensor(array))."""
+    return compute_encoded_tensor_leaf(name, encode_tensor(array))
+
+
+def compute_encoded_tensor_leaf(name: str, encoded_tensor: bytes) -> Bytes32:
+    """`compute_tensor_leaf` of a tensor given as its `encode_tensor` bytes."""
     name_bytes = name.encode("utf-8")
     if len(name_bytes) >= 1 << 16:
         raise CommitmentError(f"tensor name of {len(name_bytes)} bytes is too long")
-    return hash_bytes(DOMAIN_TENSOR + len(name_bytes).to_bytes(2, "little") + name_bytes + encode_tensor(array))
+    return hash_bytes(DOMAIN_TENSOR + len(name_bytes).to_bytes(2, "little") + name_bytes + encoded_tensor)
 
 
 def compute_tensors_root(tensors: dict) -> Bytes32:

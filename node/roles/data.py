@@ -30,7 +30,7 @@ from collections import OrderedDict
 import numpy as np
 
 from bws.spec.constants import TENSOR_DTYPE_CODES
-from bws.spec.hashing import compute_tensors_root, encode_tensor
+from bws.spec.hashing import compute_encoded_tensor_leaf, compute_merkle_root, compute_tensors_root, encode_tensor
 
 ROOT_BYTES = 32
 MAX_TENSORS = 4096
@@ -51,10 +51,15 @@ class DataError(ValueError):
 
 def encode_tensors(tensors: dict[str, np.ndarray]) -> bytes:
     """A flat {name: integer array} as a tensor bundle (names sorted)."""
-    parts = [len(tensors).to_bytes(4, "little")]
-    for name in sorted(tensors):
+    return bundle_bytes({name: encode_tensor(np.asarray(tensors[name])) for name in sorted(tensors)})
+
+
+def bundle_bytes(encoded: dict[str, bytes]) -> bytes:
+    """The bundle of tensors already encoded (`encode_tensor`), in the dict's order (sorted names)."""
+    parts = [len(encoded).to_bytes(4, "little")]
+    for name, data in encoded.items():
         name_bytes = name.encode("utf-8")
-        parts += [len(name_bytes).to_bytes(2, "little"), name_bytes, encode_tensor(np.asarray(tensors[name]))]
+        parts += [len(name_bytes).to_bytes(2, "little"), name_bytes, data]
     return b"".join(parts)
 
 
@@ -147,10 +152,13 @@ class TensorCache:
                 self._entries.popitem(last=False)
 
     def put_tensors(self, tensors: dict[str, np.ndarray], root: bytes | None = None) -> bytes:
-        """Cache a flat bundle; returns its root (computed unless given)."""
-        root = bundle_root(tensors) if root is None else bytes(root)
-        self.put(root, encode_tensors(tensors))
-        return root
+        """Cache a flat bundle; returns its root (computed unless given, from
+        the same tensor encodings the bundle holds: each tensor encoded once)."""
+        encoded = {name: encode_tensor(np.asarray(tensors[name])) for name in sorted(tensors)}
+        if root is None:
+            root = compute_merkle_root([compute_encoded_tensor_leaf(name, data) for name, data in encoded.items()])
+        self.put(bytes(root), bundle_bytes(encoded))
+        return bytes(root)
 
     def get(self, root: bytes) -> bytes | None:
         with self._lock:

@@ -54,3 +54,14 @@ def test_cache_drops_least_recently_used():
     third = cache.put_tensors({"x": np.array([9], np.int32)})
     assert cache.get(roots[1]) is None and cache.get(roots[0]) is not None and cache.get(third) is not None
     assert len(cache) == 2
+
+
+def test_put_tensors_gives_the_spec_root_and_serves_the_bundle_it_names():
+    from bws.spec.hashing import compute_tensors_root
+    tensors = {"params/b": np.arange(3, dtype=np.int32), "params/a": np.arange(-6, 6, dtype=np.int64).reshape(3, 4),
+               "step": np.array(7, np.int32)}
+    cache = TensorCache()
+    root = cache.put_tensors(tensors)
+    assert root == bytes(compute_tensors_root(tensors))
+    served = decode_checked(cache.get(root), root)
+    assert sorted(served) == sorted(tensors) and all(np.array_equal(served[n], tensors[n]) for n in tensors)
