@@ -37,6 +37,17 @@ from .errors import DatasetError, TaskDefinitionError
 
 TASK_FORMAT = "bws-task/1"
 TEMPLATES = ("dnn", "dnn_regressor", "cnn", "gan")
+# The templates a chain task may use: one model trained by the engine's iteration (what nodes replay),
+# scored by classification accuracy (what evaluators submit). The others train locally (`bws train`).
+CHAIN_TEMPLATES = ("dnn", "cnn")
+
+
+def require_chain_template(task: "TaskDefinition") -> None:
+    """TaskDefinitionError unless `task` can be trained, replayed and scored on the chain."""
+    if task.template not in CHAIN_TEMPLATES:
+        raise TaskDefinitionError(
+            f"template {task.template!r} trains locally only (bws train): chain tasks use {', '.join(CHAIN_TEMPLATES)} "
+            "(nodes replay one model's iteration and evaluators score classification accuracy)")
 # What "y" holds: the class label (int32), the label as a number scaled to
 # [0, 1] and quantized (regression), or nothing (a GAN learns the inputs alone).
 TARGETS = ("label", "label_scaled", "none")

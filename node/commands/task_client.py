@@ -76,10 +76,11 @@ def run_submit(args) -> int:
     from bws.node.wallet import KeystoreError, load_keystore
     from bws.spec.presets import COIN
     from bws.templates.errors import TemplateError
-    from bws.templates.task import load_task
+    from bws.templates.task import load_task, require_chain_template
 
     try:
         definition = load_task(args.task_file)
+        require_chain_template(definition)  # before asking for a password or a node
         try:
             payment = int(Decimal(args.payment) * COIN)
         except InvalidOperation:

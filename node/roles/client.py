@@ -14,7 +14,7 @@ from bws.spec import containers as C
 from bws.spec.encoding import encode
 from bws.spec.state_transition import sign_transaction
 from bws.spec.tasks import compute_task_id
-from bws.templates.task import TaskDefinition
+from bws.templates.task import TaskDefinition, require_chain_template
 
 from ..api import ApiClient
 from ..wallet import Account
@@ -31,7 +31,9 @@ class TaskOrder:
 
 def submit_task_transaction(account: Account, chain_id: int, nonce: int, definition: TaskDefinition,
                             order: TaskOrder) -> C.SignedTransaction:
-    """The signed SubmitTask transaction for `definition`."""
+    """The signed SubmitTask transaction for `definition`; TaskDefinitionError
+    for a template the chain cannot train (`require_chain_template`)."""
+    require_chain_template(definition)
     dataset = definition.dataset
     body = C.SubmitTask(task_definition=definition.to_bytes(), dataset_root=bytes.fromhex(dataset["batches_root"]),
                         num_batches=dataset["num_batches"], test_set_hash=bytes.fromhex(dataset["test_root"]),

@@ -17,7 +17,7 @@ from bws.engine import commit
 from bws.spec import containers as C
 from bws.spec.hashing import ZERO_HASH, hash_bytes
 from bws.templates.errors import TemplateError
-from bws.templates.task import TaskData, TaskDefinition, batch_root, parse_task, task_data
+from bws.templates.task import TaskData, TaskDefinition, batch_root, parse_task, require_chain_template, task_data
 
 
 class TaskUnavailable(Exception):
@@ -122,6 +122,7 @@ class TaskLibrary:
                 raise TaskUnavailable(self._failed[key])
             try:
                 definition = parse_task(definition_bytes)
+                require_chain_template(definition)
                 data = task_data(definition, self.data_dir)
                 seed, epochs = definition.dataset["schedule"]["seed"], definition.hyperparameters["epochs"]
                 roots = [batch_root(b) for _, b in data.batches(definition.dataset["batch_size"], seed, epochs)]
