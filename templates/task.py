@@ -42,7 +42,7 @@ TEMPLATES = ("dnn", "dnn_regressor", "cnn", "gan")
 CHAIN_TEMPLATES = ("dnn", "cnn")
 
 
-def require_chain_template(task: "TaskDefinition") -> None:
+def require_chain_template(task: TaskDefinition) -> None:
     """TaskDefinitionError unless `task` can be trained, replayed and scored on the chain."""
     if task.template not in CHAIN_TEMPLATES:
         raise TaskDefinitionError(
