@@ -1,5 +1,5 @@
 """`bws devnet` end to end, as separate processes on loopback: a short run
-trains, mines, verifies every block on another node, evaluates and pays out,
+(the dnn and the cnn template) trains, mines, verifies every block on another node, evaluates and pays out,
 then leaves no node running; a node that dies makes the devnet fail with a
 readable message, and the other nodes are stopped too."""
 from __future__ import annotations
@@ -36,20 +36,21 @@ def running_nodes(data_dir: Path) -> list[int]:
     return pids
 
 
-@pytest.mark.timeout(420)
-def test_short_devnet_trains_mines_verifies_and_pays_out(tmp_path):
+@pytest.mark.timeout(480)
+@pytest.mark.parametrize("template, iterations", [("dnn", 12), ("cnn", 16)])
+def test_short_devnet_trains_mines_verifies_and_pays_out(tmp_path, template, iterations):
     data_dir = tmp_path / "devnet"
-    result = subprocess.run(devnet_command(data_dir, "--iterations", "12", "--blocks", "8", "--min-accuracy", "0.5",
-                                           "--timeout", "360"),
-                            capture_output=True, text=True, timeout=400)
+    result = subprocess.run(devnet_command(data_dir, "--template", template, "--iterations", str(iterations),
+                                           "--blocks", "8", "--min-accuracy", "0.5", "--timeout", "420"),
+                            capture_output=True, text=True, timeout=460)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
-    assert "devnet summary" in output
+    assert f"template {template} on digits" in output and "devnet summary" in output
     replayed = next(line for line in output.splitlines() if "blocks replayed by another node" in line)
     verified, total = (int(v) for v in replayed.split("node")[-1].split("of"))
     assert verified == total >= 8, replayed
     assert "replay mismatches       0" in output
-    assert "client task: 12 per member" in output
+    assert f"client task: {iterations} per member" in output
     # The client paid the fee (and a transaction fee); the group's nodes were paid.
     client_line = next(line for line in output.splitlines() if line.strip().startswith("client "))
     assert float(client_line.split()[-1]) < -999
