@@ -63,6 +63,13 @@ def flip_bit(data: bytes, index: int = 0) -> bytes:
     return data[:index] + bytes([data[index] ^ 1]) + data[index + 1:]
 
 
+def with_proof_signature(block: C.Block, which: str, signature: bytes) -> C.Block:
+    """`block` with the signature of its proof's `which` ("message" or "commitment") replaced."""
+    proof = block.proofs[0]
+    signed = dataclasses.replace(getattr(proof, which), signature=signature)
+    return dataclasses.replace(block, proofs=[dataclasses.replace(proof, **{which: signed})])
+
+
 # ---------------------------------------------------------------------------
 # Integers at the edges of each precision
 # ---------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from bws.spec import state_transition as T
 from bws.spec.constants import ROLES, TASK_EVALUATION, TASK_TRAINING
 from bws.spec.hashing import hash_bytes
 from bws.spec.presets import COIN
-from property_tests.strategies import flip_bit, high_s
+from property_tests.strategies import flip_bit, high_s, with_proof_signature
 
 TOY = ToyChain(dataclasses.replace(TOY_CONFIG, stake_lock_period=2))  # stakes are paid back within an example
 ACTORS = ToyChain.MINERS + ToyChain.OTHERS
@@ -267,11 +267,9 @@ class TransitionVersusSpec(RuleBasedStateMachine):
         if mutation in changes:
             return dataclasses.replace(block, header=dataclasses.replace(header, **changes[mutation]))
         if mutation == "iteration_signature":
-            signed = dataclasses.replace(proof.message, signature=flip_bit(proof.message.signature, 40))
-            return dataclasses.replace(block, proofs=[dataclasses.replace(proof, message=signed)])
+            return with_proof_signature(block, "message", flip_bit(proof.message.signature, 40))
         if mutation == "commitment_signature":
-            signed = dataclasses.replace(proof.commitment, signature=high_s(proof.commitment.signature))
-            return dataclasses.replace(block, proofs=[dataclasses.replace(proof, commitment=signed)])
+            return with_proof_signature(block, "commitment", high_s(proof.commitment.signature))
         if mutation == "drop_transaction" and block.transactions:
             return dataclasses.replace(block, transactions=list(block.transactions)[1:])
         if mutation == "transaction_signature" and block.transactions:

@@ -46,7 +46,7 @@ from bws.spec.state_transition import (
     InvalidBlock, InvalidTransaction, apply_transaction, compute_block_hash, compute_state_root, state_transition,
 )
 from bws.spec.tasks import get_member_index
-from property_tests.strategies import describe_state_difference, flip_bit, high_s, mutated
+from property_tests.strategies import describe_state_difference, flip_bit, high_s, mutated, with_proof_signature
 
 TOY = ToyChain()
 MINERS = ("alice", "bob", "carol")          # the genesis task's group
@@ -258,14 +258,11 @@ class NodeVersusSpec(RuleBasedStateMachine):
         proof = honest.proofs[0]
         header = honest.header
         if mutation == "iteration_signature":
-            signed = dataclasses.replace(proof.message, signature=flip_bit(proof.message.signature, 40))
-            return dataclasses.replace(honest, proofs=[dataclasses.replace(proof, message=signed)])
+            return with_proof_signature(honest, "message", flip_bit(proof.message.signature, 40))
         if mutation == "high_s_iteration_signature":
-            signed = dataclasses.replace(proof.message, signature=high_s(proof.message.signature))
-            return dataclasses.replace(honest, proofs=[dataclasses.replace(proof, message=signed)])
+            return with_proof_signature(honest, "message", high_s(proof.message.signature))
         if mutation == "commitment_signature":
-            signed = dataclasses.replace(proof.commitment, signature=flip_bit(proof.commitment.signature, 40))
-            return dataclasses.replace(honest, proofs=[dataclasses.replace(proof, commitment=signed)])
+            return with_proof_signature(honest, "commitment", flip_bit(proof.commitment.signature, 40))
         if mutation == "wrong_target":
             return self._reforge(state, parent, honest, miner, target=state.target // 2)
         if mutation == "forged_update_root":
