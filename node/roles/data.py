@@ -24,8 +24,10 @@ not have never scores the asker down.
 """
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 
@@ -33,6 +35,8 @@ from bws.spec.constants import TENSOR_DTYPE_CODES
 from bws.spec.hashing import compute_encoded_tensor_leaf, compute_merkle_root, compute_tensors_root, encode_tensor
 
 ROOT_BYTES = 32
+DEFAULT_MAX_DISK_BYTES = 1 << 30
+BUNDLE_SUFFIX = ".bundle"
 MAX_TENSORS = 4096
 MAX_TENSOR_DIMS = 8
 MAX_BUNDLE_BYTES = 64 << 20
@@ -137,10 +141,20 @@ def parse_request(request: bytes, kind: bytes, payload_bytes: int) -> bytes:
 
 class TensorCache:
     """Bundles by root, least recently used dropped beyond `max_entries`.
-    Thread-safe. Holds the encoded bytes, ready to serve."""
+    Thread-safe. Holds the encoded bytes, ready to serve.
 
-    def __init__(self, max_entries: int = 512) -> None:
+    With a `directory`, `save()` (a node calls it when it stops) writes what
+    the cache holds there, one file per root, keeping at most `max_disk_bytes`
+    (the least recently saved go first); `get` finds what an earlier run saved.
+    So a restarted node still serves the states and updates its messages
+    named: the final models a client downloads, the inputs a verifier or an
+    auditor replays. A node killed outright keeps what it saved before."""
+
+    def __init__(self, max_entries: int = 512, directory: Path | None = None,
+                 max_disk_bytes: int = DEFAULT_MAX_DISK_BYTES) -> None:
         self.max_entries = max_entries
+        self.directory = None if directory is None else Path(directory)
+        self.max_disk_bytes = max_disk_bytes
         self._entries: OrderedDict[bytes, bytes] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -165,7 +179,44 @@ class TensorCache:
             encoded = self._entries.get(bytes(root))
             if encoded is not None:
                 self._entries.move_to_end(bytes(root))
-            return encoded
+                return encoded
+        if self.directory is None or len(root) != ROOT_BYTES:
+            return None
+        try:
+            # Checked by whoever decodes it against the root it asked for (decode_checked), like any peer's answer.
+            encoded = self._path(root).read_bytes()
+        except OSError:
+            return None
+        self.put(root, encoded)
+        return encoded
+
+    def save(self) -> int:
+        """Write the bundles not on disk yet, then keep the newest files within
+        `max_disk_bytes`; how many were written."""
+        if self.directory is None:
+            return 0
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            entries = list(self._entries.items())
+        written = 0
+        for root, encoded in entries:
+            path = self._path(root)
+            if path.exists():
+                continue
+            partial = path.with_suffix(".partial")
+            partial.write_bytes(encoded)
+            os.replace(partial, path)  # atomic: a reader never sees half a bundle
+            written += 1
+        files = sorted(self.directory.glob(f"*{BUNDLE_SUFFIX}"), key=lambda f: f.stat().st_mtime, reverse=True)
+        kept = 0
+        for file in files:
+            kept += file.stat().st_size
+            if kept > self.max_disk_bytes:
+                file.unlink(missing_ok=True)
+        return written
+
+    def _path(self, root: bytes) -> Path:
+        return self.directory / (bytes(root).hex() + BUNDLE_SUFFIX)
 
     def __len__(self) -> int:
         return len(self._entries)

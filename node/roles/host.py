@@ -25,6 +25,7 @@ from bws.spec import containers as C
 from ..p2p import PROTOCOL_DATA, NetworkError
 from ..wallet import Account, KeystoreError, load_keystore
 from .context import RoleContext
+from .data import TensorCache
 from .evaluator import Evaluator
 from .library import TaskLibrary
 from .miner import Miner
@@ -38,6 +39,7 @@ ROLE_COMPONENTS = frozenset({"miner", "supervisor", "evaluator", "verifier", "cl
 # Roles that sign (transactions, iteration messages) and so need the node's key.
 SIGNING_ROLES = frozenset({"miner", "supervisor", "evaluator"})
 REDIAL_SECONDS = 120.0
+TENSORS_DIRECTORY = "tensors"   # in the data dir: the tensor cache saved when the node stops
 
 
 class RoleSetupError(Exception):
@@ -75,7 +77,8 @@ class RoleSet:
         self._node = node
         self.context = RoleContext(chain=node.chain, mempool=node.mempool, network=node.network,
                                    account=self.account, library=TaskLibrary(self.dataset_dir),
-                                   import_block=node.import_block)
+                                   import_block=node.import_block,
+                                   cache=TensorCache(directory=Path(node.data_dir) / TENSORS_DIRECTORY))
         node.network.register_handler(PROTOCOL_DATA, self._serve_data)
         node.iteration_message_listeners.append(self._on_iteration_message)
         node.metrics_extensions.append(self.metrics)
@@ -118,6 +121,7 @@ class RoleSet:
         for role in (self.miner, self.supervisor, self.evaluator):
             if role is not None:
                 role.join(timeout=30)
+        self.context.cache.save()
 
     # -- hooks ------------------------------------------------------------
     def _serve_data(self, peer: str, request: bytes) -> bytes:

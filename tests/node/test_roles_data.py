@@ -1,5 +1,8 @@
 """Tensor bundles (node/roles/data.py): exact round trip, each kind of bad
 input named, the cache's bound and recency."""
+import os
+import time
+
 import numpy as np
 import pytest
 
@@ -65,3 +68,24 @@ def test_put_tensors_gives_the_spec_root_and_serves_the_bundle_it_names():
     assert root == bytes(compute_tensors_root(tensors))
     served = decode_checked(cache.get(root), root)
     assert sorted(served) == sorted(tensors) and all(np.array_equal(served[n], tensors[n]) for n in tensors)
+
+
+def test_a_saved_cache_serves_after_a_restart_within_its_disk_budget(tmp_path):
+    directory = tmp_path / "tensors"
+    cache = TensorCache(directory=directory)
+    roots = [cache.put_tensors({"x": np.full(100, i, np.int32)}) for i in range(3)]
+    assert cache.save() == 3 and cache.save() == 0   # already on disk
+    restarted = TensorCache(directory=directory)
+    for i, root in enumerate(roots):
+        assert decode_checked(restarted.get(root), root)["x"][0] == i
+    assert restarted.get(bytes(32)) is None and TensorCache().get(roots[0]) is None
+    assert not list(directory.glob("*.partial"))
+
+    size = len(cache.get(roots[0]))
+    small = TensorCache(directory=tmp_path / "small", max_disk_bytes=2 * size)
+    for age, root in zip((200, 100, 0), roots):
+        small.put(root, cache.get(root))
+        small.save()
+        os.utime(small.directory / (root.hex() + ".bundle"), (time.time() - age,) * 2)
+    kept = sorted(path.name for path in (tmp_path / "small").iterdir())
+    assert kept == sorted(root.hex() + ".bundle" for root in roots[1:])   # the oldest went
