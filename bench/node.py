@@ -416,7 +416,7 @@ def render(figures: dict) -> str:
         "genesis target (a block every few iterations) or a target at which blocks are rare, as for one miner "
         "among many. The proving thread works beside the engine: the miner's pace is the slower of the two, and "
         "the proving thread's work (the roots of the whole state and update, the signed message, the nonce "
-        "trials, and for a block the spec's transition and the import) is mostly Python, which runs one thread at "
+        "trials, and for a block the node's transition and the DuckDB import) is mostly Python, which runs one thread at "
         "a time.",
         "",
         "| model | setting | wall time per iteration | not useful | proving thread busy per iteration "
