@@ -7,6 +7,8 @@ supervises, signs the message history, and flags misbehaviour.
 - Equivocation: two different signed messages of one miner for one (task,
   iteration) become a Dispute(Equivocation) transaction, which slashes the
   miner's stake (spec `process_dispute`).
+- Recording and the equivocation check run on one thread, replays on another
+  (a replay can take seconds), so a backlog of replays never delays them.
 - Non-replayable updates: each recorded message is replayed (the verifier's
   replay: inputs fetched and checked by root); a message whose replay does
   not give its roots, with the spec's reference agreeing with the engine
@@ -41,15 +43,23 @@ class Supervisor:
     def __init__(self, context: RoleContext) -> None:
         self.context = context
         self._queue: queue.Queue = queue.Queue(maxsize=10_000)
-        self._thread = threading.Thread(target=self._run, name="bws-supervisor", daemon=True)
+        # Recording and the equivocation check keep up with gossip; replays (seconds each for a
+        # large model on a busy machine) wait in their own queue so they never delay them.
+        self._replays: queue.Queue = queue.Queue(maxsize=10_000)
+        self._threads = [threading.Thread(target=self._run, args=(self._queue, self._record, self._replays),
+                                          name="bws-supervisor", daemon=True),
+                         threading.Thread(target=self._run, args=(self._replays, self._replay, None),
+                                          name="bws-supervisor-replay", daemon=True)]
         self.disputes = Disputes(context)
         self._seen: set[bytes] = set()
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
+        for thread in self._threads:
+            thread.join(timeout)
 
     def on_message(self, signed: C.SignedIterationMessage) -> None:
         """Called for every valid IT_RES seen on gossip (cheap: the work is queued)."""
@@ -61,24 +71,34 @@ class Supervisor:
         except queue.Full:
             self.context.metrics["supervisor_dropped"] += 1
 
-    def _run(self) -> None:
+    def _run(self, work: queue.Queue, handle, then: queue.Queue | None) -> None:
+        """Handle the messages of `work`; those `handle` passes on go to `then`."""
         while not self.context.stop.is_set():
             try:
-                signed = self._queue.get(timeout=0.2)
+                signed = work.get(timeout=0.2)
             except queue.Empty:
                 continue
             try:
-                self._supervise(signed)
+                if handle(signed) and then is not None:
+                    then.put_nowait(signed)
+            except queue.Full:
+                self.context.metrics["supervisor_dropped"] += 1
             except Exception:  # logged and counted; the node keeps running
                 logger.exception("supervising a message failed")
                 self.context.metrics["supervisor_errors"] += 1
 
     def _supervise(self, signed: C.SignedIterationMessage) -> None:
+        """Record `signed`, then replay it unless it was an equivocation (both steps on the caller's thread)."""
+        if self._record(signed):
+            self._replay(signed)
+
+    def _record(self, signed: C.SignedIterationMessage) -> bool:
+        """Record a new message and dispute an equivocation; whether the message is to be replayed."""
         context = self.context
         work = signed.message.work
         digest = message_digest(signed)
         if digest in self._seen:
-            return
+            return False
         self._seen.add(digest)
         # The node core records every message when the node is a supervisor; recording is idempotent.
         context.chain.store.record_iteration_message(signed, digest, time.time())
@@ -88,7 +108,13 @@ class Supervisor:
         if different:
             context.metrics["supervisor_equivocations"] += 1
             self.disputes.submit(C.Equivocation(first=different[0], second=signed))
-            return
+            return False
+        return True
+
+    def _replay(self, signed: C.SignedIterationMessage) -> None:
+        """Replay a recorded message's iteration and dispute a proven mismatch."""
+        context = self.context
+        work = signed.message.work
         task = context.chain.head_state.tasks.get(work.task_id)
         if task is None:
             return

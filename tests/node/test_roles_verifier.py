@@ -242,3 +242,38 @@ def test_supervisor_disputes_a_non_replayable_update(network_setup, mined, tmp_p
     disputes = pending_disputes(node)
     assert len(disputes) == 1 and isinstance(disputes[0].evidence, C.FraudProof)
     assert node.metrics["supervisor_fraud"] == 1
+
+
+def test_supervisor_flags_an_equivocation_while_its_replays_lag(network_setup, mined, tmp_path):
+    """Recording and the equivocation check do not wait behind replays."""
+    import threading
+    from bws.node.roles.supervisor import Supervisor
+
+    block, _, miner_context = mined
+    node = supervisor_node(network_setup, mined, tmp_path)
+    replaying, release = threading.Event(), threading.Event()
+
+    class LaggingSupervisor(Supervisor):
+        def _replay(self, signed):  # a replay that takes as long as the test wants
+            replaying.set()
+            release.wait(60)
+
+    supervisor = LaggingSupervisor(node)
+    supervisor.start()
+    try:
+        honest = block.proofs[0].message
+        other = sign_iteration_message(miner_context.account.secret_key, dataclasses.replace(
+            honest.message, work=dataclasses.replace(honest.message.work, loss=honest.message.work.loss + 1)))
+        supervisor.on_message(honest)
+        assert replaying.wait(30)
+        supervisor.on_message(other)
+        deadline = time.monotonic() + 30
+        while not pending_disputes(node) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        disputes = pending_disputes(node)
+        assert len(disputes) == 1 and isinstance(disputes[0].evidence, C.Equivocation)
+        assert not release.is_set()   # the first message's replay was still running
+    finally:
+        release.set()
+        node.stop.set()
+        supervisor.join(10)
