@@ -1,12 +1,21 @@
 """Where does an accelerator part from the CPU? Per-op trace roots of iteration vectors, CPU vs the default device.
 
     python bench/device_divergence.py it.vec [more.vec ...]
+    python bench/device_divergence.py --dots [M,K,N ...]
+
 
 For each vector, runs the iteration's ops (engine/trace.py: merge, forward/i, loss,
 backward/i, optimizer, update, state_after) once on the CPU and once on the default
 JAX device, and prints the first op whose outputs differ, with the differing tensors,
 how many elements differ and the first differing values. Run it where a GPU/TPU is at
 hand (bench/RESULTS.md "engine on GPU" has what it found on an H100).
+
+`--dots` checks the primitive under the engine's contractions: an int8 x int8 -> int32
+`dot_general` of full-range random digits, M x K by K x N, on the default device
+against NumPy's int64 product (default shapes: mlp:784-512-256-10 at batch 1024, each
+contraction also with K doubled, as the engine joins digit pairs into one dot). An
+exact backend prints "exact" for every shape; a sum that leaves the int8 path (e.g.
+through float32, exact only up to 2**24) shows as differing elements.
 """
 import sys
 
@@ -39,7 +48,40 @@ def first_divergence(cpu_trace, device_trace) -> list[str]:
     return lines
 
 
+MLP_DOTS = [(1024, 784, 512), (1024, 512, 256), (1024, 256, 16),     # forward (K padded to 16)
+            (1024, 16, 256), (1024, 256, 512), (1024, 512, 784),     # delta into each layer
+            (784, 1024, 512), (512, 1024, 256), (256, 1024, 16)]     # weight gradients (K = batch)
+
+
+def check_dots(shapes) -> bool:
+    """Print, per M x K x N shape, whether the device's int8 dot is exact; whether all were."""
+    device, rng, exact = jax.devices()[0], np.random.default_rng(0), True
+    for m, k, n in shapes:
+        for joined in (k, 2 * k):
+            a = rng.integers(-128, 128, (m, joined), dtype=np.int8)
+            b = rng.integers(-128, 128, (joined, n), dtype=np.int8)
+            got = np.asarray(jax.lax.dot_general(jax.device_put(a, device), jax.device_put(b, device),
+                                                 (((1,), (0,)), ((), ())), preferred_element_type=jax.numpy.int32))
+            want = a.astype(np.int64) @ b.astype(np.int64)
+            wrong = np.flatnonzero(got.astype(np.int64) != want)
+            exact &= wrong.size == 0
+            print(f"{m:5d} x {joined:5d} x {n:5d}: " + ("exact" if wrong.size == 0 else
+                  f"{wrong.size}/{want.size} differ; first device={got.ravel()[wrong[:3]].tolist()} "
+                  f"exact={want.ravel()[wrong[:3]].tolist()}"))
+    return exact
+
+
 def main(paths: list[str]) -> int:
+    if paths[:1] == ["--dots"]:
+        try:
+            shapes = [tuple(int(v) for v in text.split(",")) for text in paths[1:]] or MLP_DOTS
+        except ValueError:
+            shapes = []
+        if any(len(shape) != 3 or min(shape) < 1 for shape in shapes) or (paths[1:] and not shapes):
+            print(f"--dots takes shapes M,K,N of positive integers, got {' '.join(paths[1:])}", file=sys.stderr)
+            return 2
+        print(f"jax {jax.__version__}: int8 dots on {jax.devices()[0].platform} ({jax.devices()[0].device_kind})")
+        return 0 if check_dots(shapes) else 1
     cpu, device = jax.devices("cpu")[0], jax.devices()[0]
     print(f"jax {jax.__version__}: cpu vs {device.platform} ({device.device_kind})")
     diverged = False
