@@ -161,7 +161,8 @@ def download_tensors(p2p_address: str, root: bytes) -> dict:
     finally:
         network.stop()
     if answer[:1] != FOUND:
-        raise ValueError("the node does not hold that model (a node keeps models in its data dir's tensors/ within 1 GiB, saved when it stops: it may have been killed, or dropped the model for newer ones)")
+        raise ValueError("the node does not hold that model (a node keeps models in its data dir's tensors/, "
+                         "within 1 GiB, saved when it stops: it may have been killed, or dropped it for newer ones)")
     return decode_checked(answer[1:], root)
 
 
