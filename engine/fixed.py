@@ -13,17 +13,7 @@ import jax.numpy as jnp
 
 from bws.spec import constants as C
 
-if not jax.config.jax_enable_x64:
-    # int64 is needed for exact products (x * y then shift). Enabled once, here,
-    # deliberately; the engine's entry points check it is still on.
-    jax.config.update("jax_enable_x64", True)
-
 I32, I64, I8, U32 = jnp.int32, jnp.int64, jnp.int8, jnp.uint32
-
-
-def require_x64() -> None:
-    if not jax.config.jax_enable_x64:
-        raise RuntimeError("the engine needs jax_enable_x64; something switched it off after importing bws.engine")
 
 
 def saturate32(x):

@@ -21,8 +21,9 @@ import numpy as np
 from bws.spec import constants as C
 
 from . import ops
-from .fixed import I32, I64, U32, require_x64, saturate32, to_fixed
+from .fixed import I32, I64, U32, saturate32, to_fixed
 from .model import EngineError, ModelSpec
+from .settings import require_settings
 
 FUSED_ACTIVATIONS = {"softmax_cross_entropy": "softmax", "categorical_cross_entropy": "softmax",
                      "sigmoid_binary_cross_entropy": "sigmoid"}
@@ -61,7 +62,7 @@ def seed_key(seed: int):
 
 def init_state(spec, seed: int) -> dict:
     """Initial state from threefry: kernel slot 0, bias slot 1 of each layer."""
-    require_x64()
+    require_settings()
     spec = _as_spec(spec)
     key = seed_key(seed)
     cache_key = spec.to_json()
@@ -185,7 +186,7 @@ def _iteration(spec: ModelSpec, state, batch, peer_update_sum):
 def make_iteration(spec, *, jit: bool = True):
     """The iteration as one function (jitted unless jit=False). Jitted
     functions are cached per canonical model, so each compiles once per shape."""
-    require_x64()
+    require_settings()
     spec = _as_spec(spec)
     if not jit:
         return lambda state, batch, peer_update_sum: _iteration(spec, state, batch, peer_update_sum)
@@ -220,7 +221,7 @@ def check_batch(spec, batch: Any) -> dict:
 
 def predict(spec, params: dict, x):
     """Canonical forward (inference: no dropout); output in F16 (softmax: probabilities)."""
-    require_x64()
+    require_settings()
     spec = _as_spec(spec)
     return _predict_jit(spec.to_json())(params, jnp.asarray(x, I32))
 

@@ -38,9 +38,10 @@ from bws.spec.reference import training as reference
 
 from . import ops
 from .commit import flatten
-from .fixed import I64, require_x64, saturate32, to_fixed
+from .fixed import I64, saturate32, to_fixed
 from .iteration import _as_spec, add_trees, backward, is_loss_fused, loss_input
 from .model import ModelSpec
+from .settings import require_settings
 
 Trace = list[tuple[str, dict[str, np.ndarray]]]
 
@@ -88,7 +89,7 @@ _TRACE_CACHE: dict[str, Any] = {}
 def trace_iteration(spec, state: dict, batch: dict, peer_update_sum: dict) -> Trace:
     """The iteration's ops with their output tensors (flat, numpy), engine arithmetic.
     Same arguments as `make_iteration(spec)`."""
-    require_x64()
+    require_settings()
     spec = _as_spec(spec)
     key = spec.to_json()
     if key not in _TRACE_CACHE:
