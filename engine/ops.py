@@ -278,7 +278,7 @@ def _windows(x, window, strides, out_hw):
 def _scatter_windows(parts, window, strides, in_hw):
     """Inverse of `_windows`: place each part back at its offset (zero
     interior padding) and add them up in int64."""
-    (kh, kw), (sh, sw), (h, w) = window, strides, in_hw
+    (_, kw), (sh, sw), (h, w) = window, strides, in_hw
     total = None
     for index, part in enumerate(parts):
         dy, dx = divmod(index, kw)

@@ -3,7 +3,6 @@ and the reference; tampering and malformed files are reported, never crash."""
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from bws.engine.vector import MAGIC, VectorError, make_vector, read_vector
