@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import threading
 
 from bws.spec import containers as C
@@ -54,6 +53,7 @@ from bws.spec.tasks import compute_batch_index, get_member_index
 from bws.spec.types import Root
 
 from . import keys
+from .merkle import MerkleTree, sha256
 
 STATE_FIELDS = get_fields(C.State)
 
@@ -88,42 +88,6 @@ def is_signed_iteration_message_valid(signed: C.SignedIterationMessage) -> bool:
 # ---------------------------------------------------------------------------
 # The state root
 # ---------------------------------------------------------------------------
-def _sha256(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
-
-
-class MerkleTree:
-    """`compute_merkle_root` of a list of leaves, kept layer by layer so that
-    changing k of n leaves rehashes k paths (k·log n hashes), not the tree."""
-
-    def __init__(self, leaves: list[bytes]) -> None:
-        self.count = len(leaves)
-        layer = list(leaves) or [bytes(ZERO_HASH)]
-        layer += [bytes(ZERO_HASH)] * ((1 << (len(layer) - 1).bit_length()) - len(layer))  # to a power of two
-        self.layers = [layer]
-        while len(layer) > 1:
-            layer = [_sha256(layer[i] + layer[i + 1]) for i in range(0, len(layer), 2)]
-            self.layers.append(layer)
-
-    @property
-    def leaves(self) -> list[bytes]:
-        return self.layers[0]
-
-    def update(self, changed: dict[int, bytes]) -> None:
-        """Set leaf `position` to `leaf` for each item of `changed`."""
-        positions = set(changed)
-        for position, leaf in changed.items():
-            self.layers[0][position] = leaf
-        for below, above in zip(self.layers, self.layers[1:]):
-            positions = {position // 2 for position in positions}
-            for position in positions:
-                above[position] = _sha256(below[2 * position] + below[2 * position + 1])
-
-    @property
-    def root(self) -> bytes:
-        return _sha256(self.layers[-1][0] + self.count.to_bytes(8, "little"))
-
-
 class StateRootCache:
     """`compute_state_root` with the leaf of each scalar field and map entry
     remembered next to the object it hashes (module docstring), and each map's
@@ -154,7 +118,7 @@ class StateRootCache:
         cached = cache.get(key)
         if cached is None or cached[0] is not value:
             key_bytes = typ.KEY.encode_value(key)
-            cached = (value, key_bytes, _sha256(key_bytes + typ.VALUE.encode_value(value)))
+            cached = (value, key_bytes, sha256(key_bytes + typ.VALUE.encode_value(value)))
             cache[key] = cached
         return cached[1], cached[2]
 

@@ -15,9 +15,11 @@ import numpy as np
 from bws import engine
 from bws.engine import commit
 from bws.spec import containers as C
-from bws.spec.hashing import ZERO_HASH, hash_bytes
+from bws.spec.hashing import hash_bytes
 from bws.templates.errors import TemplateError
 from bws.templates.task import TaskData, TaskDefinition, batch_root, parse_task, require_chain_template, task_data
+
+from ..merkle import MerkleTree
 
 
 class TaskUnavailable(Exception):
@@ -30,13 +32,13 @@ class LoadedTask:
     spec: engine.ModelSpec
     data: TaskData
     batch_roots: list[bytes]
-    _merkle_layers: list[list[bytes]] = field(init=False, repr=False)
+    _batch_tree: MerkleTree = field(init=False, repr=False)
     _no_peer_update: dict = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         # Built once: a miner proves a batch every iteration, and the spec's
         # compute_merkle_proof rehashes every batch root each time.
-        self._merkle_layers = merkle_layers(self.batch_roots)
+        self._batch_tree = MerkleTree(self.batch_roots)
         self._no_peer_update = engine.sum_updates([], spec=self.spec)
 
     @property
@@ -47,10 +49,10 @@ class LoadedTask:
         return self.data.batch(self.batch_size, self.definition.dataset["schedule"]["seed"], index)
 
     def batch_proof(self, index: int) -> list[bytes]:
-        """The spec's compute_merkle_proof(batch_roots, index), from the layers built at load."""
+        """The spec's compute_merkle_proof(batch_roots, index), from the tree built at load."""
         if not 0 <= index < len(self.batch_roots):
             raise IndexError(f"batch {index} of a task with {len(self.batch_roots)} batches")
-        return merkle_proof(self._merkle_layers, index)
+        return self._batch_tree.proof(index)
 
     def initial_state(self) -> dict:
         return engine.init_state(self.spec, self.definition.hyperparameters["init_seed"])
@@ -69,27 +71,6 @@ class LoadedTask:
 
     def test_set_hash(self) -> bytes:
         return batch_root({"x": self.data.test_x, "y": self.data.test_y})
-
-
-def merkle_layers(leaves: list[bytes]) -> list[list[bytes]]:
-    """Every layer of the spec's Merkle tree of `leaves` (padded with zero
-    hashes to a power of two), from the leaves up to the top node (which the
-    spec's root hashes with the leaf count)."""
-    layer = list(leaves) + [ZERO_HASH] * (next_power_of_two(len(leaves)) - len(leaves))
-    layers = [layer]
-    while len(layer) > 1:
-        layer = [hash_bytes(layer[i] + layer[i + 1]) for i in range(0, len(layer), 2)]
-        layers.append(layer)
-    return layers
-
-
-def merkle_proof(layers: list[list[bytes]], index: int) -> list[bytes]:
-    """The sibling of leaf `index`'s path at each layer below the root (spec/hashing.py's compute_merkle_proof)."""
-    return [layer[(index >> depth) ^ 1] for depth, layer in enumerate(layers[:-1])]
-
-
-def next_power_of_two(count: int) -> int:
-    return 1 << max(0, count - 1).bit_length()
 
 
 def flat(tree: dict) -> dict[str, np.ndarray]:

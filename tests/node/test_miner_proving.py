@@ -14,7 +14,8 @@ import pytest
 
 from bws.node.devnet import DevnetOptions, build_task, derive_account, make_genesis
 from bws.node.p2p import TOPIC_BLOCK, TOPIC_TASK
-from bws.node.roles.library import TaskLibrary, merkle_layers, merkle_proof
+from bws.node.merkle import MerkleTree
+from bws.node.roles.library import TaskLibrary
 from bws.node.roles.miner import Miner, find_nonce, sign_iteration_message
 from bws.spec import containers as C
 from bws.spec import pouw
@@ -111,10 +112,10 @@ def test_find_nonce_finds_the_first_nonce_the_spec_accepts():
 @pytest.mark.parametrize("count", [1, 2, 3, 5, 8, 9])
 def test_batch_proofs_from_cached_layers_are_the_spec_proofs(count):
     leaves = [hash_bytes(bytes([i])) for i in range(count)]
-    layers = merkle_layers(leaves)
-    assert hash_bytes(layers[-1][0] + count.to_bytes(8, "little")) == compute_merkle_root(leaves)
+    tree = MerkleTree(leaves)
+    assert tree.root == compute_merkle_root(leaves)
     for index in range(count):
-        assert merkle_proof(layers, index) == compute_merkle_proof(leaves, index)
+        assert tree.proof(index) == compute_merkle_proof(leaves, index)
 
 
 def test_cached_epoch_order_is_shared_read_only_and_the_rule():

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from bws.node import transition as N
+from bws.node.merkle import MerkleTree
 from bws.node.review import TOY_CONFIG, ToyChain
 from bws.node.validation import BlockRejected, precheck_block
 from bws.spec import containers as C
@@ -174,7 +175,7 @@ def test_apply_transaction_matches_the_spec_and_leaves_the_state():
 @pytest.mark.parametrize("count", [0, 1, 2, 3, 4, 5, 8, 9, 17])
 def test_merkle_tree_updates_give_the_spec_root(count):
     leaves = [hash_bytes(b"leaf %d" % i) for i in range(count)]
-    tree = N.MerkleTree(leaves)
+    tree = MerkleTree(leaves)
     assert tree.root == compute_merkle_root(leaves)
     for position in range(0, count, 3):
         leaves[position] = hash_bytes(b"changed %d" % position)
