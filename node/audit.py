@@ -56,6 +56,7 @@ from bws.spec.pouw import compute_message_digest
 
 from .roles.data import FOUND, NOT_FOUND, encode_tensors
 from .roles.library import LoadedTask, tree
+from .transition import claimed_result
 
 logger = logging.getLogger("bws.node.audit")
 
@@ -325,7 +326,7 @@ def audit_iteration(source: AuditSource, loaded: LoadedTask, signed: C.SignedIte
     engine_trace, ref_trace = replay_traces(inputs)
     report = AuditReport(bytes(work.task_id), int(work.iteration), bytes(work.miner),
                          bytes(compute_message_digest(signed.message)),
-                         C.ReplayResult(update_root=work.update_root, state_after_root=work.state_after_root),
+                         claimed_result(signed.message),
                          _result(engine_trace), _result(ref_trace))
     if report.matches or not report.engine_matches_reference:
         return report

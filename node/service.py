@@ -50,6 +50,7 @@ from .api import ApiError, ApiServer, from_json, to_json
 from .mempool import Mempool, MempoolError
 from .p2p import PROTOCOL_SYNC, TOPIC_BLOCK, TOPIC_TASK, TOPIC_TX, NetworkError, NetworkService, Verdict
 from .store import ChainStore, StoreError, transaction_id
+from .transition import claimed_result
 from .validation import (
     BlockFromFuture, BlockRejected, Chain, ImportResult, TransactionRejected, check_transaction_envelope,
     decode_block, decode_transaction, is_signed_iteration_message_valid, precheck_block, transaction_pool_record,
@@ -73,7 +74,7 @@ class NodeError(Exception):
 def trusting_replay(task: C.Task, message: C.IterationMessage) -> C.ReplayResult:
     """The replay of a node that does not verify iterations: it takes the
     message's claimed roots (every other rule of the block is still checked)."""
-    return C.ReplayResult(update_root=message.work.update_root, state_after_root=message.work.state_after_root)
+    return claimed_result(message)
 
 
 # ---------------------------------------------------------------------------

@@ -78,6 +78,11 @@ def _require(condition: bool, reason: str) -> None:
         raise AssertionError(reason)
 
 
+def claimed_result(message: C.IterationMessage) -> C.ReplayResult:
+    """The roots an iteration message claims, as a replay would give them."""
+    return C.ReplayResult(update_root=message.work.update_root, state_after_root=message.work.state_after_root)
+
+
 def is_signed_iteration_message_valid(signed: C.SignedIterationMessage) -> bool:
     """The spec's rule (signed by the key of the miner it names), through libsecp256k1."""
     return (keys.compute_address(signed.public_key) == signed.message.work.miner

@@ -20,6 +20,7 @@ from bws.spec.pouw import compute_message_digest
 
 from ..mempool import Mempool, MempoolError
 from ..p2p import PROTOCOL_DATA, TOPIC_BLOCK, TOPIC_TASK, TOPIC_TX, NetworkError
+from ..transition import claimed_result
 from ..validation import Chain, TransactionRejected, ValidationError, transaction_pool_record
 from ..wallet import Account
 from .data import (
@@ -120,9 +121,8 @@ class RoleContext:
 
     def remember_own_iteration(self, message: C.IterationMessage) -> None:
         """An iteration this node computed and signed (never a cheat): its claimed roots are the engine's."""
-        result = C.ReplayResult(update_root=message.work.update_root, state_after_root=message.work.state_after_root)
         with self._own_iterations_lock:
-            self._own_iterations[message_digest_of(message)] = result
+            self._own_iterations[message_digest_of(message)] = claimed_result(message)
             while len(self._own_iterations) > OWN_ITERATIONS_KEPT:
                 self._own_iterations.popitem(last=False)
 

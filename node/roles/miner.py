@@ -63,7 +63,7 @@ from bws.spec.containers import SignedTransaction
 
 from ..audit import PROTOCOL_AUDIT, AuditServer, RecordedIteration
 from .. import keys
-from ..transition import apply_transaction, compute_state_root, process_block
+from ..transition import apply_transaction, claimed_result, compute_state_root, process_block
 from .byzantine import Byzantine
 from .context import RoleContext, RoleError
 from .library import LoadedTask, TaskUnavailable, flat, tree
@@ -462,10 +462,8 @@ class Miner:
                        commitment: C.SignedIterationMessage, signed: C.SignedIterationMessage) -> None:
         block = C.Block(header=header, transactions=committed.transactions,
                         proofs=[C.PouwProof(message=signed, commitment=commitment)])
-        claimed = C.ReplayResult(update_root=signed.message.work.update_root,
-                                 state_after_root=signed.message.work.state_after_root)
-        try:
-            post = process_block(head_state, block, lambda task, message: claimed)
+        try:  # its own iteration: the roots it claims are its engine's
+            post = process_block(head_state, block, lambda task, message: claimed_result(message))
         except InvalidBlock as error:
             logger.info("found a nonce but the block would be invalid: %s", error)
             self.context.metrics["blocks_not_built"] += 1

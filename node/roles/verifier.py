@@ -38,7 +38,7 @@ from bws.spec.state_transition import ReplayUnavailable
 
 from ..audit import PROTOCOL_AUDIT, AuditError, decode_messages_answer, messages_request, reference_replay
 from ..p2p import NetworkError
-from ..transition import is_signed_iteration_message_valid
+from ..transition import claimed_result, is_signed_iteration_message_valid
 from .context import DATA_REQUEST_TIMEOUT, RoleContext, RoleError
 from .data import DataError, bundle_root
 from .disputes import Disputes
@@ -75,10 +75,6 @@ def replay_iteration(context: RoleContext, task: C.Task, message: C.IterationMes
     except (ValueError, TypeError, KeyError) as error:
         raise ReplayUnavailable(f"the iteration's inputs do not fit the model: {error}") from None
     return C.ReplayResult(update_root=bundle_root(flat(update)), state_after_root=bundle_root(flat(new_state)))
-
-
-def claimed_result(message: C.IterationMessage) -> C.ReplayResult:
-    return C.ReplayResult(update_root=message.work.update_root, state_after_root=message.work.state_after_root)
 
 
 def is_proven_fraud(context: RoleContext, task: C.Task, message: C.IterationMessage,
