@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 
 from bws.spec.hashing import ZERO_HASH
+from bws.spec.types import Root
 
 
 def sha256(data: bytes) -> bytes:
@@ -41,9 +42,9 @@ class MerkleTree:
             for position in positions:
                 above[position] = sha256(below[2 * position] + below[2 * position + 1])
 
-    def proof(self, index: int) -> list[bytes]:
+    def proof(self, index: int) -> list[Root]:
         """The spec's `compute_merkle_proof(leaves, index)`: the sibling on the path at each layer below the top."""
-        return [layer[(index >> depth) ^ 1] for depth, layer in enumerate(self.layers[:-1])]
+        return [Root(layer[(index >> depth) ^ 1]) for depth, layer in enumerate(self.layers[:-1])]
 
     @property
     def root(self) -> bytes:

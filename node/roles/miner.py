@@ -462,8 +462,13 @@ class Miner:
                        commitment: C.SignedIterationMessage, signed: C.SignedIterationMessage) -> None:
         block = C.Block(header=header, transactions=committed.transactions,
                         proofs=[C.PouwProof(message=signed, commitment=commitment)])
-        try:  # its own iteration: the roots it claims are its engine's
-            post = process_block(head_state, block, lambda task, message: claimed_result(message))
+        def replay(task: C.Task, message: C.IterationMessage) -> C.ReplayResult:
+            # its own iteration: the roots it claims are its engine's; another (a dispute's evidence) is replayed
+            if compute_message_digest(message) == header.message_digest:
+                return claimed_result(message)
+            return replay_iteration(self.context, task, message)
+        try:
+            post = process_block(head_state, block, replay)
         except InvalidBlock as error:
             logger.info("found a nonce but the block would be invalid: %s", error)
             self.context.metrics["blocks_not_built"] += 1
