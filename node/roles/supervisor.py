@@ -27,6 +27,7 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 
 from bws.spec import containers as C
 from bws.spec.hashing import compute_merkle_root
@@ -35,6 +36,8 @@ from bws.spec.state_transition import ReplayUnavailable
 from .context import RoleContext, message_digest
 from .disputes import Disputes
 from .verifier import is_proven_fraud, replay_iteration
+
+SEEN_DIGESTS_KEPT = 100_000  # messages whose recording is skipped when gossip brings them again
 
 logger = logging.getLogger("bws.node.roles.supervisor")
 
@@ -51,7 +54,7 @@ class Supervisor:
                          threading.Thread(target=self._run, args=(self._replays, self._replay, None),
                                           name="bws-supervisor-replay", daemon=True)]
         self.disputes = Disputes(context)
-        self._seen: set[bytes] = set()
+        self._seen: OrderedDict[bytes, None] = OrderedDict()  # the latest SEEN_DIGESTS_KEPT message digests
 
     def start(self) -> None:
         for thread in self._threads:
@@ -92,14 +95,23 @@ class Supervisor:
         if self._record(signed):
             self._replay(signed)
 
+    def _first_sight(self, digest: bytes) -> bool:
+        """Whether `digest` is not among the latest SEEN_DIGESTS_KEPT seen (it is now). A message
+        forgotten and seen again is recorded again (idempotent) and replayed again."""
+        if digest in self._seen:
+            return False
+        self._seen[digest] = None
+        if len(self._seen) > SEEN_DIGESTS_KEPT:
+            self._seen.popitem(last=False)
+        return True
+
     def _record(self, signed: C.SignedIterationMessage) -> bool:
         """Record a new message and dispute an equivocation; whether the message is to be replayed."""
         context = self.context
         work = signed.message.work
         digest = message_digest(signed)
-        if digest in self._seen:
+        if not self._first_sight(digest):
             return False
-        self._seen.add(digest)
         # The node core records every message when the node is a supervisor; recording is idempotent.
         context.chain.store.record_iteration_message(signed, digest, time.time())
         context.metrics["supervisor_recorded"] += 1

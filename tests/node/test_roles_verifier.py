@@ -214,6 +214,25 @@ def test_supervisor_records_and_replays_honest_messages(network_setup, mined, tm
     assert history["messages"] == 1 and len(bytes.fromhex(history["signature"])) == 64
 
 
+def test_supervisor_skips_a_message_seen_again_and_forgets_the_oldest(network_setup, mined, tmp_path, monkeypatch):
+    from bws.node.roles import supervisor as module
+
+    block, _, _ = mined
+    node = supervisor_node(network_setup, mined, tmp_path)
+    supervisor = module.Supervisor(node)
+    honest = block.proofs[0].message
+    supervisor._supervise(honest)
+    supervisor._supervise(honest)
+    assert node.metrics["supervisor_recorded"] == 1 and node.metrics["supervisor_replays"] == 1
+    monkeypatch.setattr(module, "SEEN_DIGESTS_KEPT", 2)
+    assert supervisor._first_sight(b"a" * 32) and supervisor._first_sight(b"b" * 32)  # the honest digest goes
+    assert len(supervisor._seen) == 2 and not supervisor._first_sight(b"b" * 32)
+    supervisor._supervise(honest)  # recorded again (idempotent) and replayed again
+    assert node.metrics["supervisor_recorded"] == 2 and node.metrics["supervisor_replays"] == 2
+    work = honest.message.work
+    assert node.chain.store.iteration_messages(bytes(work.task_id), int(work.iteration)) == [honest]
+
+
 def test_supervisor_disputes_equivocation(network_setup, mined, tmp_path):
     from bws.node.roles.supervisor import Supervisor
 
