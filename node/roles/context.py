@@ -32,6 +32,7 @@ logger = logging.getLogger("bws.node.roles")
 
 DATA_REQUEST_TIMEOUT = 20.0
 OWN_ITERATIONS_KEPT = 256   # about the iterations whose nonces may still be mined
+REPLAYS_KEPT = 64
 
 
 class RoleError(Exception):
@@ -104,10 +105,12 @@ class RoleContext:
     metrics: Counter = field(default_factory=Counter)
     gauges: dict = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
-    # Message digest -> the roots this node computed, for its own honest iterations:
-    # importing its own block, the node need not re-execute what it just computed.
-    _own_iterations: OrderedDict = field(default_factory=OrderedDict)
-    _own_iterations_lock: threading.Lock = field(default_factory=threading.Lock)
+    # The roots this node computed for its own honest iterations: importing its
+    # own block, the node need not re-execute what it just computed.
+    own_iterations: LatestResults = field(default_factory=lambda: LatestResults(OWN_ITERATIONS_KEPT))
+    # The latest replays' results: a pooled dispute's evidence is checked at every
+    # block the miner prepares, and again when a block carries it.
+    replays: LatestResults = field(default_factory=lambda: LatestResults(REPLAYS_KEPT))
 
     # Derived once: deriving a public key takes a curve multiplication, and
     # the miner needs the address for every task at every step.
@@ -121,15 +124,11 @@ class RoleContext:
 
     def remember_own_iteration(self, message: C.IterationMessage) -> None:
         """An iteration this node computed and signed (never a cheat): its claimed roots are the engine's."""
-        with self._own_iterations_lock:
-            self._own_iterations[message_digest_of(message)] = claimed_result(message)
-            while len(self._own_iterations) > OWN_ITERATIONS_KEPT:
-                self._own_iterations.popitem(last=False)
+        self.own_iterations.put(message, claimed_result(message))
 
     def own_iteration(self, message: C.IterationMessage) -> C.ReplayResult | None:
         """The roots of `message` if this node computed it (remember_own_iteration), else None."""
-        with self._own_iterations_lock:
-            return self._own_iterations.get(message_digest_of(message))
+        return self.own_iterations.get(message)
 
     # -- data -----------------------------------------------------------
     def fetch_tensors(self, root: bytes, preferred_peer: str | None = None) -> dict:
@@ -204,6 +203,25 @@ class RoleContext:
             self.network.publish(topic, data)
         except NetworkError as error:
             logger.warning("publish on %s failed: %s", topic, error)
+
+
+class LatestResults:
+    """The replay results of the latest `kept` iteration messages, by message digest (thread-safe)."""
+
+    def __init__(self, kept: int) -> None:
+        self._kept = kept
+        self._results: OrderedDict[bytes, C.ReplayResult] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, message: C.IterationMessage) -> C.ReplayResult | None:
+        with self._lock:
+            return self._results.get(message_digest_of(message))
+
+    def put(self, message: C.IterationMessage, result: C.ReplayResult) -> None:
+        with self._lock:
+            self._results[message_digest_of(message)] = result
+            while len(self._results) > self._kept:
+                self._results.popitem(last=False)
 
 
 def message_digest(signed: C.SignedIterationMessage) -> bytes:

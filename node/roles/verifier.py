@@ -68,13 +68,19 @@ def replay_inputs(context: RoleContext, task: C.Task, work: C.IterationWork) -> 
 
 
 def replay_iteration(context: RoleContext, task: C.Task, message: C.IterationMessage) -> C.ReplayResult:
-    """Re-execute the iteration `message` claims; ReplayUnavailable if its inputs cannot be had."""
+    """Re-execute the iteration `message` claims; ReplayUnavailable if its inputs cannot be had.
+    A result is kept (context.replays): the inputs are content-addressed and the engine exact,
+    so a message replays to the same roots every time."""
+    if (known := context.replays.get(message)) is not None:
+        return known
     loaded, state, updates, batch = replay_inputs(context, task, message.work)
     try:
         new_state, update, _ = loaded.iterate(tree(state), batch, [tree(u) for u in updates])
     except (ValueError, TypeError, KeyError) as error:
         raise ReplayUnavailable(f"the iteration's inputs do not fit the model: {error}") from None
-    return C.ReplayResult(update_root=bundle_root(flat(update)), state_after_root=bundle_root(flat(new_state)))
+    result = C.ReplayResult(update_root=bundle_root(flat(update)), state_after_root=bundle_root(flat(new_state)))
+    context.replays.put(message, result)
+    return result
 
 
 def is_proven_fraud(context: RoleContext, task: C.Task, message: C.IterationMessage,

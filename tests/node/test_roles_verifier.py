@@ -106,6 +106,22 @@ def test_honest_block_is_replayed_and_accepted_by_every_other_node(network_setup
         assert node.metrics["tensors_fetched"] >= 1  # the state before the iteration came from node0
 
 
+def test_a_replayed_message_is_not_executed_again(network_setup, mined, tmp_path, monkeypatch):
+    from bws.node.roles import verifier as module
+
+    block, _, _ = mined
+    node = verifiers(network_setup, mined, tmp_path, count=1)[0]
+    message = block.proofs[0].message.message
+    task = node.chain.head_state.tasks[block.header.task_id]
+    first = module.replay_iteration(node, task, message)
+    assert first == C.ReplayResult(update_root=message.work.update_root, state_after_root=message.work.state_after_root)
+    monkeypatch.setattr(module, "replay_inputs", lambda *args: pytest.fail("the kept result was not used"))
+    assert module.replay_iteration(node, task, message) == first
+    other = dataclasses.replace(message, work=dataclasses.replace(message.work, loss=message.work.loss + 1))
+    with pytest.raises(pytest.fail.Exception):  # another message (digest) is executed
+        module.replay_iteration(node, task, other)
+
+
 def reforge(block: C.Block, secret_key: bytes, config, task, **work_changes) -> C.Block:
     """The block with its iteration message's work changed, re-signed, and a
     nonce that meets the target found by varying the (informational) loss."""
