@@ -21,8 +21,9 @@ What the node does with the network (node/p2p.py's NetworkService):
 
 Replay: the spec's transition needs a `replay`. A node with the verifier role
 gets one from the roles layer (the engine re-executing iterations on inputs
-fetched from peers); a node without it trusts the iteration's claimed roots
-(`trusting_replay`) and checks every other rule (docs/node.md).
+fetched from peers); a node without it trusts the iterations' claimed roots
+and the fraud-proof outcomes the state root commits to (node/transition.py
+`trusting_transition`), and checks every other rule (docs/node.md).
 """
 from __future__ import annotations
 
@@ -50,7 +51,6 @@ from .api import ApiError, ApiServer, from_json, to_json
 from .mempool import Mempool, MempoolError
 from .p2p import PROTOCOL_SYNC, TOPIC_BLOCK, TOPIC_TASK, TOPIC_TX, NetworkError, NetworkService, Verdict
 from .store import ChainStore, StoreError, transaction_id
-from .transition import claimed_result
 from .validation import (
     BlockFromFuture, BlockRejected, Chain, ImportResult, TransactionRejected, check_transaction_envelope,
     decode_block, decode_transaction, is_signed_iteration_message_valid, precheck_block, transaction_pool_record,
@@ -69,12 +69,6 @@ TASK_STATUS_NAMES = {TASK_SUBMITTED: "submitted", TASK_GROUP_SELECTED: "group_se
 
 class NodeError(Exception):
     """The node cannot start or do what was asked; the message says why."""
-
-
-def trusting_replay(task: C.Task, message: C.IterationMessage) -> C.ReplayResult:
-    """The replay of a node that does not verify iterations: it takes the
-    message's claimed roots (every other rule of the block is still checked)."""
-    return claimed_result(message)
 
 
 # ---------------------------------------------------------------------------
@@ -137,7 +131,7 @@ class Node:
         self.store = ChainStore(self.data_dir)
         try:
             self.chain = Chain(self.store, genesis_state, get_genesis_block(genesis_state),
-                               settings.replay or trusting_replay)
+                               settings.replay)
         except StoreError:
             self.store.close()
             raise

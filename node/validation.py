@@ -48,7 +48,7 @@ from bws.spec.state_transition import (
 )
 
 from . import keys
-from .transition import is_signed_iteration_message_valid, state_transition
+from .transition import is_signed_iteration_message_valid, state_transition, trusting_transition
 from .mempool import PoolTransaction
 from .store import BlockRecord, ChainStore, StoreError, transaction_id
 
@@ -178,7 +178,10 @@ class Chain:
     Thread-safe: imports are serialized by one lock; reads of the head state
     return the immutable-by-convention object the chain holds."""
 
-    def __init__(self, store: ChainStore, genesis_state: C.State, genesis_block: C.Block, replay: Replay) -> None:
+    def __init__(self, store: ChainStore, genesis_state: C.State, genesis_block: C.Block,
+                 replay: Replay | None) -> None:
+        """`replay`: the verifier's (the engine's); None for a node that does not replay
+        iterations and trusts their claimed roots (node/transition.py `trusting_transition`)."""
         self.store = store
         self.replay = replay
         self._lock = threading.RLock()
@@ -301,6 +304,8 @@ class Chain:
         try:
             # Every block reaching here passed precheck_block (import_block runs it
             # first; a reorg's side blocks ran it when they arrived).
+            if self.replay is None:
+                return trusting_transition(state, block, prechecked=True)
             return state_transition(state, block, self.replay, prechecked=True)
         finally:
             self.metrics["transition_seconds"] += time.perf_counter() - started

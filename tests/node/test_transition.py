@@ -183,3 +183,46 @@ def test_merkle_tree_updates_give_the_spec_root(count):
         assert tree.root == compute_merkle_root(leaves)
     tree.update({position: hash_bytes(b"again %d" % position) for position in range(count)})
     assert tree.root == compute_merkle_root([hash_bytes(b"again %d" % position) for position in range(count)])
+
+
+def test_a_node_that_does_not_replay_takes_the_fraud_proof_outcome_the_state_root_commits_to():
+    """A block carrying a proven fraud proof (alice slashed) and one carrying a
+    false accusation (mallory pays): a node without the verifier role reaches
+    the verifier's post-state for both. Taking the claimed roots for the
+    evidence too would refuse the first block, which verifiers accept."""
+    from bws.node.review import random_root
+    toy = ToyChain()
+    state, parent = toy.extend(toy.genesis_state, toy.genesis_block, "bob")
+    task_id = toy.genesis_task_id
+    honest = toy.iteration_work(task_id, state.tasks[task_id], 5, 0)
+    fraud = toy.signed_message("alice", dataclasses.replace(honest, update_root=random_root("update")),
+                               random_root("header A"))
+    accusation = toy.signed_message("alice", honest, random_root("header A"))
+    for evidence, slashed in ((fraud, True), (accusation, False)):
+        dispute = toy.transaction(state, "mallory", C.Dispute(evidence=C.FraudProof(message=evidence)))
+        block = toy.mine(state, parent, "carol", [dispute])
+        verified = N.state_transition(state, block, toy.replay)
+        assert N.trusting_transition(state, block) == verified
+        assert verified.tasks[task_id].members[0].slashed == slashed
+        claims_only = lambda task, message: N.claimed_result(message)  # noqa: E731
+        if slashed:
+            with pytest.raises(T.InvalidBlock, match="state root mismatch"):
+                N.state_transition(state, block, claims_only)
+    broken = dataclasses.replace(block, header=dataclasses.replace(block.header, state_root=random_root("x")))
+    with pytest.raises(T.InvalidBlock, match="state root mismatch"):
+        N.trusting_transition(state, broken)
+
+
+def test_a_node_that_does_not_replay_refuses_more_fraud_proofs_than_it_decides():
+    from bws.node.review import random_root
+    toy = ToyChain()
+    state, parent = toy.extend(toy.genesis_state, toy.genesis_block, "bob")
+    task_id = toy.genesis_task_id
+    honest = toy.iteration_work(task_id, state.tasks[task_id], 5, 0)
+    disputes = [toy.transaction(state, "mallory", C.Dispute(evidence=C.FraudProof(message=toy.signed_message(
+        "alice", dataclasses.replace(honest, update_root=random_root(f"update {n}")), random_root("header A")))),
+        nonce=state.accounts[toy.address["mallory"]].nonce + n)
+        for n in range(N.MAX_TRUSTED_FRAUD_PROOFS + 1)]
+    block = toy.mine(state, parent, "carol", disputes, seal=False)
+    with pytest.raises(T.InvalidBlock, match="fraud proofs"):
+        N.trusting_transition(state, block)
