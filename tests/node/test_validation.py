@@ -42,6 +42,19 @@ def test_linear_chain_matches_spec_state_roots(factory, tmp_path):
     assert compute_state_root(reopened.head_state) == block.header.state_root
 
 
+def test_a_chain_without_replay_trusts_claimed_roots_and_still_checks_the_rest(factory, tmp_path):
+    chain = Chain(ChainStore(tmp_path), factory.genesis_state, factory.genesis_block, None)
+    state = factory.genesis_state
+    for height in range(1, 4):
+        block, state = factory.next_block(state, miner=height % 2)
+        assert chain.import_block(block).status == "connected"
+        assert compute_state_root(chain.head_state) == block.header.state_root
+    block, _ = factory.next_block(state)
+    broken = dataclasses.replace(block, header=dataclasses.replace(block.header, state_root=hash_bytes(b"other")))
+    with pytest.raises(BlockRejected, match="state root mismatch"):
+        chain.import_block(broken)
+
+
 def test_reorg_to_heavier_branch_and_back_matches_spec_fork_choice(factory, tmp_path):
     chain = open_chain(factory, tmp_path)
     spec_store = F.get_forkchoice_store(factory.genesis_state, factory.genesis_block)
