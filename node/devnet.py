@@ -81,6 +81,7 @@ class DevnetOptions:
     timeout: float = 900.0
     dataset_dir: str | None = None
     byzantine: dict = field(default_factory=dict)   # node index -> cheating behaviour (node/audit_devnet.py)
+    observers: int = 0   # extra nodes with the peer role only: they replay nothing and must hold the same chain
 
 
 @dataclass
@@ -92,10 +93,11 @@ class DevnetNode:
     api_port: int
     process: subprocess.Popen | None = None
     api: ApiClient | None = None
+    observer: bool = False   # the peer role only (not in the genesis, no key, no replay)
 
     @property
     def name(self) -> str:
-        return f"node{self.index}"
+        return f"{'observer' if self.observer else 'node'}{self.index}"
 
     @property
     def p2p_key(self) -> bytes:
@@ -197,10 +199,13 @@ class Devnet:
         if options.nodes < SUPERVISORS_PER_TASK + EVALUATORS_PER_TASK + 1:
             raise DevnetError(f"--nodes must be at least {SUPERVISORS_PER_TASK + EVALUATORS_PER_TASK + 1} "
                               "(a task needs a miner, a supervisor and an evaluator, on different nodes)")
+        if options.observers < 0:
+            raise DevnetError(f"--observers must be 0 or more, got {options.observers}")
         self.options = options
         self.out = out
         self.root = Path(options.data_dir or tempfile.mkdtemp(prefix="bws-devnet-"))
         self.nodes: list[DevnetNode] = []
+        self.observers: list[DevnetNode] = []
         self.client_account = derive_account(options.seed, "client")
         self.task_id: bytes | None = None
         self.genesis_state = None
@@ -217,7 +222,7 @@ class Devnet:
         self.say(f"devnet: {self.options.nodes} nodes, template {self.options.template} on {self.options.dataset}, "
                  f"data in {self.root}")
         definition = build_task(self.options)
-        ports = free_ports(2 * self.options.nodes)
+        ports = free_ports(2 * (self.options.nodes + self.options.observers))
         for index in range(self.options.nodes):
             node = DevnetNode(index, derive_account(self.options.seed, f"node{index}"), self.root / f"node{index}",
                               ports[2 * index], ports[2 * index + 1])
@@ -226,6 +231,13 @@ class Devnet:
                           overwrite=True)
             (node.data_dir / P2P_KEY_FILE).write_bytes(node.p2p_key)
             self.nodes.append(node)
+        for index in range(self.options.observers):
+            port = 2 * (self.options.nodes + index)
+            observer = DevnetNode(index, derive_account(self.options.seed, f"observer{index}"),
+                                  self.root / f"observer{index}", ports[port], ports[port + 1], observer=True)
+            observer.data_dir.mkdir(parents=True, exist_ok=True)
+            (observer.data_dir / P2P_KEY_FILE).write_bytes(observer.p2p_key)
+            self.observers.append(observer)
         (self.root / "password.txt").write_text(DEVNET_PASSWORD)
         genesis = make_genesis(self.nodes, self.client_account, definition, int(time.time()),
                                miner_tickets(self.nodes, self.options.byzantine))
@@ -241,20 +253,24 @@ class Devnet:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         environment = dict(os.environ)
         environment.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache" / "bws" / "jax"))
-        for node in self.nodes:
+        for node in self.nodes + self.observers:
             command = [sys.executable, "-m", "bws.node.cli", "node", "run", "--data-dir", str(node.data_dir),
-                       "--genesis", str(self.root / "genesis.json"), "--keystore", str(node.data_dir / "key.json"),
-                       "--password-file", str(self.root / "password.txt"), "--roles", ",".join(NODE_ROLES),
+                       "--genesis", str(self.root / "genesis.json"),
                        "--listen", f"/ip4/127.0.0.1/tcp/{node.listen_port}", "--api-port", str(node.api_port)]
-            for earlier in self.nodes[:node.index]:
-                command += ["--peer", earlier.multiaddr]
+            if node.observer:
+                command += ["--roles", "peer"] + [arg for other in self.nodes for arg in ("--peer", other.multiaddr)]
+            else:
+                command += ["--keystore", str(node.data_dir / "key.json"), "--password-file",
+                            str(self.root / "password.txt"), "--roles", ",".join(NODE_ROLES)]
+                command += [arg for earlier in self.nodes[:node.index] for arg in ("--peer", earlier.multiaddr)]
             if self.options.dataset_dir:
                 command += ["--dataset-dir", self.options.dataset_dir]
             with open(node.data_dir / "node.log", "wb") as log:
                 node.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                                env=dict(environment, **node_environment(node.index, self.options.byzantine)),
+                                                env=dict(environment, **({} if node.observer else
+                                                                         node_environment(node.index, self.options.byzantine))),
                                                 stdin=subprocess.DEVNULL, start_new_session=True)
-        for node in self.nodes:
+        for node in self.nodes + self.observers:
             while (info := read_node_info(node.data_dir)) is None:
                 self.check_alive()
                 if time.monotonic() > deadline:
@@ -262,20 +278,21 @@ class Devnet:
                                       f"(see {node.data_dir / 'node.log'})")
                 time.sleep(0.2)
             node.api = ApiClient(info["api"], timeout=30)
-        self.say(f"devnet: {len(self.nodes)} nodes up: " + ", ".join(f"{n.name} api {n.api.url}" for n in self.nodes))
+        self.say(f"devnet: {len(self.nodes + self.observers)} nodes up: "
+                 + ", ".join(f"{n.name} api {n.api.url}" for n in self.nodes + self.observers))
 
     def check_alive(self) -> None:
-        for node in self.nodes:
+        for node in self.nodes + self.observers:
             if node.process is not None and node.process.poll() is not None:
                 tail = (node.data_dir / "node.log").read_text(errors="replace").strip().splitlines()[-5:]
                 raise DevnetError(f"{node.name} exited with code {node.process.returncode}: " + " | ".join(tail))
 
     def stop_nodes(self) -> None:
-        for node in self.nodes:
+        for node in self.nodes + self.observers:
             if node.process is not None and node.process.poll() is None:
                 node.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-        for node in self.nodes:
+        for node in self.nodes + self.observers:
             if node.process is None:
                 continue
             try:
@@ -307,7 +324,8 @@ class Devnet:
             if error.status != HTTPStatus.NOT_FOUND:
                 raise
             task = {"status": "in mempool", "blocks": []}  # not in a block yet
-        return {"metrics": metrics, "task": task}
+        return {"metrics": metrics, "task": task,
+                "observer_heights": [int(n.api.get("/status")["head"]["height"]) for n in self.observers]}
 
     @staticmethod
     def role_counters(snapshot: dict) -> list[dict]:
@@ -354,13 +372,13 @@ class Devnet:
             time.sleep(1.0)
 
     def settled_height(self, snapshot: dict) -> int | None:
-        """The height SETTLE_DEPTH below the lowest head, if every node has the
-        same block there (its chain up to it is then the same on every node;
-        the newest blocks may still be racing), else None."""
-        height = min(m["height"] for m in snapshot["metrics"]) - SETTLE_DEPTH
+        """The height SETTLE_DEPTH below the lowest head, if every node (observers
+        too) has the same block there (its chain up to it is then the same on
+        every node; the newest blocks may still be racing), else None."""
+        height = min([m["height"] for m in snapshot["metrics"]] + snapshot["observer_heights"]) - SETTLE_DEPTH
         if height < 1:
             return None
-        hashes = {n.api.get(f"/block/{height}")["hash"] for n in self.nodes}
+        hashes = {n.api.get(f"/block/{height}")["hash"] for n in self.nodes + self.observers}
         return height if len(hashes) == 1 else None
 
     def blocks_verified_elsewhere(self, height: int) -> int:
@@ -407,6 +425,7 @@ class Devnet:
                               for name in ("training_us", "iteration_step_us", "proving_us")},
             "seconds": time.monotonic() - self.started,
             "names": [n.name for n in self.nodes],
+            "observers": {n.name: n.api.get("/metrics")["chain"].get("blocks_rejected", 0) for n in self.observers},
             "node_of_address": {n.account.address.hex(): n.name for n in self.nodes},
         }
 
@@ -429,6 +448,9 @@ class Devnet:
         self.say("  blocks rejected (per node):           " + ", ".join(
             f"{name} {count}" for name, count in zip(summary["names"], summary["rejected"])))
         self.say(f"  replay mismatches       {summary['mismatches']}")
+        if summary["observers"]:
+            self.say("  observers (peer role, no replay): same chain, blocks rejected " + ", ".join(
+                f"{name} {count}" for name, count in summary["observers"].items()))
         supervision = summary["supervision"]
         self.say(f"  supervisor              {supervision['supervisor_recorded']} iteration messages recorded, "
                  f"{supervision['supervisor_replays']} replayed, {supervision['disputes_submitted']} disputes")

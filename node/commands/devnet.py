@@ -31,6 +31,10 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="fail unless the best final model reaches this test accuracy (default 0.95; 0 to skip)")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds (default 900)")
     parser.add_argument("--dataset-dir", help="TFDS data directory (default: $BWS_DATA_DIR or ~/.cache/bws/tensorflow_datasets)")
+    parser.add_argument("--observers", type=int, default=0, metavar="N",
+                        help="also start N nodes with the peer role only (no key, no replay: they trust claimed roots "
+                             "and take fraud-proof outcomes from state roots); the run fails unless they hold the "
+                             "same chain (default 0)")
     parser.add_argument("--byzantine", action="append", default=[], metavar="N:KIND",
                         help="make node N cheat (repeatable): flip-bit, random-update, wrong-peers or equivocate; "
                              "the run then checks every cheat is disputed, localized and slashed (docs/audit.md)")
@@ -50,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     options = DevnetOptions(nodes=args.nodes, template=args.template, dataset=args.dataset, data_dir=args.data_dir,
                             blocks=args.blocks, seed=args.seed, iterations=args.iterations, batch_size=args.batch_size,
                             learning_rate=args.learning_rate, min_accuracy=args.min_accuracy, timeout=args.timeout,
-                            dataset_dir=args.dataset_dir)
+                            dataset_dir=args.dataset_dir, observers=args.observers)
     try:
         options.byzantine = parse_byzantine(args.byzantine, args.nodes)
     except ByzantineSpecError as error:

@@ -22,10 +22,12 @@ from bws.spec.tasks import compute_task_id
 pytestmark = pytest.mark.slow
 
 
-def run_byzantine_devnet(data_dir, nodes: int, iterations: int, *byzantine: str) -> tuple[str, dict[str, str]]:
+def run_byzantine_devnet(data_dir, nodes: int, iterations: int, *byzantine: str,
+                         observers: int = 0) -> tuple[str, dict[str, str]]:
     """The devnet's output and its member lines by node name; fails unless the devnet passed."""
     command = [sys.executable, "-m", "bws.node.cli", "devnet", "--data-dir", str(data_dir), "--seed", "3",
-               "--nodes", str(nodes), "--iterations", str(iterations), "--min-accuracy", "0", "--timeout", "420"]
+               "--nodes", str(nodes), "--iterations", str(iterations), "--min-accuracy", "0", "--timeout", "420",
+               "--observers", str(observers)]
     for value in byzantine:
         command += ["--byzantine", value]
     result = subprocess.run(command, capture_output=True, text=True, timeout=460)
@@ -40,19 +42,22 @@ def run_byzantine_devnet(data_dir, nodes: int, iterations: int, *byzantine: str)
 @pytest.mark.timeout(480)
 def test_cheats_are_disputed_localized_and_slashed_and_the_honest_miner_is_not(tmp_path):
     data_dir = tmp_path / "devnet"
-    output, members = run_byzantine_devnet(data_dir, 6, 8, "1:flip-bit", "2:wrong-peers", "3:equivocate")
+    output, members = run_byzantine_devnet(data_dir, 6, 8, "1:flip-bit", "2:wrong-peers", "3:equivocate", observers=1)
     lines = output.splitlines()
     assert "SLASHED" in members["node1"] and "SLASHED" in members["node2"] and "SLASHED" in members["node3"]
     assert any("fraud" in l and "node1" in l and "op update tensor update:0/bias" in l for l in lines), output[-3000:]
     assert any("fraud" in l and "node2" in l and "op merge" in l for l in lines), output[-3000:]
     assert any("equivocation" in l and "node3" in l for l in lines), output[-3000:]
     assert "first divergent op" in output
+    # A node that replays nothing took the disputes' outcomes from the state roots: the same chain, nothing refused.
+    assert "observers (peer role, no replay): same chain, blocks rejected observer0 0" in output
 
     # The stopped nodes' stores answer the auditor's queries (docs/audit.md).
-    listed = subprocess.run([sys.executable, "-m", "bws.node.cli", "audit", "disputes", "--data-dir",
-                             str(data_dir / "node0")], capture_output=True, text=True, timeout=120)
-    assert listed.returncode == 0, listed.stderr
-    assert "3 dispute(s) on the main chain" in listed.stdout
+    for store in ("node0", "observer0"):
+        listed = subprocess.run([sys.executable, "-m", "bws.node.cli", "audit", "disputes", "--data-dir",
+                                 str(data_dir / store)], capture_output=True, text=True, timeout=120)
+        assert listed.returncode == 0, listed.stderr
+        assert "3 dispute(s) on the main chain" in listed.stdout
     cheats = {derive_account(3, f"node{i}").address.hex() for i in (1, 2, 3)}
     accused = {line.split("accused ")[1].split()[0] for line in listed.stdout.splitlines() if "accused" in line}
     assert accused == cheats
