@@ -3,7 +3,7 @@
     roles = RoleSet({"miner", "verifier", "supervisor", "evaluator"}, account, dataset_dir)
     node = Node(NodeSettings(..., replay=roles.replay))   # the verifier's replay
     node.start()
-    roles.attach(node)      # serves /bws/data/1, hears iteration messages, starts the role threads
+    roles.attach(node)      # serves /bws/data/1 and /bws/audit/1, hears iteration messages, starts the role threads
     ...
     roles.stop(); node.stop()
 
@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bws.spec import containers as C
 
+from ..audit import PROTOCOL_AUDIT, AuditServer
 from ..p2p import PROTOCOL_DATA, NetworkError
 from ..wallet import Account, KeystoreError, load_keystore
 from .context import RoleContext
@@ -89,6 +90,10 @@ class RoleSet:
             self.supervisor = Supervisor(self.context)
         if "evaluator" in self.roles:
             self.evaluator = Evaluator(self.context)
+        # Every node with roles answers an auditor's request for the iteration messages it saw (a
+        # supervisor records them all); a miner also answers for its own iterations' traces.
+        audit = self.miner.audit if self.miner is not None else AuditServer(self.context)
+        node.network.register_handler(PROTOCOL_AUDIT, audit.serve)
         for role in (self.miner, self.supervisor, self.evaluator):
             if role is not None:
                 role.start()

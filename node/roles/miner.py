@@ -61,7 +61,7 @@ from bws.spec.tasks import compute_batch_index, get_member_index
 from bws.spec.encoding import decode, encode, DecodeError
 from bws.spec.containers import SignedTransaction
 
-from ..audit import PROTOCOL_AUDIT, AuditServer, RecordedIteration
+from ..audit import AuditServer, RecordedIteration
 from .. import keys
 from ..transition import apply_transaction, claimed_result, compute_state_root, process_block
 from .byzantine import Byzantine
@@ -150,10 +150,9 @@ class Miner:
         self._trainings: dict[bytes, Training] = {}
         self._last_bootstrap = 0.0
         self.byzantine = Byzantine.from_environment()
-        # Serves the iteration messages seen and this miner's intermediate commitments (/bws/audit/1).
+        # Serves the iteration messages seen and this miner's intermediate commitments (/bws/audit/1;
+        # registered by the role host).
         self.audit = AuditServer(context, self.byzantine.claimed_trace if self.byzantine else None)
-        if hasattr(context.network, "register_handler"):  # in-process tests run the roles on a network double
-            context.network.register_handler(PROTOCOL_AUDIT, self.audit.serve)
         self._head_hash, self._head_since = b"", time.monotonic()
         self._thread = threading.Thread(target=self._run, name="bws-miner", daemon=True)
         # The hand-over to the proving thread: one computed iteration at most.

@@ -312,3 +312,31 @@ def test_supervisor_flags_an_equivocation_while_its_replays_lag(network_setup, m
         release.set()
         node.stop.set()
         supervisor.join(10)
+
+
+def test_a_node_with_roles_but_no_miner_answers_the_auditors_message_request(network_setup, mined, tmp_path):
+    """The role host registers /bws/audit/1 on every node with roles (a supervisor records every message),
+    not only on miners."""
+    from types import SimpleNamespace
+
+    from bws.node.audit import PROTOCOL_AUDIT, decode_messages_answer, messages_request
+    from bws.node.roles.host import RoleSet
+
+    block, _, miner_context = mined
+    handlers = {}
+    chain_node = make_node(network_setup, tmp_path, "verifier-only", derive_account(7, "node1"), {})
+    node = SimpleNamespace(chain=chain_node.chain, mempool=chain_node.mempool, import_block=chain_node.import_block,
+                           network=SimpleNamespace(register_handler=handlers.__setitem__, peers=lambda: []),
+                           data_dir=tmp_path / "verifier-only", iteration_message_listeners=[],
+                           metrics_extensions=[], task_extensions=[], settings=SimpleNamespace(peers=[]))
+    roles = RoleSet({"verifier"}, None)
+    roles.attach(node)
+    try:
+        signed = block.proofs[0].message
+        for listener in node.iteration_message_listeners:
+            listener(signed, "somebody")
+        work = signed.message.work
+        answer = handlers[PROTOCOL_AUDIT]("auditor", messages_request(work.task_id, work.iteration, work.miner))
+        assert decode_messages_answer(answer) == [signed]
+    finally:
+        roles.context.stop.set()
