@@ -540,6 +540,10 @@ def optimizer_step(config: dict, grads: dict, opt: dict, step):
         return update, new_opt
     one = 1 << F_HYPER
     beta_1, beta_2 = to_fixed(config["beta_1"], F_HYPER), to_fixed(config["beta_2"], F_HYPER)
+    for name, beta in (("beta_1", beta_1), ("beta_2", beta_2)):
+        if not 0 <= beta < one:  # ModelSpec refuses these; a direct caller gets the reason, not an XLA error
+            raise ValueError(f"adam {name}={config[name]!r} must be in [0, 1) and below 1 - 2**-{F_HYPER + 1} "
+                             "(it rounds to 1 in fixed point)")
     epsilon_squared = to_fixed(config["epsilon"] ** 2, F_V)
     t = step.astype(I32) + 1
     bias_1, bias_2 = power_q30(beta_1, t), power_q30(beta_2, t)

@@ -4,6 +4,7 @@ import itertools
 from fractions import Fraction
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -99,3 +100,12 @@ def test_bad_batches_and_seeds_are_rejected():
         engine.check_batch(spec, {"x": np.zeros((2, 6)), "y": np.zeros(2, np.int32)})
     with pytest.raises(EngineError, match="seed"):
         engine.init_state(spec, -1)
+
+
+@pytest.mark.parametrize("name", ["beta_1", "beta_2"])
+def test_optimizer_step_called_directly_names_a_beta_that_rounds_to_one(name):
+    from bws.engine import ops
+    params = {"0": {"kernel": jnp.zeros((2, 2), jnp.int32)}}
+    config = {"type": "adam", "learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7, name: 1 - 1e-12}
+    with pytest.raises(ValueError, match=f"{name}.*rounds to 1"):
+        ops.optimizer_step(config, params, ops.optimizer_init(config, params), jnp.asarray(0, jnp.int64))
