@@ -196,14 +196,27 @@ def digests(new_state: dict, update: dict, metrics: dict) -> dict:
             "metrics": {k: int(v) for k, v in sorted(metrics.items())}}
 
 
+def ran_on(impl: str) -> dict:
+    """Where a replay ran, for reports compared across machines: the backend,
+    its device and the library versions (and the engine's pinned XLA flags)."""
+    if impl == "reference":
+        return {"numpy": np.__version__}
+    import jax
+
+    from .settings import PINNED_XLA_FLAGS
+    return {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind, "jax": jax.__version__,
+            "pinned_xla_flags": [f"{name}={value}" for name, value in PINNED_XLA_FLAGS.items()]}
+
+
 def replay(vector: IterationVector, impl: str = "engine") -> dict:
     """Re-execute the iteration; returns the recomputed digests, the expected
-    ones and whether they match."""
+    ones, whether they match, and where it ran (`ran_on`)."""
     runner = {"engine": run_engine, "reference": run_reference}.get(impl)
     if runner is None:
         raise EngineError(f"impl: must be engine or reference, got {impl!r}")
     got = digests(*runner(vector))
-    return {"impl": impl, "got": got, "expected": vector.expected, "match": got == vector.expected}
+    return {"impl": impl, "got": got, "expected": vector.expected, "match": got == vector.expected,
+            "ran_on": ran_on(impl)}
 
 
 def make_vector(model: dict, batch_size: int, seed: int, *, warmup: int = 1, peers: int = 2,

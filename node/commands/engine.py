@@ -122,7 +122,7 @@ def run_replay(args) -> int:
         print(json.dumps(result, sort_keys=True))
     else:
         got, expected = result["got"], result["expected"]
-        print(f"impl        {result['impl']}")
+        print(f"impl        {result['impl']} ({', '.join(f'{k} {v}' for k, v in result['ran_on'].items())})")
         for key in ("state_root", "update_root"):
             flag = "" if got[key] == expected[key] else f"   (expected {expected[key]})"
             print(f"{key:<11} {got[key]}{flag}")

@@ -23,6 +23,11 @@ def test_fixture_replays(path, root, impl, capsys):
     assert main(["replay", str(path), "--impl", impl, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["match"] is True and result["got"]["state_root"] == root
+    if impl == "engine":
+        assert result["ran_on"]["backend"] == "cpu" and result["ran_on"]["pinned_xla_flags"] == [
+            "--xla_gpu_enable_triton_gemm=false"]
+    else:
+        assert set(result["ran_on"]) == {"numpy"}
 
 
 def test_text_output_names_every_digest(capsys):
