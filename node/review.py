@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bws.spec import containers as C
-from bws.spec.constants import ROLE_EVALUATOR, ROLE_MINER, ROLE_SUPERVISOR
+from bws.spec.constants import MAX_FRAUD_PROOFS_PER_BLOCK, ROLE_EVALUATOR, ROLE_MINER, ROLE_SUPERVISOR
 from bws.spec.crypto import CURVE_ORDER, compute_address, get_public_key
 from bws.spec.encoding import DecodeError, decode, encode
 from bws.spec.genesis import create_genesis_state, get_genesis_block
@@ -490,6 +490,12 @@ def generate_vectors() -> list[dict]:
     block("block/group-selection", s2, b3, description="the client task's group is drawn")
     block("block/training-on-client-task", s3, b4)
     block("block/evaluation-opens", s4, b5)
+    too_many = [c.transaction(s4, "mallory", C.Dispute(evidence=C.FraudProof(message=c.signed_message(
+        "alice", dataclasses.replace(honest, update_root=random_root(f"update {n}")), random_root("header A")))),
+        nonce=s4.accounts[a["mallory"]].nonce + n) for n in range(MAX_FRAUD_PROOFS_PER_BLOCK + 1)]
+    block("block/too-many-fraud-proofs", s4, c.mine(s4, b4, "bob", too_many, seal=False),
+          f"more than {MAX_FRAUD_PROOFS_PER_BLOCK} fraud proofs",
+          description="a node that does not replay decides each fraud proof from the state root: at most 4")
     block("block/with-evaluation-result", s5, c.mine(s5, b5, "bob", [c.transaction(s5, "eve", evaluation)]))
     state, parent = s5, b5
     while state.height < 9:

@@ -42,7 +42,7 @@ import threading
 
 from bws.spec import containers as C
 from bws.spec import state_transition as spec
-from bws.spec.constants import ROLE_MINER, TASK_EVALUATION, TASK_TRAINING
+from bws.spec.constants import MAX_FRAUD_PROOFS_PER_BLOCK, ROLE_MINER, TASK_EVALUATION, TASK_TRAINING
 from bws.spec.encoding import ByteVector, Container, FixedWidthInt, boolean, get_fields, is_map_type
 from bws.spec.hashing import ZERO_HASH, compute_merkle_root, hash_bytes, hash_object, is_valid_merkle_proof
 from bws.spec.pouw import (
@@ -291,6 +291,8 @@ def process_transaction(state: C.State, signed: C.SignedTransaction, fee_recipie
 
 
 def process_transactions(state: C.State, block: C.Block, replay: Replay, prechecked: bool) -> None:
+    _require(spec.get_fraud_proof_count(block) <= MAX_FRAUD_PROOFS_PER_BLOCK,
+             f"more than {MAX_FRAUD_PROOFS_PER_BLOCK} fraud proofs in the block")
     for index, signed in enumerate(block.transactions):
         try:
             process_transaction(state, signed, block.header.miner, replay, signature_checked=prechecked)
@@ -338,11 +340,6 @@ def state_transition(state: C.State, block: C.Block, replay: Replay, prechecked:
     return post
 
 
-MAX_TRUSTED_FRAUD_PROOFS = 4
-"""Fraud proofs in one block that a node without the verifier role decides
-from the state root (2**n candidate outcomes); a block with more is refused."""
-
-
 def trusting_transition(state: C.State, block: C.Block, prechecked: bool = False) -> C.State:
     """`state_transition` for a node that does not replay iterations (no
     verifier role). It takes every iteration's claimed roots, except for the
@@ -350,14 +347,14 @@ def trusting_transition(state: C.State, block: C.Block, prechecked: bool = False
     slashed) or a false accusation (the disputer pays) depends on a replay, so
     it takes the outcome the header's state root commits to. Taking the claims
     there too would refuse every block with a proven fraud, which verifiers
-    accept: a chain split. Each candidate outcome is tried, "all proven" first."""
+    accept: a chain split. Each candidate outcome is tried, "all proven" first
+    (at most 2**MAX_FRAUD_PROOFS_PER_BLOCK; a block with more breaks a rule)."""
     accused = sorted({bytes(compute_message_digest(signed_tx.transaction.body.evidence.message.message))
                       for signed_tx in block.transactions
                       if isinstance(signed_tx.transaction.body, C.Dispute)
                       and isinstance(signed_tx.transaction.body.evidence, C.FraudProof)})
-    if len(accused) > MAX_TRUSTED_FRAUD_PROOFS:
-        raise InvalidBlock(f"more than {MAX_TRUSTED_FRAUD_PROOFS} fraud proofs: a node that does not replay "
-                           "iterations cannot decide them")
+    if len(accused) > MAX_FRAUD_PROOFS_PER_BLOCK:  # the rule, checked before trying 2**n outcomes
+        return state_transition(state, block, lambda task, message: claimed_result(message), prechecked)
     first_error = None
     for proven in itertools.product((True, False), repeat=len(accused)):
         frauds = {digest for digest, is_proven in zip(accused, proven) if is_proven}

@@ -65,6 +65,11 @@ SLASH_REWARD_SHARE_BP = 5000
 # included and burns this much of the disputer's balance: it made every node
 # replay an iteration for nothing. 10 coin.
 FALSE_DISPUTE_PENALTY = 10 * 10**8
+# A block carries at most this many FraudProofs. A node that does not replay
+# iterations takes their outcomes (proven or false) from the block's state
+# root, trying each of the 2**n; the bound keeps that cheap and the same rule
+# for every node (else a block with more would split such nodes off).
+MAX_FRAUD_PROOFS_PER_BLOCK = 4
 
 # Proof of useful work
 WORK_PASSES_PER_ITERATION = 3  # forward + backward (activations and weights): ~3x the forward MACs

@@ -49,7 +49,7 @@ import jax
 
 from bws.spec import containers as C
 from bws.spec.constants import (
-    DOMAIN_POW, MAX_TRANSACTIONS_PER_BLOCK, ROLE_MINER, TASK_EVALUATION, TASK_GROUP_SELECTED, TASK_TRAINING,
+    DOMAIN_POW, MAX_FRAUD_PROOFS_PER_BLOCK, MAX_TRANSACTIONS_PER_BLOCK, ROLE_MINER, TASK_EVALUATION, TASK_GROUP_SELECTED, TASK_TRAINING,
 )
 from bws.spec.hashing import ZERO_HASH, hash_bytes
 from bws.spec.pouw import (
@@ -415,11 +415,16 @@ class Miner:
 
     def _select_transactions(self, head_state: C.State) -> list[SignedTransaction]:
         """Mempool transactions that apply, in order, on the head state."""
-        chosen, state = [], head_state
+        chosen, state, fraud_proofs = [], head_state, 0
         mempool, head_hash = self.context.mempool, bytes(self.context.chain.head.hash)
         for record in mempool.select(MAX_TRANSACTIONS_PER_BLOCK, MAX_BLOCK_TRANSACTION_BYTES):
             try:
                 signed = decode(record.raw, SignedTransaction)
+                body = signed.transaction.body
+                if isinstance(body, C.Dispute) and isinstance(body.evidence, C.FraudProof):
+                    if fraud_proofs == MAX_FRAUD_PROOFS_PER_BLOCK:
+                        break  # the rest of the pool waits: skipped, its sender's later nonces would fail here
+                    fraud_proofs += 1
                 state = apply_transaction(state, signed, self.context.address,
                                           lambda task, message: replay_iteration(self.context, task, message))
             except (DecodeError, InvalidTransaction):

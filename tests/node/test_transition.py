@@ -213,8 +213,9 @@ def test_a_node_that_does_not_replay_takes_the_fraud_proof_outcome_the_state_roo
         N.trusting_transition(state, broken)
 
 
-def test_a_node_that_does_not_replay_refuses_more_fraud_proofs_than_it_decides():
+def test_a_block_with_more_fraud_proofs_than_the_rule_allows_is_refused_with_or_without_replay():
     from bws.node.review import random_root
+    from bws.spec.constants import MAX_FRAUD_PROOFS_PER_BLOCK
     toy = ToyChain()
     state, parent = toy.extend(toy.genesis_state, toy.genesis_block, "bob")
     task_id = toy.genesis_task_id
@@ -222,7 +223,14 @@ def test_a_node_that_does_not_replay_refuses_more_fraud_proofs_than_it_decides()
     disputes = [toy.transaction(state, "mallory", C.Dispute(evidence=C.FraudProof(message=toy.signed_message(
         "alice", dataclasses.replace(honest, update_root=random_root(f"update {n}")), random_root("header A")))),
         nonce=state.accounts[toy.address["mallory"]].nonce + n)
-        for n in range(N.MAX_TRUSTED_FRAUD_PROOFS + 1)]
+        for n in range(MAX_FRAUD_PROOFS_PER_BLOCK + 1)]
     block = toy.mine(state, parent, "carol", disputes, seal=False)
-    with pytest.raises(T.InvalidBlock, match="fraud proofs"):
-        N.trusting_transition(state, block)
+    for transition in (lambda: N.trusting_transition(state, block), lambda: N.state_transition(state, block, toy.replay),
+                       lambda: T.state_transition(state, block, toy.replay)):
+        with pytest.raises(T.InvalidBlock, match=f"more than {MAX_FRAUD_PROOFS_PER_BLOCK} fraud proofs"):
+            transition()
+    accusations = [toy.transaction(state, "mallory", C.Dispute(evidence=C.FraudProof(message=toy.signed_message(
+        "alice", honest, random_root(f"header {n}")))), nonce=state.accounts[toy.address["mallory"]].nonce + n)
+        for n in range(MAX_FRAUD_PROOFS_PER_BLOCK)]
+    sealed = toy.mine(state, parent, "carol", accusations)  # four (false accusations, here) are fine
+    assert N.trusting_transition(state, sealed) == N.state_transition(state, sealed, toy.replay)
