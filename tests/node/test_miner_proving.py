@@ -157,3 +157,30 @@ def test_a_pooled_transaction_the_rules_refuse_is_dropped_after_three_heads(one_
     assert not len(context.mempool), "the refused transaction is still pooled"
     assert context.metrics["transactions_dropped_invalid"] == 1 and context.metrics["blocks_mined"] >= 2
     assert context.chain.account_nonce(context.address) == 0   # never included
+
+
+def test_a_block_takes_at_most_the_allowed_fraud_proofs_and_the_rest_wait(one_miner, tmp_path, monkeypatch):
+    """Six pooled FraudProofs: the miner's block takes the first four (the spec's
+    MAX_FRAUD_PROOFS_PER_BLOCK) and stops there, so the sender's later nonces wait
+    instead of failing. The transition is the real one elsewhere (tests/node/test_transition.py);
+    here apply_transaction is stubbed, as the evidence has no real iteration behind it."""
+    from bws.node.roles import miner as module
+    from bws.spec.constants import MAX_FRAUD_PROOFS_PER_BLOCK
+    from bws.spec.state_transition import sign_transaction
+
+    context = make_node(one_miner, tmp_path, "node0", one_miner[1][0], {})
+    secret = one_miner[1][0].secret_key
+    config = context.chain.config
+    work = C.IterationWork(task_id=hash_bytes(b"task"), iteration=3, miner=context.address, state_before_root=bytes(32),
+                           batch_index=0, batch_root=bytes(32), batch_proof=[], peer_update_roots=[],
+                           update_root=bytes(32), state_after_root=bytes(32), loss=0)
+    for nonce in range(MAX_FRAUD_PROOFS_PER_BLOCK + 2):
+        evidence = sign_iteration_message(secret, context.public_key, C.IterationMessage(
+            work=dataclasses.replace(work, loss=nonce), header_commitment=bytes(32)))
+        context.submit_transaction(sign_transaction(secret, C.Transaction(
+            chain_id=config.chain_id, sender=context.address, nonce=nonce, fee=config.min_transaction_fee,
+            body=C.Dispute(evidence=C.FraudProof(message=evidence)))))
+    monkeypatch.setattr(module, "apply_transaction", lambda state, signed, recipient, replay: state)
+    chosen = Miner(context)._select_transactions(context.chain.head_state)
+    assert [int(s.transaction.nonce) for s in chosen] == list(range(MAX_FRAUD_PROOFS_PER_BLOCK))
+    assert len(context.mempool) == MAX_FRAUD_PROOFS_PER_BLOCK + 2 and not context.metrics["transactions_dropped_invalid"]
