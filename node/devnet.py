@@ -211,6 +211,11 @@ class Devnet:
         self.genesis_state = None
         self.started = time.monotonic()
 
+    @property
+    def every_node(self) -> list[DevnetNode]:
+        """The group's nodes, then the observers: every process the devnet runs."""
+        return self.nodes + self.observers
+
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
 
@@ -253,7 +258,7 @@ class Devnet:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         environment = dict(os.environ)
         environment.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache" / "bws" / "jax"))
-        for node in self.nodes + self.observers:
+        for node in self.every_node:
             command = [sys.executable, "-m", "bws.node.cli", "node", "run", "--data-dir", str(node.data_dir),
                        "--genesis", str(self.root / "genesis.json"),
                        "--listen", f"/ip4/127.0.0.1/tcp/{node.listen_port}", "--api-port", str(node.api_port)]
@@ -270,7 +275,7 @@ class Devnet:
                                                 env=dict(environment, **({} if node.observer else
                                                                          node_environment(node.index, self.options.byzantine))),
                                                 stdin=subprocess.DEVNULL, start_new_session=True)
-        for node in self.nodes + self.observers:
+        for node in self.every_node:
             while (info := read_node_info(node.data_dir)) is None:
                 self.check_alive()
                 if time.monotonic() > deadline:
@@ -278,21 +283,21 @@ class Devnet:
                                       f"(see {node.data_dir / 'node.log'})")
                 time.sleep(0.2)
             node.api = ApiClient(info["api"], timeout=30)
-        self.say(f"devnet: {len(self.nodes + self.observers)} nodes up: "
-                 + ", ".join(f"{n.name} api {n.api.url}" for n in self.nodes + self.observers))
+        self.say(f"devnet: {len(self.every_node)} nodes up: "
+                 + ", ".join(f"{n.name} api {n.api.url}" for n in self.every_node))
 
     def check_alive(self) -> None:
-        for node in self.nodes + self.observers:
+        for node in self.every_node:
             if node.process is not None and node.process.poll() is not None:
                 tail = (node.data_dir / "node.log").read_text(errors="replace").strip().splitlines()[-5:]
                 raise DevnetError(f"{node.name} exited with code {node.process.returncode}: " + " | ".join(tail))
 
     def stop_nodes(self) -> None:
-        for node in self.nodes + self.observers:
+        for node in self.every_node:
             if node.process is not None and node.process.poll() is None:
                 node.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-        for node in self.nodes + self.observers:
+        for node in self.every_node:
             if node.process is None:
                 continue
             try:
@@ -378,7 +383,7 @@ class Devnet:
         height = min([m["height"] for m in snapshot["metrics"]] + snapshot["observer_heights"]) - SETTLE_DEPTH
         if height < 1:
             return None
-        hashes = {n.api.get(f"/block/{height}")["hash"] for n in self.nodes + self.observers}
+        hashes = {n.api.get(f"/block/{height}")["hash"] for n in self.every_node}
         return height if len(hashes) == 1 else None
 
     def blocks_verified_elsewhere(self, height: int) -> int:

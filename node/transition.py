@@ -349,10 +349,8 @@ def trusting_transition(state: C.State, block: C.Block, prechecked: bool = False
     there too would refuse every block with a proven fraud, which verifiers
     accept: a chain split. Each candidate outcome is tried, "all proven" first
     (at most 2**MAX_FRAUD_PROOFS_PER_BLOCK; a block with more breaks a rule)."""
-    accused = sorted({bytes(compute_message_digest(signed_tx.transaction.body.evidence.message.message))
-                      for signed_tx in block.transactions
-                      if isinstance(signed_tx.transaction.body, C.Dispute)
-                      and isinstance(signed_tx.transaction.body.evidence, C.FraudProof)})
+    accused = sorted({bytes(compute_message_digest(signed.transaction.body.evidence.message.message))
+                      for signed in block.transactions if spec.is_fraud_proof(signed.transaction)})
     if len(accused) > MAX_FRAUD_PROOFS_PER_BLOCK:  # the rule, checked before trying 2**n outcomes
         return state_transition(state, block, lambda task, message: claimed_result(message), prechecked)
     first_error = None

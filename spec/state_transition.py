@@ -35,7 +35,8 @@ from typing import Callable
 
 from .constants import (
     BASIS_POINTS, BEST_MODEL_SHARE_BP, DOMAIN_TRANSACTION, EVALUATOR_SHARE_BP, MAX_GROUP_SIZE, MAX_HALVINGS,
-    FALSE_DISPUTE_PENALTY, MAX_FRAUD_PROOFS_PER_BLOCK, MAX_TARGET, RETARGET_CLAMP, ROLE_MINER, ROLES, SLASH_REWARD_SHARE_BP, SUPERVISOR_SHARE_BP,
+    FALSE_DISPUTE_PENALTY, MAX_FRAUD_PROOFS_PER_BLOCK, MAX_TARGET, RETARGET_CLAMP, ROLE_MINER, ROLES,
+    SLASH_REWARD_SHARE_BP, SUPERVISOR_SHARE_BP,
     TASK_CANCELLED, TASK_EVALUATION, TASK_EXPIRED, TASK_FINALIZED, TASK_GROUP_SELECTED, TASK_SUBMITTED,
     TASK_TRAINING, TERMINAL_TASK_STATUSES,
 )
@@ -339,10 +340,14 @@ def sign_transaction(secret_key: bytes, transaction: Transaction) -> SignedTrans
                              signature=sign(secret_key, compute_transaction_signing_root(transaction)))
 
 
+def is_fraud_proof(transaction: Transaction) -> bool:
+    """Whether `transaction` is a dispute with FraudProof evidence (judged by a replay)."""
+    return isinstance(transaction.body, Dispute) and isinstance(transaction.body.evidence, FraudProof)
+
+
 def get_fraud_proof_count(block: Block) -> int:
-    """How many of the block's transactions are disputes with FraudProof evidence."""
-    return sum(isinstance(signed.transaction.body, Dispute) and isinstance(signed.transaction.body.evidence, FraudProof)
-               for signed in block.transactions)
+    """How many of the block's transactions are fraud proofs."""
+    return sum(is_fraud_proof(signed.transaction) for signed in block.transactions)
 
 
 def process_transactions(state: State, block: Block, replay: Replay) -> None:

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from bws.spec.constants import TENSOR_DTYPE_CODES
-from bws.spec.hashing import compute_encoded_tensor_leaf, compute_merkle_root, compute_tensors_root, encode_tensor
+from bws.spec.hashing import compute_encoded_tensors_root, compute_tensors_root, encode_tensor
 
 ROOT_BYTES = 32
 DEFAULT_MAX_DISK_BYTES = 1 << 30
@@ -170,7 +170,7 @@ class TensorCache:
         the same tensor encodings the bundle holds: each tensor encoded once)."""
         encoded = {name: encode_tensor(np.asarray(tensors[name])) for name in sorted(tensors)}
         if root is None:
-            root = compute_merkle_root([compute_encoded_tensor_leaf(name, data) for name, data in encoded.items()])
+            root = compute_encoded_tensors_root(encoded)
         self.put(bytes(root), bundle_bytes(encoded))
         return bytes(root)
 

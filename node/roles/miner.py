@@ -49,14 +49,15 @@ import jax
 
 from bws.spec import containers as C
 from bws.spec.constants import (
-    DOMAIN_POW, MAX_FRAUD_PROOFS_PER_BLOCK, MAX_TRANSACTIONS_PER_BLOCK, ROLE_MINER, TASK_EVALUATION, TASK_GROUP_SELECTED, TASK_TRAINING,
+    DOMAIN_POW, MAX_FRAUD_PROOFS_PER_BLOCK, MAX_TRANSACTIONS_PER_BLOCK, ROLE_MINER, TASK_EVALUATION,
+    TASK_GROUP_SELECTED, TASK_TRAINING,
 )
 from bws.spec.hashing import ZERO_HASH, hash_bytes
 from bws.spec.pouw import (
     compute_header_commitment, compute_iteration_message_signing_root, compute_message_digest, compute_nonce,
     compute_nonce_seed, get_committed_header, get_nonce_allowance,
 )
-from bws.spec.state_transition import InvalidBlock, InvalidTransaction, compute_transactions_root
+from bws.spec.state_transition import InvalidBlock, InvalidTransaction, compute_transactions_root, is_fraud_proof
 from bws.spec.tasks import compute_batch_index, get_member_index
 from bws.spec.encoding import decode, encode, DecodeError
 from bws.spec.containers import SignedTransaction
@@ -420,8 +421,7 @@ class Miner:
         for record in mempool.select(MAX_TRANSACTIONS_PER_BLOCK, MAX_BLOCK_TRANSACTION_BYTES):
             try:
                 signed = decode(record.raw, SignedTransaction)
-                body = signed.transaction.body
-                if isinstance(body, C.Dispute) and isinstance(body.evidence, C.FraudProof):
+                if is_fraud_proof(signed.transaction):
                     if fraud_proofs == MAX_FRAUD_PROOFS_PER_BLOCK:
                         break  # the rest of the pool waits: skipped, its sender's later nonces would fail here
                     fraud_proofs += 1
