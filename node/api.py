@@ -8,12 +8,15 @@
 | `GET /task/<task id hex>` | the task's state on chain, and the blocks mined from its iterations |
 | `POST /tx` | body `{"transaction": "<hex of a SignedTransaction>"}`: validated, added to the mempool, gossiped; answers its id |
 | `POST /block` | body `{"block": "<hex of a Block>"}`: imported like a gossiped block; answers the verdict |
+| `POST /reveal` | body `{"tensors": "<hex of a tensor bundle>"}`: a withheld test split, served to evaluators once a task committing to its root is in evaluation (refused before: 409); answers the task id and root |
 | `GET /metrics` | counters: blocks imported/rejected, reorgs, transactions, peers, timings |
 
 Errors are JSON `{"error": "<what was wrong>"}` with 400 (bad request: bad
 path, bad hex, not decodable, rejected by validation), 404 (unknown block,
-task or path), 405 (wrong method), 413 (body over MAX_BODY_BYTES) and 503
-(the node is shutting down). Bytes are lower-case hex everywhere.
+task or path), 405 (wrong method), 409 (a reveal before its time), 413 (body
+over the path's limit: MAX_BODY_BYTES, MAX_REVEAL_BODY_BYTES for /reveal) and
+503 (the node is shutting down, or serves no tensor data). Bytes are
+lower-case hex everywhere.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from typing import Any, Callable, Protocol
 from bws.spec.encoding import ByteVector, Container, FixedWidthInt, _ByteList, _List, _Map, _Union, boolean, get_fields
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_REVEAL_BODY_BYTES = 256 * 1024 * 1024   # a test split, hex: twice its bundle (an MNIST-sized one is ~60 MB)
 HASH_HEX_LENGTH = 64
 ADDRESS_HEX_LENGTH = 40
 
@@ -49,6 +53,7 @@ class NodeBackend(Protocol):
     def task(self, task_id: bytes) -> dict: ...
     def submit_transaction(self, raw: bytes) -> dict: ...
     def submit_block(self, raw: bytes) -> dict: ...
+    def reveal(self, raw: bytes) -> dict: ...
     def metrics(self) -> dict: ...
     def gossip(self) -> dict: ...
 
@@ -161,7 +166,7 @@ def route(method: str, path: str, body: bytes) -> Callable[[NodeBackend], dict]:
         raise ApiError(HTTPStatus.NOT_FOUND, "no such path; try /status")
     name, arguments = parts[0], parts[1:]
     routes_get = {"status": 0, "metrics": 0, "gossip": 0, "block": 1, "account": 1, "task": 1}
-    routes_post = {"tx": 0, "block": 0}
+    routes_post = {"tx": 0, "block": 0, "reveal": 0}
     if method == "GET" and name in routes_get:
         expected = routes_get[name]
     elif method == "POST" and name in routes_post:
@@ -195,8 +200,16 @@ def route(method: str, path: str, body: bytes) -> Callable[[NodeBackend], dict]:
     if name == "tx":
         raw = _json_body_field(body, "transaction")
         return lambda node: node.submit_transaction(raw)
+    if name == "reveal":
+        raw = _json_body_field(body, "tensors")
+        return lambda node: node.reveal(raw)
     raw = _json_body_field(body, "block")
     return lambda node: node.submit_block(raw)
+
+
+def body_limit(path: str) -> int:
+    """The largest body the API reads for a request to `path`."""
+    return MAX_REVEAL_BODY_BYTES if path.split("?", 1)[0].strip("/") == "reveal" else MAX_BODY_BYTES
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -220,10 +233,10 @@ class _Handler(BaseHTTPRequestHandler):
             length_header = self.headers.get("Content-Length", "0")
             if not length_header.isdigit():
                 raise ApiError(HTTPStatus.BAD_REQUEST, "Content-Length must be a non-negative integer")
-            length = int(length_header)
-            if length > MAX_BODY_BYTES:
+            length, limit = int(length_header), body_limit(self.path)
+            if length > limit:
                 self.close_connection = True
-                raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body of {length} bytes exceeds {MAX_BODY_BYTES}")
+                raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body of {length} bytes exceeds {limit}")
             body = self.rfile.read(length) if length else b""
             call = route(method, self.path, body)
             self._answer(HTTPStatus.OK, call(self.backend))

@@ -14,7 +14,10 @@ What it does, in order:
 4. submits the task from the client account through node 0's HTTP API;
 5. shows progress from the nodes' APIs until the task is finalized (group
    selected by the chain, trained by its group, mined into blocks, every
-   block replayed by the other nodes, evaluated, fee split);
+   block replayed by the other nodes, evaluated, fee split); the client's
+   test split (the dataset's test split, written to the client's own file)
+   is withheld until the task is in evaluation, then revealed through node 0
+   (`--public-test`: the dataset's test split, rebuilt by every evaluator);
 6. prints a summary and stops every node (always: also on failure and Ctrl-C).
 """
 from __future__ import annotations
@@ -41,7 +44,7 @@ from bws.spec.presets import COIN, DEVNET
 from .api import ApiClient, ApiError
 from .audit_devnet import audit_devnet, audit_failures, miner_tickets, node_environment, print_audit
 from .p2p import peer_id_from_seed
-from .roles.client import Client, TaskOrder
+from .roles.client import Client, TaskOrder, reveal_test_set, withheld_test_set
 from .service import NODE_INFO_FILE, P2P_KEY_FILE, write_genesis
 from .wallet import Account, save_keystore
 
@@ -82,6 +85,7 @@ class DevnetOptions:
     dataset_dir: str | None = None
     byzantine: dict = field(default_factory=dict)   # node index -> cheating behaviour (node/audit_devnet.py)
     observers: int = 0   # extra nodes with the peer role only: they replay nothing and must hold the same chain
+    withhold_test: bool = True   # the client's test split, revealed only when the task is in evaluation
 
 
 @dataclass
@@ -148,7 +152,7 @@ def group_size_for(nodes: int) -> int:
     return nodes - SUPERVISORS_PER_TASK - EVALUATORS_PER_TASK
 
 
-def build_task(options: DevnetOptions):
+def build_task(options: DevnetOptions, test_file: str | None = None):
     from bws.templates import jobs
 
     group = group_size_for(options.nodes)
@@ -157,7 +161,19 @@ def build_task(options: DevnetOptions):
     per_epoch = sample.dataset["num_batches"]
     epochs = max(1, math.ceil(group * options.iterations / per_epoch))
     return jobs.make_task(options.template, options.dataset, epochs=epochs, batch_size=options.batch_size,
-                          learning_rate=options.learning_rate, data_dir=options.dataset_dir, init_seed=options.seed)
+                          learning_rate=options.learning_rate, data_dir=options.dataset_dir, init_seed=options.seed,
+                          test_file=test_file)
+
+
+def write_client_test_file(options: DevnetOptions, path: Path) -> str:
+    """The devnet client's own test split: the dataset's test split, as the .npz `bws task new --test-file` takes."""
+    import numpy as np
+
+    from bws.templates import datasets
+
+    test = datasets.load_split(options.dataset, "test", data_dir=options.dataset_dir)
+    np.savez(path, x=test.inputs, y=test.labels)
+    return str(path)
 
 
 def evaluation_deadline(height: int, iterations: int) -> int:
@@ -208,6 +224,8 @@ class Devnet:
         self.observers: list[DevnetNode] = []
         self.client_account = derive_account(options.seed, "client")
         self.task_id: bytes | None = None
+        self.test_set: dict | None = None     # the client's withheld test split
+        self.revealed = False
         self.genesis_state = None
         self.started = time.monotonic()
 
@@ -226,7 +244,14 @@ class Devnet:
             raise DevnetError(f"{self.root} already holds a devnet; pass an empty or new --data-dir")
         self.say(f"devnet: {self.options.nodes} nodes, template {self.options.template} on {self.options.dataset}, "
                  f"data in {self.root}")
-        definition = build_task(self.options)
+        if self.options.withhold_test:
+            from bws.templates.task import task_data
+
+            test_file = write_client_test_file(self.options, self.root / "client_test.npz")
+            definition = build_task(self.options, test_file)
+            self.test_set = withheld_test_set(task_data(definition, self.options.dataset_dir, test_file))
+        else:
+            definition = build_task(self.options)
         ports = free_ports(2 * (self.options.nodes + self.options.observers))
         for index in range(self.options.nodes):
             node = DevnetNode(index, derive_account(self.options.seed, f"node{index}"), self.root / f"node{index}",
@@ -367,6 +392,8 @@ class Devnet:
                 self.say(line)
             last_line = line
             status = snapshot["task"]["status"]
+            if status == "evaluation" and self.test_set is not None and not self.revealed:
+                self.reveal_test_set()
             if status in ("expired", "cancelled"):
                 raise DevnetError(f"the task was {status} instead of finalized (see the nodes' logs in {self.root})")
             if status == "finalized":
@@ -375,6 +402,16 @@ class Devnet:
                     snapshot["settled_height"] = settled
                     return snapshot
             time.sleep(1.0)
+
+    def reveal_test_set(self) -> None:
+        """The client's part in evaluation: its withheld test split, through node 0."""
+        try:
+            answer = reveal_test_set(self.nodes[0].api, self.test_set)
+        except ApiError as error:
+            raise DevnetError(f"node0 refused the client's test split: {error.message}") from None
+        self.revealed = True
+        self.say(f"devnet: the client revealed its test split ({answer['examples']} examples, root "
+                 f"{answer['test_set_hash'][:16]}…) to the evaluators")
 
     def settled_height(self, snapshot: dict) -> int | None:
         """The height SETTLE_DEPTH below the lowest head, if every node (observers
@@ -428,6 +465,8 @@ class Devnet:
                             for name in ("supervisor_recorded", "supervisor_replays", "disputes_submitted")},
             "miner_time_us": {name: sum(c.get(name, 0) for c in counters)
                               for name in ("training_us", "iteration_step_us", "proving_us")},
+            "test_split": ("the client's, withheld until evaluation, then revealed" if self.revealed
+                           else "the dataset's, public"),
             "seconds": time.monotonic() - self.started,
             "names": [n.name for n in self.nodes],
             "observers": {n.name: n.api.get("/metrics")["chain"].get("blocks_rejected", 0) for n in self.observers},
@@ -447,7 +486,7 @@ class Devnet:
         for entry in summary["evaluation"]:
             self.say(f"  final model of {names.get(entry['miner'], entry['miner'][:12]):6s}   "
                      f"{entry['correct']}/{entry['count']} = {entry['score'] / 10_000:.2f}% test accuracy")
-        self.say(f"  best model accuracy     {summary['best_accuracy'] * 100:.2f}%")
+        self.say(f"  best model accuracy     {summary['best_accuracy'] * 100:.2f}% (test split: {summary['test_split']})")
         self.say("  blocks verified by replay (per node): " + ", ".join(
             f"{name} {count}" for name, count in zip(summary["names"], summary["verified"])))
         self.say("  blocks rejected (per node):           " + ", ".join(

@@ -149,6 +149,8 @@ class Node:
         self.iteration_message_listeners: list = []
         self.metrics_extensions: list = []
         self.task_extensions: list = []
+        # Takes a revealed test split's bundle (POST /reveal); set by the roles layer, which serves tensor data.
+        self.reveal_handler = None
 
     # -- lifecycle ----------------------------------------------------------
     def start(self) -> "Node":
@@ -419,6 +421,12 @@ class Node:
             self._publish(TOPIC_BLOCK, raw)
         return {"status": result.status, "hash": result.block_hash.hex(), "height": result.height,
                 "head": self.chain.head.hash.hex()}
+
+    def reveal(self, raw: bytes) -> dict:
+        if self.reveal_handler is None:
+            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "this node serves no tensor data (it runs no roles): "
+                                                           "reveal the test split through a node with roles")
+        return self.reveal_handler(raw)
 
     def _publish(self, topic: str, data: bytes) -> None:
         try:

@@ -113,10 +113,11 @@ def compile_for(name: str, model: keras.Model, optimizer: str = "adam", learning
 def make_task(name: str, dataset: str = "digits", model: Any = None, *, epochs: int | None = None,
               batch_size: int | None = None, optimizer: str = "adam", learning_rate: float | None = None,
               momentum: float = 0.0, slices: int | None = None, schedule_seed: int = 0, init_seed: int = 0,
-              latent_dim: int = 16, data_dir: str | None = None) -> TaskDefinition:
+              latent_dim: int = 16, data_dir: str | None = None, test_file: str | None = None) -> TaskDefinition:
     """A task definition for template `name` on `dataset`. `model` is a Keras
     model (for the GAN a (generator, discriminator) pair); the template's
-    default model when None."""
+    default model when None. `test_file`: the client's own test split (.npz
+    with `x` and `y`), withheld from the network until evaluation."""
     job = template(name)
     if model is None:
         from . import datasets
@@ -132,10 +133,10 @@ def make_task(name: str, dataset: str = "digits", model: Any = None, *, epochs: 
         return build_task(name, discriminator.engine_description(), dataset, batch_size=batch_size or job.default_batch_size,
                           epochs=epochs or job.default_epochs, schedule_seed=schedule_seed, init_seed=init_seed,
                           input_range=job.input_range, generator=generator.engine_description(),
-                          latent_dim=generator.input_shape[1], data_dir=data_dir)
+                          latent_dim=generator.input_shape[1], data_dir=data_dir, test_file=test_file)
     if not isinstance(model, keras.Model):
         raise TemplateError(f"template {name} needs a Keras model, got {type(model).__name__}")
     compile_for(name, model, optimizer, learning_rate, momentum, slices)
     return build_task(name, model.engine_description(), dataset, batch_size=batch_size or job.default_batch_size,
                       epochs=epochs or job.default_epochs, schedule_seed=schedule_seed, init_seed=init_seed,
-                      input_range=job.input_range, data_dir=data_dir)
+                      input_range=job.input_range, data_dir=data_dir, test_file=test_file)

@@ -15,7 +15,13 @@ has one byte form and one hash (`task_hash`). Fields (all required):
 
 `batches_root` is the Merkle root (spec `compute_merkle_root`) of the engine's
 `batch_root` of every scheduled batch's quantized tensors {"x", "y"};
-`test_root` is the `batch_root` of the whole withheld test split.
+`test_root` is the `batch_root` of the whole test split, quantized.
+
+The test split is either a split of the dataset every node has (evaluators
+rebuild it locally), or, with `test_split` "withheld", the client's own file
+(`bws task new --test-file`): the network sees only its root until the task is
+in evaluation, when the client reveals the tensors (`bws task reveal`) and
+evaluators fetch them by `test_root`. Until then no miner can fit the test set.
 `load_task` validates strictly and names the bad field; `TaskData` rebuilds the
 batches from the local dataset and checks them against those roots.
 """
@@ -40,6 +46,8 @@ TEMPLATES = ("dnn", "dnn_regressor", "cnn", "gan")
 # The templates a chain task may use: one model trained by the engine's iteration (what nodes replay),
 # scored by classification accuracy (what evaluators submit). The others train locally (`bws train`).
 CHAIN_TEMPLATES = ("dnn", "cnn")
+# The test_split of a task whose test set is the client's, revealed only at evaluation.
+WITHHELD_TEST_SPLIT = "withheld"
 
 
 def require_chain_template(task: TaskDefinition) -> None:
@@ -279,9 +287,17 @@ class TaskData:
     the engine's fixed point: `batch(k)` is scheduled batch k."""
 
     def __init__(self, name: str, version: str | None, split: str, test_split: str, input_shape: list[int],
-                 input_range: tuple[float, float], target: str, data_dir: str | None = None):
+                 input_range: tuple[float, float], target: str, data_dir: str | None = None,
+                 test_file: str | None = None):
         train = datasets.load_split(name, split, version, data_dir)
-        test = datasets.load_split(name, test_split, version, data_dir)
+        if test_split == WITHHELD_TEST_SPLIT:
+            # Only the client holds it: None on every other node until it is revealed.
+            test = datasets.load_test_file(test_file, train) if test_file else None
+        elif test_file:
+            raise DatasetError(f"a test file is for a task whose test split is {WITHHELD_TEST_SPLIT!r}; "
+                               f"this one tests on {name}:{test_split}")
+        else:
+            test = datasets.load_split(name, test_split, version, data_dir)
         self.name, self.version, self.split, self.test_split = name, train.version, split, test_split
         self.max_input = train.max_input
         self.num_classes = train.num_classes
@@ -290,10 +306,15 @@ class TaskData:
         self.input_shape = tuple(input_shape)
         self.train_x = self._quantize(train.inputs)
         self.train_y = self._targets(train.labels)
-        self.test_x = self._quantize(test.inputs)
-        self.test_y = self._targets(test.labels)
         self.train_float = self.to_float(train.inputs)
-        self.test_float = self.to_float(test.inputs)
+        self.test_x = None if test is None else self._quantize(test.inputs)
+        self.test_y = None if test is None else self._targets(test.labels)
+        self.test_float = None if test is None else self.to_float(test.inputs)
+
+    @property
+    def has_test(self) -> bool:
+        """False on a node without the withheld test split (everyone but its client)."""
+        return self.test_x is not None
 
     def to_float(self, raw: np.ndarray) -> np.ndarray:
         """Raw dataset values -> the float32 inputs a float model would see."""
@@ -340,16 +361,19 @@ class TaskData:
         return compute_merkle_root(roots).hex()
 
     def test_root(self) -> str:
+        if not self.has_test:
+            raise DatasetError(f"the test split of this {self.name} task is withheld by its client")
         return batch_root({"x": self.test_x, "y": self.test_y}).hex()
 
 
-
-def task_data(task: TaskDefinition, data_dir: str | None = None) -> TaskData:
+def task_data(task: TaskDefinition, data_dir: str | None = None, test_file: str | None = None) -> TaskData:
     """The task's data from the local dataset, checked against the task's
-    commitments (a different dataset or a changed file is a DatasetError)."""
+    commitments (a different dataset or a changed file is a DatasetError).
+    A withheld test split is read from `test_file` when given (the client's
+    copy), else left out (`has_test` is False)."""
     dataset = task.dataset
     data = TaskData(dataset["name"], dataset["version"], dataset["split"], dataset["test_split"],
-                    task.model["input_shape"], tuple(dataset["input_range"]), dataset["target"], data_dir)
+                    task.model["input_shape"], tuple(dataset["input_range"]), dataset["target"], data_dir, test_file)
     if data.num_examples != dataset["num_examples"]:
         raise DatasetError(f"local {dataset['name']}:{dataset['split']} has {data.num_examples} examples, the task says {dataset['num_examples']}")
     if data.max_input != dataset["max_input"]:
@@ -357,8 +381,9 @@ def task_data(task: TaskDefinition, data_dir: str | None = None) -> TaskData:
     rule = dataset["schedule"]
     if data.batches_root(dataset["batch_size"], rule["seed"], task.hyperparameters["epochs"]) != dataset["batches_root"]:
         raise DatasetError(f"the local {dataset['name']} batches do not match the task's batches_root")
-    if data.test_root() != dataset["test_root"]:
-        raise DatasetError(f"the local {dataset['name']}:{dataset['test_split']} does not match the task's test_root")
+    if data.has_test and data.test_root() != dataset["test_root"]:
+        source = test_file or f"the local {dataset['name']}:{dataset['test_split']}"
+        raise DatasetError(f"{source} does not match the task's test_root")
     return data
 
 
@@ -366,13 +391,17 @@ def build_task(template: str, model: dict[str, Any], dataset: str, *, batch_size
                schedule_seed: int = 0, init_seed: int = 0, input_range: tuple[float, float] = (0.0, 1.0),
                split: str = "train", test_split: str = "test", version: str | None = None,
                generator: dict[str, Any] | None = None, latent_dim: int | None = None,
-               data_dir: str | None = None) -> TaskDefinition:
+               data_dir: str | None = None, test_file: str | None = None) -> TaskDefinition:
     """A validated task definition for `model` (engine description) trained on
-    `dataset`, committing to its batches and its withheld test split."""
+    `dataset`, committing to its batches and its test split: the dataset's
+    `test_split`, or the client's `test_file`, withheld until evaluation."""
     if template not in TEMPLATES:
         raise TaskDefinitionError(f"template: must be one of {', '.join(TEMPLATES)}, got {template!r}")
     target = {"dnn": "label", "cnn": "label", "dnn_regressor": "label_scaled", "gan": "none"}[template]
-    data = TaskData(dataset, version, split, test_split, model["input_shape"], input_range, target, data_dir)
+    if test_file:
+        test_split = WITHHELD_TEST_SPLIT
+    data = TaskData(dataset, version, split, test_split, model["input_shape"], input_range, target, data_dir,
+                    test_file)
     if batch_size > data.num_examples:
         raise TaskDefinitionError(f"dataset.batch_size: {batch_size} is more than the {data.num_examples} examples")
     num_batches = schedule.batches_per_epoch(data.num_examples, batch_size) * epochs

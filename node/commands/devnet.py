@@ -35,6 +35,9 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="also start N nodes with the peer role only (no key, no replay: they trust claimed roots "
                              "and take fraud-proof outcomes from state roots); the run fails unless they hold the "
                              "same chain (default 0)")
+    parser.add_argument("--public-test", action="store_true",
+                        help="test on the dataset's public test split, which every node rebuilds (default: the "
+                             "client withholds the test split and reveals it when the task is in evaluation)")
     parser.add_argument("--byzantine", action="append", default=[], metavar="N:KIND",
                         help="make node N cheat (repeatable): flip-bit, random-update, wrong-peers or equivocate; "
                              "the run then checks every cheat is disputed, localized and slashed (docs/audit.md)")
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     options = DevnetOptions(nodes=args.nodes, template=args.template, dataset=args.dataset, data_dir=args.data_dir,
                             blocks=args.blocks, seed=args.seed, iterations=args.iterations, batch_size=args.batch_size,
                             learning_rate=args.learning_rate, min_accuracy=args.min_accuracy, timeout=args.timeout,
-                            dataset_dir=args.dataset_dir, observers=args.observers)
+                            dataset_dir=args.dataset_dir, observers=args.observers, withhold_test=not args.public_test)
     try:
         options.byzantine = parse_byzantine(args.byzantine, args.nodes)
     except ByzantineSpecError as error:

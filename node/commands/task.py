@@ -1,6 +1,7 @@
 """`bws task`: write and inspect task definitions (what a SubmitTask carries).
 
     bws task new --template dnn --dataset digits --epochs 20 > task.json
+    bws task new --template dnn --dataset digits --test-file my_test.npz > task.json   # test split withheld
     bws task show task.json
 """
 from __future__ import annotations
@@ -36,6 +37,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     new.add_argument("--schedule-seed", type=int, default=0, help="seed of the batch schedule")
     new.add_argument("--latent-dim", type=int, default=16, help="gan: size of the generator's noise input")
     new.add_argument("--data-dir", help="TFDS data directory (default: $BWS_DATA_DIR or ~/.cache/bws/tensorflow_datasets)")
+    new.add_argument("--test-file", metavar="NPZ",
+                     help="your own test split, withheld until evaluation (bws task reveal): an .npz with x (inputs "
+                          "in the dataset's units) and y (labels); default: the dataset's test split, public")
     new.add_argument("--output", "-o", metavar="FILE", help="write to FILE instead of stdout")
     new.set_defaults(run=run_new)
 
@@ -44,7 +48,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     show.add_argument("task_file", metavar="TASK_JSON")
     show.set_defaults(run=run_show)
 
-    task_client.register(commands)  # submit, status, result (the client role)
+    task_client.register(commands)  # submit, status, reveal, result (the client role)
 
 
 def _fail(message: str) -> int:
@@ -84,7 +88,7 @@ def run_new(args: argparse.Namespace) -> int:
         task = jobs.make_task(args.template, args.dataset, model, epochs=args.epochs, batch_size=args.batch_size,
                               optimizer=args.optimizer, learning_rate=args.learning_rate, momentum=args.momentum,
                               slices=args.slices, schedule_seed=args.schedule_seed, init_seed=args.seed,
-                              latent_dim=args.latent_dim, data_dir=args.data_dir)
+                              latent_dim=args.latent_dim, data_dir=args.data_dir, test_file=args.test_file)
     except TemplateError as exc:
         return _fail(str(exc))
     data = task.to_bytes() + b"\n"
@@ -100,7 +104,7 @@ def run_new(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     from bws.templates.keras.models import model_from_engine_description
-    from bws.templates.task import load_task
+    from bws.templates.task import WITHHELD_TEST_SPLIT, load_task
 
     try:
         task = load_task(args.task_file)
@@ -110,7 +114,9 @@ def run_show(args: argparse.Namespace) -> int:
         print(f"dataset    {dataset['name']}:{dataset['version']} split {dataset['split']} "
               f"({dataset['num_examples']} examples, inputs scaled to {dataset['input_range']}), "
               f"target {dataset['target']}")
-        print(f"test split {dataset['test_split']} ({dataset['test_examples']} examples, withheld), root {dataset['test_root']}")
+        kept = "the client's, withheld until evaluation" if dataset["test_split"] == WITHHELD_TEST_SPLIT \
+            else "the dataset's, rebuilt by evaluators"
+        print(f"test split {dataset['test_split']} ({dataset['test_examples']} examples, {kept}), root {dataset['test_root']}")
         print(f"batches    {dataset['num_batches']} of {dataset['batch_size']} ({hyper['epochs']} epochs, "
               f"schedule {dataset['schedule']['rule']} seed {dataset['schedule']['seed']}), root {dataset['batches_root']}")
         print(f"training   {hyper['iterations']} iterations, init seed {hyper['init_seed']}, {task.document['slices']} int8 slices")

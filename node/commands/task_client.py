@@ -1,12 +1,15 @@
-"""`bws task submit|status|result`: the client role from the command line.
+"""`bws task submit|status|reveal|result`: the client role from the command line.
 
     bws task submit task.json --keystore client.json --api http://127.0.0.1:8645 --group-size 2 --iterations 50
     bws task status <task id> --api http://127.0.0.1:8645 [--watch]
+    bws task reveal task.json --test-file my_test.npz --task-id <task id> --wait
     bws task result <task id> --api http://127.0.0.1:8645 --output model.npz
 
 `submit` signs a SubmitTask transaction for a task file (`bws task new`) with
 its fee escrowed, `status` shows the task's lifecycle, training progress and
-blocks, `result` reads the evaluation scores from the block that finalized
+blocks, `reveal` hands a withheld test split (`bws task new --test-file`) to
+the node once the task is in evaluation (`--wait`: waits for that), so that
+evaluators can score the final models, `result` reads the evaluation scores from the block that finalized
 the task and downloads the best final model from the node over
 `/bws/data/1` (checked against the model root its miner signed) into an
 .npz file of fixed-point integer tensors (`params/<layer>/kernel`, ...).
@@ -18,6 +21,8 @@ import time
 from decimal import Decimal, InvalidOperation
 from http import HTTPStatus
 from pathlib import Path
+
+from bws.node.api import ApiError
 
 DEFAULT_API = "http://127.0.0.1:8645"
 TERMINAL = ("finalized", "cancelled", "expired")
@@ -44,6 +49,18 @@ def register(commands) -> None:
     status.add_argument("--api", default=DEFAULT_API, help=f"node API URL (default {DEFAULT_API})")
     status.add_argument("--watch", action="store_true", help="keep showing changes until the task ends")
     status.set_defaults(run=run_status)
+
+    reveal = commands.add_parser("reveal", help="reveal a task's withheld test split to the evaluators",
+                                 description="Send the test split of TASK_JSON (made with --test-file) to the node, "
+                                             "which serves it to the evaluators; nodes take it only while the task "
+                                             "is in evaluation.")
+    reveal.add_argument("task_file", metavar="TASK_JSON", help="the task definition (bws task new --test-file)")
+    reveal.add_argument("--test-file", required=True, metavar="NPZ", help="the test file the task was made with")
+    reveal.add_argument("--task-id", help="with --wait: the submitted task to wait for (printed by submit)")
+    reveal.add_argument("--wait", action="store_true", help="wait until the task is in evaluation, then reveal")
+    reveal.add_argument("--data-dir", help="TFDS data directory (default: $BWS_DATA_DIR or ~/.cache/bws/tensorflow_datasets)")
+    reveal.add_argument("--api", default=DEFAULT_API, help=f"node API URL (default {DEFAULT_API})")
+    reveal.set_defaults(run=run_reveal)
 
     result = commands.add_parser("result", help="scores of a finalized task, and its best model",
                                  description="Read the evaluation of a finalized task from the chain and download "
@@ -136,6 +153,53 @@ def run_status(args) -> int:
         return _fail(str(error))
     except KeyboardInterrupt:
         return 130
+
+
+def wait_for_evaluation(api, task_id: bytes, poll_seconds: float = 1.0) -> None:
+    """Return once the task is in evaluation; ValueError if it ended first."""
+    last = None
+    while True:
+        try:
+            status = api.get(f"/task/{task_id.hex()}")["status"]
+        except ApiError as error:
+            if error.status != HTTPStatus.NOT_FOUND:
+                raise
+            status = "not in a block yet"
+        if status != last:
+            print(f"task {status}", file=sys.stderr, flush=True)
+            last = status
+        if status == "evaluation":
+            return
+        if status in TERMINAL:
+            raise ValueError(f"the task is {status}: there is no evaluation to reveal the test split to")
+        time.sleep(poll_seconds)
+
+
+def run_reveal(args) -> int:
+    from bws.node.api import ApiClient
+    from bws.node.roles.client import reveal_test_set, withheld_test_set
+    from bws.templates.errors import TemplateError
+    from bws.templates.task import WITHHELD_TEST_SPLIT, load_task, task_data
+
+    try:
+        definition = load_task(args.task_file)
+        if definition.dataset["test_split"] != WITHHELD_TEST_SPLIT:
+            raise ValueError(f"this task tests on the public {definition.dataset['name']}:"
+                             f"{definition.dataset['test_split']}: there is nothing to reveal")
+        if args.wait and not args.task_id:
+            raise ValueError("--wait needs --task-id (the id `bws task submit` printed)")
+        test_set = withheld_test_set(task_data(definition, args.data_dir, test_file=args.test_file))
+        api = ApiClient(args.api, timeout=300)
+        if args.wait:
+            wait_for_evaluation(api, _task_id(args.task_id))
+        answer = reveal_test_set(api, test_set)
+    except (TemplateError, ApiError, ValueError) as error:
+        return _fail(str(error))
+    except KeyboardInterrupt:
+        return 130
+    print(f"revealed the test split ({answer['examples']} examples, root {answer['test_set_hash'][:16]}…) "
+          f"of task {answer['task_id']}")
+    return 0
 
 
 def evaluation_scores(api, task_id: bytes, document: dict) -> list[int]:

@@ -1,23 +1,29 @@
 """The client: submits a task (a task.json made by `bws task new`) with its
-fee, watches it through a node's HTTP API, and reads its result.
+fee, watches it through a node's HTTP API, reveals a withheld test split when
+the task is in evaluation, and reads its result.
 
 The SubmitTask transaction commits to what the task definition names: the
 dataset root is the definition's `batches_root` (Merkle root of the batch
-roots, in batch order), the test set hash its `test_root` (root of the
-withheld test split).
+roots, in batch order), the test set hash its `test_root` (root of the test
+split). A withheld test split (the client's own file) stays with the client
+until its task is in evaluation: a node refuses it earlier (`revealable_task`),
+since miners could fit a test set they had seen.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from http import HTTPStatus
 
 from bws.spec import containers as C
+from bws.spec.constants import TASK_EVALUATION, TERMINAL_TASK_STATUSES
 from bws.spec.encoding import encode
 from bws.spec.state_transition import sign_transaction
 from bws.spec.tasks import compute_task_id
-from bws.templates.task import TaskDefinition, require_chain_template
+from bws.templates.task import TaskData, TaskDefinition, require_chain_template
 
-from ..api import ApiClient
+from ..api import ApiClient, ApiError
 from ..wallet import Account
+from .data import encode_tensors
 
 @dataclass(frozen=True)
 class TaskOrder:
@@ -41,6 +47,35 @@ def submit_task_transaction(account: Account, chain_id: int, nonce: int, definit
                         evaluation_deadline=order.evaluation_deadline, payment=order.payment)
     transaction = C.Transaction(chain_id=chain_id, sender=account.address, nonce=nonce, fee=order.fee, body=body)
     return sign_transaction(account.secret_key, transaction)
+
+
+def revealable_task(state: C.State, root: bytes) -> bytes:
+    """The id of a task in evaluation that commits to the test set `root`;
+    ApiError (404, 409) saying why a reveal is refused otherwise."""
+    committing = [(task_id, task) for task_id, task in sorted(state.tasks.items())
+                  if bytes(task.test_set_hash) == bytes(root)]
+    if not committing:
+        raise ApiError(HTTPStatus.NOT_FOUND, f"no task on chain commits to the test set {bytes(root).hex()}")
+    for task_id, task in committing:
+        if task.status == TASK_EVALUATION:
+            return bytes(task_id)
+    task_id, task = committing[0]
+    if all(task.status in TERMINAL_TASK_STATUSES for _, task in committing):
+        raise ApiError(HTTPStatus.CONFLICT, f"task {bytes(task_id).hex()} has ended: its evaluation is over")
+    raise ApiError(HTTPStatus.CONFLICT, f"task {bytes(task_id).hex()} is not in evaluation yet: a withheld test split "
+                                        "is revealed only then (miners could fit a test set they had seen)")
+
+
+def withheld_test_set(data: TaskData) -> dict:
+    """The client's test split as the tensors the task's test_root commits to."""
+    if not data.has_test:
+        raise ValueError("no test split loaded: give the task's test file")
+    return {"x": data.test_x, "y": data.test_y}
+
+
+def reveal_test_set(api: ApiClient, test_set: dict) -> dict:
+    """Reveal a withheld test split through a node (POST /reveal); it answers the task id and root."""
+    return api.post("/reveal", {"tensors": encode_tensors(test_set).hex()})
 
 
 class Client:

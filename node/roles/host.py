@@ -18,15 +18,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from http import HTTPStatus
 from pathlib import Path
 
 from bws.spec import containers as C
 
+from ..api import ApiError
 from ..audit import PROTOCOL_AUDIT, AuditServer
 from ..p2p import PROTOCOL_DATA, NetworkError
 from ..wallet import Account, KeystoreError, load_keystore
+from .client import revealable_task
 from .context import RoleContext
-from .data import TensorCache
+from .data import DataError, TensorCache, bundle_root, decode_tensors
 from .evaluator import Evaluator
 from .library import TaskLibrary
 from .miner import Miner
@@ -81,6 +84,7 @@ class RoleSet:
                                    import_block=node.import_block,
                                    cache=TensorCache(directory=Path(node.data_dir) / TENSORS_DIRECTORY))
         node.network.register_handler(PROTOCOL_DATA, self._serve_data)
+        node.reveal_handler = self.reveal
         node.iteration_message_listeners.append(self._on_iteration_message)
         node.metrics_extensions.append(self.metrics)
         node.task_extensions.append(self.task_info)
@@ -131,6 +135,21 @@ class RoleSet:
     # -- hooks ------------------------------------------------------------
     def _serve_data(self, peer: str, request: bytes) -> bytes:
         return self.context.serve_data(request)
+
+    def reveal(self, raw: bytes) -> dict:
+        """POST /reveal: a withheld test split, served over /bws/data/1 from now on
+        if a task committing to its root is in evaluation."""
+        try:
+            tensors = decode_tensors(raw)
+        except DataError as error:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"not a tensor bundle: {error}") from None
+        root = bundle_root(tensors)
+        task_id = revealable_task(self.context.chain.head_state, root)
+        self.context.cache.put_tensors(tensors, root)
+        self.context.metrics["test_sets_revealed"] += 1
+        logger.info("test split %s… of task %s… revealed", root.hex()[:16], task_id.hex()[:12])
+        return {"task_id": task_id.hex(), "test_set_hash": root.hex(),
+                "examples": int(tensors["x"].shape[0]) if "x" in tensors and tensors["x"].ndim else 0}
 
     def _on_iteration_message(self, signed: C.SignedIterationMessage, origin: str) -> None:
         if self.context.messages.add(signed, origin):

@@ -64,13 +64,20 @@ class LoadedTask:
         return engine.make_iteration(self.spec)(state, {"x": jnp.asarray(batch["x"]), "y": jnp.asarray(batch["y"])},
                                                 peer_sum)
 
-    def accuracy(self, params: dict) -> tuple[int, int]:
-        """(correct, count) of `params` on the task's test split, integer-exact."""
-        result = engine.evaluate(self.spec, params, self.data.test_x, self.data.test_y)
-        return result["correct"], result["count"]
+    def local_test_set(self) -> dict[str, np.ndarray] | None:
+        """The test split rebuilt from the local dataset, or None when the
+        client withholds it (it is fetched by root once revealed)."""
+        return {"x": self.data.test_x, "y": self.data.test_y} if self.data.has_test else None
 
-    def test_set_hash(self) -> bytes:
-        return batch_root({"x": self.data.test_x, "y": self.data.test_y})
+    def test_set_shape(self) -> dict[str, np.ndarray]:
+        """Zeros shaped like the test split (to compile the evaluation before it is revealed)."""
+        count = self.definition.dataset["test_examples"]
+        return {"x": np.zeros((count, *self.spec.input_shape), np.int32), "y": np.zeros((count,), np.int32)}
+
+    def accuracy(self, params: dict, test_set: dict[str, np.ndarray]) -> tuple[int, int]:
+        """(correct, count) of `params` on `test_set` ({"x", "y"}), integer-exact."""
+        result = engine.evaluate(self.spec, params, test_set["x"], test_set["y"])
+        return result["correct"], result["count"]
 
 
 def flat(tree: dict) -> dict[str, np.ndarray]:

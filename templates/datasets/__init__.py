@@ -135,3 +135,47 @@ def load_split(name: str, split: str, version: str | None = None, data_dir: str 
         raise DatasetError(f"dataset {name!r}: input {input_key!r} is {inputs.dtype}; BWS needs integer (e.g. uint8) inputs")
     return SplitArrays(name=name, version=str(builder.version), split=split, inputs=inputs, labels=labels,
                        num_classes=num_classes, max_input=max_input)
+
+
+MAX_TEST_FILE_BYTES = 1 << 30
+
+
+def load_test_file(path: str, like: SplitArrays) -> SplitArrays:
+    """A client's own test split, withheld from the network until evaluation:
+    an .npz file holding `x` (raw inputs shaped like `like`'s examples, integers
+    in 0..max_input, the dataset's units) and `y` (integer class labels).
+    DatasetError names what is wrong with the file."""
+    import zipfile
+
+    try:
+        if os.path.getsize(path) > MAX_TEST_FILE_BYTES:
+            raise DatasetError(f"test file {path}: more than {MAX_TEST_FILE_BYTES} bytes")
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [key for key in ("x", "y") if key not in archive.files]
+            if missing:
+                raise DatasetError(f"test file {path}: no array {missing[0]!r} (it needs 'x' and 'y'; "
+                                   f"it has {', '.join(archive.files) or 'none'})")
+            inputs, labels = archive["x"], archive["y"]
+    except OSError as exc:
+        raise DatasetError(f"cannot read test file {path}: {exc.strerror or exc}") from None
+    except (ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise DatasetError(f"test file {path} is not a NumPy .npz archive of plain arrays ({exc})") from None
+    example_shape = tuple(like.inputs.shape[1:])
+    if not np.issubdtype(inputs.dtype, np.integer):
+        raise DatasetError(f"test file {path}: x is {inputs.dtype}; inputs are integers in the dataset's units "
+                           f"(0..{like.max_input}), like {like.name}'s")
+    if inputs.ndim < 1 or tuple(inputs.shape[1:]) != example_shape or inputs.shape[0] == 0:
+        raise DatasetError(f"test file {path}: x has shape {inputs.shape}; expected (examples, "
+                           f"{', '.join(map(str, example_shape))}) with at least one example")
+    if inputs.min() < 0 or inputs.max() > like.max_input:
+        raise DatasetError(f"test file {path}: x holds values in {inputs.min()}..{inputs.max()}; "
+                           f"{like.name}'s inputs are in 0..{like.max_input}")
+    if not np.issubdtype(labels.dtype, np.integer) or labels.shape != (inputs.shape[0],):
+        raise DatasetError(f"test file {path}: y must be {inputs.shape[0]} integer labels, got {labels.dtype} "
+                           f"of shape {labels.shape}")
+    classes = like.num_classes
+    if labels.min() < 0 or (classes is not None and labels.max() >= classes):
+        raise DatasetError(f"test file {path}: y holds labels in {labels.min()}..{labels.max()}; "
+                           f"{like.name} has classes 0..{(classes or 1) - 1}")
+    return SplitArrays(name=like.name, version=like.version, split="withheld", inputs=inputs.astype(like.inputs.dtype),
+                       labels=labels.astype(np.int64), num_classes=classes, max_input=like.max_input)

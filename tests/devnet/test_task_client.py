@@ -1,7 +1,8 @@
 """The client role from the command line against a running devnet's nodes:
-`bws task submit` a task file, `bws task status --watch` it to the end,
-`bws task result` reads the scores from the chain and downloads the best
-model over /bws/data/1."""
+`bws task submit` a task file whose test split is withheld, `bws task reveal`
+refused while the task trains, then `bws task reveal --wait` hands it over in
+evaluation, `bws task status --watch` follows it to the end, `bws task result`
+reads the scores from the chain and downloads the best model over /bws/data/1."""
 from __future__ import annotations
 
 import subprocess
@@ -36,6 +37,15 @@ def test_submit_status_result_through_the_cli(tmp_path):
         assert submitted.returncode == 0, submitted.stderr
         task_id = submitted.stdout.strip()
         assert len(task_id) == 64
+
+        reveal = ("task", "reveal", str(devnet.root / "task.json"), "--test-file", str(devnet.root / "client_test.npz"),
+                  "--api", api)
+        early = bws(*reveal)
+        # Refused: the genesis's bootstrap tasks (same definition) train, and the submitted one is not in evaluation.
+        assert early.returncode == 1 and "not in evaluation yet" in early.stderr, early.stderr
+        revealed = bws(*reveal, "--wait", "--task-id", task_id, timeout=300)
+        assert revealed.returncode == 0, revealed.stderr
+        assert f"of task {task_id}" in revealed.stdout and "task evaluation" in revealed.stderr
 
         watched = bws("task", "status", task_id, "--api", api, "--watch", timeout=300)
         assert watched.returncode == 0, watched.stderr
