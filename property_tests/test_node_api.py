@@ -9,7 +9,7 @@ from bws.spec import containers as C
 from bws.spec.presets import DEVNET
 
 segments = st.one_of(
-    st.sampled_from(["status", "metrics", "block", "account", "task", "tx", "", "..", "%00"]),
+    st.sampled_from(["status", "metrics", "block", "account", "task", "tx", "reveal", "", "..", "%00"]),
     st.text(max_size=70),
     st.integers(0, 2**70).map(str),
     st.binary(min_size=20, max_size=32).map(bytes.hex),
@@ -18,7 +18,7 @@ paths = st.lists(segments, max_size=4).map(lambda parts: "/" + "/".join(parts))
 bodies = st.one_of(
     st.binary(max_size=200),
     st.builds(lambda key, value: json.dumps({key: value}).encode(),
-              st.sampled_from(["transaction", "block", "x"]), st.one_of(st.text(max_size=40), st.integers(), st.none())),
+              st.sampled_from(["transaction", "block", "tensors", "x"]), st.one_of(st.text(max_size=40), st.integers(), st.none())),
 )
 
 

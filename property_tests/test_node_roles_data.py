@@ -1,13 +1,17 @@
-"""The roles' tensor bundle codec and request parser: round trips on random
-integer tensors, and any bytes at all give a bundle or a DataError, never
-another exception."""
+"""The roles' tensor bundle codec, request parser and reveal check: round
+trips on random integer tensors, and any bytes at all give a bundle or a
+DataError (an ApiError for a reveal), never another exception."""
+from types import SimpleNamespace
+
 import numpy as np
 from hypothesis import given, strategies as st
 
+from bws.node.api import ApiError
+from bws.node.roles.client import accept_reveal
 from bws.node.roles.data import (
     DATA_TENSORS, DataError, bundle_root, decode_checked, decode_tensors, encode_tensors, parse_request,
 )
-from bws.spec.constants import TENSOR_DTYPE_CODES
+from bws.spec.constants import TASK_EVALUATION, TASK_TRAINING, TENSOR_DTYPE_CODES
 from bws.spec.hashing import compute_tensors_root
 
 names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789/_", min_size=1, max_size=24)
@@ -68,3 +72,21 @@ def test_request_parser_accepts_only_exact_requests(data):
         assert data[:1] != DATA_TENSORS or len(data) != 33
         return
     assert data == DATA_TENSORS + root
+
+
+@given(st.one_of(st.binary(max_size=512), tensors().map(encode_tensors)), st.booleans())
+def test_a_reveal_of_any_bytes_is_taken_only_for_its_task_in_evaluation(raw, in_evaluation):
+    """POST /reveal's check (node/roles/client.py): a bundle whose root a task in evaluation commits to, or an
+    ApiError (400 not a bundle, 404 nobody commits to it, 409 not in evaluation), never another exception."""
+    try:
+        root = bundle_root(decode_tensors(raw))
+    except DataError:
+        root = b"\x00" * 32
+    status = TASK_EVALUATION if in_evaluation else TASK_TRAINING
+    state = SimpleNamespace(tasks={b"\x01" * 32: SimpleNamespace(test_set_hash=root, status=status)})
+    try:
+        task_id, revealed_root, _ = accept_reveal(state, raw)
+    except ApiError as error:
+        assert error.status in (400, 404, 409) and error.message
+        return
+    assert in_evaluation and task_id == b"\x01" * 32 and revealed_root == root

@@ -1,12 +1,17 @@
 """The task-definition parser on arbitrary and mutated input: it returns a
-valid definition or raises TaskDefinitionError, never anything else."""
+valid definition or raises TaskDefinitionError, never anything else; the
+client's test file loader likewise (valid examples or DatasetError)."""
 import copy
 import json
+import os
+import tempfile
 
+import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bws.templates.errors import TaskDefinitionError
+from bws.templates.datasets import SplitArrays, load_test_file
+from bws.templates.errors import DatasetError, TaskDefinitionError
 from bws.templates.task import TASK_FORMAT, canonical_bytes, parse_task
 
 VALID = {
@@ -89,3 +94,51 @@ def test_byte_corruption(position, replacement):
     position %= len(data)
     data[position:position + len(replacement)] = replacement
     _parse(bytes(data))
+
+
+# -- the client's test file (bws task new --test-file) ------------------------------------------------------------
+DIGITS_LIKE = SplitArrays(name="digits", version="1.0.0", split="train", inputs=np.zeros((2, 8, 8, 1), np.uint8),
+                          labels=np.zeros(2, np.int64), num_classes=10, max_input=16)
+array_dtypes = st.sampled_from(["uint8", "int8", "int32", "int64", "float32", "bool", "uint16"])
+
+
+@st.composite
+def client_file_arrays(draw) -> dict:
+    """A valid test file's arrays, then maybe one change: a key dropped or added, a dtype, a shape, a value."""
+    count = draw(st.integers(1, 4))
+    arrays = {"x": np.array(draw(st.lists(st.integers(0, 16), min_size=count * 64, max_size=count * 64)),
+                            np.uint8).reshape(count, 8, 8, 1),
+              "y": np.array(draw(st.lists(st.integers(0, 9), min_size=count, max_size=count)), np.int64)}
+    change = draw(st.sampled_from(["none", "drop", "add", "dtype", "shape", "value"]))
+    key = draw(st.sampled_from(["x", "y"]))
+    if change == "drop":
+        del arrays[key]
+    elif change == "add":
+        arrays["z"] = arrays[key]
+    elif change == "dtype":
+        arrays[key] = arrays[key].astype(draw(array_dtypes))
+    elif change == "shape":
+        arrays[key] = arrays[key].reshape(draw(st.sampled_from([(-1,), (1, -1), (-1, 1)])))[:draw(st.integers(0, 4))]
+    elif change == "value":
+        flat = arrays[key].astype(np.int64).reshape(-1)
+        flat[draw(st.integers(0, flat.size - 1))] = draw(st.integers(-300, 300))
+        arrays[key] = flat.reshape(arrays[key].shape)
+    return arrays
+
+
+@given(st.one_of(client_file_arrays(), st.binary(max_size=300)))
+def test_a_test_file_loads_as_valid_examples_or_is_refused_with_dataset_error(content):
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "test.npz")
+        if isinstance(content, dict):
+            np.savez(path, **content)
+        else:
+            with open(path, "wb") as f:
+                f.write(content)
+        try:
+            split = load_test_file(path, DIGITS_LIKE)
+        except DatasetError as error:
+            assert str(error).startswith(("test file", "cannot read test file"))
+            return
+    assert split.inputs.shape[1:] == (8, 8, 1) and split.inputs.shape[0] == split.labels.shape[0] >= 1
+    assert 0 <= split.inputs.min() and split.inputs.max() <= 16 and 0 <= split.labels.min() and split.labels.max() < 10

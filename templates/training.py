@@ -21,6 +21,7 @@ from bws.engine.iteration import add_trees, backward, is_loss_fused, loss_input,
 from bws.spec import constants as C
 
 from .canonical import ACT_SCALE, CanonicalModel
+from .errors import DatasetError
 from .task import TaskData, TaskDefinition, task_data
 
 # The generator's initial weights are drawn with init_seed + GENERATOR_SEED_OFFSET,
@@ -143,9 +144,14 @@ def train_gan(task: TaskDefinition, data: TaskData, progress: bool = True) -> Tr
     return TrainingResult("gan", {"discriminator": d_losses, "generator": g_losses}, metrics, params, samples)
 
 
-def train_task(task: TaskDefinition, data_dir: str | None = None, progress: bool = True) -> TrainingResult:
-    """Rebuild the task's data (checked against its commitments) and train it."""
-    data = task_data(task, data_dir)
+def train_task(task: TaskDefinition, data_dir: str | None = None, progress: bool = True,
+               test_file: str | None = None) -> TrainingResult:
+    """Rebuild the task's data (checked against its commitments) and train it;
+    a withheld test split is read from `test_file` (the client's)."""
+    data = task_data(task, data_dir, test_file)
+    if not data.has_test:
+        raise DatasetError("this task's test split is withheld by its client: give the client's --test-file "
+                           "to train and test it locally")
     if task.template == "gan":
         return train_gan(task, data, progress)
     return train_supervised(task, data, progress)

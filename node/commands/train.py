@@ -17,6 +17,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", default="bws-train",
                         help="output folder for the loss curve, metrics and exported model (default: bws-train)")
     parser.add_argument("--data-dir", help="TFDS data directory (default: $BWS_DATA_DIR or ~/.cache/bws/tensorflow_datasets)")
+    parser.add_argument("--test-file", metavar="NPZ", help="the test split of a task made with --test-file (withheld)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_train)
 
@@ -37,7 +38,7 @@ def run_train(args: argparse.Namespace) -> int:
         task = load_task(args.task_file)
         print(f"task {task.task_hash}: {task.template} on {task.dataset['name']}, "
               f"{task.hyperparameters['iterations']} iterations", file=sys.stderr)
-        result = train_task(task, args.data_dir, progress=not args.quiet)
+        result = train_task(task, args.data_dir, progress=not args.quiet, test_file=args.test_file)
         os.makedirs(args.out, exist_ok=True)
         written = [os.path.join(args.out, "loss.png"), os.path.join(args.out, "metrics.json")]
         save_loss_curve(result.iteration_losses, written[0], f"{task.template} on {task.dataset['name']} (canonical)")

@@ -23,7 +23,7 @@ from bws.templates.task import TaskData, TaskDefinition, require_chain_template
 
 from ..api import ApiClient, ApiError
 from ..wallet import Account
-from .data import encode_tensors
+from .data import DataError, bundle_root, decode_tensors, encode_tensors
 
 @dataclass(frozen=True)
 class TaskOrder:
@@ -64,6 +64,17 @@ def revealable_task(state: C.State, root: bytes) -> bytes:
         raise ApiError(HTTPStatus.CONFLICT, f"task {bytes(task_id).hex()} has ended: its evaluation is over")
     raise ApiError(HTTPStatus.CONFLICT, f"task {bytes(task_id).hex()} is not in evaluation yet: a withheld test split "
                                         "is revealed only then (miners could fit a test set they had seen)")
+
+
+def accept_reveal(state: C.State, raw: bytes) -> tuple[bytes, bytes, dict]:
+    """A node's check of a revealed test split (POST /reveal): (task id, root,
+    tensors), or ApiError saying why it is refused."""
+    try:
+        tensors = decode_tensors(raw)
+    except DataError as error:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"not a tensor bundle: {error}") from None
+    root = bundle_root(tensors)
+    return revealable_task(state, root), root, tensors
 
 
 def withheld_test_set(data: TaskData) -> dict:

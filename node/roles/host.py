@@ -18,18 +18,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from http import HTTPStatus
 from pathlib import Path
 
 from bws.spec import containers as C
 
-from ..api import ApiError
 from ..audit import PROTOCOL_AUDIT, AuditServer
 from ..p2p import PROTOCOL_DATA, NetworkError
 from ..wallet import Account, KeystoreError, load_keystore
-from .client import revealable_task
+from .client import accept_reveal
 from .context import RoleContext
-from .data import DataError, TensorCache, bundle_root, decode_tensors
+from .data import TensorCache
 from .evaluator import Evaluator
 from .library import TaskLibrary
 from .miner import Miner
@@ -139,12 +137,7 @@ class RoleSet:
     def reveal(self, raw: bytes) -> dict:
         """POST /reveal: a withheld test split, served over /bws/data/1 from now on
         if a task committing to its root is in evaluation."""
-        try:
-            tensors = decode_tensors(raw)
-        except DataError as error:
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"not a tensor bundle: {error}") from None
-        root = bundle_root(tensors)
-        task_id = revealable_task(self.context.chain.head_state, root)
+        task_id, root, tensors = accept_reveal(self.context.chain.head_state, raw)
         self.context.cache.put_tensors(tensors, root)
         self.context.metrics["test_sets_revealed"] += 1
         logger.info("test split %s… of task %s… revealed", root.hex()[:16], task_id.hex()[:12])

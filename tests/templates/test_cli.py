@@ -72,3 +72,36 @@ def test_bad_task_file_is_one_readable_line(tmp_path, capsys):
     assert main(["train", str(bad), "--quiet"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("bws train: error:") and "missing" in err and len(err.splitlines()) == 1
+
+
+def test_a_withheld_test_split_through_the_cli(tmp_path, data_dir, capsys):
+    import numpy as np
+
+    from bws.templates import datasets
+
+    test = datasets.load_split("digits", "test", data_dir=data_dir)
+    test_file = tmp_path / "mine.npz"
+    np.savez(test_file, x=test.inputs[:150], y=test.labels[:150])
+    task_path = str(tmp_path / "task.json")
+    assert main(["task", "new", "--template", "dnn", "--epochs", "1", "--batch-size", "64", "--data-dir", data_dir,
+                 "--test-file", str(test_file), "-o", task_path]) == 0
+    capsys.readouterr()
+    assert main(["task", "show", task_path]) == 0
+    assert "test split withheld (150 examples, the client's, withheld until evaluation)" in capsys.readouterr().out
+    out = tmp_path / "run"
+    assert main(["train", task_path, "--out", str(out), "--data-dir", data_dir, "--quiet"]) == 1
+    assert "withheld by its client: give the client's --test-file" in capsys.readouterr().err
+    assert main(["train", task_path, "--out", str(out), "--data-dir", data_dir, "--quiet",
+                 "--test-file", str(test_file)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["test_accuracy"] > 0.5
+    # reveal: checked against the task before any node is asked
+    assert main(["task", "reveal", task_path, "--test-file", str(FIXTURES), "--data-dir", data_dir,
+                 "--api", "http://127.0.0.1:9"]) == 1
+    assert "cannot read test file" in capsys.readouterr().err
+    public = str(tmp_path / "public.json")
+    assert main(["task", "new", "--template", "dnn", "--epochs", "1", "--data-dir", data_dir, "-o", public]) == 0
+    assert main(["task", "reveal", public, "--test-file", str(test_file), "--api", "http://127.0.0.1:9"]) == 1
+    assert "there is nothing to reveal" in capsys.readouterr().err
+    assert main(["task", "reveal", task_path, "--test-file", str(test_file), "--data-dir", data_dir,
+                 "--api", "http://127.0.0.1:9"]) == 1
+    assert "no node answering at http://127.0.0.1:9" in capsys.readouterr().err
