@@ -43,9 +43,11 @@ from bws.spec.presets import COIN, DEVNET
 
 from .api import ApiClient, ApiError
 from .audit_devnet import audit_devnet, audit_failures, miner_tickets, node_environment, print_audit
+from .devnet_plot import plot_run, read_run_trace
 from .p2p import peer_id_from_seed
 from .roles.client import Client, TaskOrder, reveal_test_set, withheld_test_set
 from .service import NODE_INFO_FILE, P2P_KEY_FILE, write_genesis
+from .store import StoreError
 from .wallet import Account, save_keystore
 
 DEVNET_PASSWORD = "bws-devnet"
@@ -473,6 +475,20 @@ class Devnet:
             "node_of_address": {n.account.address.hex(): n.name for n in self.nodes},
         }
 
+    def write_plot(self, summary: dict) -> str:
+        """D/devnet.png (node/devnet_plot.py), from node 0's store; a reason instead if it cannot be drawn."""
+        names = summary["node_of_address"]
+        accuracies = {names.get(e["miner"], e["miner"][:12]): e["correct"] / e["count"]
+                      for e in summary["evaluation"] if e["count"]}
+        path = self.root / "devnet.png"
+        try:
+            trace = read_run_trace(self.nodes[0].data_dir, self.task_id, names, summary["height"])
+            plot_run(trace, accuracies, path, f"bws devnet: {self.options.nodes} nodes, {self.options.template} "
+                                              f"on {self.options.dataset}")
+        except (StoreError, OSError, ValueError) as error:
+            return f"not drawn ({error})"
+        return str(path)
+
     def print_summary(self, summary: dict) -> None:
         names = summary["node_of_address"]
         self.say("")
@@ -510,6 +526,7 @@ class Devnet:
         self.say("  payouts (balance change since genesis, BWS):")
         for label, entry in summary["balances"].items():
             self.say(f"    {label:7s} {entry['address'][:16]}…  {entry['change'] / COIN:+14.8f}")
+        self.say(f"  plot                    {summary['plot']} (loss by iteration per member, blocks over time)")
         self.say(f"  took {summary['seconds']:.0f} s; data in {self.root}")
 
     def run(self) -> dict:
@@ -523,6 +540,7 @@ class Devnet:
                 summary["audit"] = audit_devnet(self)
         finally:
             self.stop_nodes()
+        summary["plot"] = self.write_plot(summary)
         self.print_summary(summary)
         if "audit" in summary:
             print_audit(self.say, summary["audit"])

@@ -54,6 +54,11 @@ def test_short_devnet_trains_mines_verifies_and_pays_out(tmp_path, template, ite
     # The client paid the fee (and a transaction fee); the group's nodes were paid.
     client_line = next(line for line in output.splitlines() if line.strip().startswith("client "))
     assert float(client_line.split()[-1]) < -999
+    # The client withheld its test split and revealed it in evaluation; the run's picture was drawn.
+    assert "devnet: the client revealed its test split" in output
+    assert "test split: the client's, withheld until evaluation, then revealed" in output
+    assert f"plot                    {data_dir / 'devnet.png'}" in output
+    assert (data_dir / "devnet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not running_nodes(data_dir), "devnet left nodes running"
 
 
