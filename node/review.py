@@ -505,7 +505,8 @@ def generate_vectors() -> list[dict]:
           description="height 10, the first retarget: blocks came twice as fast as targeted, the target halves")
     state = state_transition(state, retarget, c.replay)
     block("block/expiry", state, c.mine(state, retarget, "bob"),
-          description="height 11 passes the client task's evaluation deadline: the payment is refunded")
+          description="height 11 passes the client task's evaluation deadline unevaluated: the member whose "
+                      "block proved an iteration is paid for that share of the 20 iterations, the rest is refunded")
 
     h = valid.header
 

@@ -18,8 +18,8 @@ every block:
   is burned is exactly the cheats' stakes minus the disputers' rewards plus
   the false accusers' penalties.
 
-At the end the chain runs past every deadline: every task ends finalized or
-refunded (cancelled or expired).
+At the end the chain runs past every deadline: every task ends finalized,
+cancelled (refunded) or expired (proven training paid, the rest refunded).
 """
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ from bws.spec.constants import (
 from bws.spec.pouw import sign_iteration_message
 from bws.spec.presets import COIN
 from bws.spec.state_transition import (
-    InvalidTransaction, apply_transaction, compute_fee_split, get_block_reward, get_total_supply, state_transition,
+    InvalidTransaction, apply_transaction, compute_expiry_split, compute_fee_split, get_block_reward, get_total_supply,
+    state_transition,
 )
 from property_tests.strategies import flip_bit
 
@@ -240,6 +241,12 @@ class TaskLifecycle(RuleBasedStateMachine):
             if now.status == TASK_FINALIZED:
                 shares = compute_fee_split(task, [0] * len(task.members), task.evaluators[0])
                 assert sum(shares.values()) == task.payment and min(shares.values()) >= 0, "the payout is not the escrow"
+            if now.status == TASK_EXPIRED:
+                shares = compute_expiry_split(task)
+                assert sum(shares.values()) == task.payment and min(shares.values()) >= 0, \
+                    "the expiry split is not the escrow"
+                members = {m.address for m in task.members if not m.slashed}
+                assert set(shares) <= members | {task.client}, "an expired task paid someone not in its group"
         for task_id, task in after.tasks.items():
             if task_id not in before.tasks:
                 self.submitted[task_id] = task.payment

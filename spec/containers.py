@@ -118,7 +118,7 @@ class SubmitTask(Container):
     test_set_hash: Hash32          # commitment to the withheld test set
     group_size: uint64             # miners in the group
     iterations: Count              # training iterations
-    evaluation_deadline: Height    # the task expires (refund) if not finalized by this height
+    evaluation_deadline: Height    # the task expires if not finalized by this height (compute_expiry_split)
     payment: Coin                  # the fee for the work, escrowed
 
 

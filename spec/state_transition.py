@@ -225,7 +225,7 @@ def process_stake_releases(state: State) -> None:
 
 def process_task_lifecycle(state: State, block: Block) -> None:
     """Advance every open task by at most one step (tasks in order of id):
-    expiry past the evaluation deadline (refund), group selection for a task
+    expiry past the evaluation deadline (compute_expiry_split), group selection for a task
     submitted in an earlier block (seed: the parent block's hash), training
     after training_start_delay, evaluation from evaluation_deadline -
     evaluation_period."""
@@ -235,7 +235,8 @@ def process_task_lifecycle(state: State, block: Block) -> None:
         if task.status in TERMINAL_TASK_STATUSES:
             continue
         if state.height > task.evaluation_deadline:
-            increase_balance(state, task.client, task.payment)
+            for address, amount in compute_expiry_split(task).items():
+                increase_balance(state, address, amount)
             set_task(state, task_id, task, status=TASK_EXPIRED, status_height=state.height)
         elif task.status == TASK_SUBMITTED and task.status_height < state.height:
             group = compute_group(state, task_id, task, block.header.parent_hash)
@@ -491,6 +492,28 @@ def compute_fee_split(task: Task, scores, evaluator: Address) -> dict:
     for i, weight in weights.items():
         pay(task.members[i].address, miner_pool * weight // sum(weights.values()))
     pay(task.members[best].address, payment - sum(shares.values()))
+    return shares
+
+
+def compute_expiry_split(task: Task) -> dict:
+    """Who gets the payment of a task that expires unfinalized: the training the
+    chain saw is paid for, the rest goes back to the client. The chain saw
+    training up to the latest iteration a block proved (the members'
+    highest `next_minable_iteration`, at most `iterations`): that fraction of
+    the payment goes to the unslashed members in proportion to their recorded
+    iterations (rounding dust to the client). A client that withholds its
+    test split so that nobody can evaluate, or evaluators that never report,
+    cannot undo the pay of work done; a task expiring before any iteration
+    was proven refunds the client in full."""
+    progress = min(max([member.next_minable_iteration for member in task.members], default=0), task.iterations)
+    eligible = [member for member in task.members if not member.slashed and member.recorded_iterations > 0]
+    shares: dict = {}
+    recorded = sum(member.recorded_iterations for member in eligible)
+    if recorded > 0:
+        earned = task.payment * progress // task.iterations
+        for member in eligible:
+            shares[member.address] = earned * member.recorded_iterations // recorded
+    shares[task.client] = task.payment - sum(shares.values())   # the client holds no seat in its own task
     return shares
 
 

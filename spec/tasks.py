@@ -5,7 +5,7 @@
     TRAINING ──(final iteration proven, or evaluation_deadline - evaluation_period)──▶ EVALUATION
     EVALUATION ──(EvaluationResult by a selected evaluator)──▶ FINALIZED (payment split)
     SUBMITTED, GROUP_SELECTED ──(CancelTask by the client)──▶ CANCELLED (refund)
-    any non-terminal ──(height > evaluation_deadline)──▶ EXPIRED (refund)
+    any non-terminal ──(height > evaluation_deadline)──▶ EXPIRED (proven training paid, the rest refunded)
 
 Threats:
 - *Sybil groups*: members, supervisors and evaluators are drawn at random
@@ -15,7 +15,10 @@ Threats:
   address holds at most one seat per task; the client holds none.
 - *Data withholding by the client*: the test set stays secret (committed by
   hash) until evaluation, so miners cannot train on it; if the client never
-  reveals it, the task expires and nobody is paid the fee. Withholding by a
+  reveals it, nobody can evaluate and the task expires, but the training the
+  chain saw proven is paid for all the same (`compute_expiry_split`): a
+  client cannot keep the models (fetchable by the roots the members signed)
+  and its fee by withholding the test set. Withholding by a
   miner of its iteration inputs makes its block unreplayable, hence invalid.
 """
 import json

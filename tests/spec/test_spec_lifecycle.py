@@ -11,7 +11,8 @@ from bws.spec.constants import (
 )
 from bws.spec.presets import COIN
 from bws.spec.state_transition import (
-    InvalidBlock, InvalidTransaction, apply_transaction, get_balance, get_total_supply, state_transition,
+    InvalidBlock, InvalidTransaction, apply_transaction, compute_expiry_split, get_balance, get_block_reward,
+    get_total_supply, state_transition,
 )
 from bws.spec.tasks import compute_task_id
 
@@ -80,15 +81,61 @@ def test_submit_select_train_evaluate_finalize(chain):
         state_transition(post, again, chain.replay)
 
 
-def test_unevaluated_task_expires_and_refunds(chain):
-    state, block, task_id, _ = run_to_evaluation(chain)
+def run_past_deadline(chain, state, block, task_id):
+    """Mine (on the genesis task) until the task's evaluation deadline has passed; the balances gained meanwhile
+    beyond block rewards, by name."""
     deadline = state.tasks[task_id].evaluation_deadline
-    client_before = get_balance(state, chain.address["client"])
+    before = {name: get_balance(state, address) for name, address in chain.address.items()}
+    rewards = {}
     while state.height <= deadline:
-        state, block = chain.extend(state, block, MINERS[state.height % 3])
+        miner = MINERS[state.height % 3]
+        state, block = chain.extend(state, block, miner)
+        rewards[miner] = rewards.get(miner, 0) + get_block_reward(state.config, state.height)
     assert state.tasks[task_id].status == TASK_EXPIRED
-    assert get_balance(state, chain.address["client"]) == client_before + state.tasks[task_id].payment
     assert conserved(state)
+    gained = {name: get_balance(state, address) - before[name] - rewards.get(name, 0)
+              for name, address in chain.address.items()}
+    return state, {name: amount for name, amount in gained.items() if amount}
+
+
+def test_a_trained_task_that_expires_pays_its_members_for_the_proven_training(chain):
+    """Nobody evaluated (the client kept its test split, or no evaluator reported): the iterations the chain saw
+    proven are paid for all the same, in proportion to each member's recorded iterations."""
+    state, block, task_id, _ = run_to_evaluation(chain)
+    task = state.tasks[task_id]
+    assert max(m.next_minable_iteration for m in task.members) == task.iterations, "the final iteration was proven"
+    _, gained = run_past_deadline(chain, state, block, task_id)
+    recorded = sum(m.recorded_iterations for m in task.members)
+    expected = {name_of(chain, m.address): task.payment * m.recorded_iterations // recorded for m in task.members}
+    expected["client"] = task.payment - sum(expected.values())
+    assert gained == {name: amount for name, amount in expected.items() if amount}
+    assert compute_expiry_split(task) == {chain.address[name]: amount for name, amount in expected.items()}
+
+
+def test_an_expiring_task_pays_only_its_proven_progress_and_refunds_the_rest(chain):
+    state, block, task_id, _ = run_to_evaluation(chain)
+    task = state.tasks[task_id]
+    first, second = task.members
+    halfway = dataclasses.replace(task, members=[dataclasses.replace(first, next_minable_iteration=2, recorded_iterations=1),
+                                                 dataclasses.replace(second, next_minable_iteration=1, recorded_iterations=3)])
+    earned = task.payment * 2 // task.iterations
+    assert compute_expiry_split(halfway) == {first.address: earned // 4, second.address: earned * 3 // 4,
+                                             task.client: task.payment - earned // 4 - earned * 3 // 4}
+    slashed = dataclasses.replace(halfway, members=[dataclasses.replace(halfway.members[0], slashed=True),
+                                                    halfway.members[1]])
+    assert compute_expiry_split(slashed) == {second.address: earned, task.client: task.payment - earned}
+    untrained = dataclasses.replace(task, members=[dataclasses.replace(m, next_minable_iteration=0, recorded_iterations=0)
+                                                   for m in task.members])
+    assert compute_expiry_split(untrained) == {task.client: task.payment}
+
+
+def test_a_task_that_expires_unselected_refunds_the_client(chain):
+    state, block = chain.extend(chain.genesis_state, chain.genesis_block, "alice")
+    too_big = chain.transaction(state, "client", chain.submit_task_body(group_size=6, deadline=12))
+    state, block = chain.extend(state, block, "bob", [too_big])
+    task_id = compute_task_id(chain.config.chain_id, chain.address["client"], 0)
+    _, gained = run_past_deadline(chain, state, block, task_id)
+    assert gained == {"client": state.tasks[task_id].payment}
 
 
 def test_submitted_task_waits_for_enough_stakers(chain):
