@@ -87,7 +87,7 @@ def load_genesis(path: Path) -> C.GenesisConfig:
         raise NodeError(f"{path}: a genesis file is a JSON object")
     if "preset" in document:
         preset = document.pop("preset")
-        if preset not in PRESETS:
+        if not isinstance(preset, str) or preset not in PRESETS:
             raise NodeError(f"{path}: unknown preset {preset!r} (known: {', '.join(PRESETS)})")
         document["config"] = to_json(PRESETS[preset])
     try:
