@@ -124,8 +124,10 @@ def run_submit(args) -> int:
 def describe(document: dict) -> str:
     models = document.get("latest_models", {})
     losses = ", ".join(f"{miner[:8]}… iteration {m['iteration'] + 1} loss {m['loss']:.3f}" for miner, m in models.items())
+    waiting = document["status"] == "evaluation" and document.get("test_split_withheld")
     return (f"{document['status']}: {len(document['blocks'])} blocks from its iterations"
-            + (f"; {losses}" if losses else ""))
+            + (f"; {losses}" if losses else "")
+            + ("; its test split is withheld: the client reveals it now (bws task reveal)" if waiting else ""))
 
 
 def run_status(args) -> int:

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 
 from bws.spec import containers as C
+from bws.templates.errors import TemplateError
+from bws.templates.task import WITHHELD_TEST_SPLIT, parse_task
 
 from ..audit import PROTOCOL_AUDIT, AuditServer
 from ..p2p import PROTOCOL_DATA, NetworkError
@@ -59,6 +61,14 @@ def load_role_account(keystore: str | None, password_file: str | None) -> Accoun
         return load_keystore(Path(keystore), password)
     except (OSError, KeystoreError) as error:
         raise RoleSetupError(f"cannot unlock {keystore}: {error}") from None
+
+
+def is_test_split_withheld(definition: bytes) -> bool:
+    """Whether a task's definition keeps its test split with the client until evaluation."""
+    try:
+        return parse_task(definition).dataset["test_split"] == WITHHELD_TEST_SPLIT
+    except TemplateError:
+        return False
 
 
 class RoleSet:
@@ -167,7 +177,8 @@ class RoleSet:
                 models[bytes(member.address).hex()] = {"iteration": int(latest.message.work.iteration),
                                                        "state_root": bytes(latest.message.work.state_after_root).hex(),
                                                        "loss": int(latest.message.work.loss) / (1 << 16)}
-        document = {"max_iteration_seen": context.messages.max_iteration(task_id), "latest_models": models}
+        document = {"max_iteration_seen": context.messages.max_iteration(task_id), "latest_models": models,
+                    "test_split_withheld": is_test_split_withheld(bytes(task.task_definition))}
         evaluation = context.gauges.get(("evaluation", task_id))
         if evaluation is not None:
             document["evaluation"] = evaluation

@@ -46,6 +46,7 @@ def test_submit_status_result_through_the_cli(tmp_path):
         revealed = bws(*reveal, "--wait", "--task-id", task_id, timeout=300)
         assert revealed.returncode == 0, revealed.stderr
         assert f"of task {task_id}" in revealed.stdout and "task evaluation" in revealed.stderr
+        assert devnet.nodes[0].api.get(f"/task/{task_id}")["test_split_withheld"] is True
 
         watched = bws("task", "status", task_id, "--api", api, "--watch", timeout=300)
         assert watched.returncode == 0, watched.stderr
