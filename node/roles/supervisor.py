@@ -90,11 +90,6 @@ class Supervisor:
                 logger.exception("supervising a message failed")
                 self.context.metrics["supervisor_errors"] += 1
 
-    def _supervise(self, signed: C.SignedIterationMessage) -> None:
-        """Record `signed`, then replay it unless it was an equivocation (both steps on the caller's thread)."""
-        if self._record(signed):
-            self._replay(signed)
-
     def _first_sight(self, digest: bytes) -> bool:
         """Whether `digest` is not among the latest SEEN_DIGESTS_KEPT seen (it is now). A message
         forgotten and seen again is recorded again (idempotent) and replayed again."""

@@ -211,6 +211,13 @@ def supervisor_node(network_setup, mined, tmp_path):
     return make_node(network_setup, tmp_path, f"supervisor-{tmp_path.name}", network_setup[1][1], nodes)
 
 
+def supervise(supervisor, signed):
+    """What the supervisor's two threads do with one message, on this thread: record it, then replay it
+    unless it was an equivocation."""
+    if supervisor._record(signed):
+        supervisor._replay(signed)
+
+
 def pending_disputes(context):
     return [decode(tx.raw, C.SignedTransaction).transaction.body for tx in context.mempool.transactions()]
 
@@ -222,7 +229,7 @@ def test_supervisor_records_and_replays_honest_messages(network_setup, mined, tm
     node = supervisor_node(network_setup, mined, tmp_path)
     supervisor = Supervisor(node)
     honest = block.proofs[0].message
-    supervisor._supervise(honest)
+    supervise(supervisor, honest)
     work = honest.message.work
     assert node.chain.store.iteration_messages(bytes(work.task_id), int(work.iteration)) == [honest]
     assert node.metrics["supervisor_replays"] == 1 and not pending_disputes(node)
@@ -237,13 +244,13 @@ def test_supervisor_skips_a_message_seen_again_and_forgets_the_oldest(network_se
     node = supervisor_node(network_setup, mined, tmp_path)
     supervisor = module.Supervisor(node)
     honest = block.proofs[0].message
-    supervisor._supervise(honest)
-    supervisor._supervise(honest)
+    supervise(supervisor, honest)
+    supervise(supervisor, honest)
     assert node.metrics["supervisor_recorded"] == 1 and node.metrics["supervisor_replays"] == 1
     monkeypatch.setattr(module, "SEEN_DIGESTS_KEPT", 2)
     assert supervisor._first_sight(b"a" * 32) and supervisor._first_sight(b"b" * 32)  # the honest digest goes
     assert len(supervisor._seen) == 2 and not supervisor._first_sight(b"b" * 32)
-    supervisor._supervise(honest)  # recorded again (idempotent) and replayed again
+    supervise(supervisor, honest)  # recorded again (idempotent) and replayed again
     assert node.metrics["supervisor_recorded"] == 2 and node.metrics["supervisor_replays"] == 2
     work = honest.message.work
     assert node.chain.store.iteration_messages(bytes(work.task_id), int(work.iteration)) == [honest]
@@ -258,8 +265,8 @@ def test_supervisor_disputes_equivocation(network_setup, mined, tmp_path):
     honest = block.proofs[0].message
     other = sign_iteration_message(miner_context.account.secret_key, dataclasses.replace(
         honest.message, work=dataclasses.replace(honest.message.work, loss=honest.message.work.loss + 1)))
-    supervisor._supervise(honest)
-    supervisor._supervise(other)
+    supervise(supervisor, honest)
+    supervise(supervisor, other)
     disputes = pending_disputes(node)
     assert len(disputes) == 1 and isinstance(disputes[0].evidence, C.Equivocation)
     assert {disputes[0].evidence.first, disputes[0].evidence.second} == {honest, other}
@@ -273,7 +280,7 @@ def test_supervisor_disputes_a_non_replayable_update(network_setup, mined, tmp_p
     honest = block.proofs[0].message
     lying = sign_iteration_message(miner_context.account.secret_key, dataclasses.replace(
         honest.message, work=dataclasses.replace(honest.message.work, update_root=hash_bytes(b"made up"))))
-    Supervisor(node)._supervise(lying)
+    supervise(Supervisor(node), lying)
     disputes = pending_disputes(node)
     assert len(disputes) == 1 and isinstance(disputes[0].evidence, C.FraudProof)
     assert node.metrics["supervisor_fraud"] == 1
