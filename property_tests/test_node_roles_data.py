@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 from hypothesis import given, strategies as st
 
+from bws.engine.commit import tensors_root
 from bws.node.api import ApiError
 from bws.node.roles.client import accept_reveal
 from bws.node.roles.data import (
@@ -90,3 +91,17 @@ def test_a_reveal_of_any_bytes_is_taken_only_for_its_task_in_evaluation(raw, in_
         assert error.status in (400, 404, 409) and error.message
         return
     assert in_evaluation and task_id == b"\x01" * 32 and revealed_root == root
+
+
+@given(tensors(), st.booleans(), st.booleans())
+def test_the_engine_root_is_the_spec_root_whatever_the_memory_layout(bundle, big_endian, strided):
+    """engine/commit.tensors_root hashes each tensor's own buffer instead of its encoding: the same root as
+    the spec's compute_tensors_root, for big-endian and non-contiguous arrays too."""
+    laid_out = {}
+    for name, array in bundle.items():
+        if big_endian:
+            array = array.astype(array.dtype.newbyteorder(">"))
+        if strided and array.ndim:
+            array = np.repeat(array, 2, axis=0)[::2]
+        laid_out[name] = array
+    assert tensors_root(laid_out) == bytes(compute_tensors_root(bundle)) == bundle_root(laid_out)

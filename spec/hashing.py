@@ -68,16 +68,21 @@ def hash_object(value) -> Bytes32:
     return hash_bytes(encode(value))
 
 
-def encode_tensor(array) -> bytes:
-    """u8(dtype code) ‖ u8(ndim) ‖ u32le(dim) for each dim ‖ the data, little-endian, C order."""
+def encode_tensor_header(array) -> bytes:
+    """u8(dtype code) ‖ u8(ndim) ‖ u32le(dim) for each dim: what precedes a tensor's data."""
     array = np.asarray(array)
     code = TENSOR_DTYPE_CODES.get(array.dtype.name)
     if code is None:
         raise CommitmentError(f"dtype {array.dtype.name} cannot be committed (integers only)")
     if array.ndim >= 256:
         raise CommitmentError("a committed tensor has at most 255 dimensions")
-    header = bytes([code, array.ndim]) + b"".join(int(d).to_bytes(4, "little") for d in array.shape)
-    return header + np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    return bytes([code, array.ndim]) + b"".join(int(d).to_bytes(4, "little") for d in array.shape)
+
+
+def encode_tensor(array) -> bytes:
+    """encode_tensor_header ‖ the data, little-endian, C order."""
+    array = np.asarray(array)
+    return encode_tensor_header(array) + np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
 def compute_tensor_leaf(name: str, array) -> Bytes32:
@@ -85,12 +90,17 @@ def compute_tensor_leaf(name: str, array) -> Bytes32:
     return compute_encoded_tensor_leaf(name, encode_tensor(array))
 
 
-def compute_encoded_tensor_leaf(name: str, encoded_tensor: bytes) -> Bytes32:
-    """`compute_tensor_leaf` of a tensor given as its `encode_tensor` bytes."""
+def get_tensor_leaf_prefix(name: str) -> bytes:
+    """DOMAIN_TENSOR ‖ u16le(len(name)) ‖ name: what precedes a named tensor's encoding in its leaf."""
     name_bytes = name.encode("utf-8")
     if len(name_bytes) >= 1 << 16:
         raise CommitmentError(f"tensor name of {len(name_bytes)} bytes is too long")
-    return hash_bytes(DOMAIN_TENSOR + len(name_bytes).to_bytes(2, "little") + name_bytes + encoded_tensor)
+    return DOMAIN_TENSOR + len(name_bytes).to_bytes(2, "little") + name_bytes
+
+
+def compute_encoded_tensor_leaf(name: str, encoded_tensor: bytes) -> Bytes32:
+    """`compute_tensor_leaf` of a tensor given as its `encode_tensor` bytes."""
+    return hash_bytes(get_tensor_leaf_prefix(name) + encoded_tensor)
 
 
 def compute_tensors_root(tensors: dict) -> Bytes32:

@@ -134,9 +134,9 @@ class RoleContext:
     def fetch_tensors(self, root: bytes, preferred_peer: str | None = None) -> dict:
         """The bundle with `root`: from the cache, else from the preferred
         peer, else from any connected peer. RoleError if nobody has it."""
-        cached = self.cache.get(root)
+        cached = self.cache.get_tensors(root)
         if cached is not None:
-            return decode_checked(cached, root)
+            return cached
         peers = list(self.network.peers())
         if preferred_peer in peers:
             peers.remove(preferred_peer)

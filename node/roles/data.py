@@ -31,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bws.engine.commit import tensors_root
 from bws.spec.constants import TENSOR_DTYPE_CODES
-from bws.spec.hashing import compute_encoded_tensors_root, compute_tensors_root, encode_tensor
+from bws.spec.hashing import encode_tensor
 
 ROOT_BYTES = 32
 DEFAULT_MAX_DISK_BYTES = 1 << 30
@@ -115,7 +116,7 @@ def decode_tensors(data: bytes) -> dict[str, np.ndarray]:
 
 def bundle_root(tensors: dict[str, np.ndarray]) -> bytes:
     """The spec's tensors root of a flat bundle (what iteration messages name)."""
-    return bytes(compute_tensors_root(tensors))
+    return tensors_root(tensors)
 
 
 def decode_checked(data: bytes, root: bytes) -> dict[str, np.ndarray]:
@@ -141,7 +142,10 @@ def parse_request(request: bytes, kind: bytes, payload_bytes: int) -> bytes:
 
 class TensorCache:
     """Bundles by root, least recently used dropped beyond `max_entries`.
-    Thread-safe. Holds the encoded bytes, ready to serve.
+    Thread-safe. Holds a bundle as the bytes it came as, or as the tensors
+    this node put (`put_tensors`), encoded the first time they are asked for:
+    most states a miner commits to are never fetched, and its own roles read
+    them back as tensors (`get_tensors`).
 
     With a `directory`, `save()` (a node calls it when it stops) writes what
     the cache holds there, one file per root, keeping at most `max_disk_bytes`
@@ -155,31 +159,53 @@ class TensorCache:
         self.max_entries = max_entries
         self.directory = None if directory is None else Path(directory)
         self.max_disk_bytes = max_disk_bytes
-        self._entries: OrderedDict[bytes, bytes] = OrderedDict()
+        self._entries: OrderedDict[bytes, bytes | dict[str, np.ndarray]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def put(self, root: bytes, encoded: bytes) -> None:
+    def put(self, root: bytes, bundle: bytes | dict[str, np.ndarray]) -> None:
         with self._lock:
-            self._entries[bytes(root)] = encoded
+            self._entries[bytes(root)] = bundle
             self._entries.move_to_end(bytes(root))
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
 
     def put_tensors(self, tensors: dict[str, np.ndarray], root: bytes | None = None) -> bytes:
-        """Cache a flat bundle; returns its root (computed unless given, from
-        the same tensor encodings the bundle holds: each tensor encoded once)."""
-        encoded = {name: encode_tensor(np.asarray(tensors[name])) for name in sorted(tensors)}
-        if root is None:
-            root = compute_encoded_tensors_root(encoded)
-        self.put(bytes(root), bundle_bytes(encoded))
-        return bytes(root)
+        """Cache a flat bundle given as tensors (kept read-only); returns its root, computed unless given."""
+        frozen = {}
+        for name, array in tensors.items():
+            frozen[name] = np.asarray(array).view()
+            frozen[name].flags.writeable = False
+        root = tensors_root(frozen) if root is None else bytes(root)
+        self.put(root, frozen)
+        return root
+
+    def _latest(self, root: bytes) -> bytes | dict[str, np.ndarray] | None:
+        """The entry with `root`, now the most recently used, or None."""
+        with self._lock:
+            entry = self._entries.get(bytes(root))
+            if entry is not None:
+                self._entries.move_to_end(bytes(root))
+        return entry
+
+    def get_tensors(self, root: bytes) -> dict[str, np.ndarray] | None:
+        """The bundle with `root` as tensors (checked against the root unless this node put them), or None."""
+        entry = self._latest(root)
+        if isinstance(entry, dict):
+            return entry
+        encoded = self.get(root)
+        return None if encoded is None else decode_checked(encoded, root)
 
     def get(self, root: bytes) -> bytes | None:
-        with self._lock:
-            encoded = self._entries.get(bytes(root))
-            if encoded is not None:
-                self._entries.move_to_end(bytes(root))
-                return encoded
+        """The bundle with `root` as bytes (what /bws/data/1 serves), or None."""
+        entry = self._latest(root)
+        if isinstance(entry, dict):
+            encoded = encode_tensors(entry)
+            with self._lock:
+                if bytes(root) in self._entries:
+                    self._entries[bytes(root)] = encoded
+            return encoded
+        if entry is not None:
+            return entry
         if self.directory is None or len(root) != ROOT_BYTES:
             return None
         try:
@@ -199,12 +225,12 @@ class TensorCache:
         with self._lock:
             entries = list(self._entries.items())
         written = 0
-        for root, encoded in entries:
+        for root, entry in entries:
             path = self._path(root)
             if path.exists():
                 continue
             partial = path.with_suffix(".partial")
-            partial.write_bytes(encoded)
+            partial.write_bytes(entry if isinstance(entry, bytes) else encode_tensors(entry))
             os.replace(partial, path)  # atomic: a reader never sees half a bundle
             written += 1
         files = sorted(self.directory.glob(f"*{BUNDLE_SUFFIX}"), key=lambda f: f.stat().st_mtime, reverse=True)

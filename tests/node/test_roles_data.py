@@ -66,8 +66,16 @@ def test_put_tensors_gives_the_spec_root_and_serves_the_bundle_it_names():
     cache = TensorCache()
     root = cache.put_tensors(tensors)
     assert root == bytes(compute_tensors_root(tensors))
+    # This node's own tensors come back as they were put, read-only; a peer gets the encoded bundle.
+    own = cache.get_tensors(root)
+    assert all(own[n] is not tensors[n] and np.array_equal(own[n], tensors[n]) for n in tensors)
+    with pytest.raises(ValueError, match="read-only"):
+        own["step"][...] = 8
+    assert cache.get(root) == encode_tensors(tensors)
     served = decode_checked(cache.get(root), root)
     assert sorted(served) == sorted(tensors) and all(np.array_equal(served[n], tensors[n]) for n in tensors)
+    assert all(np.array_equal(cache.get_tensors(root)[n], tensors[n]) for n in tensors)   # decoded and checked now
+    assert cache.get_tensors(bytes(32)) is None
 
 
 def test_a_saved_cache_serves_after_a_restart_within_its_disk_budget(tmp_path):
