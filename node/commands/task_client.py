@@ -93,7 +93,7 @@ def run_submit(args) -> int:
     from bws.node.wallet import KeystoreError, load_keystore
     from bws.spec.presets import COIN
     from bws.templates.errors import TemplateError
-    from bws.templates.task import load_task, require_chain_template
+    from bws.templates.task import WITHHELD_TEST_SPLIT, load_task, require_chain_template
 
     try:
         definition = load_task(args.task_file)
@@ -118,6 +118,9 @@ def run_submit(args) -> int:
     print(task_id.hex())
     print(f"submitted: {args.group_size} miners x {iterations} iterations, payment {args.payment} coins, "
           f"evaluation deadline at height {deadline}", file=sys.stderr)
+    if definition.dataset["test_split"] == WITHHELD_TEST_SPLIT:
+        print(f"its test split is withheld: reveal it in evaluation, e.g. bws task reveal {args.task_file} "
+              f"--test-file YOUR_TEST.npz --task-id {task_id.hex()} --wait --api {args.api}", file=sys.stderr)
     return 0
 
 

@@ -37,6 +37,7 @@ def test_submit_status_result_through_the_cli(tmp_path):
         assert submitted.returncode == 0, submitted.stderr
         task_id = submitted.stdout.strip()
         assert len(task_id) == 64
+        assert "its test split is withheld: reveal it in evaluation" in submitted.stderr
 
         reveal = ("task", "reveal", str(devnet.root / "task.json"), "--test-file", str(devnet.root / "client_test.npz"),
                   "--api", api)
