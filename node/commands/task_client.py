@@ -12,7 +12,10 @@ the node once the task is in evaluation (`--wait`: waits for that), so that
 evaluators can score the final models, `result` reads the evaluation scores from the block that finalized
 the task and downloads the best final model from the node over
 `/bws/data/1` (checked against the model root its miner signed) into an
-.npz file of fixed-point integer tensors (`params/<layer>/kernel`, ...).
+.npz file of fixed-point integer tensors (`params/<layer>/kernel`, ...);
+`result --check task.json [--test-file my_test.npz]` scores that model on the
+test split itself: evaluation is integer-exact, so the evaluator's attested
+score must come out the same.
 """
 from __future__ import annotations
 
@@ -68,6 +71,12 @@ def register(commands) -> None:
     result.add_argument("task_id", metavar="TASK_ID", help="64 hex characters")
     result.add_argument("--api", default=DEFAULT_API, help=f"node API URL (default {DEFAULT_API})")
     result.add_argument("--output", type=Path, help="write the best model's tensors to this .npz file")
+    result.add_argument("--check", metavar="TASK_JSON",
+                        help="score the best model here on the task's test split and compare with the evaluator's "
+                             "score (integer-exact: they must be equal); TASK_JSON is the submitted task file")
+    result.add_argument("--test-file", metavar="NPZ", help="with --check: the task's withheld test split")
+    result.add_argument("--data-dir", help="with --check: TFDS data directory (default: $BWS_DATA_DIR or "
+                                           "~/.cache/bws/tensorflow_datasets)")
     result.set_defaults(run=run_result)
 
 
@@ -241,6 +250,7 @@ def run_result(args) -> int:
     from bws.node.api import ApiClient, ApiError
     from bws.node.p2p import NetworkError
     from bws.node.roles.data import DataError
+    from bws.templates.errors import TemplateError
 
     api = ApiClient(args.api)
     try:
@@ -254,13 +264,38 @@ def run_result(args) -> int:
         for index, (miner, score) in enumerate(zip(members, scores)):
             mark = "  <- best" if index == best else ""
             print(f"{miner}  test accuracy {score / 10_000:.2f}%{mark}")
+        if args.output is None and args.check is None:
+            return 0
+        model = document.get("latest_models", {}).get(members[best])
+        if model is None:
+            raise ValueError("this node saw no iteration message of the best miner; ask a node of the task's group")
+        tensors = download_tensors(api.get("/status")["address"], bytes.fromhex(model["state_root"]))
         if args.output is not None:
-            model = document.get("latest_models", {}).get(members[best])
-            if model is None:
-                raise ValueError("this node saw no iteration message of the best miner; ask a node of the task's group")
-            tensors = download_tensors(api.get("/status")["address"], bytes.fromhex(model["state_root"]))
             np.savez(args.output, **tensors)
             print(f"best model (iteration {model['iteration'] + 1}, root {model['state_root'][:16]}…) written to {args.output}")
-    except (ApiError, ValueError, NetworkError, DataError, OSError) as error:
+        if args.check is not None:
+            return check_score(args, document, tensors, scores[best])
+    except (ApiError, ValueError, NetworkError, DataError, OSError, TemplateError) as error:
         return _fail(str(error))
     return 0
+
+
+def check_score(args, document: dict, tensors: dict, reported: int) -> int:
+    """Score the downloaded model on the task's test split here; 0 if it equals the evaluator's score."""
+    from bws import engine
+    from bws.engine.commit import unflatten
+    from bws.node.roles.evaluator import SCORE_SCALE
+    from bws.templates.task import load_task, task_data
+
+    definition = load_task(args.check)
+    if definition.to_bytes().hex() != document["task"]["task_definition"]:
+        raise ValueError(f"{args.check} is not the definition this task was submitted with")
+    data = task_data(definition, args.data_dir, test_file=args.test_file)
+    if not data.has_test:
+        raise ValueError("this task's test split is withheld: give the client's --test-file")
+    result = engine.evaluate(definition.model, unflatten(tensors)["params"], data.test_x, data.test_y)
+    score = result["correct"] * SCORE_SCALE // max(result["count"], 1)
+    same = score == reported
+    print(f"checked here: {result['correct']}/{result['count']} = {score / 10_000:.2f}% on the test split; "
+          f"the evaluator reported {reported / 10_000:.2f}%: {'the same' if same else 'DIFFERENT'}")
+    return 0 if same else 1

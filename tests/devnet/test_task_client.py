@@ -2,7 +2,8 @@
 `bws task submit` a task file whose test split is withheld, `bws task reveal`
 refused while the task trains, then `bws task reveal --wait` hands it over in
 evaluation, `bws task status --watch` follows it to the end, `bws task result`
-reads the scores from the chain and downloads the best model over /bws/data/1."""
+reads the scores from the chain and downloads the best model over /bws/data/1,
+and `--check` scores that model again on the client's side: the same score."""
 from __future__ import annotations
 
 import subprocess
@@ -60,6 +61,12 @@ def test_submit_status_result_through_the_cli(tmp_path):
         output = tmp_path / "model.npz"
         result = bws("task", "result", task_id, "--api", best_node.api.url, "--output", str(output))
         assert result.returncode == 0, result.stderr
+        checked = bws("task", "result", task_id, "--api", best_node.api.url, "--check", str(devnet.root / "task.json"),
+                      "--test-file", str(devnet.root / "client_test.npz"))
+        assert checked.returncode == 0, checked.stderr
+        assert "on the test split; the evaluator reported" in checked.stdout and ": the same" in checked.stdout
+        unchecked = bws("task", "result", task_id, "--api", best_node.api.url, "--check", str(devnet.root / "task.json"))
+        assert unchecked.returncode == 1 and "give the client's --test-file" in unchecked.stderr
         model = np.load(output)
         assert any(name.startswith("params/") for name in model.files)
         assert all(model[name].dtype.kind in "iu" for name in model.files)  # fixed-point integers only
