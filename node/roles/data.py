@@ -160,23 +160,27 @@ class TensorCache:
         self.directory = None if directory is None else Path(directory)
         self.max_disk_bytes = max_disk_bytes
         self._entries: OrderedDict[bytes, bytes | dict[str, np.ndarray]] = OrderedDict()
+        self._pinned: set[bytes] = set()   # never dropped: a revealed test split must outlast a miner's states
         self._lock = threading.Lock()
 
-    def put(self, root: bytes, bundle: bytes | dict[str, np.ndarray]) -> None:
+    def put(self, root: bytes, bundle: bytes | dict[str, np.ndarray], pin: bool = False) -> None:
         with self._lock:
             self._entries[bytes(root)] = bundle
             self._entries.move_to_end(bytes(root))
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            if pin:
+                self._pinned.add(bytes(root))
+            while len(self._entries) - len(self._pinned) > self.max_entries:
+                del self._entries[next(r for r in self._entries if r not in self._pinned)]
 
-    def put_tensors(self, tensors: dict[str, np.ndarray], root: bytes | None = None) -> bytes:
-        """Cache a flat bundle given as tensors (kept read-only); returns its root, computed unless given."""
+    def put_tensors(self, tensors: dict[str, np.ndarray], root: bytes | None = None, pin: bool = False) -> bytes:
+        """Cache a flat bundle given as tensors (kept read-only); returns its root, computed unless given.
+        `pin`: never drop it (the LRU bound counts the others)."""
         frozen = {}
         for name, array in tensors.items():
             frozen[name] = np.asarray(array).view()
             frozen[name].flags.writeable = False
         root = tensors_root(frozen) if root is None else bytes(root)
-        self.put(root, frozen)
+        self.put(root, frozen, pin)
         return root
 
     def _latest(self, root: bytes) -> bytes | dict[str, np.ndarray] | None:

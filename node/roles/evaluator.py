@@ -8,11 +8,11 @@ it from its local copy of the dataset and uses it only if its root equals the
 task's `test_set_hash` (the client's commitment). A withheld test split (the
 client's own, `test_split` "withheld") is fetched by that root once the
 client has revealed it (`bws task reveal`, POST /reveal on its node); until
-then the evaluator waits, trying again at every step of the evaluation window. A member's final model is
-the state named by `state_after_root` of the latest IT_RES of that member the
-node has seen, fetched by root; its score is the integer-exact accuracy in
-parts per million (`engine.evaluate`). A member whose model cannot be fetched
-scores 0.
+then the evaluator waits, trying again at every step of the evaluation
+window. A member's final model is the state named by `state_after_root` of
+the latest IT_RES of that member the node has seen, fetched by root; its
+score is the integer-exact accuracy in parts per million
+(`engine.evaluate`). A member whose model cannot be fetched scores 0.
 """
 from __future__ import annotations
 

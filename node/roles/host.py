@@ -148,7 +148,7 @@ class RoleSet:
         """POST /reveal: a withheld test split, served over /bws/data/1 from now on
         if a task committing to its root is in evaluation."""
         task_id, root, tensors = accept_reveal(self.context.chain.head_state, raw)
-        self.context.cache.put_tensors(tensors, root)
+        self.context.cache.put_tensors(tensors, root, pin=True)
         self.context.metrics["test_sets_revealed"] += 1
         logger.info("test split %s… of task %s… revealed", root.hex()[:16], task_id.hex()[:12])
         return {"task_id": task_id.hex(), "test_set_hash": root.hex(),

@@ -97,3 +97,11 @@ def test_a_saved_cache_serves_after_a_restart_within_its_disk_budget(tmp_path):
         os.utime(small.directory / (root.hex() + ".bundle"), (time.time() - age,) * 2)
     kept = sorted(path.name for path in (tmp_path / "small").iterdir())
     assert kept == sorted(root.hex() + ".bundle" for root in roots[1:])   # the oldest went
+
+
+def test_a_pinned_bundle_outlasts_the_least_recently_used_bound():
+    cache = TensorCache(max_entries=2)
+    pinned = cache.put_tensors({"x": np.array([-1], np.int32)}, pin=True)
+    roots = [cache.put_tensors({"x": np.array([i], np.int32)}) for i in range(4)]
+    assert cache.get(pinned) is not None and len(cache) == 3
+    assert [cache.get(root) is not None for root in roots] == [False, False, True, True]
