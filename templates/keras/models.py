@@ -404,8 +404,11 @@ def _inbound_names(entry: dict[str, Any]) -> list[str]:
     for node in nodes:
         if isinstance(node, dict):
             arguments = node.get("args", [])
-            if node.get("kwargs"):
-                raise UnsupportedKerasFeature(f"layer {entry.get('name')!r}: call arguments {sorted(node['kwargs'])} are not supported")
+            keywords = node.get("kwargs", {})
+            if not isinstance(keywords, dict):
+                raise KerasModelError(f"layer {entry.get('name')!r}: an inbound node's kwargs must be an object")
+            if keywords:
+                raise UnsupportedKerasFeature(f"layer {entry.get('name')!r}: call arguments {sorted(keywords)} are not supported")
             for argument in arguments if isinstance(arguments, list) else [arguments]:
                 config = argument.get("config") if isinstance(argument, dict) else None
                 history = config.get("keras_history") if isinstance(config, dict) else None

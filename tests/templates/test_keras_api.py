@@ -183,3 +183,18 @@ def test_set_weights_checks_count_and_shapes_before_the_engine():
         model.set_weights([np.zeros((3, 4)), np.zeros(3)])
     with pytest.raises(KerasModelError, match="NaN"):
         model.set_weights([np.full((4, 3), np.nan), np.zeros(3)])
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (True, KerasModelError, "kwargs must be an object"),
+    ({"training": True}, UnsupportedKerasFeature, r"call arguments \['training'\] are not supported"),
+])
+def test_an_inbound_node_with_call_arguments_is_refused_with_its_fault(kwargs, error, message):
+    """Found by the nightly hypothesis profile: `"kwargs": true` was a TypeError."""
+    path = os.path.join(os.path.dirname(__file__), "fixtures", "keras3_mlp_functional.json")
+    with open(path, encoding="utf-8") as f:
+        document = json.load(f)
+    layer = next(entry for entry in document["config"]["layers"] if entry["inbound_nodes"])
+    layer["inbound_nodes"][0]["kwargs"] = kwargs
+    with pytest.raises(error, match=message):
+        keras.models.model_from_json(json.dumps(document))
