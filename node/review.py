@@ -646,8 +646,8 @@ def read_vectors(vector_dir: Path) -> list[dict]:
 # ---------------------------------------------------------------------------
 # Reading the spec's source: definitions in order
 # ---------------------------------------------------------------------------
-SPEC_READING_ORDER = ("constants", "presets", "types", "encoding", "containers", "hashing", "crypto", "pouw",
-                      "tasks", "state_transition", "genesis", "fork_choice")
+SPEC_READING_ORDER = ("constants", "presets", "types", "encoding", "containers", "hashing", "crypto", "primitives",
+                      "pouw", "tasks", "state_transition", "genesis", "fork_choice")
 """Modules in the order a reader meets them; any other spec module comes after, by path."""
 
 

@@ -305,8 +305,8 @@ class Chain:
             # Every block reaching here passed precheck_block (import_block runs it
             # first; a reorg's side blocks ran it when they arrived).
             if self.replay is None:
-                return trusting_transition(state, block, prechecked=True)
-            return state_transition(state, block, self.replay, prechecked=True)
+                return trusting_transition(state, block)
+            return state_transition(state, block, self.replay)
         finally:
             self.metrics["transition_seconds"] += time.perf_counter() - started
             self.metrics["transitions"] += 1

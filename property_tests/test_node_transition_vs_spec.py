@@ -2,8 +2,9 @@
 
 Model: the spec's `state_transition` and `apply_transaction`
 (spec/state_transition.py). System under test: the node's
-(node/transition.py: shallow state copies, libsecp256k1 signatures, skipped
-when `prechecked`, the incremental state root). Both start from the toy
+(node/transition.py: the spec's rules on the node's primitives: shallow state
+copies, libsecp256k1 signatures with remembered verdicts, the incremental
+state root). Both start from the toy
 chain's genesis (`ToyChain`: real keys, signatures, commitments and a real
 toy training step to replay) and keep a tree of valid blocks, each with the
 spec's post-state and the node's (so the node's states are the node's own
@@ -17,7 +18,7 @@ on the genesis task or on a client task in training; mutate blocks (state
 root, signatures, height, timestamp, target, nonce, dropped transaction);
 and apply single transactions and mempool-like sequences (the miner's use of
 `apply_transaction`). Each block is judged by the spec, by the node, and, when
-`precheck_block` passes it, by the node with `prechecked`. After every step:
+`precheck_block` passes it, by the node again with the verdicts precheck left. After every step:
 
 - the verdicts agree, and an invalid block or transaction has the spec's reason;
 - a valid block's node post-state equals the spec's, and the node's
@@ -123,12 +124,12 @@ class TransitionVersusSpec(RuleBasedStateMachine):
         except BlockRejected as error:
             note(f"precheck: {error.reason}")
         else:
-            node = outcome(lambda: N.state_transition(node_state, block, TOY.replay, prechecked=True))
+            node = outcome(lambda: N.state_transition(node_state, block, TOY.replay))
             self._same(node, spec, "prechecked block")
         if spec[0] is not None:
             # A node that replays nothing (no verifier role) reaches the same state from the same valid
             # block: claimed roots for iterations, the state root's outcome for fraud proofs.
-            trusting = outcome(lambda: N.trusting_transition(node_state, block, prechecked=True))
+            trusting = outcome(lambda: N.trusting_transition(node_state, block))
             self._same(trusting, spec, "block without replay")
             self.tree.append((block, spec[0], node[0]))
             for signed in block.transactions:

@@ -26,9 +26,10 @@ from .constants import (
 from .containers import (
     BlockHeader, ChainConfig, CommittedHeader, IterationMessage, IterationWork, SignedIterationMessage, Task,
 )
-from .crypto import compute_address, get_public_key, is_valid_signature, sign
+from .crypto import compute_address, get_public_key, sign
 from .encoding import encode
 from .hashing import hash_bytes, hash_object
+from .primitives import get_primitives
 from .types import Hash32, Work
 
 
@@ -54,8 +55,8 @@ def sign_iteration_message(secret_key: bytes, message: IterationMessage) -> Sign
 def is_valid_signed_iteration_message(signed: SignedIterationMessage) -> bool:
     """Whether the message is signed by the key of the miner it names."""
     return (compute_address(signed.public_key) == signed.message.work.miner
-            and is_valid_signature(signed.public_key, compute_iteration_message_signing_root(signed.message),
-                                   signed.signature))
+            and get_primitives().is_valid_signature(
+                signed.public_key, compute_iteration_message_signing_root(signed.message), signed.signature))
 
 
 def compute_nonce_seed(work: IterationWork) -> Hash32:

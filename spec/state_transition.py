@@ -11,8 +11,11 @@ A block is applied as a visible chain of steps, each a small function:
     process_difficulty      retarget every retarget_interval blocks
     state root              must equal the header's (in state_transition)
 
-Any failed `assert` makes the block invalid; `state_transition` turns it
-into `InvalidBlock(reason)` and leaves the caller's state untouched.
+Any failed `assert` makes the block invalid, and so does any other exception
+raised while processing it (consensus-specs' rule: no input crashes a node);
+`state_transition` turns it into `InvalidBlock(reason)` and leaves the
+caller's state untouched. Signatures, the state root and the copy of the
+state are primitives (spec/primitives.py) that a node may run faster.
 
 Threats stopped here:
 - *Double spends*: a transaction spends from a balance that must cover it,
@@ -29,7 +32,6 @@ Threats stopped here:
   (`next_minable_iteration`), so one iteration mines at most one block.
 - *Fake iterations*: replay in `process_pouw`, and FraudProof disputes.
 """
-import copy
 import dataclasses
 from typing import Callable
 
@@ -45,9 +47,10 @@ from .containers import (
     IterationMessage, ReplayResult, SignedTransaction, Stake, StakeBalance, StakeKey, State, SubmitTask, Task,
     Transaction, Transfer, Unstake,
 )
-from .crypto import compute_address, get_public_key, is_valid_signature, sign
-from .encoding import encode, get_fields, is_map_type
+from .crypto import compute_address, get_public_key, sign
+from .encoding import encode
 from .hashing import ZERO_HASH, compute_merkle_root, hash_bytes, hash_object, is_valid_merkle_proof
+from .primitives import compute_state_root, get_primitives
 from .pouw import (
     compute_header_commitment, compute_message_digest, compute_nonce, compute_nonce_seed, get_nonce_allowance,
     is_valid_pow, is_valid_signed_iteration_message,
@@ -102,23 +105,6 @@ NumPy reference (spec/reference) each provide a replay."""
 # ---------------------------------------------------------------------------
 # Roots
 # ---------------------------------------------------------------------------
-def compute_map_root(value: dict, map_type: type) -> Root:
-    """Merkle root of a map's entries, each leaf hash(encode(key) ‖ encode(value)), by key encoding."""
-    leaves = sorted(encode(k, map_type.KEY) + encode(v, map_type.VALUE) for k, v in value.items())
-    return Root(compute_merkle_root([hash_bytes(leaf) for leaf in leaves]))
-
-
-def compute_state_root(state: State) -> Root:
-    """Merkle root over the state's fields in declaration order: a map field's
-    leaf is its map root (so an account can be proven by a Merkle path), any
-    other field's leaf is the hash of its encoding."""
-    leaves = []
-    for name, typ in get_fields(State):
-        value = getattr(state, name)
-        leaves.append(compute_map_root(value, typ) if is_map_type(typ) else hash_bytes(encode(value, typ)))
-    return Root(compute_merkle_root(leaves))
-
-
 def compute_transactions_root(transactions) -> Root:
     """Merkle root of the hashes of a block's transactions, in block order."""
     return Root(compute_merkle_root([hash_object(tx) for tx in transactions]))
@@ -172,7 +158,7 @@ def process_block_header(state: State, block: Block) -> None:
     timestamp, the expected target, and the transactions' root."""
     header = block.header
     assert header.height == state.height + 1, f"height {header.height} does not follow {state.height}"
-    parent = dataclasses.replace(state.latest_block_header, state_root=compute_state_root(state))
+    parent = dataclasses.replace(state.latest_block_header, state_root=get_primitives().compute_state_root(state))
     assert header.parent_hash == hash_object(parent), "parent hash is not the hash of the latest block"
     assert header.timestamp > parent.timestamp, "timestamp not after the parent's"
     assert header.target == state.target, f"target is not the expected {state.target:#x}"
@@ -216,11 +202,10 @@ def process_difficulty(state: State, block: Block) -> None:
 # ---------------------------------------------------------------------------
 def process_stake_releases(state: State) -> None:
     """Stakes whose release height is reached are paid back to their owners."""
-    for key in sorted(state.stakes, key=encode):
-        stake = state.stakes[key]
-        if stake.release_height != 0 and stake.release_height <= state.height:
-            del state.stakes[key]
-            increase_balance(state, key.owner, stake.amount)
+    released = [key for key, stake in state.stakes.items()
+                if stake.release_height != 0 and stake.release_height <= state.height]
+    for key in released:
+        increase_balance(state, key.owner, state.stakes.pop(key).amount)
 
 
 def process_task_lifecycle(state: State, block: Block) -> None:
@@ -368,8 +353,8 @@ def process_transaction(state: State, signed: SignedTransaction, fee_recipient: 
     transaction = signed.transaction
     assert transaction.chain_id == state.config.chain_id, "wrong chain id"
     assert compute_address(signed.public_key) == transaction.sender, "public key is not the sender's"
-    assert is_valid_signature(signed.public_key, compute_transaction_signing_root(transaction), signed.signature), \
-        "bad signature"
+    assert get_primitives().is_valid_signature(
+        signed.public_key, compute_transaction_signing_root(transaction), signed.signature), "bad signature"
     account = state.accounts.get(transaction.sender)
     assert account is not None, "unknown sender"
     assert transaction.nonce == account.nonce, f"nonce {transaction.nonce} is not the expected {account.nonce}"
@@ -585,6 +570,13 @@ def process_dispute(state: State, transaction: Transaction, dispute: Dispute, re
 # ---------------------------------------------------------------------------
 # The transition
 # ---------------------------------------------------------------------------
+def get_failure_reason(error: Exception) -> str:
+    """Why processing failed: a failed assert's message, else the exception's kind and message."""
+    if isinstance(error, AssertionError):
+        return str(error) or "assertion failed"
+    return f"{type(error).__name__}: {error}"
+
+
 def process_block(state: State, block: Block, replay: Replay) -> None:
     """Apply `block` to `state` in place (asserts on any broken rule), up to the state root check."""
     process_block_header(state, block)
@@ -601,22 +593,25 @@ def state_transition(state: State, block: Block, replay: Replay) -> State:
     post-state of the block's parent (the parent hash is checked against it)
     and is not modified. The header's state root must be the root of the
     result; nothing in the result depends on the header's state root, so a
-    miner computes it by `process_block` on a copy before filling it in."""
-    post = copy.deepcopy(state)
+    miner computes it by `process_block` on a copy before filling it in.
+    Any exception while processing the block makes it invalid (the reason
+    names it), a failed `assert` being the usual one: no input crashes a node."""
+    post = get_primitives().copy_state(state)
     try:
         process_block(post, block, replay)
-        assert block.header.state_root == compute_state_root(post), "state root mismatch"
-    except AssertionError as error:
-        raise InvalidBlock(str(error) or "assertion failed") from None
+        assert block.header.state_root == get_primitives().compute_state_root(post), "state root mismatch"
+    except Exception as error:
+        raise InvalidBlock(get_failure_reason(error)) from None
     return post
 
 
 def apply_transaction(state: State, signed: SignedTransaction, fee_recipient: Address, replay: Replay) -> State:
     """The state after one transaction outside a block (mempool checks and test
-    vectors), or InvalidTransaction(reason). `state` is not modified."""
-    post = copy.deepcopy(state)
+    vectors), or InvalidTransaction(reason), for any exception as in
+    `state_transition`. `state` is not modified."""
+    post = get_primitives().copy_state(state)
     try:
         process_transaction(post, signed, fee_recipient, replay)
-    except AssertionError as error:
-        raise InvalidTransaction(str(error) or "assertion failed") from None
+    except Exception as error:
+        raise InvalidTransaction(get_failure_reason(error)) from None
     return post
