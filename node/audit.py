@@ -55,7 +55,7 @@ from bws.spec.hashing import compute_tensors_root, hash_bytes
 from bws.spec.pouw import compute_message_digest
 
 from .roles.data import FOUND, NOT_FOUND, encode_tensors
-from .roles.library import LoadedTask, tree
+from .roles.library import LoadedTask, at_iteration, tree
 from .transition import claimed_result
 
 logger = logging.getLogger("bws.node.audit")
@@ -160,7 +160,10 @@ class IterationInputs:
 
 def load_inputs(source: AuditSource, loaded: LoadedTask, signed: C.SignedIterationMessage) -> IterationInputs:
     work = signed.message.work
-    state_before = source.fetch_tensors(bytes(work.state_before_root))
+    try:
+        state_before = at_iteration(source.fetch_tensors(bytes(work.state_before_root)), int(work.iteration))
+    except ValueError as error:
+        raise AuditError(str(error)) from None
     updates = [source.fetch_tensors(bytes(root)) for root in work.peer_update_roots]
     index = int(work.batch_index)
     if index >= len(loaded.batch_roots) or loaded.batch_roots[index] != bytes(work.batch_root):

@@ -56,7 +56,7 @@ NODE_BALANCE = 1000 * COIN
 CLIENT_BALANCE = 10_000 * COIN
 TASK_PAYMENT = 1000 * COIN
 TRANSACTION_FEE = 1000
-BOOTSTRAP_ITERATIONS = 10**9
+BOOTSTRAP_ITERATIONS = 4000  # per node: at most 4 a second (the miner's BOOTSTRAP_INTERVAL_SECONDS), in its turns
 BOOTSTRAP_DEADLINE = 2**62
 START_TIMEOUT_SECONDS = 180.0
 NODE_ROLES = ("peer", "verifier", "miner", "supervisor", "evaluator")
@@ -155,13 +155,22 @@ def group_size_for(nodes: int) -> int:
 
 
 def build_task(options: DevnetOptions, test_file: str | None = None):
+    """The client task's definition: enough epochs of the dataset for every member's iterations."""
+    return _make_task(options, group_size_for(options.nodes) * options.iterations, test_file)
+
+
+def build_bootstrap_task(options: DevnetOptions):
+    """The bootstrap tasks' definition: enough epochs for BOOTSTRAP_ITERATIONS (each batch is trained once)."""
+    return _make_task(options, BOOTSTRAP_ITERATIONS)
+
+
+def _make_task(options: DevnetOptions, batches: int, test_file: str | None = None):
+    """The devnet's template on its dataset, with the fewest epochs that hold `batches` batches."""
     from bws.templates import jobs
 
-    group = group_size_for(options.nodes)
     sample = jobs.make_task(options.template, options.dataset, epochs=1, batch_size=options.batch_size,
                             learning_rate=options.learning_rate, data_dir=options.dataset_dir, init_seed=options.seed)
-    per_epoch = sample.dataset["num_batches"]
-    epochs = max(1, math.ceil(group * options.iterations / per_epoch))
+    epochs = max(1, math.ceil(batches / sample.dataset["num_batches"]))
     return jobs.make_task(options.template, options.dataset, epochs=epochs, batch_size=options.batch_size,
                           learning_rate=options.learning_rate, data_dir=options.dataset_dir, init_seed=options.seed,
                           test_file=test_file)
@@ -192,7 +201,9 @@ def evaluation_deadline(height: int, iterations: int) -> int:
 
 def make_genesis(nodes: list[DevnetNode], client: Account, definition, timestamp: int,
                  miner_tickets: dict[bytes, int] | None = None) -> C.GenesisConfig:
-    """`miner_tickets`: miner stakes of that many tickets for some addresses (default one each)."""
+    """`definition`: the bootstrap tasks' (each node trains each of its batches
+    once, alone); `miner_tickets`: miner stakes of that many tickets for some
+    addresses (default one each)."""
     dataset = definition.dataset
     tickets = miner_tickets or {}
     stakes = [C.GenesisStake(owner=n.account.address, role=role,
@@ -202,7 +213,7 @@ def make_genesis(nodes: list[DevnetNode], client: Account, definition, timestamp
                                                  (ROLE_EVALUATOR, DEVNET.evaluator_ticket_price))]
     bootstrap = [C.GenesisTask(client=bytes(20), task_definition=definition.to_bytes(),
                                dataset_root=bytes.fromhex(dataset["batches_root"]), num_batches=dataset["num_batches"],
-                               test_set_hash=bytes.fromhex(dataset["test_root"]), iterations=BOOTSTRAP_ITERATIONS,
+                               test_set_hash=bytes.fromhex(dataset["test_root"]), iterations=dataset["num_batches"],
                                evaluation_deadline=BOOTSTRAP_DEADLINE, payment=0, members=[n.account.address],
                                supervisors=[], evaluators=[]) for n in nodes]
     accounts = [C.GenesisAccount(address=client.address, balance=CLIENT_BALANCE)] + [
@@ -271,7 +282,7 @@ class Devnet:
             (observer.data_dir / P2P_KEY_FILE).write_bytes(observer.p2p_key)
             self.observers.append(observer)
         (self.root / "password.txt").write_text(DEVNET_PASSWORD)
-        genesis = make_genesis(self.nodes, self.client_account, definition, int(time.time()),
+        genesis = make_genesis(self.nodes, self.client_account, build_bootstrap_task(self.options), int(time.time()),
                                miner_tickets(self.nodes, self.options.byzantine))
         write_genesis(self.root / "genesis.json", genesis)
         (self.root / "task.json").write_bytes(definition.to_bytes())

@@ -54,13 +54,14 @@ TOY_MODEL = {"input_shape": [3], "layers": [{"type": "dense", "units": 4, "activ
              "loss": {"type": "mse"}, "optimizer": {"type": "sgd", "learning_rate": 0.01, "momentum": 0.0,
                                                      "nesterov": False}, "slices": 2}
 TOY_BATCH_SIZE = 4
-TOY_NUM_BATCHES = 8
+TOY_NUM_BATCHES = 1200
+TOY_GENESIS_ITERATIONS = 400  # x 3 members: every batch trained once
 TOY_CONFIG = dataclasses.replace(DEVNET, initial_target=2**255, work_units_per_nonce=48)
 """Devnet with a target any second hash meets and an allowance of 3 nonces
 for the toy task, so a test chain mines a block every iteration or two."""
 
 
-def toy_task_definition(iterations: int = 1000) -> bytes:
+def toy_task_definition(iterations: int = TOY_GENESIS_ITERATIONS) -> bytes:
     """Canonical JSON of the toy task (what bws.templates would produce for it)."""
     definition = {"dataset": {"batch_size": TOY_BATCH_SIZE, "name": "toy"}, "iterations": iterations,
                   "model": TOY_MODEL, "template": "toy"}
@@ -69,11 +70,13 @@ def toy_task_definition(iterations: int = 1000) -> bytes:
 
 def toy_iteration(state: dict, batch: dict, peer_updates: list[dict]) -> tuple[dict, dict]:
     """One toy training step on int32 tensors: update = (Σx - n·w) >> 3, the
-    new weights are w + update + Σ peer updates. Returns (new state, update)."""
+    new weights are w + update + Σ peer updates, the step counter grows by one.
+    Returns (new state, update)."""
     weights, x = state["w"], batch["x"]
     update = (x.sum(axis=0, dtype=np.int64) - x.shape[0] * weights.astype(np.int64)) >> 3
     new_weights = weights.astype(np.int64) + update + sum((u["w"].astype(np.int64) for u in peer_updates), 0)
-    return {"w": new_weights.astype(np.int32)}, {"w": update.astype(np.int32)}
+    return ({"w": new_weights.astype(np.int32), "step": np.asarray(state["step"] + 1, np.int32)},
+            {"w": update.astype(np.int32)})
 
 
 class ToyData:
@@ -94,9 +97,11 @@ class ToyData:
         return self.by_root[root]
 
     def replay(self, task: C.Task, message: C.IterationMessage) -> C.ReplayResult:
-        """The toy replay: fetch the inputs by root, run toy_iteration, return the roots."""
+        """The toy replay: fetch the inputs by root, run toy_iteration as step
+        `work.iteration` (the spec's `Replay`), return the roots."""
         work = message.work
-        new_state, update = toy_iteration(self.get(work.state_before_root), self.get(work.batch_root),
+        state = {**self.get(work.state_before_root), "step": np.asarray(work.iteration, np.int32)}
+        new_state, update = toy_iteration(state, self.get(work.batch_root),
                                           [self.get(root) for root in work.peer_update_roots])
         return C.ReplayResult(update_root=compute_tensors_root(update), state_after_root=compute_tensors_root(new_state))
 
@@ -124,7 +129,7 @@ class ToyChain:
                    for b in range(TOY_NUM_BATCHES)]
         self.batch_roots = [self.data.put(batch) for batch in batches]
         self.dataset_root = compute_merkle_root(self.batch_roots)
-        self.initial_state_root = self.data.put({"w": np.zeros(3, dtype=np.int32)})
+        self.initial_state_root = self.data.put({"w": np.zeros(3, dtype=np.int32), "step": np.asarray(0, np.int32)})
         self.test_set_hash = hash_bytes(b"toy withheld test set")
         self.iteration_cache: dict = {}
         a = self.address
@@ -136,7 +141,7 @@ class ToyChain:
                C.GenesisStake(owner=a["eve"], role=ROLE_EVALUATOR, amount=100 * COIN)],
             tasks=[C.GenesisTask(
                 client=a["client"], task_definition=toy_task_definition(), dataset_root=self.dataset_root,
-                num_batches=TOY_NUM_BATCHES, test_set_hash=self.test_set_hash, iterations=1000,
+                num_batches=TOY_NUM_BATCHES, test_set_hash=self.test_set_hash, iterations=TOY_GENESIS_ITERATIONS,
                 evaluation_deadline=10**6, payment=0, members=[a["alice"], a["bob"], a["carol"]],
                 supervisors=[a["sam"]], evaluators=[a["eve"]])],
         )
@@ -565,11 +570,6 @@ def generate_vectors() -> list[dict]:
     forged("block/miner-slashed", c.iteration_work(c.genesis_task_id, alice_task, alice_next, 0),
            c.iteration_work(c.genesis_task_id, alice_task, alice_next - k_lag, 0), "miner was slashed in this task",
            miner="alice", header=c.header_template(s_slashed, b_slashed, "alice"), pre=s_slashed)
-    released, parent = c.extend(s1, b1, "bob", [c.transaction(s1, "carol", C.Unstake(role=ROLE_MINER))])
-    while C.StakeKey(owner=a["carol"], role=ROLE_MINER) in released.stakes:
-        released, parent = c.extend(released, parent, ("alice", "bob")[released.height % 2])
-    block("block/miner-stake-released", released, c.mine(released, parent, "carol", seal=False),
-          "no stake left", description="carol unstaked and was paid back: her work has nothing left to answer for it")
     forged("block/iteration-beyond-task", dataclasses.replace(work_of(i), iteration=1000),
            dataclasses.replace(work_of(i - 1), iteration=999), "beyond the task's iterations")
     s_after = state_transition(s1, valid, c.replay)
@@ -609,6 +609,44 @@ def generate_vectors() -> list[dict]:
     forged("block/inputs-withheld", tampered_with_pow("state_before_root"), work_of(i - 1), "unavailable", description="data withholding: the verifier cannot fetch the state before")
     block("block/invalid-transaction", s1,
           c.mine(s1, b1, "bob", [c.transaction(s1, "alice", transfer, nonce=3)], seal=False), "transaction 0: nonce")
+
+    # --- attacks (issue codes: each refused case next to the honest one) ---------
+    def relabelled(work: C.IterationWork, iteration: int) -> C.IterationWork:
+        """`work`'s training step claimed as `iteration`: the state, batch and peers of `work`, the roots its step gives."""
+        before = {**c.data.get(work.state_before_root), "step": np.asarray(work.iteration, np.int32)}
+        new_state, update = toy_iteration(before, c.data.get(work.batch_root),
+                                          [c.data.get(root) for root in work.peer_update_roots])
+        return dataclasses.replace(work, iteration=iteration, update_root=c.data.put(update),
+                                   state_after_root=c.data.put(new_state))
+
+    def meeting_target(works) -> tuple[C.IterationWork, C.IterationWork]:
+        """The first (work, commitment work) pair whose nonces meet the target (a cheat grinds for it)."""
+        for work in works:
+            if c.forge(s1, template, "bob", work, work_of(work.iteration - 1)) is not None:
+                return work, work_of(work.iteration - 1)
+        raise ReviewError("no candidate meets the target")
+
+    block("attacks/c1-honest-step", s1, valid, description="bob's honest iteration: valid")
+    claimed = meeting_target(dataclasses.replace(
+        relabelled(work_of(i), later), batch_index=work_of(later).batch_index, batch_root=work_of(later).batch_root,
+        batch_proof=work_of(later).batch_proof) for later in range(i + 1, i + 64))
+    forged("attacks/c1-step-claimed-at-another-iteration", *claimed, "replay does not reproduce",
+           description="bob's step of iteration i (its state and update) claimed at a later iteration with that "
+                       "iteration's batch: the replay trains the later iteration on its own batch and step")
+    counted = meeting_target(dataclasses.replace(work_of(i), state_after_root=relabelled(
+        dataclasses.replace(work_of(i), iteration=step), i).state_after_root) for step in range(i + 1, i + 64))
+    forged("attacks/c1-step-counter-not-the-iteration", *counted, "replay does not reproduce",
+           description="the right batch and state, trained with another step count: the replay runs step i")
+    wrapping = c.submit_task_body(group_size=2, iterations=TOY_NUM_BATCHES // 2 + 1)
+    tx("attacks/c1-task-wraps-its-batches", s1, "client", wrapping, "each batch is trained once",
+       description="iterations x group size above the dataset's batches: a batch would be dealt twice")
+    tx("attacks/c1-task-fits-its-batches", s1, "client",
+       c.submit_task_body(group_size=2, iterations=TOY_NUM_BATCHES // 2),
+       description="iterations x group size = the dataset's batches: valid")
+    tx("attacks/m1-member-unstakes", s1, "carol", C.Unstake(role=ROLE_MINER), "locked while its owner is a member",
+       description="carol holds a seat in the open genesis task: her miner stake stays to answer for her work")
+    tx("attacks/m1-non-member-unstakes", s1, "frank", C.Unstake(role=ROLE_MINER),
+       description="frank holds no seat: his stake is released after the lock period")
     return out.vectors
 
 

@@ -50,6 +50,7 @@ EVALUATORS_PER_TASK = 1
 MAX_MERKLE_DEPTH = 32         # dataset of at most 2**32 batches
 MAX_MAP_ENTRIES = 2**32 - 1   # accounts, stakes, tasks
 MAX_GENESIS_ENTRIES = 4096
+MAX_TASK_ITERATIONS = 2**31 - 1  # the replayed model state counts its steps in an int32
 
 # Fee split of a finalized task, in basis points of the escrowed payment;
 # the rest goes to the group's miners in proportion to their recorded iterations.

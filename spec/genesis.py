@@ -11,11 +11,11 @@ its genesis (docs/spec.md).
 """
 import dataclasses
 
-from .constants import DOMAIN_TASK_ID, ROLES, TASK_TRAINING
+from .constants import DOMAIN_TASK_ID, MAX_TASK_ITERATIONS, ROLES, TASK_TRAINING
 from .containers import Account, Block, BlockHeader, GenesisConfig, Member, StakeBalance, StakeKey, State, Task
 from .hashing import ZERO_HASH, hash_bytes, hash_object
 from .state_transition import compute_block_hash, compute_state_root, compute_transactions_root
-from .tasks import TaskDefinitionError, compute_work_units
+from .tasks import TaskDefinitionError, compute_work_units, is_dataset_large_enough
 from .types import Address, Hash32, TaskId
 
 
@@ -53,6 +53,10 @@ def get_genesis_task(genesis: GenesisConfig, task_index: int) -> tuple:
         raise InvalidGenesis(f"genesis task {task_index}: needs members, and distinct seats")
     if genesis_task.num_batches == 0 or genesis_task.iterations == 0 or work_units == 0:
         raise InvalidGenesis(f"genesis task {task_index}: needs batches, iterations and work")
+    if not is_dataset_large_enough(genesis_task.iterations, len(genesis_task.members), genesis_task.num_batches):
+        raise InvalidGenesis(f"genesis task {task_index}: {genesis_task.iterations} iterations of "
+                             f"{len(genesis_task.members)} members do not fit {genesis_task.num_batches} batches "
+                             f"(each batch is trained once, at most {MAX_TASK_ITERATIONS} iterations)")
     task = Task(
         client=genesis_task.client, task_definition=genesis_task.task_definition, work_units=work_units,
         dataset_root=genesis_task.dataset_root, num_batches=genesis_task.num_batches,

@@ -57,6 +57,7 @@ from .pouw import (
 )
 from .tasks import (
     TaskDefinitionError, compute_batch_index, compute_group, compute_task_id, compute_work_units, get_member_index,
+    is_dataset_large_enough,
 )
 from .types import Address, Hash32, Root
 
@@ -94,9 +95,11 @@ Given the task (its definition names the model, optimizer and dataset) and
 the message, a replay takes as inputs exactly what the message commits to:
 the model state whose root is `work.state_before_root`, the batch whose root
 is `work.batch_root`, and the updates whose roots are `work.peer_update_roots`
-(summed, in any order); it runs one training iteration of the task's model
-on them and returns the root of the update it computes and of the new model
-state. The spec compares both with `work.update_root` and
+(summed, in any order); it runs training iteration number `work.iteration`
+of the task's model on them (the state's step counter is set to
+`work.iteration` whatever the fetched state holds: the iteration number is an
+input of the computation, so a step replays as one iteration number only) and
+returns the root of the update it computes and of the new model state. The spec compares both with `work.update_root` and
 `work.state_after_root`; a single differing bit makes the block invalid. The
 loss is informational and not compared. The engine (bws.engine) and the
 NumPy reference (spec/reference) each provide a replay."""
@@ -398,13 +401,23 @@ def process_stake(state: State, transaction: Transaction, stake: Stake) -> None:
     state.stakes[key] = StakeBalance(amount=current.amount + stake.amount, release_height=0)
 
 
+def is_member_of_open_task(state: State, address: Address) -> bool:
+    """Whether `address` holds a seat in the group of a task that has not ended."""
+    return any(task.status not in TERMINAL_TASK_STATUSES and get_member_index(task, address) is not None
+               for task in state.tasks.values())
+
+
 def process_unstake(state: State, transaction: Transaction, unstake: Unstake) -> None:
     """Start releasing the sender's stake for a role; it stops counting as
-    tickets now, and can still be slashed until paid back after stake_lock_period."""
+    tickets now, and can still be slashed until paid back after stake_lock_period.
+    A group member's miner stake stays locked until its task ends: else it could
+    unstake, wait out the lock, re-stake dust and keep mining with nothing to slash."""
     key = StakeKey(owner=transaction.sender, role=unstake.role)
     stake = state.stakes.get(key)
     assert stake is not None, "no stake for this role"
     assert stake.release_height == 0, "stake already being released"
+    assert unstake.role != ROLE_MINER or not is_member_of_open_task(state, transaction.sender), \
+        "miner stake is locked while its owner is a member of an open task"
     state.stakes[key] = dataclasses.replace(stake, release_height=state.height + state.config.stake_lock_period)
 
 
@@ -421,6 +434,8 @@ def process_submit_task(state: State, transaction: Transaction, submit: SubmitTa
     assert submit.num_batches > 0, "dataset without batches"
     assert 1 <= submit.group_size <= MAX_GROUP_SIZE, f"group size not in [1, {MAX_GROUP_SIZE}]"
     assert submit.iterations > config.header_commitment_lag, "too few iterations to mine any block"
+    assert is_dataset_large_enough(submit.iterations, submit.group_size, submit.num_batches), \
+        "iterations x group size exceed the dataset's batches (each batch is trained once)"
     assert submit.evaluation_deadline > state.height + 1 + config.training_start_delay + config.evaluation_period, \
         "evaluation deadline too early"
     assert submit.payment > 0, "task without payment"

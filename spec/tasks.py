@@ -25,7 +25,7 @@ import json
 import math
 
 from .constants import (
-    DOMAIN_GROUP_SELECTION, DOMAIN_TASK_ID, EVALUATORS_PER_TASK, ROLE_EVALUATOR, ROLE_MINER,
+    DOMAIN_GROUP_SELECTION, DOMAIN_TASK_ID, EVALUATORS_PER_TASK, MAX_TASK_ITERATIONS, ROLE_EVALUATOR, ROLE_MINER,
     ROLE_SUPERVISOR, SUPERVISORS_PER_TASK, WORK_PASSES_PER_ITERATION,
 )
 from .containers import ChainConfig, Member, State, Task
@@ -153,8 +153,20 @@ def compute_work_units(task_definition: bytes) -> int:
 
 def compute_batch_index(task: Task, iteration: int, member_index: int) -> int:
     """The batch member `member_index` trains on at `iteration`: the task's
-    batches in order, dealt round-robin to the members, wrapping around."""
-    return (iteration * task.group_size + member_index) % task.num_batches
+    batches in order, dealt round-robin to the members. It never wraps around
+    (`is_dataset_large_enough`): each batch is trained on once, so one training
+    step fits one (member, iteration) only."""
+    return iteration * task.group_size + member_index
+
+
+def is_dataset_large_enough(iterations: int, group_size: int, num_batches: int) -> bool:
+    """Whether `iterations` of a group of `group_size` fit the dataset without
+    training on a batch twice. Threat stopped: *one step, many iterations* —
+    if the schedule wrapped, a step on batch b would be the same computation at
+    every iteration dealt b, and where the optimizer does not depend on the
+    step (SGD; Adam once its bias corrections reach 1) it would earn nonces at
+    each of them for one replayed training step."""
+    return 0 < iterations <= MAX_TASK_ITERATIONS and iterations * group_size <= num_batches
 
 
 # ---------------------------------------------------------------------------

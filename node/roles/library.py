@@ -15,6 +15,7 @@ import numpy as np
 from bws import engine
 from bws.engine import commit
 from bws.spec import containers as C
+from bws.spec.constants import MAX_TASK_ITERATIONS
 from bws.spec.hashing import hash_bytes
 from bws.templates.errors import TemplateError
 from bws.templates.task import TaskData, TaskDefinition, batch_root, parse_task, require_chain_template, task_data
@@ -83,6 +84,15 @@ class LoadedTask:
 def flat(tree: dict) -> dict[str, np.ndarray]:
     """A pytree (state or update) as the flat {name: array} its root commits to."""
     return commit.flatten(jax.device_get(tree))
+
+
+def at_iteration(state: dict[str, np.ndarray], iteration: int) -> dict[str, np.ndarray]:
+    """A fetched flat state as the spec's replay runs iteration `iteration` on
+    it: its step counter set to the iteration (spec/state_transition.py
+    `Replay`), so one training step replays as one iteration number only."""
+    if not 0 <= iteration <= MAX_TASK_ITERATIONS:
+        raise ValueError(f"iteration {iteration} is not a step the engine counts (at most {MAX_TASK_ITERATIONS})")
+    return {**state, "step": np.asarray(iteration, np.int32)}
 
 
 def tree(flat_tensors: dict[str, np.ndarray]) -> dict:

@@ -42,7 +42,7 @@ from ..transition import claimed_result, is_signed_iteration_message_valid
 from .context import DATA_REQUEST_TIMEOUT, RoleContext, RoleError
 from .data import DataError, bundle_root
 from .disputes import Disputes
-from .library import LoadedTask, TaskUnavailable, flat, tree
+from .library import LoadedTask, TaskUnavailable, at_iteration, flat, tree
 
 logger = logging.getLogger("bws.node.roles.verifier")
 
@@ -56,9 +56,9 @@ def replay_inputs(context: RoleContext, task: C.Task, work: C.IterationWork) -> 
     peer = context.messages.peer_of(bytes(work.miner))
     try:
         loaded = context.library.load(task)
-        state = context.fetch_tensors(bytes(work.state_before_root), peer)
+        state = at_iteration(context.fetch_tensors(bytes(work.state_before_root), peer), int(work.iteration))
         updates = [context.fetch_tensors(bytes(root), peer) for root in work.peer_update_roots]
-    except (TaskUnavailable, RoleError, DataError) as error:
+    except (TaskUnavailable, RoleError, DataError, ValueError) as error:
         raise ReplayUnavailable(str(error)) from None
     if int(work.batch_index) >= len(loaded.batch_roots):
         raise ReplayUnavailable(f"batch index {work.batch_index} beyond the task's {len(loaded.batch_roots)} batches")

@@ -73,12 +73,12 @@ def setup():
 
 
 def claim(setup, state_after: dict, update: dict, applied: list, transform=None, cheated=False, account=None):
-    """The miner's signed message for iteration 1 (batch 0, one peer update)
+    """The miner's signed message for iteration 0 (batch 0, one peer update)
     claiming `update` and `state_after`, its audit server, and the source."""
     loaded = setup.loaded
     tensors = {bundle_root(t): t for t in (setup.state0, setup.peer_update, update, state_after)}
     work = C.IterationWork(
-        task_id=setup.task_id, iteration=1, miner=setup.miner.address, state_before_root=bundle_root(setup.state0),
+        task_id=setup.task_id, iteration=0, miner=setup.miner.address, state_before_root=bundle_root(setup.state0),
         batch_index=0, batch_root=loaded.batch_roots[0], batch_proof=loaded.batch_proof(0),
         peer_update_roots=[bundle_root(setup.peer_update)], update_root=bundle_root(update),
         state_after_root=bundle_root(state_after), loss=0)

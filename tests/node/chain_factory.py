@@ -15,12 +15,13 @@ import copy
 import dataclasses
 import json
 
+from bws.node.merkle import MerkleTree
 from bws.spec import containers as C
 from bws.spec import state_transition as T
 from bws.spec.constants import ROLE_EVALUATOR, ROLE_MINER, ROLE_SUPERVISOR
 from bws.spec.crypto import compute_address, get_public_key
 from bws.spec.genesis import create_genesis_state, get_genesis_block
-from bws.spec.hashing import compute_merkle_proof, compute_merkle_root, hash_bytes
+from bws.spec.hashing import hash_bytes
 from bws.spec.pouw import (
     compute_header_commitment, compute_message_digest, compute_nonce, compute_nonce_seed, get_nonce_allowance,
     is_valid_pow, sign_iteration_message,
@@ -28,7 +29,7 @@ from bws.spec.pouw import (
 from bws.spec.presets import COIN, DEVNET
 from bws.spec.tasks import compute_batch_index
 
-NUM_BATCHES = 8
+ITERATIONS = 1000  # per miner; each batch is trained once (spec/tasks.py is_dataset_large_enough)
 TASK_DEFINITION = json.dumps(
     {"dataset": {"batch_size": 32}, "model": {"input_shape": [64], "layers": [{"type": "dense", "units": 16384}]},
      "template": "test"}, sort_keys=True, separators=(",", ":")).encode()
@@ -70,7 +71,8 @@ class ChainFactory:
         self.client = Key(secret_key("client", seed))
         supervisor, evaluator = Key(secret_key("supervisor", seed)), Key(secret_key("evaluator", seed))
         funded = self.miners + self.users + [self.client, supervisor, evaluator]
-        self.batch_roots = [hash_bytes(f"batch{i}".encode()) for i in range(NUM_BATCHES)]
+        self.batch_roots = [hash_bytes(f"batch{i}".encode()) for i in range(ITERATIONS * miners)]
+        self._batch_tree = MerkleTree(self.batch_roots)
         genesis = C.GenesisConfig(
             config=DEVNET, timestamp=1_700_000_000,
             accounts=[C.GenesisAccount(address=k.address, balance=1000 * COIN) for k in funded],
@@ -79,8 +81,8 @@ class ChainFactory:
                C.GenesisStake(owner=evaluator.address, role=ROLE_EVALUATOR, amount=DEVNET.evaluator_ticket_price)],
             tasks=[C.GenesisTask(
                 client=self.client.address, task_definition=task_definition,
-                dataset_root=compute_merkle_root(self.batch_roots), num_batches=NUM_BATCHES,
-                test_set_hash=hash_bytes(b"test set"), iterations=100_000, evaluation_deadline=10**9,
+                dataset_root=self._batch_tree.root, num_batches=len(self.batch_roots),
+                test_set_hash=hash_bytes(b"test set"), iterations=ITERATIONS, evaluation_deadline=10**9,
                 payment=100 * COIN, members=[k.address for k in self.miners],
                 supervisors=[supervisor.address], evaluators=[evaluator.address])],
         )
@@ -106,7 +108,7 @@ class ChainFactory:
         work = C.IterationWork(
             task_id=self.task_id, iteration=iteration, miner=miner.address, state_before_root=before,
             batch_index=batch_index, batch_root=self.batch_roots[batch_index],
-            batch_proof=compute_merkle_proof(self.batch_roots, batch_index), peer_update_roots=[],
+            batch_proof=self._batch_tree.proof(batch_index), peer_update_roots=[],
             update_root=bytes(32), state_after_root=bytes(32), loss=-1234,
         )
         replayed = self.replay(task, C.IterationMessage(work=work, header_commitment=bytes(32)))

@@ -12,7 +12,8 @@ from bws.spec.pouw import (
 )
 from bws.spec.presets import DEVNET
 from bws.spec.state_transition import (
-    InvalidBlock, ReplayUnavailable, compute_next_target, get_block_reward, state_transition,
+    InvalidBlock, InvalidTransaction, ReplayUnavailable, apply_transaction, compute_next_target, get_block_reward,
+    state_transition,
 )
 from bws.spec.tasks import (
     TaskDefinitionError, compute_batch_index, compute_model_macs, compute_work_units, get_tickets,
@@ -167,7 +168,9 @@ def test_bad_models_are_named(model, problem):
 def test_batch_schedule_deals_batches_round_robin(chain, started):
     task = started[0].tasks[chain.genesis_task_id]
     seen = [compute_batch_index(task, i, m) for i in range(3) for m in range(3)]
-    assert seen == [0, 1, 2, 3, 4, 5, 6, 7, 0]
+    assert seen == [0, 1, 2, 3, 4, 5, 6, 7, 8]  # no wrap-around: every batch is trained once
+    last = task.iterations - 1
+    assert compute_batch_index(task, last, task.group_size - 1) == task.num_batches - 1
 
 
 def test_tickets_count_only_active_stakes(chain, started):
@@ -181,13 +184,17 @@ def test_tickets_count_only_active_stakes(chain, started):
     assert chain.address["alice"] not in dict(get_tickets(state, 0))
 
 
-def test_a_member_whose_stake_was_released_cannot_mine():
+def test_m1_a_member_cannot_unstake_while_its_task_is_open():
+    """M1 (dust stake): unstake, wait out the lock, re-stake 1 unit and keep
+    mining with nothing worth slashing. The unstake is refused while the
+    member's task is open; other stakes are released as before."""
     from bws.node.review import TOY_CONFIG, ToyChain
     chain = ToyChain(config=dataclasses.replace(TOY_CONFIG, stake_lock_period=2))
-    state, block = chain.extend(chain.genesis_state, chain.genesis_block, "alice",
-                                [chain.transaction(chain.genesis_state, "carol", C.Unstake(role=0))])
-    state, block = chain.extend(state, block, "carol")   # released at height 3: carol may still mine at 2
-    state, block = chain.extend(state, block, "bob")
-    assert C.StakeKey(owner=chain.address["carol"], role=0) not in state.stakes
-    with pytest.raises(InvalidBlock, match="no stake left"):
-        state_transition(state, chain.mine(state, block, "carol", seal=False), chain.replay)
+    unstake = chain.transaction(chain.genesis_state, "carol", C.Unstake(role=0))
+    with pytest.raises(InvalidTransaction, match="miner stake is locked while its owner is a member of an open task"):
+        apply_transaction(chain.genesis_state, unstake, chain.address["sam"], chain.replay)
+    supervisor_unstake = chain.transaction(chain.genesis_state, "sam", C.Unstake(role=1))
+    apply_transaction(chain.genesis_state, supervisor_unstake, chain.address["sam"], chain.replay)
+    dave_unstake = chain.transaction(chain.genesis_state, "dave", C.Unstake(role=0))  # not in the group
+    state, _ = chain.extend(chain.genesis_state, chain.genesis_block, "alice", [dave_unstake])
+    assert state.stakes[C.StakeKey(owner=chain.address["dave"], role=0)].release_height == state.height + 2

@@ -21,8 +21,19 @@ def test_vectors_cover_valid_and_invalid_cases_of_every_kind():
         group = vector["name"].split("/")[0]
         groups.setdefault(group, set()).add("invalid" if "invalid" in vector["expected"] else "valid")
     assert set(groups) == {"transfer", "envelope", "stake", "unstake", "submit-task", "cancel-task", "evaluation",
-                           "dispute", "block"}
+                           "dispute", "block", "attacks"}
     assert all(kinds == {"valid", "invalid"} for group, kinds in groups.items() if group != "envelope")
+
+
+def test_each_attack_code_has_a_refused_case_beside_an_honest_one():
+    """spec/THREATS.md's attack codes: each has an invalid case and a valid one in `attacks`."""
+    codes = {}
+    for vector in COMMITTED:
+        group, case = vector["name"].split("/", 1)
+        if group == "attacks":
+            codes.setdefault(case.split("-")[0], set()).add("invalid" if "invalid" in vector["expected"] else "valid")
+    assert {"c1", "m1"} <= set(codes)
+    assert all(kinds == {"valid", "invalid"} for kinds in codes.values()), codes
     invalid = sum("invalid" in v["expected"] for v in COMMITTED)
     assert invalid >= len(COMMITTED) - invalid
 
