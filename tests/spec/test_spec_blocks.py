@@ -1,4 +1,5 @@
 """Block rules: header, PoUW, rewards, difficulty; the pieces of PoUW on their own."""
+import copy
 import dataclasses
 import json
 
@@ -37,6 +38,26 @@ def test_transition_leaves_the_pre_state_alone(chain, started):
     with pytest.raises(InvalidBlock):
         state_transition(state, bad, chain.replay)
     assert state == before
+
+
+def test_any_exception_makes_a_block_invalid(chain, started):
+    """consensus-specs' rule: an input that makes the rules raise anything,
+    not only a failed assert, is invalid; the reason names the exception and
+    the caller's state is left as it was."""
+    state, block = started
+    valid = chain.mine(state, block, "bob")
+
+    def broken(task, message):
+        raise ZeroDivisionError("a replay that divides by zero")
+
+    before = copy.deepcopy(state)
+    with pytest.raises(InvalidBlock, match="ZeroDivisionError: a replay that divides by zero"):
+        state_transition(state, valid, broken)
+    assert state == before
+    nested = b'{"dataset":{"batch_size":1},"model":' + b"[" * 30_000 + b"]" * 30_000 + b"}"
+    body = dataclasses.replace(chain.submit_task_body(), task_definition=nested)
+    with pytest.raises(InvalidTransaction):  # the JSON reader's recursion limit: invalid, not a crash
+        apply_transaction(state, chain.transaction(state, "client", body), chain.address["sam"], chain.replay)
 
 
 def test_replay_must_match_bit_for_bit(chain, started):
