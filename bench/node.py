@@ -33,6 +33,7 @@ import dataclasses
 import datetime
 import io
 import json
+import math
 import os
 import platform
 import re
@@ -227,18 +228,26 @@ class Offline:
         raise NetworkError("offline")
 
 
-def miner_models() -> dict:
+def miner_models(batches: int) -> dict:
     """Task definitions by label: the devnet's task, a larger DNN (about 10x the state) and
-    the cnn template's CNN (more compute for its state) on the same digits."""
-    from bws.node.devnet import DevnetOptions, build_task
+    the cnn template's CNN (more compute for its state) on the same digits, each with
+    `batches` batches or more (a batch is trained once)."""
+    from bws.node.devnet import DevnetOptions, build_task, group_size_for
     from bws.templates import jobs, keras
+
+    def with_batches(make):
+        return make(max(1, math.ceil(batches / make(1).dataset["num_batches"])))
 
     larger = keras.Sequential([keras.Input(shape=(64,)), jobs.layers.Dense(512, activation="relu"),
                                jobs.layers.Dense(256, activation="relu"),
                                jobs.layers.Dense(10, activation="softmax")], name="dnn")
-    return {"the devnet's digits DNN 64-128-64-10, batch 128": build_task(DevnetOptions()),
-            "DNN 64-512-256-10, batch 256": jobs.make_task("dnn", "digits", model=larger, epochs=2, batch_size=256),
-            "the cnn template's CNN, batch 128": jobs.make_task("cnn", "digits", epochs=2, batch_size=128)}
+    devnet = DevnetOptions()
+    return {"the devnet's digits DNN 64-128-64-10, batch 128": build_task(
+                dataclasses.replace(devnet, iterations=math.ceil(batches / group_size_for(devnet.nodes)))),
+            "DNN 64-512-256-10, batch 256": with_batches(
+                lambda epochs: jobs.make_task("dnn", "digits", model=larger, epochs=epochs, batch_size=256)),
+            "the cnn template's CNN, batch 128": with_batches(
+                lambda epochs: jobs.make_task("cnn", "digits", epochs=epochs, batch_size=128))}
 
 
 def lone_miner(definition, directory: Path, library, initial_target: int | None = None):
@@ -302,7 +311,8 @@ def bench_miner_share(iterations: int, rounds: int) -> dict:
     results = {}
     library = TaskLibrary()
     with tempfile.TemporaryDirectory() as directory:
-        for number, (label, definition) in enumerate(miner_models().items()):
+        warm_up = 10
+        for number, (label, definition) in enumerate(miner_models(warm_up + rounds * iterations).items()):
             miners = {setting: lone_miner(definition, Path(directory) / f"{number}-{setting}", library, target)
                       for setting, target in (("pipelined", None), ("rare blocks", RARE_BLOCKS_TARGET),
                                               ("serial", None))}
@@ -312,7 +322,7 @@ def bench_miner_share(iterations: int, rounds: int) -> dict:
             task = next(iter(state.tasks.values()))
             loaded = library.load(task)
             for miner in miners.values():
-                run_miner(miner, 10)  # compile, first blocks
+                run_miner(miner, warm_up)  # compile, first blocks
             run_engine(loaded, task, 5)
             runs = {"engine": [], **{setting: [] for setting in miners}}
             for _ in range(rounds):  # interleaved: every setting sees the same load on a shared machine

@@ -7,6 +7,7 @@ give what the uncached spec functions give."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -157,6 +158,36 @@ def test_a_pooled_transaction_the_rules_refuse_is_dropped_after_three_heads(one_
     assert not len(context.mempool), "the refused transaction is still pooled"
     assert context.metrics["transactions_dropped_invalid"] == 1 and context.metrics["blocks_mined"] >= 2
     assert context.chain.account_nonce(context.address) == 0   # never included
+
+
+@pytest.mark.parametrize("poison", ["nested", "huge-work"])
+def test_a_poison_task_does_not_stop_the_miner(one_miner, tmp_path, poison):
+    """Issue #14's c3: task definitions that made the rules raise something
+    other than a failed assert (JSON nested 30,000 deep: RecursionError; work
+    units above 2**64: ValueError building the Task) failed every block
+    template. Any exception is now an invalid transaction: the miner mines
+    without it and the pool drops it."""
+    from bws.spec.state_transition import sign_transaction
+    context = make_node(one_miner, tmp_path, "node0", one_miner[1][0], {})
+    config = context.chain.config
+    definition = {"nested": b'{"dataset":{"batch_size":1},"model":' + b"[" * 30_000 + b"]" * 30_000 + b"}",
+                  "huge-work": json.dumps({"dataset": {"batch_size": 2**40}, "model": {
+                      "input_shape": [2**20], "layers": [{"type": "dense", "units": 2**20}]}},
+                      sort_keys=True, separators=(",", ":")).encode()}[poison]
+    submit = C.SubmitTask(task_definition=definition, dataset_root=hash_bytes(b"data"), num_batches=100,
+                          test_set_hash=hash_bytes(b"test"), group_size=1, iterations=10,
+                          evaluation_deadline=10**6, payment=1)
+    context.submit_transaction(sign_transaction(one_miner[1][0].secret_key, C.Transaction(
+        chain_id=config.chain_id, sender=context.address, nonce=0, fee=config.min_transaction_fee, body=submit)))
+    assert len(context.mempool) == 1
+    miner = Miner(context)
+    for _ in range(MAX_ITERATIONS):
+        miner._last_bootstrap = float("-inf")
+        assert miner.step()
+        if not len(context.mempool):
+            break
+    assert not len(context.mempool) and context.metrics["transactions_dropped_invalid"] == 1
+    assert context.metrics["blocks_mined"] >= 2
 
 
 def test_a_block_takes_at_most_the_allowed_fraud_proofs_and_the_rest_wait(one_miner, tmp_path, monkeypatch):
