@@ -409,9 +409,9 @@ class Devnet:
                 self.reveal_test_set()
             if status in ("expired", "cancelled"):
                 raise DevnetError(f"the task was {status} instead of finalized (see the nodes' logs in {self.root})")
-            if status == "finalized":
+            if status == "finalized" and self.finalized_everywhere():
                 settled = self.settled_height(snapshot)
-                if settled is not None and settled >= self.options.blocks:
+                if settled is not None:
                     snapshot["settled_height"] = settled
                     return snapshot
             time.sleep(1.0)
@@ -426,15 +426,40 @@ class Devnet:
         self.say(f"devnet: the client revealed its test split ({answer['examples']} examples, root "
                  f"{answer['test_set_hash'][:16]}…) to the evaluators")
 
+    def finalized_everywhere(self) -> bool:
+        """Whether every node (observers too) holds the client task finalized at its head."""
+        return all(n.api.get(f"/task/{self.task_id.hex()}")["status"] == "finalized" for n in self.every_node)
+
     def settled_height(self, snapshot: dict) -> int | None:
-        """The height SETTLE_DEPTH below the lowest head, if every node (observers
-        too) has the same block there (its chain up to it is then the same on
-        every node; the newest blocks may still be racing), else None."""
-        height = min([m["height"] for m in snapshot["metrics"]] + snapshot["observer_heights"]) - SETTLE_DEPTH
-        if height < 1:
+        """The highest height, at most SETTLE_DEPTH below the lowest head, at
+        which every node (observers too) has the same block, if it is at least
+        --blocks, else None. A block's hash commits to its parent, so the chains
+        are the same on every node up to it. The newest blocks may still be
+        racing, and on a loaded machine the nodes' tips can stay apart for a
+        while: the common chain below them is what is compared, not one height
+        that every poll must catch in agreement."""
+        top = min([m["height"] for m in snapshot["metrics"]] + snapshot["observer_heights"]) - SETTLE_DEPTH
+        low = max(1, self.options.blocks)
+        if top < low or not self._same_block_everywhere(low):
             return None
-        hashes = {n.api.get(f"/block/{height}")["hash"] for n in self.every_node}
-        return height if len(hashes) == 1 else None
+        while low < top:  # the highest agreeing height in [low, top] (agreement holds below it too)
+            middle = (low + top + 1) // 2
+            if self._same_block_everywhere(middle):
+                low = middle
+            else:
+                top = middle - 1
+        return low
+
+    def _same_block_everywhere(self, height: int) -> bool:
+        hashes = set()
+        for node in self.every_node:
+            try:
+                hashes.add(node.api.get(f"/block/{height}")["hash"])
+            except ApiError as error:
+                if error.status != HTTPStatus.NOT_FOUND:
+                    raise
+                return False  # the node reorganized to a shorter (heavier) chain meanwhile
+        return len(hashes) == 1
 
     def blocks_verified_elsewhere(self, height: int) -> int:
         """How many of the blocks up to `height` some node other than their

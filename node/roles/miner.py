@@ -35,14 +35,23 @@ only member it is, spec/genesis.py: the chain needs a task in training to
 advance); bootstrap miners take turns by height so their blocks do not
 race, and pause while a client task is being trained by its group (its
 messages are seen on gossip) so the group's iterations mine the blocks.
+When the head does not move for a turn timeout (the miner whose turn it is
+is down, or slow), the next bootstrap miner in turn order may mine too,
+after two timeouts the one after it, and so on: not all of them at once,
+whose racing blocks would each cost every node a replay. The timeout is at
+least BOOTSTRAP_TURN_TIMEOUT_SECONDS and grows with the intervals this node
+observes between blocks mined in turn (production, gossip and replay on a
+loaded machine), so slow turns are not mistaken for missing ones.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import queue
+import statistics
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import jax
@@ -75,7 +84,10 @@ logger = logging.getLogger("bws.node.roles.miner")
 FIRST_PEER_WAIT_SECONDS = 20.0   # members notice their selection at slightly different times
 PEER_WAIT_SECONDS = 4.0          # then a late member's update is left out of this iteration
 BOOTSTRAP_INTERVAL_SECONDS = 0.25   # the bootstrap miner whose turn it is iterates this often
-BOOTSTRAP_TURN_TIMEOUT_SECONDS = 4.0  # then every bootstrap miner may mine on a head this old
+BOOTSTRAP_TURN_TIMEOUT_SECONDS = 4.0  # then the next bootstrap miner in turn order may mine too, and so on
+BOOTSTRAP_TURN_TIMEOUT_FACTOR = 2.0   # the timeout is at least this many in-turn block intervals (median) ...
+BOOTSTRAP_TURN_TIMEOUT_MAX_SECONDS = 60.0   # ... and at most this long
+BOOTSTRAP_TURN_SAMPLES = 16           # the in-turn block intervals the median is taken over
 # While a task is in evaluation, slower: its window is only evaluation_period
 # blocks, and the evaluator's result must reach a block inside it.
 EVALUATION_BOOTSTRAP_INTERVAL_SECONDS = 1.5
@@ -155,6 +167,8 @@ class Miner:
         # registered by the role host).
         self.audit = AuditServer(context, self.byzantine.claimed_trace if self.byzantine else None)
         self._head_hash, self._head_since = b"", time.monotonic()
+        # Seconds from one head to the next, for heads mined by the bootstrap miner whose turn it was.
+        self._turn_intervals: deque[float] = deque(maxlen=BOOTSTRAP_TURN_SAMPLES)
         self._thread = threading.Thread(target=self._run, name="bws-miner", daemon=True)
         # The hand-over to the proving thread: one computed iteration at most.
         self._computed: queue.Queue[ComputedIteration] = queue.Queue(maxsize=1)
@@ -209,6 +223,7 @@ class Miner:
         """Run at most one iteration; whether one ran."""
         started = time.perf_counter()
         state = self.context.chain.head_state
+        self._note_head(state)
         client = self._client_task(state)
         if client is not None:
             return self._iterate(started, *client)
@@ -260,20 +275,48 @@ class Miner:
                 return True
         return False
 
+    @staticmethod
+    def _turns(state: C.State) -> list[bytes]:
+        """The bootstrap tasks in turn order; a slashed miner (no stake left) cannot mine its
+        bootstrap task: it takes no turn."""
+        return sorted(bytes(i) for i, t in state.tasks.items()
+                      if bytes(t.client) == bytes(20) and t.group_size == 1 and t.status == TASK_TRAINING
+                      and C.StakeKey(owner=t.members[0].address, role=ROLE_MINER) in state.stakes)
+
+    def _note_head(self, state: C.State) -> None:
+        """Follow the head: when it moved, and, for a head that extends the previous one
+        and was mined by the bootstrap miner whose turn it was, how long that took."""
+        head = bytes(self.context.chain.head.hash)
+        if head == self._head_hash:
+            return
+        now = time.monotonic()
+        header = state.latest_block_header
+        if bytes(header.parent_hash) == self._head_hash and int(header.height) == int(state.height):
+            turns = self._turns(state)
+            if turns and turns[(int(header.height) - 1) % len(turns)] == bytes(header.task_id):
+                self._turn_intervals.append(now - self._head_since)
+        self._head_hash, self._head_since = head, now
+
+    def turn_timeout(self) -> float:
+        """Seconds without a new head before the next bootstrap miner in turn order may mine too."""
+        if not self._turn_intervals:
+            return BOOTSTRAP_TURN_TIMEOUT_SECONDS
+        observed = BOOTSTRAP_TURN_TIMEOUT_FACTOR * statistics.median(self._turn_intervals)
+        return min(BOOTSTRAP_TURN_TIMEOUT_MAX_SECONDS, max(BOOTSTRAP_TURN_TIMEOUT_SECONDS, observed))
+
     def _bootstrap_turn(self, state: C.State, task_id: bytes) -> bool:
         """Bootstrap miners take turns by height, so their blocks do not race
-        (a lost race wastes every node's replay); anyone may mine once the
-        head has not moved for BOOTSTRAP_TURN_TIMEOUT_SECONDS (a node is down)."""
-        head = bytes(self.context.chain.head.hash)
-        if head != self._head_hash:
-            self._head_hash, self._head_since = head, time.monotonic()
-        if time.monotonic() - self._head_since > BOOTSTRAP_TURN_TIMEOUT_SECONDS:
+        (a lost race wastes every node's replay). While the head does not move,
+        one more miner, the next in turn order, may mine after each turn timeout
+        (the miner whose turn it is is down, or slow): not all at once, which
+        on a loaded machine made forks faster than they propagated."""
+        turns = self._turns(state)
+        if task_id not in turns:
+            return False
+        position = (turns.index(task_id) - int(state.height)) % len(turns)
+        if position == 0:
             return True
-        # A slashed miner (no stake left) cannot mine its bootstrap task: it takes no turn.
-        turns = sorted(bytes(i) for i, t in state.tasks.items()
-                       if bytes(t.client) == bytes(20) and t.group_size == 1 and t.status == TASK_TRAINING
-                       and C.StakeKey(owner=t.members[0].address, role=ROLE_MINER) in state.stakes)
-        return bool(turns) and turns[int(state.height) % len(turns)] == task_id
+        return time.monotonic() - self._head_since >= position * self.turn_timeout()
 
     # -- one iteration ----------------------------------------------------
     def _training(self, task_id: bytes, task: C.Task, member_index: int) -> Training | None:
