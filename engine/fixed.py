@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from bws.spec import constants as C
+from bws.spec.models import to_fixed  # noqa: F401 (one definition: the spec's)
 
 I32, I64, I8, U32 = jnp.int32, jnp.int64, jnp.int8, jnp.uint32
 
@@ -114,11 +115,3 @@ def power_q30(base: int, exponent):
         result = jnp.where((exponent >> bit) & 1, shift_round(result * square, 30), result)
         square = shift_round(square * square, 30)
     return result
-
-
-def to_fixed(value: float, frac_bits: int) -> int:
-    """A hyper-parameter given as a float -> integer with `frac_bits` fractional
-    bits, round half up, computed on the exact binary value of the double."""
-    from fractions import Fraction
-    scaled = Fraction(value) * (1 << frac_bits)
-    return int((scaled + Fraction(1, 2)) // 1)

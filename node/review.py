@@ -56,7 +56,7 @@ TOY_MODEL = {"input_shape": [3], "layers": [{"type": "dense", "units": 4, "activ
 TOY_BATCH_SIZE = 4
 TOY_NUM_BATCHES = 1200
 TOY_GENESIS_ITERATIONS = 400  # x 3 members: every batch trained once
-TOY_CONFIG = dataclasses.replace(DEVNET, initial_target=2**255, work_units_per_nonce=48)
+TOY_CONFIG = dataclasses.replace(DEVNET, initial_target=2**255, work_units_per_nonce=192)
 """Devnet with a target any second hash meets and an allowance of 3 nonces
 for the toy task, so a test chain mines a block every iteration or two."""
 
@@ -426,10 +426,10 @@ def generate_vectors() -> list[dict]:
     tx("submit-task/non-canonical-definition", s1, "client",
        dataclasses.replace(body, task_definition=json.dumps(json.loads(body.task_definition), indent=1).encode()),
        "not canonical JSON")
-    bad_model = dict(json.loads(body.task_definition), model={"input_shape": [3], "layers": [{"type": "lstm"}]})
+    bad_model = dict(json.loads(body.task_definition), model=dict(TOY_MODEL, layers=[{"type": "lstm"}]))
     tx("submit-task/unknown-layer", s1, "client", dataclasses.replace(
         body, task_definition=json.dumps(bad_model, sort_keys=True, separators=(",", ":")).encode()),
-       "unknown layer type")
+       "layers[0].type: must be one of")
     tx("submit-task/no-batches", s1, "client", dataclasses.replace(body, num_batches=0), "dataset without batches")
     tx("submit-task/group-size-zero", s1, "client", dataclasses.replace(body, group_size=0), "group size")
     tx("submit-task/group-too-large", s1, "client", dataclasses.replace(body, group_size=65), "group size")
@@ -643,6 +643,19 @@ def generate_vectors() -> list[dict]:
     tx("attacks/c1-task-fits-its-batches", s1, "client",
        c.submit_task_body(group_size=2, iterations=TOY_NUM_BATCHES // 2),
        description="iterations x group size = the dataset's batches: valid")
+    def with_model(model: dict) -> C.SubmitTask:
+        definition = dict(json.loads(body.task_definition), model=model)
+        return dataclasses.replace(body, task_definition=json.dumps(
+            definition, sort_keys=True, separators=(",", ":")).encode())
+
+    tx("attacks/l1-honest-task", s1, "client", body, description="the toy task: 3 nonces an iteration")
+    tx("attacks/l1-trivial-model", s1, "client", with_model(dict(TOY_MODEL, input_shape=[1], layers=[
+        dict(TOY_MODEL["layers"][0], units=1)])), "too little work to earn a nonce",
+       description="one multiply-accumulate an example: it buys no lottery ticket (it bought a whole one before)")
+    tx("attacks/l1-pooling-the-engine-cannot-run", s1, "client", with_model(dict(TOY_MODEL, input_shape=[4, 4, 1], layers=[
+        {"type": "max_pool2d", "pool_size": [2, 2], "padding": "same"}, {"type": "flatten"},
+        dict(TOY_MODEL["layers"][0], units=4)])), "pooling supports only 'valid'",
+       description="'same' pooling: the engine cannot run it, so its fee could never be mined")
     tx("attacks/m1-member-unstakes", s1, "carol", C.Unstake(role=ROLE_MINER), "locked while its owner is a member",
        description="carol holds a seat in the open genesis task: her miner stake stays to answer for her work")
     tx("attacks/m1-non-member-unstakes", s1, "frank", C.Unstake(role=ROLE_MINER),
@@ -685,7 +698,7 @@ def read_vectors(vector_dir: Path) -> list[dict]:
 # Reading the spec's source: definitions in order
 # ---------------------------------------------------------------------------
 SPEC_READING_ORDER = ("constants", "presets", "types", "encoding", "containers", "hashing", "crypto", "primitives",
-                      "pouw", "tasks", "state_transition", "genesis", "fork_choice")
+                      "pouw", "models", "tasks", "state_transition", "genesis", "fork_choice")
 """Modules in the order a reader meets them; any other spec module comes after, by path."""
 
 

@@ -14,6 +14,7 @@ import dataclasses
 from .constants import DOMAIN_TASK_ID, MAX_TASK_ITERATIONS, ROLES, TASK_TRAINING
 from .containers import Account, Block, BlockHeader, GenesisConfig, Member, StakeBalance, StakeKey, State, Task
 from .hashing import ZERO_HASH, hash_bytes, hash_object
+from .pouw import is_nonce_earning
 from .state_transition import compute_block_hash, compute_state_root, compute_transactions_root
 from .tasks import TaskDefinitionError, compute_work_units, is_dataset_large_enough
 from .types import Address, Hash32, TaskId
@@ -51,8 +52,11 @@ def get_genesis_task(genesis: GenesisConfig, task_index: int) -> tuple:
     seats = list(genesis_task.members) + list(genesis_task.supervisors) + list(genesis_task.evaluators)
     if not genesis_task.members or len(set(seats)) != len(seats):
         raise InvalidGenesis(f"genesis task {task_index}: needs members, and distinct seats")
-    if genesis_task.num_batches == 0 or genesis_task.iterations == 0 or work_units == 0:
-        raise InvalidGenesis(f"genesis task {task_index}: needs batches, iterations and work")
+    if genesis_task.num_batches == 0 or genesis_task.iterations == 0:
+        raise InvalidGenesis(f"genesis task {task_index}: needs batches and iterations")
+    if not is_nonce_earning(genesis.config, work_units):
+        raise InvalidGenesis(f"genesis task {task_index}: {work_units} work units earn no nonce "
+                             f"({genesis.config.work_units_per_nonce} a nonce)")
     if not is_dataset_large_enough(genesis_task.iterations, len(genesis_task.members), genesis_task.num_batches):
         raise InvalidGenesis(f"genesis task {task_index}: {genesis_task.iterations} iterations of "
                              f"{len(genesis_task.members)} members do not fit {genesis_task.num_batches} batches "

@@ -72,8 +72,14 @@ def compute_nonce(seed: Hash32, nonce_index: int) -> Hash32:
 
 def get_nonce_allowance(config: ChainConfig, task: Task) -> int:
     """Nonces one iteration of `task` earns: its work units / work_units_per_nonce,
-    at least 1 and at most max_nonces_per_iteration."""
-    return max(1, min(config.max_nonces_per_iteration, task.work_units // config.work_units_per_nonce))
+    at most max_nonces_per_iteration. A task whose iteration earns none is
+    refused (`is_nonce_earning`): a trivial model buys no lottery ticket."""
+    return min(config.max_nonces_per_iteration, task.work_units // config.work_units_per_nonce)
+
+
+def is_nonce_earning(config: ChainConfig, work_units: int) -> bool:
+    """Whether an iteration of `work_units` earns at least one nonce."""
+    return work_units >= config.work_units_per_nonce
 
 
 def get_committed_header(header: BlockHeader) -> CommittedHeader:

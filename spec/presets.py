@@ -9,7 +9,8 @@ prints them side by side). Why they differ:
 - header_commitment_lag (k): how many iterations ahead a header is
   committed; small on the devnet so iterations turn into blocks quickly.
 - max_nonces_per_iteration, work_units_per_nonce: the lottery tickets an
-  iteration's work buys, and their cap.
+  iteration's work buys, and their cap (work units count each contraction
+  MAC slices² times: a 2-slice model's MAC is 4 units).
 - initial_block_reward, halving_interval: 50 coin, halving every ~4 years
   of mainnet blocks (1 coin = COIN units).
 - stake_lock_period: at least as long as evidence is kept for disputes
@@ -30,7 +31,7 @@ DEVNET = ChainConfig(
     initial_target=2**252,
     header_commitment_lag=1,
     max_nonces_per_iteration=16,
-    work_units_per_nonce=10**6,
+    work_units_per_nonce=4 * 10**6,
     initial_block_reward=50 * COIN,
     halving_interval=100_000,
     stake_lock_period=20,
@@ -49,7 +50,7 @@ MAINNET = ChainConfig(
     initial_target=2**232,
     header_commitment_lag=4,
     max_nonces_per_iteration=64,
-    work_units_per_nonce=10**11,
+    work_units_per_nonce=4 * 10**11,
     initial_block_reward=50 * COIN,
     halving_interval=2_100_000,
     stake_lock_period=20_160,

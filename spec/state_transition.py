@@ -53,7 +53,7 @@ from .hashing import ZERO_HASH, compute_merkle_root, hash_bytes, hash_object, is
 from .primitives import compute_state_root, get_primitives
 from .pouw import (
     compute_header_commitment, compute_message_digest, compute_nonce, compute_nonce_seed, get_nonce_allowance,
-    is_valid_pow, is_valid_signed_iteration_message,
+    is_nonce_earning, is_valid_pow, is_valid_signed_iteration_message,
 )
 from .tasks import (
     TaskDefinitionError, compute_batch_index, compute_group, compute_task_id, compute_work_units, get_member_index,
@@ -430,7 +430,8 @@ def process_submit_task(state: State, transaction: Transaction, submit: SubmitTa
         work_units = compute_work_units(submit.task_definition)
     except TaskDefinitionError as error:
         raise AssertionError(f"task definition: {error}") from None
-    assert work_units > 0, "task does no work"
+    assert is_nonce_earning(config, work_units), \
+        f"task does too little work to earn a nonce ({work_units} work units, {config.work_units_per_nonce} a nonce)"
     assert submit.num_batches > 0, "dataset without batches"
     assert 1 <= submit.group_size <= MAX_GROUP_SIZE, f"group size not in [1, {MAX_GROUP_SIZE}]"
     assert submit.iterations > config.header_commitment_lag, "too few iterations to mine any block"

@@ -30,6 +30,7 @@ from .constants import (
 )
 from .containers import ChainConfig, Member, State, Task
 from .hashing import hash_bytes
+from .models import ModelSpec, ModelSpecError
 from .types import Address, ChainId, Hash32, TaskId
 
 
@@ -74,79 +75,31 @@ def _is_positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def _pair(layer: dict, key: str, default=None) -> tuple[int, int]:
-    value = layer.get(key, default)
-    if not (isinstance(value, list) and len(value) == 2 and all(_is_positive_int(v) for v in value)):
-        raise TaskDefinitionError(f"layer {layer.get('type')}: '{key}' must be two positive integers")
-    return value[0], value[1]
-
-
-def _window_output(size: int, window: int, stride: int, padding: str) -> int:
-    if padding == "same":
-        return -(-size // stride)
-    if padding == "valid":
-        if size < window:
-            raise TaskDefinitionError(f"window {window} larger than input {size} with padding 'valid'")
-        return (size - window) // stride + 1
-    raise TaskDefinitionError(f"unknown padding {padding!r}")
-
-
-def compute_model_macs(model: dict) -> int:
-    """Multiply-accumulates of one example's forward pass through the engine
-    model description (pooling counts one per window element)."""
-    if not isinstance(model, dict):
-        raise TaskDefinitionError("the model description must be a JSON object")
-    shape = model.get("input_shape")
-    if not (isinstance(shape, list) and shape and all(_is_positive_int(d) for d in shape)):
-        raise TaskDefinitionError("model.input_shape must be a list of positive integers")
-    layers = model.get("layers")
-    if not isinstance(layers, list):
-        raise TaskDefinitionError("model.layers must be a list")
+def compute_model_macs(model) -> int:
+    """Multiply-accumulates of one example's forward pass through the task's
+    model (spec/models.py), counted where the canonical engine spends them:
+    in contractions (dense, conv2d), each MAC taken `slices`² times (every
+    operand is split into `slices` int8 digits and every pair of digits is
+    multiplied). Pooling, activations and reshapes are element-wise work, a
+    small fraction of a contraction's, and count nothing. A model the engine
+    cannot run is a TaskDefinitionError."""
+    try:
+        spec = ModelSpec.from_dict(model)
+    except ModelSpecError as error:
+        raise TaskDefinitionError(f"model: {error}") from None
     macs = 0
-    for layer in layers:
-        kind = layer.get("type") if isinstance(layer, dict) else None
-        if kind == "dense":
-            units = layer.get("units")
-            if not _is_positive_int(units):
-                raise TaskDefinitionError("dense: 'units' must be a positive integer")
-            macs += math.prod(shape) * units
-            shape = shape[:-1] + [units]
-        elif kind in ("conv2d", "max_pool2d", "avg_pool2d"):
-            if len(shape) != 3:
-                raise TaskDefinitionError(f"{kind} needs a (height, width, channels) input, got {shape}")
-            height, width, channels = shape
-            window = _pair(layer, "kernel_size" if kind == "conv2d" else "pool_size")
-            strides = _pair(layer, "strides", [1, 1] if kind == "conv2d" else list(window))
-            padding = layer.get("padding", "valid")
-            out_h = _window_output(height, window[0], strides[0], padding)
-            out_w = _window_output(width, window[1], strides[1], padding)
-            if kind == "conv2d":
-                filters = layer.get("filters")
-                if not _is_positive_int(filters):
-                    raise TaskDefinitionError("conv2d: 'filters' must be a positive integer")
-                macs += out_h * out_w * window[0] * window[1] * channels * filters
-                shape = [out_h, out_w, filters]
-            else:
-                macs += out_h * out_w * channels * window[0] * window[1]
-                shape = [out_h, out_w, channels]
-        elif kind == "flatten":
-            shape = [math.prod(shape)]
-        elif kind == "reshape":
-            target = layer.get("target_shape")
-            if not (isinstance(target, list) and all(_is_positive_int(d) for d in target)
-                    and math.prod(target) == math.prod(shape)):
-                raise TaskDefinitionError(f"reshape: target_shape {target} does not fit {shape}")
-            shape = list(target)
-        elif kind in ("dropout", "activation", "leaky_relu"):
-            pass
-        else:
-            raise TaskDefinitionError(f"unknown layer type {kind!r}")
-    return macs
+    for layer in spec.layer_shapes():
+        if layer.config["type"] == "dense":
+            macs += layer.in_shape[0] * layer.out_shape[0]
+        elif layer.config["type"] == "conv2d":
+            kernel_h, kernel_w = layer.config["kernel_size"]
+            macs += math.prod(layer.out_shape) * kernel_h * kernel_w * layer.in_shape[2]
+    return macs * spec.slices ** 2
 
 
 def compute_work_units(task_definition: bytes) -> int:
-    """Work of one iteration: forward MACs per example × batch size × 3
-    (forward, backward to activations, backward to weights)."""
+    """Work of one iteration: contraction MACs per example (compute_model_macs)
+    × batch size × 3 (forward, backward to activations, backward to weights)."""
     definition = parse_task_definition(task_definition)
     return compute_model_macs(definition["model"]) * definition["dataset"]["batch_size"] * WORK_PASSES_PER_ITERATION
 

@@ -203,7 +203,7 @@ def test_missing_inputs_are_an_audit_error(setup):
 
 def test_served_messages_round_trip(setup):
     signed, source = honest_claim(setup)
-    answer = source.server.serve("peer", messages_request(setup.task_id, 1, setup.miner.address))
+    answer = source.server.serve("peer", messages_request(setup.task_id, 0, setup.miner.address))
     assert decode_messages_answer(answer) == [signed]
     assert source.server.serve("peer", b"?junk") == b"\x00"
 

@@ -31,7 +31,8 @@ from bws.spec.tasks import compute_batch_index
 
 ITERATIONS = 1000  # per miner; each batch is trained once (spec/tasks.py is_dataset_large_enough)
 TASK_DEFINITION = json.dumps(
-    {"dataset": {"batch_size": 32}, "model": {"input_shape": [64], "layers": [{"type": "dense", "units": 16384}]},
+    {"dataset": {"batch_size": 32}, "model": {"input_shape": [64], "layers": [{"type": "dense", "units": 16384}],
+                                              "loss": {"type": "mse"}, "optimizer": {"type": "sgd"}},
      "template": "test"}, sort_keys=True, separators=(",", ":")).encode()
 
 

@@ -171,9 +171,9 @@ def test_a_poison_task_does_not_stop_the_miner(one_miner, tmp_path, poison):
     context = make_node(one_miner, tmp_path, "node0", one_miner[1][0], {})
     config = context.chain.config
     definition = {"nested": b'{"dataset":{"batch_size":1},"model":' + b"[" * 30_000 + b"]" * 30_000 + b"}",
-                  "huge-work": json.dumps({"dataset": {"batch_size": 2**40}, "model": {
-                      "input_shape": [2**20], "layers": [{"type": "dense", "units": 2**20}]}},
-                      sort_keys=True, separators=(",", ":")).encode()}[poison]
+                  "huge-work": json.dumps({"dataset": {"batch_size": 2**60}, "model": {
+                      "input_shape": [1024], "layers": [{"type": "dense", "units": 1024}], "loss": {"type": "mse"},
+                      "optimizer": {"type": "sgd"}}}, sort_keys=True, separators=(",", ":")).encode()}[poison]
     submit = C.SubmitTask(task_definition=definition, dataset_root=hash_bytes(b"data"), num_batches=100,
                           test_set_hash=hash_bytes(b"test"), group_size=1, iterations=10,
                           evaluation_deadline=10**6, payment=1)

@@ -119,7 +119,7 @@ def test_nonce_allowance_is_proportional_and_capped(chain, started):
     task = started[0].tasks[chain.genesis_task_id]
     config = started[0].config
     assert get_nonce_allowance(config, task) == task.work_units // config.work_units_per_nonce == 3
-    assert get_nonce_allowance(dataclasses.replace(config, work_units_per_nonce=10**9), task) == 1
+    assert get_nonce_allowance(dataclasses.replace(config, work_units_per_nonce=10**9), task) == 0  # refused at submit
     assert get_nonce_allowance(dataclasses.replace(config, work_units_per_nonce=1), task) == \
         config.max_nonces_per_iteration
 
@@ -157,33 +157,43 @@ def test_block_work():
     assert compute_block_work(2**240) > compute_block_work(2**241)
 
 
-def test_work_units_count_macs_of_the_model():
+LOSS_AND_OPTIMIZER = {"loss": {"type": "softmax_cross_entropy"}, "optimizer": {"type": "adam"}}
+
+
+def test_work_units_count_contraction_macs_slices_squared():
+    """l1 (mispriced work): a contraction MAC costs slices² int8 products; pooling and
+    element-wise layers count nothing."""
     model = {"input_shape": [8, 8, 1], "layers": [
         {"type": "conv2d", "filters": 4, "kernel_size": [3, 3], "strides": [1, 1], "padding": "same"},
         {"type": "max_pool2d", "pool_size": [2, 2], "strides": [2, 2], "padding": "valid"},
-        {"type": "flatten"}, {"type": "dropout", "rate": 0.1}, {"type": "dense", "units": 10}]}
-    assert compute_model_macs(model) == 8 * 8 * 9 * 1 * 4 + 4 * 4 * 4 * 4 + 64 * 10
+        {"type": "flatten"}, {"type": "dropout", "rate": 0.1}, {"type": "dense", "units": 10, "activation": "softmax"}],
+        **LOSS_AND_OPTIMIZER}
+    contraction_macs = 8 * 8 * 9 * 1 * 4 + 64 * 10
+    assert compute_model_macs(model) == contraction_macs * 2**2  # 2 slices, the default
+    assert compute_model_macs(dict(model, slices=3)) == contraction_macs * 3**2
+    assert compute_model_macs(dict(model, slices=1)) == contraction_macs
     definition = json.dumps({"dataset": {"batch_size": 32}, "model": model}, sort_keys=True,
                             separators=(",", ":")).encode()
     assert compute_work_units(definition) == compute_model_macs(model) * 32 * 3
 
 
-@pytest.mark.parametrize("model,problem", [
-    ({"input_shape": [], "layers": []}, "input_shape"),
-    ({"input_shape": [4], "layers": [{"type": "dense", "units": -1}]}, "units"),
-    ({"input_shape": [4], "layers": [{"type": "conv2d", "filters": 1, "kernel_size": [3, 3]}]}, "height, width"),
-    ({"input_shape": [2, 2, 1], "layers": [{"type": "conv2d", "filters": 1, "kernel_size": [3, 3]}]},
-     "larger than input"),
-    ({"input_shape": [4], "layers": [{"type": "reshape", "target_shape": [3]}]}, "does not fit"),
-    ({"input_shape": [4], "layers": "dense"}, "layers must be a list"),
-    ({"input_shape": [4, 4, 1], "layers": [{"type": "avg_pool2d", "pool_size": [2], "padding": "valid"}]},
-     "two positive integers"),
-    ({"input_shape": [4, 4, 1], "layers": [{"type": "max_pool2d", "pool_size": [2, 2], "padding": "full"}]},
-     "unknown padding"),
+@pytest.mark.parametrize("layers,input_shape,problem", [
+    ([], [4], "layers: must be a non-empty list"),
+    ([{"type": "dense", "units": -1}], [4], "units"),
+    ([{"type": "conv2d", "filters": 1, "kernel_size": [3, 3]}], [4], "HWC input"),
+    ([{"type": "conv2d", "filters": 1, "kernel_size": [3, 3]}], [2, 2, 1], "larger than the input"),
+    ([{"type": "reshape", "target_shape": [3]}], [4], "does not hold"),
+    ("dense", [4], "layers: must be a non-empty list"),
+    ([{"type": "avg_pool2d", "pool_size": [2, 2, 2]}], [4, 4, 1], "a list of two"),
+    ([{"type": "max_pool2d", "pool_size": [2, 2], "padding": "full"}], [4, 4, 1], "padding: must be one of"),
+    ([{"type": "max_pool2d", "pool_size": [2, 2], "padding": "same"}], [4, 4, 1], "pooling supports only 'valid'"),
+    ([{"type": "lstm"}], [4], "type: must be one of"),
 ])
-def test_bad_models_are_named(model, problem):
+def test_models_the_engine_cannot_run_are_refused_and_named(layers, input_shape, problem):
+    """The spec reads a task's model with the engine's own rules (spec/models.py):
+    what the engine cannot run, no task may escrow a fee for."""
     with pytest.raises(TaskDefinitionError, match=problem):
-        compute_model_macs(model)
+        compute_model_macs({"input_shape": input_shape, "layers": layers, **LOSS_AND_OPTIMIZER})
 
 
 def test_batch_schedule_deals_batches_round_robin(chain, started):
