@@ -427,8 +427,17 @@ class Devnet:
                  f"{answer['test_set_hash'][:16]}…) to the evaluators")
 
     def finalized_everywhere(self) -> bool:
-        """Whether every node (observers too) holds the client task finalized at its head."""
-        return all(n.api.get(f"/task/{self.task_id.hex()}")["status"] == "finalized" for n in self.every_node)
+        """Whether every node (observers too) holds the client task finalized at its head
+        (a node whose head does not know the task yet, lagging or on a branch, does not)."""
+        for node in self.every_node:
+            try:
+                if node.api.get(f"/task/{self.task_id.hex()}")["status"] != "finalized":
+                    return False
+            except ApiError as error:
+                if error.status != HTTPStatus.NOT_FOUND:
+                    raise
+                return False
+        return True
 
     def settled_height(self, snapshot: dict) -> int | None:
         """The highest height, at most SETTLE_DEPTH below the lowest head, at

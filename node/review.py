@@ -441,7 +441,9 @@ def generate_vectors() -> list[dict]:
        "insufficient balance")
     cancel = C.CancelTask(task_id=client_task_id)
     tx("cancel-task/submitted", s2, "client", cancel, description="refund before the group is drawn")
-    tx("cancel-task/group-selected", s3, "client", cancel, description="refund before training starts")
+    tx("attacks/m3-cancel-after-the-draw", s3, "client", cancel, "can no longer be cancelled",
+       description="a client that cancels once its group is drawn could resubmit until it drew one it likes")
+    tx("attacks/m3-cancel-before-the-draw", s2, "client", cancel, description="refund before the group is drawn")
     tx("cancel-task/training", s4, "client", cancel, "can no longer be cancelled")
     tx("cancel-task/not-client", s3, "mallory", cancel, "only the client may cancel")
     tx("cancel-task/unknown", s3, "client", C.CancelTask(task_id=random_root("task")), "unknown task")

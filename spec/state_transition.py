@@ -453,11 +453,13 @@ def process_submit_task(state: State, transaction: Transaction, submit: SubmitTa
 
 
 def process_cancel_task(state: State, transaction: Transaction, cancel: CancelTask) -> None:
-    """The client takes its task back before training starts; the payment is refunded."""
+    """The client takes its task back before its group is drawn; the payment is
+    refunded. Not after the draw: a client could cancel and resubmit until it
+    drew a group it likes (m3)."""
     task = state.tasks.get(cancel.task_id)
     assert task is not None, "unknown task"
     assert task.client == transaction.sender, "only the client may cancel"
-    assert task.status in (TASK_SUBMITTED, TASK_GROUP_SELECTED), "task can no longer be cancelled"
+    assert task.status == TASK_SUBMITTED, "task can no longer be cancelled (its group is drawn)"
     increase_balance(state, task.client, task.payment)
     set_task(state, cancel.task_id, task, status=TASK_CANCELLED, status_height=state.height)
 

@@ -102,6 +102,8 @@ class FakeApi:
                 raise ApiError(HTTPStatus.NOT_FOUND, f"no block {height}")
             return {"hash": self.chain[height]}
         if path.startswith("/task/"):
+            if self.status is None:
+                raise ApiError(HTTPStatus.NOT_FOUND, "no task")
             return {"status": self.status}
         raise AssertionError(path)
 
@@ -135,4 +137,6 @@ def test_not_settled_below_blocks_or_while_a_node_does_not_hold_the_task_finaliz
     assert devnet.settled_height(snapshot(devnet)) is None   # they agree only up to 5 < --blocks 8
     devnet = devnet_with([common] * NODES, statuses=["finalized", "finalized", "evaluation", "finalized"])
     assert not devnet.finalized_everywhere()
+    lagging = devnet_with([common] * NODES, statuses=["finalized", None, "finalized", "finalized"])
+    assert not lagging.finalized_everywhere()   # its head does not know the task yet: 404, not a crash
     assert devnet_with([common] * NODES).finalized_everywhere()
