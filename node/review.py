@@ -658,6 +658,15 @@ def generate_vectors() -> list[dict]:
         {"type": "max_pool2d", "pool_size": [2, 2], "padding": "same"}, {"type": "flatten"},
         dict(TOY_MODEL["layers"][0], units=4)])), "pooling supports only 'valid'",
        description="'same' pooling: the engine cannot run it, so its fee could never be mined")
+    tx("attacks/m2-deadline-too-far", s1, "client", dataclasses.replace(body, evaluation_deadline=s1.height + 2**20 + 1),
+       "more than 1048576 blocks ahead", description="a task every block would visit until a deadline of 2**63")
+    tx("attacks/m2-deadline-in-reach", s1, "client", dataclasses.replace(body, evaluation_deadline=s1.height + 2**20),
+       description="the furthest deadline a task may have")
+    crowd = c.transaction(s1, "client", c.submit_task_body(group_size=len(c.MINERS) + 1))
+    s_crowd, b_crowd = c.extend(s1, b1, "bob", [crowd])
+    block("attacks/m2-unfillable-group-is-refunded", s_crowd, c.mine(s_crowd, b_crowd, "carol"),
+          description="a group of 6 from 5 staked miners: the task expires at its one draw, the client is refunded "
+                      "(it used to rescan every stake each block until its deadline)")
     tx("attacks/m1-member-unstakes", s1, "carol", C.Unstake(role=ROLE_MINER), "locked while its owner is a member",
        description="carol holds a seat in the open genesis task: her miner stake stays to answer for her work")
     tx("attacks/m1-non-member-unstakes", s1, "frank", C.Unstake(role=ROLE_MINER),

@@ -391,11 +391,13 @@ class Node:
                 "stakes": stakes, "height": int(state.height)}
 
     def task(self, task_id: bytes) -> dict:
-        task = self.chain.head_state.tasks.get(task_id)
+        task, removed = self.chain.head_state.tasks.get(task_id), False
+        if task is None:
+            task, removed = self.store.removed_task(task_id), True
         if task is None:
             raise ApiError(HTTPStatus.NOT_FOUND, f"no task {task_id.hex()}")
         document = {"task_id": task_id.hex(), "status": TASK_STATUS_NAMES.get(int(task.status), str(int(task.status))),
-                    "task": to_json(task), "blocks": self.store.audit_entries(task_id)}
+                    "task": to_json(task), "blocks": self.store.audit_entries(task_id), "removed": removed}
         for extension in self.task_extensions:
             document.update(extension(task_id, task))
         return document

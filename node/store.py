@@ -281,6 +281,17 @@ class ChainStore:
         value = self.state_entry("tasks", task_id)
         return None if value is None else decode(value, C.Task)
 
+    def removed_task(self, task_id: bytes) -> C.Task | None:
+        """A task the chain removed once its evidence expired (spec:
+        `is_evidence_expired`), as it last was: the old value of its latest
+        main-chain change, which was its removal. None if the head holds it,
+        or it never existed."""
+        if self.state_entry("tasks", task_id) is not None:
+            return None
+        row = self._one("SELECT u.old_value FROM state_undo u JOIN main_chain m ON m.hash = u.block_hash "
+                        "WHERE u.map = 'tasks' AND u.key = ? ORDER BY m.height DESC LIMIT 1", [task_id])
+        return None if row is None or row[0] is None else decode(bytes(row[0]), C.Task)
+
     def transactions_of(self, sender: bytes, limit: int = 100) -> list[tuple[bytes, int, bytes]]:
         """(block hash, nonce, tx id) of `sender`'s main-chain transactions, newest first."""
         rows = self._all(

@@ -40,7 +40,7 @@ from bws.spec.pouw import sign_iteration_message
 from bws.spec.presets import COIN
 from bws.spec.state_transition import (
     InvalidTransaction, apply_transaction, compute_expiry_split, compute_fee_split, get_block_reward, get_total_supply,
-    state_transition,
+    is_evidence_expired, state_transition,
 )
 from property_tests.strategies import flip_bit
 
@@ -62,6 +62,7 @@ class TaskLifecycle(RuleBasedStateMachine):
         self.rewards = 0                              # block rewards minted so far
         self.slashable: dict[bytes, int] = {}         # cheat -> disputer reward share expected when slashed
         self.submitted: dict[bytes, int] = {}         # task id -> payment at submission
+        self.removed: dict[bytes, int] = {}           # task id -> status when its evidence expired and it left the state
 
     # -- building transactions ------------------------------------------------
     def _signed(self, state: C.State, sender: str, body, extra_nonce: int = 0) -> C.SignedTransaction:
@@ -235,7 +236,11 @@ class TaskLifecycle(RuleBasedStateMachine):
         assert after.burned - before.burned == slashed_burn, \
             "burned coin is not exactly the cheats' slashed stakes and the false accusers' penalties"
         for task_id, task in before.tasks.items():
-            now = after.tasks[task_id]
+            now = after.tasks.get(task_id)
+            if now is None:
+                assert is_evidence_expired(before.config, task, after.height), "a task left the state too early"
+                self.removed[task_id] = task.status
+                continue
             if task.status in TERMINAL_TASK_STATUSES:
                 assert now == task, "a task changed after it ended"
                 continue
@@ -275,7 +280,7 @@ class TaskLifecycle(RuleBasedStateMachine):
                 self._mine_progress()
                 self.coin_is_conserved()
         for task_id in self.submitted:
-            status = self.state.tasks[task_id].status
+            status = self.state.tasks[task_id].status if task_id in self.state.tasks else self.removed[task_id]
             assert status == TASK_FINALIZED or status in REFUNDED, f"task {task_id.hex()[:12]} ended in status {status}"
             event(f"task ended: {'finalized' if status == TASK_FINALIZED else 'refunded'}")
 

@@ -38,7 +38,7 @@ TASK_TRAINING = 2        # PoUW blocks may carry the task's iterations
 TASK_EVALUATION = 3      # test set revealed, evaluators score the final models
 TASK_FINALIZED = 4       # fee paid out (terminal)
 TASK_CANCELLED = 5       # refunded on the client's request (terminal)
-TASK_EXPIRED = 6         # past the evaluation deadline unevaluated: proven training paid, rest refunded (terminal)
+TASK_EXPIRED = 6         # past the evaluation deadline unevaluated, or no group could be drawn: proven training paid, rest refunded (terminal)
 TERMINAL_TASK_STATUSES = (TASK_FINALIZED, TASK_CANCELLED, TASK_EXPIRED)
 
 # Size limits (each bounds what a decoder accepts)
@@ -51,6 +51,8 @@ MAX_MERKLE_DEPTH = 32         # dataset of at most 2**32 batches
 MAX_MAP_ENTRIES = 2**32 - 1   # accounts, stakes, tasks
 MAX_GENESIS_ENTRIES = 4096
 MAX_TASK_ITERATIONS = 2**31 - 1  # the replayed model state counts its steps in an int32
+MAX_TASKS = 4096              # tasks in the state, open or ended and kept for disputes: bounds a block's lifecycle work
+MAX_TASK_BLOCKS = 2**20       # a submitted task's evaluation deadline is at most this many blocks ahead
 
 # Fee split of a finalized task, in basis points of the escrowed payment;
 # the rest goes to the group's miners in proportion to their recorded iterations.

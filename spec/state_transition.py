@@ -37,6 +37,7 @@ from typing import Callable
 
 from .constants import (
     BASIS_POINTS, BEST_MODEL_SHARE_BP, DOMAIN_TRANSACTION, EVALUATOR_SHARE_BP, MAX_GROUP_SIZE, MAX_HALVINGS,
+    MAX_TASK_BLOCKS, MAX_TASKS,
     FALSE_DISPUTE_PENALTY, MAX_FRAUD_PROOFS_PER_BLOCK, MAX_TARGET, RETARGET_CLAMP, ROLE_MINER, ROLES,
     SLASH_REWARD_SHARE_BP, SUPERVISOR_SHARE_BP,
     TASK_CANCELLED, TASK_EVALUATION, TASK_EXPIRED, TASK_FINALIZED, TASK_GROUP_SELECTED, TASK_SUBMITTED,
@@ -211,24 +212,43 @@ def process_stake_releases(state: State) -> None:
         increase_balance(state, key.owner, state.stakes.pop(key).amount)
 
 
+def expire_task(state: State, task_id, task: Task) -> None:
+    """End a task unfinalized: the proven training is paid, the rest refunded (compute_expiry_split)."""
+    for address, amount in compute_expiry_split(task).items():
+        increase_balance(state, address, amount)
+    set_task(state, task_id, task, status=TASK_EXPIRED, status_height=state.height)
+
+
+def is_evidence_expired(config: ChainConfig, task: Task, height: int) -> bool:
+    """Whether an ended task is past the time its evidence is kept for
+    disputes: stake_lock_period blocks, as long as a member that unstakes when
+    its task ends stays slashable."""
+    return task.status in TERMINAL_TASK_STATUSES and height >= task.status_height + config.stake_lock_period
+
+
 def process_task_lifecycle(state: State, block: Block) -> None:
-    """Advance every open task by at most one step (tasks in order of id):
-    expiry past the evaluation deadline (compute_expiry_split), group selection for a task
-    submitted in an earlier block (seed: the parent block's hash), training
-    after training_start_delay, evaluation from evaluation_deadline -
-    evaluation_period."""
+    """Advance every task by at most one step (tasks in order of id): an
+    ended task whose evidence expired is removed; expiry past the evaluation
+    deadline (compute_expiry_split); the group drawn for a task submitted in
+    an earlier block (seed: the parent block's hash), one draw only: a task
+    whose group cannot be filled expires at once, refunded; training after
+    training_start_delay; evaluation from evaluation_deadline -
+    evaluation_period. The state holds at most MAX_TASKS tasks, so this is a
+    bounded amount of work per block, and a task draws its group once."""
     config = state.config
     for task_id in sorted(state.tasks):
         task = state.tasks[task_id]
-        if task.status in TERMINAL_TASK_STATUSES:
+        if is_evidence_expired(config, task, state.height):
+            del state.tasks[task_id]
+        elif task.status in TERMINAL_TASK_STATUSES:
             continue
-        if state.height > task.evaluation_deadline:
-            for address, amount in compute_expiry_split(task).items():
-                increase_balance(state, address, amount)
-            set_task(state, task_id, task, status=TASK_EXPIRED, status_height=state.height)
+        elif state.height > task.evaluation_deadline:
+            expire_task(state, task_id, task)
         elif task.status == TASK_SUBMITTED and task.status_height < state.height:
             group = compute_group(state, task_id, task, block.header.parent_hash)
-            if group is not None:
+            if group is None:
+                expire_task(state, task_id, task)
+            else:
                 members, supervisors, evaluators = group
                 set_task(state, task_id, task, status=TASK_GROUP_SELECTED, status_height=state.height,
                          members=members, supervisors=supervisors, evaluators=evaluators)
@@ -439,6 +459,9 @@ def process_submit_task(state: State, transaction: Transaction, submit: SubmitTa
         "iterations x group size exceed the dataset's batches (each batch is trained once)"
     assert submit.evaluation_deadline > state.height + 1 + config.training_start_delay + config.evaluation_period, \
         "evaluation deadline too early"
+    assert submit.evaluation_deadline <= state.height + MAX_TASK_BLOCKS, \
+        f"evaluation deadline more than {MAX_TASK_BLOCKS} blocks ahead"
+    assert len(state.tasks) < MAX_TASKS, f"the chain holds {MAX_TASKS} tasks: wait for one to end"
     assert submit.payment > 0, "task without payment"
     decrease_balance(state, transaction.sender, submit.payment)
     task_id = compute_task_id(transaction.chain_id, transaction.sender, transaction.nonce)

@@ -1,11 +1,13 @@
 """The task lifecycle, group selection and the work a task's iteration does.
 
     SUBMITTED ──(next block: enough staked tickets)──▶ GROUP_SELECTED
+    SUBMITTED ──(next block: too few staked tickets)──▶ EXPIRED (refunded)
     GROUP_SELECTED ──(training_start_delay blocks)──▶ TRAINING
     TRAINING ──(final iteration proven, or evaluation_deadline - evaluation_period)──▶ EVALUATION
     EVALUATION ──(EvaluationResult by a selected evaluator)──▶ FINALIZED (payment split)
-    SUBMITTED, GROUP_SELECTED ──(CancelTask by the client)──▶ CANCELLED (refund)
+    SUBMITTED ──(CancelTask by the client)──▶ CANCELLED (refund)
     any non-terminal ──(height > evaluation_deadline)──▶ EXPIRED (proven training paid, the rest refunded)
+    FINALIZED, CANCELLED, EXPIRED ──(stake_lock_period blocks: its evidence expires)──▶ removed from the state
 
 Threats:
 - *Sybil groups*: members, supervisors and evaluators are drawn at random

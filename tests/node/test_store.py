@@ -153,3 +153,30 @@ def test_second_process_is_told_a_node_holds_the_store(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_task_the_chain_removed_is_still_found_as_it_ended(tmp_path):
+    """Ended tasks leave the state once their evidence expires (spec m2); the
+    node still answers for them (GET /task/<id>) from the block that removed it."""
+    from bws.node.review import ToyChain
+    from bws.node.validation import Chain
+    from bws.spec.constants import TASK_EXPIRED
+    from bws.spec.tasks import compute_task_id
+
+    toy = ToyChain()
+    chain = Chain(ChainStore(tmp_path / "chain"), toy.genesis_state, toy.genesis_block, toy.replay)
+    state, parent = toy.genesis_state, toy.genesis_block
+    unfillable = toy.transaction(state, "client", toy.submit_task_body(group_size=len(toy.MINERS) + 1))
+    task_id = compute_task_id(toy.config.chain_id, toy.address["client"], 0)
+    transactions = [unfillable]
+    while state.height < 2 + state.config.stake_lock_period + 1:
+        state, parent = toy.extend(state, parent, ("alice", "bob", "carol")[state.height % 3], transactions)
+        assert chain.import_block(parent).status == "connected"
+        transactions = []
+        if task_id in state.tasks:
+            assert chain.store.removed_task(task_id) is None
+    assert task_id not in chain.head_state.tasks
+    removed = chain.store.removed_task(task_id)
+    assert removed.status == TASK_EXPIRED and removed.client == toy.address["client"]
+    assert chain.store.removed_task(bytes(32)) is None
+    chain.store.close()

@@ -138,15 +138,6 @@ def test_a_task_that_expires_unselected_refunds_the_client(chain):
     assert gained == {"client": state.tasks[task_id].payment}
 
 
-def test_submitted_task_waits_for_enough_stakers(chain):
-    state, block = chain.extend(chain.genesis_state, chain.genesis_block, "alice")
-    too_big = chain.transaction(state, "client", chain.submit_task_body(group_size=6, deadline=30))
-    state, block = chain.extend(state, block, "bob", [too_big])
-    state, block = chain.extend(state, block, "carol")
-    task_id = compute_task_id(chain.config.chain_id, chain.address["client"], 0)
-    assert state.tasks[task_id].status == TASK_SUBMITTED, "5 staked miners cannot fill a group of 6"
-
-
 def test_group_selection_is_deterministic_from_block_hash(chain):
     state, block = chain.extend(chain.genesis_state, chain.genesis_block, "alice")
     submit = chain.transaction(state, "client", chain.submit_task_body(group_size=3, deadline=30))
@@ -253,3 +244,51 @@ def test_dispute_needs_a_stake_to_slash(chain, started):
     dispute = chain.transaction(state, "mallory", C.Dispute(evidence=C.Equivocation(first=first, second=second)))
     with pytest.raises(InvalidTransaction, match="no stake to slash"):
         apply_transaction(unstaked, dispute, chain.address["sam"], chain.replay)
+
+
+def test_m2_a_group_that_cannot_be_filled_is_refunded_at_its_one_draw(chain):
+    """m2: a task whose group cannot be filled rescanned every stake each block
+    until its deadline; now it draws once and expires, refunded in full."""
+    state, block = chain.extend(chain.genesis_state, chain.genesis_block, "alice")
+    submit = chain.transaction(state, "client", chain.submit_task_body(group_size=len(chain.MINERS) + 1,
+                                                                      payment=7 * COIN))
+    state, block = chain.extend(state, block, "bob", [submit])
+    task_id = compute_task_id(chain.config.chain_id, chain.address["client"], 0)
+    before = get_balance(state, chain.address["client"])
+    state, block = chain.extend(state, block, "carol")
+    assert state.tasks[task_id].status == TASK_EXPIRED and state.tasks[task_id].members == ()
+    assert get_balance(state, chain.address["client"]) == before + 7 * COIN
+    assert conserved(state)
+
+
+def test_m2_an_ended_task_is_removed_once_its_evidence_expires(chain):
+    """m2: ended tasks were kept (and visited by every block) forever. A task
+    is removed stake_lock_period blocks after it ends; a dispute on it then
+    names an unknown task."""
+    state, block, task_id, _ = run_to_evaluation(chain)
+    evaluator = name_of(chain, state.tasks[task_id].evaluators[0])
+    result = C.EvaluationResult(task_id=task_id, test_set_hash=chain.test_set_hash, scores=[5, 9])
+    state, block = chain.extend(state, block, "alice", [chain.transaction(state, evaluator, result)])
+    ended = state.height
+    member = state.tasks[task_id].members[0]
+    while state.height < ended + state.config.stake_lock_period - 1:
+        state, block = chain.extend(state, block, MINERS[state.height % 3])
+        assert task_id in state.tasks
+    state, block = chain.extend(state, block, MINERS[state.height % 3])
+    assert task_id not in state.tasks and conserved(state)
+    work = C.IterationWork(task_id=task_id, iteration=0, miner=member.address, state_before_root=random_root("s"),
+                           batch_index=0, batch_root=random_root("b"), batch_proof=[], peer_update_roots=[],
+                           update_root=random_root("u"), state_after_root=random_root("a"), loss=0)
+    message = chain.signed_message(name_of(chain, member.address), work, random_root("h"))
+    with pytest.raises(InvalidTransaction, match="unknown task"):
+        apply_transaction(state, chain.transaction(state, "mallory", C.Dispute(evidence=C.FraudProof(message=message))),
+                          chain.address["sam"], chain.replay)
+
+
+def test_m2_the_state_holds_at_most_max_tasks(chain, monkeypatch):
+    from bws.spec import state_transition
+    state, _ = chain.extend(chain.genesis_state, chain.genesis_block, "alice")
+    monkeypatch.setattr(state_transition, "MAX_TASKS", len(state.tasks))
+    with pytest.raises(InvalidTransaction, match="wait for one to end"):
+        apply_transaction(state, chain.transaction(state, "client", chain.submit_task_body()), chain.address["sam"],
+                          chain.replay)
