@@ -185,7 +185,8 @@ def transition_section(blocks: int) -> str:
             ratio = "1x" if label == "spec" else f"{best['spec'] / best[label]:.1f}x faster"
             rows.append(f"| {len(state.accounts)} | {label} | {best[label]:.2f} ms | {ratio} |")
     return "\n".join([
-        f"Block transition, the node's (node/transition.py) against the spec's `state_transition`, on the same "
+        f"Block transition, the node's (node/transition.py: the spec's rules on the node's primitives) against the "
+        f"spec's `state_transition` on its own, on the same "
         f"{blocks} blocks (4 transfers each, hash replay) in one run, each on its own previous post-state, best of "
         f"{blocks}:", "",
         "| accounts in the state | transition | per block | vs spec |", "| --- | --- | --- | --- |", *rows])
