@@ -464,16 +464,17 @@ class Miner:
         for record in mempool.select(MAX_TRANSACTIONS_PER_BLOCK, MAX_BLOCK_TRANSACTION_BYTES):
             try:
                 signed = decode(record.raw, SignedTransaction)
-                if is_fraud_proof(signed.transaction):
-                    if fraud_proofs == MAX_FRAUD_PROOFS_PER_BLOCK:
-                        break  # the rest of the pool waits: skipped, its sender's later nonces would fail here
-                    fraud_proofs += 1
+                fraud_proof = is_fraud_proof(signed.transaction)
+                if fraud_proof and fraud_proofs == MAX_FRAUD_PROOFS_PER_BLOCK:
+                    break  # the rest of the pool waits: skipped, its sender's later nonces would fail here
                 state = apply_transaction(state, signed, self.context.address,
                                           lambda task, message: replay_iteration(self.context, task, message))
             except (DecodeError, InvalidTransaction):
                 if mempool.report_invalid(record.tx_id, head_hash):
                     self.context.metrics["transactions_dropped_invalid"] += 1
                 continue
+            # Counted once it applies: junk fraud proofs must not use up the block's seats (issue #14's h3).
+            fraud_proofs += fraud_proof
             chosen.append(signed)
         return chosen
 

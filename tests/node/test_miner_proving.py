@@ -190,6 +190,33 @@ def test_a_poison_task_does_not_stop_the_miner(one_miner, tmp_path, poison):
     assert context.metrics["blocks_mined"] >= 2
 
 
+def test_junk_fraud_proofs_do_not_use_up_the_blocks_seats(one_miner, tmp_path):
+    """Issue #14's h3: five fraud proofs against a key that is in no group, at
+    the best fee rate, were counted toward MAX_FRAUD_PROOFS_PER_BLOCK before
+    being checked, so the template stopped there and the block carried nothing.
+    Now they fail the rules and leave; the client's transfer is taken."""
+    from bws.spec.constants import MAX_FRAUD_PROOFS_PER_BLOCK
+    from bws.spec.state_transition import sign_transaction
+    context = make_node(one_miner, tmp_path, "node0", one_miner[1][0], {})
+    config, outsider = context.chain.config, derive_account(7, "outsider")
+    work = C.IterationWork(task_id=hash_bytes(b"task"), iteration=3, miner=outsider.address,
+                           state_before_root=bytes(32), batch_index=0, batch_root=bytes(32), batch_proof=[],
+                           peer_update_roots=[], update_root=bytes(32), state_after_root=bytes(32), loss=0)
+    for nonce in range(MAX_FRAUD_PROOFS_PER_BLOCK + 1):
+        evidence = sign_iteration_message(outsider.secret_key, outsider.public_key, C.IterationMessage(
+            work=dataclasses.replace(work, loss=nonce), header_commitment=bytes(32)))
+        context.submit_transaction(sign_transaction(one_miner[1][0].secret_key, C.Transaction(
+            chain_id=config.chain_id, sender=context.address, nonce=nonce, fee=1000 * config.min_transaction_fee,
+            body=C.Dispute(evidence=C.FraudProof(message=evidence)))))
+    client = derive_account(7, "client")
+    transfer = sign_transaction(client.secret_key, C.Transaction(
+        chain_id=config.chain_id, sender=client.address, nonce=0, fee=config.min_transaction_fee,
+        body=C.Transfer(recipient=outsider.address, amount=5)))
+    context.submit_transaction(transfer)
+    chosen = Miner(context)._select_transactions(context.chain.head_state)
+    assert chosen == [transfer]
+
+
 def test_a_block_takes_at_most_the_allowed_fraud_proofs_and_the_rest_wait(one_miner, tmp_path, monkeypatch):
     """Six pooled FraudProofs: the miner's block takes the first four (the spec's
     MAX_FRAUD_PROOFS_PER_BLOCK) and stops there, so the sender's later nonces wait
