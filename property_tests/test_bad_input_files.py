@@ -1,6 +1,6 @@
 """Bad input in the files a user hands to the node: spec vector files
-(`bws spec vectors --check DIR`) and genesis files (`bws node run --genesis
-FILE`, `load_genesis`). Random and mutated contents must be refused with the
+(`bws spec vectors --check DIR`), genesis files (`bws node run --genesis
+FILE`, `load_genesis`) and the node's slashing-protection file. Random and mutated contents must be refused with the
 command's one-line error (exit code 1) or the area's own exception, never a
 traceback, and nothing may be written next to the input."""
 from __future__ import annotations
@@ -95,3 +95,42 @@ def test_genesis_loader_refuses_bad_files_with_node_error(contents):
         except NodeError as error:
             assert str(error).startswith(str(path)) or "genesis" in str(error)
         assert _listing(Path(directory)) == before, "loading a genesis file wrote next to it"
+
+
+def _signed_record() -> bytes:
+    """A slashing-protection file holding one signed message of the toy chain."""
+    from bws.node import keys
+    from bws.node.roles.miner import sign_iteration_message
+    from bws.node.roles.signed import SignedMessages
+    from bws.spec import containers as C
+
+    toy = ToyChain()
+    work = toy.iteration_work(toy.genesis_task_id, toy.genesis_state.tasks[toy.genesis_task_id], 0, 0)
+    secret = toy.keys["alice"]
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "signed.bin"
+        SignedMessages(path).sign(C.IterationMessage(work=work, header_commitment=bytes(32)),
+                                  lambda m: sign_iteration_message(secret, keys.get_public_key(secret), m))
+        return path.read_bytes()
+
+
+SIGNED_RECORD = _signed_record()
+
+
+@given(st.one_of(st.binary(max_size=300), mutated(SIGNED_RECORD), mutated(SIGNED_RECORD * 2)))
+@example(SIGNED_RECORD[:-1])
+def test_slashing_protection_file(data):
+    """The node's slashing-protection file (node/roles/signed.py), damaged any
+    way: it loads the whole records it holds (a torn tail is dropped) or
+    refuses with SignedRecordError naming the file, never another exception."""
+    from bws.node.roles.signed import SignedMessages, SignedRecordError
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "signed.bin"
+        path.write_bytes(data)
+        try:
+            record = SignedMessages(path)
+        except SignedRecordError as error:
+            assert str(path) in str(error)
+            return
+        assert len(record) <= max(1, len(data) // 100)

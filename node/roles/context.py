@@ -27,6 +27,7 @@ from .data import (
     DATA_TENSORS, FOUND, NOT_FOUND, ROOT_BYTES, DataError, TensorCache, decode_checked, parse_request, tensors_request,
 )
 from .library import TaskLibrary
+from .signed import SignedMessages
 
 logger = logging.getLogger("bws.node.roles")
 
@@ -102,6 +103,7 @@ class RoleContext:
     import_block: object       # the node's import_block(block): validation, mempool upkeep
     cache: TensorCache = field(default_factory=TensorCache)
     messages: MessageLog = field(default_factory=MessageLog)
+    signed: SignedMessages = field(default_factory=SignedMessages)   # slashing protection (roles/signed.py)
     metrics: Counter = field(default_factory=Counter)
     gauges: dict = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)

@@ -33,6 +33,7 @@ from .data import TensorCache
 from .evaluator import Evaluator
 from .library import TaskLibrary
 from .miner import Miner
+from .signed import SIGNED_MESSAGES_FILE, SignedMessages
 from .supervisor import Supervisor
 from .verifier import NetworkReplay
 
@@ -90,7 +91,8 @@ class RoleSet:
         self.context = RoleContext(chain=node.chain, mempool=node.mempool, network=node.network,
                                    account=self.account, library=TaskLibrary(self.dataset_dir),
                                    import_block=node.import_block,
-                                   cache=TensorCache(directory=Path(node.data_dir) / TENSORS_DIRECTORY))
+                                   cache=TensorCache(directory=Path(node.data_dir) / TENSORS_DIRECTORY),
+                                   signed=SignedMessages(Path(node.data_dir) / SIGNED_MESSAGES_FILE))
         node.network.register_handler(PROTOCOL_DATA, self._serve_data)
         node.reveal_handler = self.reveal
         node.iteration_message_listeners.append(self._on_iteration_message)

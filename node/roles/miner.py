@@ -404,7 +404,12 @@ class Miner:
         ahead = self._commit_header(head_state)
         training.commitments[i + k] = ahead
         message = C.IterationMessage(work=work, header_commitment=compute_header_commitment(self._header(ahead)))
-        signed = sign_iteration_message(context.account.secret_key, context.public_key, message)
+        signed = context.signed.sign(
+            message, lambda m: sign_iteration_message(context.account.secret_key, context.public_key, m))
+        if signed is None:  # signed otherwise before a restart: a second version would be slashed
+            context.metrics["second_versions_refused"] += 1
+            training.proven_state, training.proven_state_root = state_flat, state_after_root
+            return
         if not computed.cheated:
             context.remember_own_iteration(message)
         training.messages[i] = signed

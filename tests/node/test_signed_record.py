@@ -1,0 +1,79 @@
+"""Slashing protection (node/roles/signed.py): a node never signs two versions of one iteration, restarts included."""
+import time
+
+import pytest
+
+from bws.node.p2p import TOPIC_TASK
+from bws.node.roles.miner import Miner, sign_iteration_message
+from bws.node.roles.signed import SignedMessages, SignedRecordError
+from bws.node.devnet import derive_account
+from bws.spec import containers as C
+from bws.spec.encoding import decode
+from bws.spec.hashing import hash_bytes
+from tests.node.test_miner_proving import one_miner  # noqa: F401 (fixture)
+from tests.node.test_roles_verifier import make_node
+
+ACCOUNT = derive_account(1, "signed-record test key")
+
+
+def message(iteration: int, commitment: bytes = bytes(32)) -> C.IterationMessage:
+    work = C.IterationWork(task_id=hash_bytes(b"task"), iteration=iteration, miner=ACCOUNT.address,
+                           state_before_root=bytes(32), batch_index=0, batch_root=bytes(32), batch_proof=[],
+                           peer_update_roots=[], update_root=bytes(32), state_after_root=bytes(32), loss=0)
+    return C.IterationMessage(work=work, header_commitment=commitment)
+
+
+def signer(m: C.IterationMessage) -> C.SignedIterationMessage:
+    return sign_iteration_message(ACCOUNT.secret_key, ACCOUNT.public_key, m)
+
+
+def test_a_second_version_is_refused_across_a_restart(tmp_path):
+    path = tmp_path / "signed.bin"
+    record = SignedMessages(path)
+    first = record.sign(message(0), signer)
+    assert record.sign(message(0), signer) is first
+    assert record.sign(message(0, hash_bytes(b"another header")), signer) is None
+    record.sign(message(1), signer)
+    restarted = SignedMessages(path)
+    assert len(restarted) == 2
+    assert restarted.sign(message(0), signer) == first
+    assert restarted.sign(message(1, hash_bytes(b"another header")), signer) is None
+
+
+def test_a_record_cut_short_by_a_crash_is_dropped_and_a_corrupt_one_is_an_error(tmp_path):
+    path = tmp_path / "signed.bin"
+    SignedMessages(path).sign(message(0), signer)
+    whole = path.read_bytes()
+    path.write_bytes(whole + whole[:10])      # a second record torn mid-write
+    record = SignedMessages(path)
+    assert len(record) == 1 and path.read_bytes() == whole
+    record.sign(message(1), signer)
+    assert len(SignedMessages(path)) == 2
+    path.write_bytes(b"\x05\x00\x00\x00junk!")
+    with pytest.raises(SignedRecordError, match="record at byte 0"):
+        SignedMessages(path)
+
+
+def test_a_restarted_miner_never_signs_a_second_version(one_miner, tmp_path):  # noqa: F811
+    """Issue #14's h5: after a restart the miner trained again from iteration 0
+    and signed new messages (new header commitments) for iterations it had
+    signed: an Equivocation that burns its stake. Now it refuses them."""
+    path = tmp_path / "signed.bin"
+
+    def run(name: str) -> tuple[list, object]:
+        context = make_node(one_miner, tmp_path, name, one_miner[1][0], {})
+        context.signed = SignedMessages(path)
+        miner = Miner(context)
+        for _ in range(3):
+            miner._last_bootstrap = float("-inf")
+            assert miner.step()
+        return [decode(data, C.SignedIterationMessage) for topic, data in context.network.published
+                if topic == TOPIC_TASK], context
+
+    before, _ = run("before")
+    assert [s.message.work.iteration for s in before] == [0, 1, 2]
+    time.sleep(1.1)   # a later clock: the headers the restarted miner would commit to differ
+    after, context = run("after")
+    signed_before = {s.message.work.iteration: s for s in before}
+    assert all(s == signed_before[s.message.work.iteration] for s in after), "a second version was sent"
+    assert context.metrics["second_versions_refused"] >= 1
