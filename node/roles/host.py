@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from bws.spec import containers as C
+from bws.spec.tasks import get_member_index
 from bws.templates.errors import TemplateError
 from bws.templates.task import WITHHELD_TEST_SPLIT, parse_task
 
@@ -159,7 +160,11 @@ class RoleSet:
     def _on_iteration_message(self, signed: C.SignedIterationMessage, origin: str) -> None:
         if self.context.messages.add(signed, origin):
             self.context.metrics["task_messages"] += 1
-            self.context.note_task_activity(bytes(signed.message.work.task_id))
+            work = signed.message.work
+            task = self.context.chain.head_state.tasks.get(work.task_id)
+            if task is not None and get_member_index(task, work.miner) is not None:
+                # only its group's messages say a task is being trained (any key can sign a message)
+                self.context.note_task_activity(bytes(work.task_id))
             if self.supervisor is not None:
                 self.supervisor.on_message(signed)
 

@@ -264,14 +264,17 @@ class Miner:
         return None
 
     def _client_training_in_progress(self, state: C.State) -> bool:
-        """Whether some group is still training a client task (judged from its gossip)."""
+        """Whether some group is training a client task now: one of its members
+        sent a message in the last CLIENT_TASK_QUIET_SECONDS. A task nobody
+        trains (a dataset nobody has, a group that never starts) does not pause
+        the bootstrap miners, whose blocks bring its deadline (issue #14's h4)."""
         now = time.monotonic()
         for task_id, task in state.tasks.items():
             if bytes(task.client) == bytes(20) or task.status not in (TASK_GROUP_SELECTED, TASK_TRAINING):
                 continue
             last_seen = self.context.gauges.get(("task_last_message", bytes(task_id)))
             done = self.context.messages.max_iteration(bytes(task_id)) >= task.iterations - 1
-            if not done and (last_seen is None or now - last_seen < CLIENT_TASK_QUIET_SECONDS):
+            if not done and last_seen is not None and now - last_seen < CLIENT_TASK_QUIET_SECONDS:
                 return True
         return False
 

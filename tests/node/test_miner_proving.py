@@ -242,3 +242,35 @@ def test_a_block_takes_at_most_the_allowed_fraud_proofs_and_the_rest_wait(one_mi
     chosen = Miner(context)._select_transactions(context.chain.head_state)
     assert [int(s.transaction.nonce) for s in chosen] == list(range(MAX_FRAUD_PROOFS_PER_BLOCK))
     assert len(context.mempool) == MAX_FRAUD_PROOFS_PER_BLOCK + 2 and not context.metrics["transactions_dropped_invalid"]
+
+
+def test_a_client_task_nobody_trains_does_not_pause_the_bootstrap_miners(one_miner, tmp_path):
+    """Issue #14's h4: bootstrap miners paused while any client task in training
+    had never been heard from, so one cheap task naming a dataset nobody has
+    stopped the chain before the deadline that would end it; and any key's
+    self-signed message counted as the task's activity. Now only a member's
+    recent message pauses them."""
+    from types import SimpleNamespace
+    from bws.node.roles.host import RoleSet
+    from bws.spec.constants import TASK_TRAINING
+    context = make_node(one_miner, tmp_path, "node0", one_miner[1][0], {})
+    miner = Miner(context)
+    state = context.chain.head_state
+    (bootstrap_id, bootstrap), = state.tasks.items()
+    task_id = hash_bytes(b"a task nobody trains")
+    stalled = dataclasses.replace(bootstrap, client=hash_bytes(b"client")[:20], status=TASK_TRAINING)
+    with_task = dataclasses.replace(state, tasks={**state.tasks, task_id: stalled})
+    assert not miner._client_training_in_progress(with_task)
+    context.note_task_activity(task_id)
+    assert miner._client_training_in_progress(with_task)
+
+    outsider, member = derive_account(7, "outsider"), one_miner[1][0]
+    host = SimpleNamespace(context=context, supervisor=None)
+    for account, counts in ((outsider, False), (member, True)):
+        work = C.IterationWork(task_id=bootstrap_id, iteration=5, miner=account.address, state_before_root=bytes(32),
+                               batch_index=5, batch_root=bytes(32), batch_proof=[], peer_update_roots=[],
+                               update_root=bytes(32), state_after_root=bytes(32), loss=0)
+        signed = sign_iteration_message(account.secret_key, account.public_key,
+                                        C.IterationMessage(work=work, header_commitment=bytes(32)))
+        RoleSet._on_iteration_message(host, signed, "peer")
+        assert (("task_last_message", bytes(bootstrap_id)) in context.gauges) is counts
