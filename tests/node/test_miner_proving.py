@@ -135,6 +135,20 @@ def test_cached_fields_are_the_dataclass_fields():
     assert get_fields(C.IterationWork) is get_fields(C.IterationWork)
 
 
+def mine_until_the_pool_drops_it(context) -> None:
+    """Mine with the one pooled transaction the full rules refuse: the miner
+    keeps mining without it, and the pool drops it after three heads."""
+    assert len(context.mempool) == 1
+    miner = Miner(context)
+    for _ in range(MAX_ITERATIONS):
+        miner._last_bootstrap = float("-inf")
+        assert miner.step()
+        if not len(context.mempool):
+            break
+    assert not len(context.mempool), "the refused transaction is still pooled"
+    assert context.metrics["transactions_dropped_invalid"] == 1 and context.metrics["blocks_mined"] >= 2
+
+
 def test_a_pooled_transaction_the_rules_refuse_is_dropped_after_three_heads(one_miner, tmp_path):
     """Admitted to the pool (envelope, fee, nonce and balance are fine) but
     invalid by the full rules: the miner leaves it out of every block and the
@@ -148,15 +162,7 @@ def test_a_pooled_transaction_the_rules_refuse_is_dropped_after_three_heads(one_
                                   body=C.EvaluationResult(task_id=hash_bytes(b"no such task"),
                                                           test_set_hash=hash_bytes(b"test"), scores=[]))
     context.submit_transaction(sign_transaction(one_miner[1][0].secret_key, orphan_result))
-    assert len(context.mempool) == 1
-    miner = Miner(context)
-    for _ in range(MAX_ITERATIONS):
-        miner._last_bootstrap = float("-inf")
-        assert miner.step()
-        if not len(context.mempool):
-            break
-    assert not len(context.mempool), "the refused transaction is still pooled"
-    assert context.metrics["transactions_dropped_invalid"] == 1 and context.metrics["blocks_mined"] >= 2
+    mine_until_the_pool_drops_it(context)
     assert context.chain.account_nonce(context.address) == 0   # never included
 
 
@@ -179,15 +185,7 @@ def test_a_poison_task_does_not_stop_the_miner(one_miner, tmp_path, poison):
                           evaluation_deadline=10**6, payment=1)
     context.submit_transaction(sign_transaction(one_miner[1][0].secret_key, C.Transaction(
         chain_id=config.chain_id, sender=context.address, nonce=0, fee=config.min_transaction_fee, body=submit)))
-    assert len(context.mempool) == 1
-    miner = Miner(context)
-    for _ in range(MAX_ITERATIONS):
-        miner._last_bootstrap = float("-inf")
-        assert miner.step()
-        if not len(context.mempool):
-            break
-    assert not len(context.mempool) and context.metrics["transactions_dropped_invalid"] == 1
-    assert context.metrics["blocks_mined"] >= 2
+    mine_until_the_pool_drops_it(context)
 
 
 def test_junk_fraud_proofs_do_not_use_up_the_blocks_seats(one_miner, tmp_path):
