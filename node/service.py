@@ -52,8 +52,9 @@ from .mempool import Mempool, MempoolError
 from .p2p import PROTOCOL_SYNC, TOPIC_BLOCK, TOPIC_TASK, TOPIC_TX, NetworkError, NetworkService, Verdict
 from .store import ChainStore, StoreError, transaction_id
 from .validation import (
-    BlockFromFuture, BlockRejected, Chain, ImportResult, TransactionRejected, check_transaction_envelope,
-    decode_block, decode_transaction, is_signed_iteration_message_valid, precheck_block, transaction_pool_record,
+    BlockFromFuture, BlockNotValidated, BlockRejected, Chain, ImportResult, TransactionRejected,
+    check_transaction_envelope, decode_block, decode_transaction, is_signed_iteration_message_valid, precheck_block,
+    transaction_pool_record,
 )
 
 logger = logging.getLogger("bws.node")
@@ -231,7 +232,7 @@ class Node:
         self.counters["gossip_blocks"] += 1
         try:
             self.import_block(decode_block(message.data))
-        except (BlockRejected, BlockFromFuture) as error:
+        except (BlockRejected, BlockFromFuture, BlockNotValidated) as error:
             logger.info("gossiped block refused: %s", error.reason)
 
     def _validate_gossip_transaction(self, data: bytes) -> Verdict:
@@ -335,8 +336,8 @@ class Node:
             return self.import_block(decode_block(raw))
         except BlockRejected as error:
             raise sync.SyncError(f"peer served an invalid block: {error.reason}") from None
-        except BlockFromFuture:
-            return []
+        except (BlockFromFuture, BlockNotValidated):
+            return []   # not the peer's fault: offered again later
 
     def _backfill(self, peer: str, missing: bytes) -> int:
         """Fetch ancestors by hash until one connects (a fork deeper than the overlap)."""
@@ -416,7 +417,7 @@ class Node:
         try:
             block = decode_block(raw)
             results = self.import_block(block)
-        except (BlockRejected, BlockFromFuture) as error:
+        except (BlockRejected, BlockFromFuture, BlockNotValidated) as error:
             raise ApiError(HTTPStatus.BAD_REQUEST, f"block rejected: {error.reason}") from None
         result = results[0]
         if result.status in ("connected", "reorg", "side"):

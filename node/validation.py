@@ -44,7 +44,8 @@ from bws.spec.hashing import hash_bytes
 from bws.spec.fork_choice import is_timestamp_acceptable
 from bws.spec.pouw import compute_message_digest, compute_nonce, compute_nonce_seed, compute_block_work, is_valid_pow
 from bws.spec.state_transition import (
-    InvalidBlock, Replay, compute_block_hash, compute_transaction_signing_root, compute_transactions_root,
+    InvalidBlock, Replay, ReplayUnavailable, compute_block_hash, compute_transaction_signing_root,
+    compute_transactions_root,
 )
 
 from . import keys
@@ -57,6 +58,8 @@ MAX_TRANSACTION_BYTES = 128 * 1024
 MAX_ORPHANS = 256
 MAX_ORPHAN_BYTES = 64 * 1024 * 1024
 MAX_REMEMBERED_INVALID = 10_000
+UNAVAILABLE_RETRY_SECONDS = 5.0       # a block whose replay inputs were unavailable is tried again after this,
+UNAVAILABLE_RETRY_MAX_SECONDS = 300.0  # doubling at each failure up to this
 
 
 def _content_hash(block: C.Block) -> bytes:
@@ -78,6 +81,14 @@ class BlockRejected(ValidationError):
 class BlockFromFuture(ValidationError):
     """The block's timestamp is too far ahead of this node's clock: held back,
     not invalid (the spec's `is_timestamp_acceptable`); it may be offered again later."""
+
+
+class BlockNotValidated(ValidationError):
+    """The inputs of the block's iteration could not be fetched for its replay:
+    not validated yet, and not invalid. Validity is a property of the block,
+    not of the network weather: a miner that serves its inputs to half the
+    nodes must not split them from the other half for good. Offered again
+    after its backoff (UNAVAILABLE_RETRY_SECONDS, doubling), it is tried again."""
 
 
 class TransactionRejected(ValidationError):
@@ -188,8 +199,9 @@ class Chain:
         self._orphans: OrderedDict[bytes, tuple[C.Block, int]] = OrderedDict()
         self._orphan_bytes = 0
         self._invalid: set[bytes] = set()
+        self._unavailable: OrderedDict[bytes, tuple[float, float]] = OrderedDict()  # content hash -> (retry at, delay)
         self.metrics = {"blocks_connected": 0, "blocks_rejected": 0, "reorgs": 0, "side_blocks": 0,
-                        "orphans": 0, "transition_seconds": 0.0, "transitions": 0}
+                        "orphans": 0, "transition_seconds": 0.0, "transitions": 0, "blocks_not_validated": 0}
         genesis_hash = bytes(compute_block_hash(genesis_block))
         if not store.is_initialized():
             store.connect_block(genesis_block, genesis_hash, 0, None, genesis_state)
@@ -239,6 +251,10 @@ class Chain:
         with self._lock:
             if _content_hash(block) in self._invalid:
                 raise BlockRejected("block was already found invalid")
+            waiting = self._unavailable.get(_content_hash(block))
+            if waiting is not None and time.monotonic() < waiting[0]:
+                raise BlockNotValidated(f"its iteration's inputs were unavailable; tried again in "
+                                        f"{waiting[0] - time.monotonic():.0f} s")
             if self.store.has_block(block_hash):
                 return ImportResult("known", block_hash, height)
             if not is_timestamp_acceptable(block.header, int(time.time())):
@@ -271,7 +287,7 @@ class Chain:
             for child_hash, child in children:
                 try:
                     result = self.import_block(child)
-                except BlockRejected:
+                except (BlockRejected, BlockNotValidated):
                     continue
                 results.append(result)
                 pending.append(child_hash)
@@ -300,16 +316,41 @@ class Chain:
         self.metrics["blocks_rejected"] += 1
 
     def _transition(self, state: C.State, block: C.Block) -> C.State:
+        """The block's post-state; InvalidBlock, or BlockNotValidated when its
+        replay could not fetch the iteration's inputs."""
         started = time.perf_counter()
+        unavailable = []
+
+        def replay(task: C.Task, message: C.IterationMessage) -> C.ReplayResult:
+            try:
+                return self.replay(task, message)
+            except ReplayUnavailable as error:
+                unavailable.append(str(error))
+                raise
         try:
             # Every block reaching here passed precheck_block (import_block runs it
             # first; a reorg's side blocks ran it when they arrived).
             if self.replay is None:
                 return trusting_transition(state, block)
-            return state_transition(state, block, self.replay)
+            return state_transition(state, block, replay)
+        except InvalidBlock:
+            if unavailable:
+                raise self._not_validated(block, unavailable[0]) from None
+            raise
         finally:
             self.metrics["transition_seconds"] += time.perf_counter() - started
             self.metrics["transitions"] += 1
+
+    def _not_validated(self, block: C.Block, why: str) -> BlockNotValidated:
+        """Note a block whose replay inputs were unavailable, to be tried again after a doubling backoff."""
+        key = _content_hash(block)
+        delay = min(self._unavailable.pop(key, (0.0, UNAVAILABLE_RETRY_SECONDS / 2))[1] * 2,
+                    UNAVAILABLE_RETRY_MAX_SECONDS)
+        self._unavailable[key] = (time.monotonic() + delay, delay)
+        if len(self._unavailable) > MAX_REMEMBERED_INVALID:
+            self._unavailable.popitem(last=False)
+        self.metrics["blocks_not_validated"] += 1
+        return BlockNotValidated(f"iteration inputs unavailable ({why}); not validated yet, tried again in {delay:.0f} s")
 
     def _import_with_parent(self, block: C.Block, block_hash: bytes, parent: BlockRecord) -> ImportResult:
         work = parent.cumulative_work + compute_block_work(block.header.target)

@@ -193,13 +193,18 @@ def test_replay_mismatch_is_rejected_by_every_node(network_setup, mined, tmp_pat
     assert all(node.metrics["replay_mismatches"] == 1 for node in nodes)
 
 
-def test_withheld_inputs_make_the_block_invalid(network_setup, mined, tmp_path):
+def test_withheld_inputs_leave_the_block_not_validated(network_setup, mined, tmp_path):
+    """A node that cannot fetch the iteration's inputs does not connect the
+    block, and does not take it for invalid either (validation.BlockNotValidated)."""
+    from bws.node.validation import BlockNotValidated
     block, _, _ = mined
     genesis_setup = network_setup
     isolated: dict = {}
     node = make_node(genesis_setup, tmp_path, "isolated", network_setup[1][1], isolated)
-    assert_rejected_everywhere([node], block, "iteration inputs unavailable")
-    assert node.metrics["replays_unavailable"] == 1
+    with pytest.raises(BlockNotValidated, match="iteration inputs unavailable"):
+        node.chain.import_block(block)
+    assert node.chain.head.height == 0
+    assert node.metrics["replays_unavailable"] == 1 and node.chain.metrics["blocks_rejected"] == 0
 
 
 # ---------------------------------------------------------------------------

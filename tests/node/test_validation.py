@@ -212,3 +212,31 @@ def test_orphan_pool_is_bounded(factory, tmp_path, monkeypatch):
     results = chain.import_with_orphans(blocks[0])
     assert [r.status for r in results] == ["connected"]  # block 2 was dropped: 3 and 4 stay orphans
     assert chain._orphan_bytes == sum(size for _, size in chain._orphans.values())
+
+
+def test_a_block_whose_inputs_are_unavailable_is_not_validated_yet_and_tried_again(factory, tmp_path, monkeypatch):
+    """Issue #14's h1: a failed fetch of a block's replay inputs made it
+    invalid, remembered by content hash: a miner that served its inputs to half
+    the network split it for good. Now the block is not validated yet, refused
+    without a replay until its backoff ends, then tried again."""
+    from bws.node import validation
+    from bws.node.validation import BlockNotValidated
+    from bws.spec.state_transition import ReplayUnavailable
+    served = {"inputs": False}
+
+    def flaky_replay(task, message):
+        if not served["inputs"]:
+            raise ReplayUnavailable("the miner served its inputs to other nodes only")
+        return hash_replay(task, message)
+
+    chain = Chain(ChainStore(tmp_path), factory.genesis_state, factory.genesis_block, flaky_replay)
+    block, _ = factory.next_block(factory.genesis_state, miner=0)
+    with pytest.raises(BlockNotValidated, match="inputs unavailable.*tried again in 5 s"):
+        chain.import_block(block)
+    served["inputs"] = True
+    with pytest.raises(BlockNotValidated, match="tried again in"):   # within its backoff: no replay yet
+        chain.import_block(block)
+    clock = validation.time.monotonic()
+    monkeypatch.setattr(validation.time, "monotonic", lambda: clock + validation.UNAVAILABLE_RETRY_SECONDS + 1)
+    assert chain.import_block(block).status == "connected"
+    assert chain.metrics["blocks_not_validated"] == 1 and chain.metrics["blocks_rejected"] == 0
