@@ -45,6 +45,7 @@ from bws.spec.genesis import InvalidGenesis, create_genesis_state, get_genesis_b
 from bws.spec.pouw import compute_message_digest
 from bws.spec.presets import PRESETS
 from bws.spec.state_transition import Replay, compute_block_hash
+from bws.spec.tasks import get_member_index
 
 from . import sync
 from .api import ApiError, ApiServer, from_json, to_json
@@ -255,11 +256,22 @@ class Node:
             logger.debug("gossiped transaction not pooled: %s", error)
 
     def _validate_iteration_message(self, data: bytes) -> Verdict:
+        """REJECT what does not decode or is not signed by the miner it names;
+        IGNORE (kept and relayed by no one here) a message for a task this
+        node's head does not hold, by a key outside the task's group, or for an
+        iteration beyond the task's: any key can sign messages, only a group's
+        are worth relaying (issue #14's m4)."""
         try:
             signed = decode(data, C.SignedIterationMessage)
         except DecodeError:
             return Verdict.REJECT
-        return Verdict.ACCEPT if is_signed_iteration_message_valid(signed) else Verdict.REJECT
+        if not is_signed_iteration_message_valid(signed):
+            return Verdict.REJECT
+        work = signed.message.work
+        task = self.chain.head_state.tasks.get(work.task_id)
+        if task is None or get_member_index(task, work.miner) is None or work.iteration >= task.iterations:
+            return Verdict.IGNORE
+        return Verdict.ACCEPT
 
     def _on_iteration_message(self, message) -> None:
         self.counters["iteration_messages"] += 1

@@ -40,6 +40,9 @@ class RoleError(Exception):
     """A role could not do what it was asked (the message says what and why)."""
 
 
+VERSIONS_KEPT = 2   # versions of one (task, iteration, miner) a MessageLog keeps: two are an equivocation
+
+
 class MessageLog:
     """Every distinct signed iteration message seen, by task, iteration and
     miner (two entries under one key are an equivocation), with waiters."""
@@ -50,12 +53,14 @@ class MessageLog:
         self._condition = threading.Condition()
 
     def add(self, signed: C.SignedIterationMessage, origin: str | None) -> bool:
-        """Record a message; False if it was already known."""
+        """Record a message; False if it was already known, or if two versions
+        of its (task, iteration, miner) are known already (two prove an
+        equivocation: more only fill memory)."""
         work = signed.message.work
         key = (int(work.iteration), bytes(work.miner))
         with self._condition:
             entries = self._messages[bytes(work.task_id)].setdefault(key, [])
-            if any(existing == signed for existing in entries):
+            if len(entries) >= VERSIONS_KEPT or any(existing == signed for existing in entries):
                 return False
             entries.append(signed)
             if origin:

@@ -272,3 +272,41 @@ def test_a_client_task_nobody_trains_does_not_pause_the_bootstrap_miners(one_min
                                         C.IterationMessage(work=work, header_commitment=bytes(32)))
         RoleSet._on_iteration_message(host, signed, "peer")
         assert (("task_last_message", bytes(bootstrap_id)) in context.gauges) is counts
+
+
+def test_only_a_groups_iteration_messages_are_relayed_and_kept(one_miner, tmp_path):
+    """Issue #14's m4: any key's validly signed IT_RES was relayed to all and
+    kept without bound. Gossip now relays a message only for a task the head
+    holds, by a member of its group, for an iteration of the task; the log
+    keeps at most two versions of one (task, iteration, miner)."""
+    from types import SimpleNamespace
+    from bws.node.p2p import Verdict
+    from bws.node.roles.context import MessageLog
+    from bws.node.service import Node
+    from bws.spec.encoding import encode
+    context = make_node(one_miner, tmp_path, "node0", one_miner[1][0], {})
+    (task_id, task), = context.chain.head_state.tasks.items()
+    node = SimpleNamespace(chain=context.chain)
+    member, outsider = one_miner[1][0], derive_account(7, "outsider")
+
+    def message(account, loss=0, **fields):
+        work = C.IterationWork(**{**dict(task_id=task_id, iteration=5, miner=account.address,
+                                         state_before_root=bytes(32), batch_index=5, batch_root=bytes(32),
+                                         batch_proof=[], peer_update_roots=[], update_root=bytes(32),
+                                         state_after_root=bytes(32), loss=loss), **fields})
+        return sign_iteration_message(account.secret_key, account.public_key,
+                                      C.IterationMessage(work=work, header_commitment=bytes(32)))
+
+    def verdict(signed):
+        return Node._validate_iteration_message(node, encode(signed))
+
+    assert verdict(message(member)) == Verdict.ACCEPT
+    assert verdict(message(outsider)) == Verdict.IGNORE
+    assert verdict(message(member, iteration=int(task.iterations))) == Verdict.IGNORE
+    assert verdict(message(member, task_id=hash_bytes(b"no such task"))) == Verdict.IGNORE
+    forged = dataclasses.replace(message(member), signature=message(outsider).signature)
+    assert verdict(forged) == Verdict.REJECT
+    assert Node._validate_iteration_message(node, b"\x01garbage") == Verdict.REJECT
+    log = MessageLog()
+    assert [log.add(message(member, loss=n), None) for n in range(3)] == [True, True, False]
+    assert len(log.get(task_id, 5, member.address)) == 2
