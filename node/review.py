@@ -708,9 +708,13 @@ def read_vectors(vector_dir: Path) -> list[dict]:
 # ---------------------------------------------------------------------------
 # Reading the spec's source: definitions in order
 # ---------------------------------------------------------------------------
-SPEC_READING_ORDER = ("constants", "presets", "types", "encoding", "containers", "hashing", "crypto", "primitives",
-                      "pouw", "models", "tasks", "state_transition", "genesis", "fork_choice")
-"""Modules in the order a reader meets them; any other spec module comes after, by path."""
+SPEC_READING_ORDER = ("state_transition", "pouw", "tasks", "models", "genesis", "fork_choice", "primitives",
+                      "containers", "types", "constants", "presets", "hashing", "crypto", "encoding")
+"""Modules in the order a reader meets them: the state transition first, the codec last; any other
+spec module comes after, by path."""
+SPEC_GUIDES = (("p2p-interface.md", "Networking"), ("honest-miner.md", "The honest miner"),
+               ("THREATS.md", "Threat model"))
+"""The spec's prose pages, rendered after its modules in this order."""
 
 
 def order_spec_files(paths: list[str]) -> list[str]:
@@ -927,14 +931,16 @@ def render_functions(source: str, classes: bool = True) -> list[str]:
 
 
 def render_spec(spec_dir: Path = SPEC_DIR) -> str:
-    """The whole spec as one Markdown document, in reading order: constants,
-    presets, types, containers, then each module's functions, and last the
-    threat model's index."""
+    """The whole spec as one Markdown document, in reading order: the state
+    transition and the modules it calls first, the types, constants and codec
+    last, then the networking rules, the honest miner's guide and the threat
+    model."""
     paths = order_spec_files([p.relative_to(spec_dir.parent).as_posix() for p in spec_dir.rglob("*.py")])
     package_doc = ast.get_docstring(ast.parse((spec_dir / "__init__.py").read_text())) or ""
     out = ["# The BWS protocol", "", package_doc, "",
            "Rendered by `bws spec render` from the spec's source; every rule below is the code that runs.", "",
-           "Contents: " + ", ".join(f"`{path}`" for path in paths) + ", threat model.", ""]
+           "Contents: " + ", ".join(f"`{path}`" for path in paths)
+           + ", " + ", ".join(title.lower() for _, title in SPEC_GUIDES) + ".", ""]
     for path in paths:
         source = (spec_dir.parent / path).read_text()
         paragraphs = (ast.get_docstring(ast.parse(source)) or "").split("\n\n")
@@ -950,8 +956,10 @@ def render_spec(spec_dir: Path = SPEC_DIR) -> str:
         else:
             out += render_functions(source)
         out.append("")
-    threats = spec_dir / "THREATS.md"
-    if threats.exists():
-        out += ["## Threat model (`spec/THREATS.md`)", ""]
-        out += [("#" + line) if line.startswith("#") else line for line in threats.read_text().splitlines()[1:]]
+    for name, title in SPEC_GUIDES:
+        guide = spec_dir / name
+        if guide.exists():
+            out += [f"## {title} (`spec/{name}`)", ""]
+            out += [("#" + line) if line.startswith("#") else line for line in guide.read_text().splitlines()[1:]]
+            out.append("")
     return "\n".join(out)

@@ -22,14 +22,17 @@ def test_render_contains_every_public_function_in_reading_order():
     document = render_spec()
     for module, name in public_functions():
         assert f"### `{name}(" in document, f"{module}.{name} missing"
-    positions = [document.index(f"## `spec/{m}.py`") for m in ("constants", "presets", "types", "containers",
-                                                              "state_transition", "fork_choice")]
-    assert positions == sorted(positions)
+    positions = [document.index(f"## `spec/{m}.py`") for m in ("state_transition", "pouw", "fork_choice",
+                                                              "containers", "constants", "encoding")]
+    assert positions == sorted(positions), "the state transition first, the codec last"
     assert "| `MAX_GROUP_SIZE` | `64` |" in document
     assert "| `header_commitment_lag` | 1 | 4 |" in document
     assert "| `header_commitment` | `Hash32` |" in document
-    assert document.index("## Threat model") > document.index("## `spec/fork_choice.py`")
+    guides = [document.index(f"## {title}") for title in ("Networking", "The honest miner", "Threat model")]
+    assert guides == sorted(guides) and guides[0] > document.index("## `spec/encoding.py`")
     assert "**Signature malleability**" in document
+    assert "| `bws/task/1` | a `SignedIterationMessage` |" in document
+    assert "**Sign IT_RES(i) once.**" in document
 
 
 def git(repo, *args):
