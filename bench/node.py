@@ -174,7 +174,7 @@ def transition_section(blocks: int) -> str:
         for block in chain:  # interleaved: every run sees the same load
             for label, run in runs.items():
                 if label.startswith("node, prechecked"):  # untimed: gossip ran it when the block arrived
-                    precheck_block(block, factory.genesis_state.config.chain_id)
+                    precheck_block(block, factory.genesis_state.config)
                 else:
                     transition._signature_verdict.cache_clear()
                 started = time.perf_counter()

@@ -222,7 +222,7 @@ class Node:
     def _validate_gossip_block(self, data: bytes) -> Verdict:
         try:
             block = decode_block(data)
-            precheck_block(block, self.chain.config.chain_id)
+            precheck_block(block, self.chain.config)
         except BlockRejected:
             return Verdict.REJECT
         if self.store.has_block(bytes(compute_block_hash(block))):

@@ -4,8 +4,9 @@ How a block is checked (cheapest first, so junk costs little):
 
 1. `precheck_block`: the node's own stateless checks, with signatures through
    libsecp256k1 (node/keys.py): size and shape, one PoUW proof, both iteration
-   messages signed by the header's miner, message digest, nonce derived from
-   the work, work hash ≤ target, transactions root, every transaction's
+   messages signed by the header's miner, message digest, a nonce index below
+   the chain's cap on any allowance and the nonce derived from the work, work
+   hash ≤ target, transactions root, every transaction's
    chain id, key and signature, timestamp not too far in the future. Gossip
    runs this before relaying; a block that fails it never costs a replay.
 2. The parent must be known (else the block waits as an orphan and the node
@@ -140,8 +141,9 @@ def check_transaction_envelope(signed: C.SignedTransaction, chain_id: int) -> No
         raise TransactionRejected("bad signature")
 
 
-def precheck_block(block: C.Block, chain_id: int) -> None:
-    """Stateless checks of a block (see the module docstring); BlockRejected on failure."""
+def precheck_block(block: C.Block, config: C.ChainConfig) -> None:
+    """Stateless checks of a block (see the module docstring) under the chain's
+    config; BlockRejected on failure."""
     header = block.header
     if header.height == 0:
         raise BlockRejected("a genesis block cannot be imported")
@@ -155,6 +157,10 @@ def precheck_block(block: C.Block, chain_id: int) -> None:
         raise BlockRejected("iteration message is not for the header's task and iteration")
     if header.message_digest != compute_message_digest(proof.message.message):
         raise BlockRejected("message digest mismatch")
+    if header.nonce_index >= config.max_nonces_per_iteration:
+        # no task's allowance reaches it: a forged side block could not ask for more hashing than an iteration buys
+        raise BlockRejected(f"nonce index {header.nonce_index} beyond any allowance "
+                            f"({config.max_nonces_per_iteration} nonces an iteration)")
     if header.nonce != compute_nonce(compute_nonce_seed(work), header.nonce_index):
         raise BlockRejected("nonce is not derived from the iteration")
     if not is_valid_pow(header):
@@ -167,7 +173,7 @@ def precheck_block(block: C.Block, chain_id: int) -> None:
         raise BlockRejected("transactions root mismatch")
     for index, signed in enumerate(block.transactions):
         try:
-            check_transaction_envelope(signed, chain_id)
+            check_transaction_envelope(signed, config.chain_id)
         except TransactionRejected as error:
             raise BlockRejected(f"transaction {index}: {error.reason}") from None
 
@@ -261,7 +267,7 @@ class Chain:
                 raise BlockFromFuture(f"timestamp {block.header.timestamp} is more than "
                                       f"{MAX_FUTURE_BLOCK_SECONDS} s ahead of this node's clock")
             try:
-                precheck_block(block, self.config.chain_id)
+                precheck_block(block, self.config)
             except BlockRejected:
                 self._reject(block)
                 raise

@@ -120,7 +120,7 @@ class TransitionVersusSpec(RuleBasedStateMachine):
         event(f"block: {spec[1] or 'valid'}")
         self._same(node, spec, "block")
         try:
-            precheck_block(block, spec_state.config.chain_id)
+            precheck_block(block, spec_state.config)
         except BlockRejected as error:
             note(f"precheck: {error.reason}")
         else:

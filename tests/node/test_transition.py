@@ -48,7 +48,7 @@ def test_vector_same_outcome_and_reason(vector):
 def passes_precheck(vector: dict) -> bool:
     pre_state = decode(bytes.fromhex(vector["pre_state"]), C.State)
     try:
-        precheck_block(decode(bytes.fromhex(vector["block"]), C.Block), pre_state.config.chain_id)
+        precheck_block(decode(bytes.fromhex(vector["block"]), C.Block), pre_state.config)
     except BlockRejected:
         return False
     return True

@@ -9,7 +9,7 @@ from bws.spec import containers as C
 from bws.spec import fork_choice as F
 from bws.spec import state_transition as T
 from bws.spec.hashing import hash_bytes
-from bws.spec.pouw import sign_iteration_message
+from bws.spec.pouw import compute_nonce, compute_nonce_seed, sign_iteration_message
 from bws.spec.state_transition import compute_block_hash, compute_state_root
 
 from tests.node.chain_factory import ChainFactory, hash_replay
@@ -112,7 +112,7 @@ def test_forged_nonce_is_rejected(factory, tmp_path):
     forged = dataclasses.replace(block, header=dataclasses.replace(block.header, nonce=hash_bytes(b"lucky")))
     expect_rejected(chain, forged, "nonce is not derived")
     beyond = dataclasses.replace(block, header=dataclasses.replace(block.header, nonce_index=99))
-    expect_rejected(chain, beyond, "nonce is not derived|beyond the allowance")
+    expect_rejected(chain, beyond, "nonce is not derived|beyond the allowance|beyond any allowance")
 
 
 def test_tampered_iteration_message_is_rejected(factory, tmp_path):
@@ -194,10 +194,24 @@ def test_transaction_admission(factory, tmp_path):
 
 def test_precheck_rejects_genesis_and_missing_proof(factory):
     with pytest.raises(BlockRejected, match="genesis"):
-        precheck_block(factory.genesis_block, factory.genesis_state.config.chain_id)
+        precheck_block(factory.genesis_block, factory.genesis_state.config)
     block, _ = factory.next_block(factory.genesis_state)
     with pytest.raises(BlockRejected, match="exactly one"):
-        precheck_block(dataclasses.replace(block, proofs=[]), factory.genesis_state.config.chain_id)
+        precheck_block(dataclasses.replace(block, proofs=[]), factory.genesis_state.config)
+
+
+def test_precheck_bounds_the_nonce_index(factory):
+    """Issue #14's h2: nothing bounded a side block's nonce index before the
+    full transition, so a forged block could hash any number of nonces of one
+    iteration against an easy target and still pass the stateless checks."""
+    config = factory.genesis_state.config
+    block, _ = factory.next_block(factory.genesis_state)
+    work = block.proofs[0].message.message.work
+    index = config.max_nonces_per_iteration
+    forged = dataclasses.replace(block, header=dataclasses.replace(
+        block.header, nonce_index=index, nonce=compute_nonce(compute_nonce_seed(work), index)))
+    with pytest.raises(BlockRejected, match="beyond any allowance"):
+        precheck_block(forged, config)
 
 
 def test_orphan_pool_is_bounded(factory, tmp_path, monkeypatch):
