@@ -19,6 +19,8 @@ import hashlib
 import json
 import os
 import secrets
+import getpass
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,3 +209,25 @@ def load_keystore(path: Path, password: str) -> Account:
         return decrypt_keystore(read_keystore_document(path), password)
     except KeystoreError as exc:
         raise KeystoreError(f"{path}: {exc}") from None
+
+
+PASSWORD_ENV = "BWS_WALLET_PASSWORD"
+
+
+def read_password(password_file: Path | None, confirm: bool = False) -> str:
+    """A keystore's password: the first line of `password_file`, else
+    $BWS_WALLET_PASSWORD, else typed at a prompt (twice when `confirm`) if a
+    terminal is attached; ValueError naming the three ways otherwise."""
+    if password_file is not None:
+        try:
+            return Path(password_file).read_text().rstrip("\n")
+        except OSError as error:
+            raise ValueError(f"cannot read the password file {password_file}: {error.strerror}") from None
+    if os.environ.get(PASSWORD_ENV):
+        return os.environ[PASSWORD_ENV]
+    if not sys.stdin.isatty():
+        raise ValueError(f"no password: give --password-file, set ${PASSWORD_ENV}, or run in a terminal to type it")
+    password = getpass.getpass("password: ")
+    if confirm and getpass.getpass("again: ") != password:
+        raise ValueError("the passwords differ")
+    return password

@@ -33,7 +33,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                           "task groups, mine), supervisor (record and check iteration messages), evaluator (score "
                           "final models, finalize tasks), client (default: peer)")
     run.add_argument("--keystore", help="the node's keystore (bws wallet new): miner, supervisor and evaluator sign with it")
-    run.add_argument("--password-file", help="file holding the keystore's password")
+    run.add_argument("--password-file",
+                     help="file holding the keystore's password (else $BWS_WALLET_PASSWORD, else a prompt)")
     run.add_argument("--dataset-dir", help="TFDS data directory for task datasets (default: $BWS_DATA_DIR or ~/.cache/bws/tensorflow_datasets)")
     run.add_argument("--peer", action="append", default=[], metavar="MULTIADDR",
                      help="a peer to connect to, /ip4/…/tcp/…/p2p/<peer id> (repeatable)")

@@ -97,7 +97,7 @@ def _task_id(text: str) -> bytes:
 
 def run_submit(args) -> int:
     from bws.node.api import ApiClient, ApiError
-    from bws.node.commands.wallet import read_password
+    from bws.node.wallet import read_password
     from bws.node.roles.client import Client, TaskOrder
     from bws.node.wallet import KeystoreError, load_keystore
     from bws.spec.presets import COIN
@@ -114,7 +114,7 @@ def run_submit(args) -> int:
         if args.group_size < 1:
             raise ValueError("--group-size must be at least 1")
         iterations = args.iterations or definition.dataset["num_batches"] // args.group_size
-        account = load_keystore(args.keystore, read_password(args))
+        account = load_keystore(args.keystore, read_password(args.password_file))
         api = ApiClient(args.api)
         status = api.get("/status")
         deadline = int(status["head"]["height"]) + (args.deadline_blocks or iterations + 20)

@@ -6,21 +6,17 @@
     bws wallet transfer --keystore alice.json --to <address> --amount 2.5 --api http://127.0.0.1:8645
 
 The password comes from --password-file, else $BWS_WALLET_PASSWORD, else a
-prompt. Amounts are in coins (up to 8 decimals; 1 coin = 10**8 units), fees
+prompt (in a terminal; elsewhere the command says which to give). Amounts are in coins (up to 8 decimals; 1 coin = 10**8 units), fees
 in units (default: the chain's minimum).
 """
 from __future__ import annotations
 
 import argparse
-import getpass
-import os
 import sys
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from .chain import DEFAULT_API
-
-PASSWORD_ENV = "BWS_WALLET_PASSWORD"
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -57,20 +53,6 @@ def _fail(message: str) -> int:
     return 1
 
 
-def read_password(args, confirm: bool = False) -> str:
-    if args.password_file is not None:
-        try:
-            return args.password_file.read_text().rstrip("\n")
-        except OSError as error:
-            raise ValueError(f"cannot read the password file: {error.strerror}") from None
-    if os.environ.get(PASSWORD_ENV):
-        return os.environ[PASSWORD_ENV]
-    password = getpass.getpass("password: ")
-    if confirm and getpass.getpass("again: ") != password:
-        raise ValueError("the passwords differ")
-    return password
-
-
 def parse_address(text: str) -> bytes:
     try:
         address = bytes.fromhex(text.removeprefix("0x"))
@@ -94,11 +76,11 @@ def parse_coins(text: str) -> int:
 
 
 def run_new(args) -> int:
-    from bws.node.wallet import KeystoreError, new_account, save_keystore
+    from bws.node.wallet import KeystoreError, new_account, read_password, save_keystore
 
     try:
         account = new_account()
-        save_keystore(args.keystore, account, read_password(args, confirm=True))
+        save_keystore(args.keystore, account, read_password(args.password_file, confirm=True))
     except (KeystoreError, ValueError) as error:
         return _fail(str(error))
     print(f"address {account.address.hex()}\nkeystore {args.keystore}")
@@ -133,7 +115,7 @@ def run_balance(args) -> int:
 def run_transfer(args) -> int:
     from bws.node import keys
     from bws.node.api import ApiClient, ApiError
-    from bws.node.wallet import KeystoreError, load_keystore
+    from bws.node.wallet import KeystoreError, load_keystore, read_password
     from bws.spec import containers as C
     from bws.spec.encoding import encode
     from bws.spec.state_transition import compute_transaction_signing_root
@@ -141,7 +123,7 @@ def run_transfer(args) -> int:
     client = ApiClient(args.api)
     try:
         recipient, amount = parse_address(args.to), parse_coins(args.amount)
-        account = load_keystore(args.keystore, read_password(args))
+        account = load_keystore(args.keystore, read_password(args.password_file))
         status = client.get("/status")
         fee = args.fee if args.fee is not None else int(status["min_transaction_fee"])
         nonce = client.get(f"/account/{account.address.hex()}")["pending_nonce"]

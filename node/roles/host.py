@@ -27,7 +27,7 @@ from bws.templates.task import WITHHELD_TEST_SPLIT, parse_task
 
 from ..audit import PROTOCOL_AUDIT, AuditServer
 from ..p2p import PROTOCOL_DATA, NetworkError
-from ..wallet import Account, KeystoreError, load_keystore
+from ..wallet import Account, KeystoreError, load_keystore, read_password
 from .client import accept_reveal
 from .context import RoleContext
 from .data import TensorCache
@@ -53,15 +53,13 @@ class RoleSetupError(Exception):
 
 
 def load_role_account(keystore: str | None, password_file: str | None) -> Account | None:
-    """The node's account from its keystore, or None if none was given."""
+    """The node's account from its keystore (its password from --password-file,
+    $BWS_WALLET_PASSWORD or a prompt: wallet.read_password), or None if none was given."""
     if keystore is None:
         return None
-    if password_file is None:
-        raise RoleSetupError("--keystore needs --password-file (the file holding the keystore's password)")
     try:
-        password = Path(password_file).read_text().rstrip("\n")
-        return load_keystore(Path(keystore), password)
-    except (OSError, KeystoreError) as error:
+        return load_keystore(Path(keystore), read_password(password_file))
+    except (OSError, KeystoreError, ValueError) as error:
         raise RoleSetupError(f"cannot unlock {keystore}: {error}") from None
 
 

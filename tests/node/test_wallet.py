@@ -94,3 +94,25 @@ def test_smallest_secret_round_trips_and_non_object_is_refused():
     assert wallet.decrypt_keystore(doc, "pw") == account
     with pytest.raises(KeystoreError, match="must be a JSON object"):
         wallet.decrypt_keystore([], "pw")
+
+
+def test_the_password_comes_from_the_file_the_environment_or_a_terminal(tmp_path, monkeypatch, capsys):
+    """Issue #15: without a terminal and a password file the CLI printed an
+    EOFError traceback, and `bws node run` ignored $BWS_WALLET_PASSWORD."""
+    from bws.node.cli import main
+    from bws.node.roles.host import RoleSetupError, load_role_account
+    from bws.node.wallet import PASSWORD_ENV, read_password
+    monkeypatch.delenv(PASSWORD_ENV, raising=False)
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    (tmp_path / "pw").write_text("from the file\n")
+    assert read_password(tmp_path / "pw") == "from the file"
+    with pytest.raises(ValueError, match="give --password-file, set \\$BWS_WALLET_PASSWORD, or run in a terminal"):
+        read_password(None)
+    assert main(["wallet", "new", "--keystore", str(tmp_path / "k.json")]) == 1
+    assert "no password" in capsys.readouterr().err and not (tmp_path / "k.json").exists()
+    monkeypatch.setenv(PASSWORD_ENV, "from the environment")
+    assert main(["wallet", "new", "--keystore", str(tmp_path / "k.json")]) == 0
+    assert load_role_account(str(tmp_path / "k.json"), None) is not None   # bws node run --keystore, no file
+    monkeypatch.setenv(PASSWORD_ENV, "wrong")
+    with pytest.raises(RoleSetupError, match="cannot unlock"):
+        load_role_account(str(tmp_path / "k.json"), None)
