@@ -667,6 +667,20 @@ def generate_vectors() -> list[dict]:
     block("attacks/m2-unfillable-group-is-refunded", s_crowd, c.mine(s_crowd, b_crowd, "carol"),
           description="a group of 6 from 5 staked miners: the task expires at its one draw, the client is refunded "
                       "(it used to rescan every stake each block until its deadline)")
+    def with_notes(notes) -> C.SubmitTask:
+        definition = dict(json.loads(body.task_definition), notes=notes)
+        return dataclasses.replace(body, task_definition=json.dumps(
+            definition, sort_keys=True, separators=(",", ":")).encode())
+
+    def nested(depth: int):
+        return [] if depth == 1 else [nested(depth - 1)]
+
+    tx("attacks/c3-definition-at-the-limits", s1, "client", with_notes([nested(30), 10**19]),
+       description="an extra field nested 32 deep in all, with a 20-digit integer: the spec reads past it")
+    tx("attacks/c3-definition-nested-too-deep", s1, "client", with_notes([nested(31)]), "nested deeper than 32",
+       description="one level more: refused by the spec's bound, not by the interpreter's recursion limit")
+    tx("attacks/c3-integer-too-long", s1, "client", with_notes([10**20]), "an integer of 21 digits",
+       description="refused by the spec's bound, not by the interpreter's digit limit")
     tx("attacks/m1-member-unstakes", s1, "carol", C.Unstake(role=ROLE_MINER), "locked while its owner is a member",
        description="carol holds a seat in the open genesis task: her miner stake stays to answer for her work")
     tx("attacks/m1-non-member-unstakes", s1, "frank", C.Unstake(role=ROLE_MINER),

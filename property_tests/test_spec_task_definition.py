@@ -4,7 +4,9 @@ import json
 
 from hypothesis import given, strategies as st
 
-from bws.spec.tasks import TaskDefinitionError, compute_model_macs, compute_work_units, parse_task_definition
+from bws.spec.tasks import (
+    TaskDefinitionError, compute_json_depth, compute_model_macs, compute_work_units, parse_task_definition,
+)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-5, 40) | st.text(max_size=6) | st.sampled_from(
@@ -23,7 +25,25 @@ layers = st.fixed_dictionaries({"type": st.sampled_from(["dense", "conv2d", "max
                                          "padding": st.sampled_from(["same", "valid", "full"]),
                                          "target_shape": st.lists(st.integers(1, 8), max_size=3)})
 models = st.fixed_dictionaries({"input_shape": st.lists(st.integers(0, 9), max_size=3),
-                                "layers": st.lists(layers, max_size=4)})
+                                "layers": st.lists(layers, max_size=4)},
+                               optional={"loss": st.sampled_from([{"type": "mse"}, {"type": "softmax_cross_entropy"}]),
+                                         "optimizer": st.sampled_from([{"type": "sgd"}, {"type": "adam"}])})
+
+
+def depth_of(value) -> int:
+    """The nesting depth of a decoded JSON value, by recursion (the model of compute_json_depth)."""
+    if isinstance(value, dict):
+        return 1 + max((depth_of(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((depth_of(v) for v in value), default=0)
+    return 0
+
+
+@given(st.recursive(st.none() | st.integers() | st.text(alphabet='[]{}"\\ab', max_size=8),
+                    lambda children: st.lists(children, max_size=3) | st.dictionaries(
+                        st.text(alphabet='[]{}"\\ab', max_size=4), children, max_size=3), max_leaves=30))
+def test_json_depth_ignores_brackets_inside_strings(value):
+    assert compute_json_depth(json.dumps(value)) == depth_of(value)
 
 
 @given(st.binary(max_size=200))

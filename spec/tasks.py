@@ -27,7 +27,8 @@ import json
 import math
 
 from .constants import (
-    DOMAIN_GROUP_SELECTION, DOMAIN_TASK_ID, EVALUATORS_PER_TASK, MAX_TASK_ITERATIONS, ROLE_EVALUATOR, ROLE_MINER,
+    DOMAIN_GROUP_SELECTION, DOMAIN_TASK_ID, EVALUATORS_PER_TASK, MAX_TASK_DEFINITION_DEPTH,
+    MAX_TASK_DEFINITION_INTEGER_DIGITS, MAX_TASK_ITERATIONS, ROLE_EVALUATOR, ROLE_MINER,
     ROLE_SUPERVISOR, SUPERVISORS_PER_TASK, WORK_PASSES_PER_ITERATION,
 )
 from .containers import ChainConfig, Member, State, Task
@@ -51,14 +52,53 @@ def compute_task_id(chain_id: ChainId, client: Address, nonce: int) -> TaskId:
 # ---------------------------------------------------------------------------
 # Reading the task definition and counting its work
 # ---------------------------------------------------------------------------
+def compute_json_depth(text: str) -> int:
+    """How deeply arrays and objects nest in a JSON text (brackets inside strings do not count)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def parse_json_integer(digits: str) -> int:
+    """An integer of the task definition, at most MAX_TASK_DEFINITION_INTEGER_DIGITS digits long."""
+    if len(digits.lstrip("-")) > MAX_TASK_DEFINITION_INTEGER_DIGITS:
+        raise TaskDefinitionError(f"an integer of {len(digits.lstrip('-'))} digits "
+                                  f"(at most {MAX_TASK_DEFINITION_INTEGER_DIGITS})")
+    return int(digits)
+
+
 def parse_task_definition(data: bytes) -> dict:
     """The task definition as a dict. It must be canonical JSON (UTF-8, keys
     sorted, separators "," and ":", no whitespace), so that one task has one
-    byte form and one hash; the spec reads only `model` (the engine model
-    description, docs/interfaces.md) and `dataset.batch_size`."""
+    byte form and one hash, nested at most MAX_TASK_DEFINITION_DEPTH deep
+    with integers of at most MAX_TASK_DEFINITION_INTEGER_DIGITS digits (so no
+    verdict depends on the interpreter's recursion or digit limits); the spec
+    reads only `model` (the engine model description, spec/models.py) and
+    `dataset.batch_size`."""
     try:
-        definition = json.loads(bytes(data).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        text = bytes(data).decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise TaskDefinitionError(f"not UTF-8 JSON: {error}") from None
+    if compute_json_depth(text) > MAX_TASK_DEFINITION_DEPTH:
+        raise TaskDefinitionError(f"JSON nested deeper than {MAX_TASK_DEFINITION_DEPTH}")
+    try:
+        definition = json.loads(text, parse_int=parse_json_integer)
+    except json.JSONDecodeError as error:
         raise TaskDefinitionError(f"not UTF-8 JSON: {error}") from None
     if not isinstance(definition, dict):
         raise TaskDefinitionError("the task definition must be a JSON object")

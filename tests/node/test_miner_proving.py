@@ -171,8 +171,9 @@ def test_a_poison_task_does_not_stop_the_miner(one_miner, tmp_path, poison):
     """Issue #14's c3: task definitions that made the rules raise something
     other than a failed assert (JSON nested 30,000 deep: RecursionError; work
     units above 2**64: ValueError building the Task) failed every block
-    template. Any exception is now an invalid transaction: the miner mines
-    without it and the pool drops it."""
+    template. The first is now refused by the spec's depth bound, and any
+    exception is an invalid transaction: the miner mines without it and the
+    pool drops it."""
     from bws.spec.state_transition import sign_transaction
     context = make_node(one_miner, tmp_path, "node0", one_miner[1][0], {})
     config = context.chain.config
