@@ -53,7 +53,7 @@ from .mempool import Mempool, MempoolError
 from .p2p import PROTOCOL_SYNC, TOPIC_BLOCK, TOPIC_TASK, TOPIC_TX, NetworkError, NetworkService, Verdict
 from .store import ChainStore, StoreError, transaction_id
 from .validation import (
-    BlockFromFuture, BlockNotValidated, BlockRejected, Chain, ImportResult, TransactionRejected,
+    BlockFromFuture, BlockNotValidated, BlockRejected, Chain, ImportResult, Prefetch, TransactionRejected,
     check_transaction_envelope, decode_block, decode_transaction, is_signed_iteration_message_valid, precheck_block,
     transaction_pool_record,
 )
@@ -116,6 +116,7 @@ class NodeSettings:
     api_port: int = 0
     listen: str = "/ip4/127.0.0.1/tcp/0"
     replay: Replay | None = None
+    prefetch: Prefetch | None = None   # the replay's input fetch, run outside the chain lock
 
 
 class Node:
@@ -133,7 +134,7 @@ class Node:
         self.store = ChainStore(self.data_dir)
         try:
             self.chain = Chain(self.store, genesis_state, get_genesis_block(genesis_state),
-                               settings.replay)
+                               settings.replay, settings.prefetch)
         except StoreError:
             self.store.close()
             raise

@@ -38,6 +38,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Callable
 from bws.spec import containers as C
 from bws.spec.constants import MAX_FUTURE_BLOCK_SECONDS
 from bws.spec.encoding import DecodeError, decode, encode
@@ -53,6 +54,9 @@ from . import keys
 from .transition import is_signed_iteration_message_valid, state_transition, trusting_transition
 from .mempool import PoolTransaction
 from .store import BlockRecord, ChainStore, StoreError, transaction_id
+
+Prefetch = Callable[[C.Task, C.IterationMessage], None]
+"""Fetches the inputs of an iteration's replay into the node's cache; ReplayUnavailable if it cannot."""
 
 MAX_BLOCK_BYTES = 8 * 1024 * 1024
 MAX_TRANSACTION_BYTES = 128 * 1024
@@ -196,11 +200,13 @@ class Chain:
     return the immutable-by-convention object the chain holds."""
 
     def __init__(self, store: ChainStore, genesis_state: C.State, genesis_block: C.Block,
-                 replay: Replay | None) -> None:
+                 replay: Replay | None, prefetch: Prefetch | None = None) -> None:
         """`replay`: the verifier's (the engine's); None for a node that does not replay
-        iterations and trusts their claimed roots (node/transition.py `trusting_transition`)."""
+        iterations and trusts their claimed roots (node/transition.py `trusting_transition`).
+        `prefetch`: fetches what replaying an iteration needs, outside the chain lock."""
         self.store = store
         self.replay = replay
+        self.prefetch = prefetch
         self._lock = threading.RLock()
         self._orphans: OrderedDict[bytes, tuple[C.Block, int]] = OrderedDict()
         self._orphan_bytes = 0
@@ -251,33 +257,55 @@ class Chain:
     # -- blocks -------------------------------------------------------------
     def import_block(self, block: C.Block) -> ImportResult:
         """Validate and store `block`, moving the head if it brings the most
-        work. Raises BlockRejected for an invalid block."""
+        work. Raises BlockRejected for an invalid block, BlockNotValidated
+        when its iteration's inputs cannot be fetched. The inputs are fetched
+        (`prefetch`) before the chain lock is taken: a slow or withholding
+        peer stalls this block only, not every import."""
         block_hash = bytes(compute_block_hash(block))
-        height = int(block.header.height)
         with self._lock:
-            if _content_hash(block) in self._invalid:
-                raise BlockRejected("block was already found invalid")
-            waiting = self._unavailable.get(_content_hash(block))
-            if waiting is not None and time.monotonic() < waiting[0]:
-                raise BlockNotValidated(f"its iteration's inputs were unavailable; tried again in "
-                                        f"{waiting[0] - time.monotonic():.0f} s")
-            if self.store.has_block(block_hash):
-                return ImportResult("known", block_hash, height)
-            if not is_timestamp_acceptable(block.header, int(time.time())):
-                raise BlockFromFuture(f"timestamp {block.header.timestamp} is more than "
-                                      f"{MAX_FUTURE_BLOCK_SECONDS} s ahead of this node's clock")
+            known = self._admit(block, block_hash, precheck=True)
+            if known is not None:
+                return known
+            task = self._head_state.tasks.get(block.header.task_id)
+        if self.prefetch is not None and task is not None:
+            try:
+                self.prefetch(task, block.proofs[0].message.message)
+            except ReplayUnavailable as error:
+                with self._lock:
+                    raise self._not_validated(block, str(error)) from None
+        with self._lock:
+            known = self._admit(block, block_hash, precheck=False)   # another thread may have imported it meanwhile
+            if known is not None:
+                return known
+            parent_hash = bytes(block.header.parent_hash)
+            parent = self.store.get_block_record(parent_hash)
+            if parent is None:
+                self._add_orphan(block_hash, block)
+                return ImportResult("orphan", block_hash, int(block.header.height), missing_parent=parent_hash)
+            return self._import_with_parent(block, block_hash, parent)
+
+    def _admit(self, block: C.Block, block_hash: bytes, precheck: bool) -> ImportResult | None:
+        """The checks before a block's parent is looked at: remembered invalid,
+        waiting for its inputs, known (returned), from the future, and the
+        stateless prechecks."""
+        if _content_hash(block) in self._invalid:
+            raise BlockRejected("block was already found invalid")
+        waiting = self._unavailable.get(_content_hash(block))
+        if waiting is not None and time.monotonic() < waiting[0]:
+            raise BlockNotValidated(f"its iteration's inputs were unavailable; tried again in "
+                                    f"{waiting[0] - time.monotonic():.0f} s")
+        if self.store.has_block(block_hash):
+            return ImportResult("known", block_hash, int(block.header.height))
+        if not is_timestamp_acceptable(block.header, int(time.time())):
+            raise BlockFromFuture(f"timestamp {block.header.timestamp} is more than "
+                                  f"{MAX_FUTURE_BLOCK_SECONDS} s ahead of this node's clock")
+        if precheck:
             try:
                 precheck_block(block, self.config)
             except BlockRejected:
                 self._reject(block)
                 raise
-            parent_hash = bytes(block.header.parent_hash)
-            parent = self.store.get_block_record(parent_hash)
-            if parent is None:
-                self._add_orphan(block_hash, block)
-                return ImportResult("orphan", block_hash, height, missing_parent=parent_hash)
-            result = self._import_with_parent(block, block_hash, parent)
-        return result
+        return None
 
     def import_with_orphans(self, block: C.Block) -> list[ImportResult]:
         """Import `block`, then every waiting orphan that descends from it.

@@ -65,9 +65,11 @@ def run_node(args: argparse.Namespace) -> int:
                 role_set = RoleSet(roles, load_role_account(args.keystore, args.password_file), args.dataset_dir)
             except RoleSetupError as error:
                 return _fail(str(error))
+        verifying = role_set is not None and "verifier" in roles
         node = Node(NodeSettings(data_dir=args.data_dir, genesis=load_genesis(args.genesis), roles=roles,
                                  peers=args.peer, api_port=args.api_port, listen=args.listen,
-                                 replay=role_set.replay if role_set and "verifier" in roles else None))
+                                 replay=role_set.replay if verifying else None,
+                                 prefetch=role_set.replay.prefetch if verifying else None))
     except (NodeError, StoreError) as error:
         return _fail(str(error))
     stop = threading.Event()

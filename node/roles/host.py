@@ -1,7 +1,7 @@
 """Plugging the role components into the node process (node/service.py).
 
     roles = RoleSet({"miner", "verifier", "supervisor", "evaluator"}, account, dataset_dir)
-    node = Node(NodeSettings(..., replay=roles.replay))   # the verifier's replay
+    node = Node(NodeSettings(..., replay=roles.replay, prefetch=roles.replay.prefetch))   # the verifier's replay
     node.start()
     roles.attach(node)      # serves /bws/data/1 and /bws/audit/1, hears iteration messages, starts the role threads
     ...

@@ -203,6 +203,18 @@ class NetworkReplay:
                 self._disputes = VerifierDisputes(context)
             return self._disputes
 
+    def prefetch(self, task: C.Task, message: C.IterationMessage) -> None:
+        """Fetch what replaying `message` needs into the node's cache (the chain
+        calls this before it takes its lock); ReplayUnavailable if it cannot."""
+        context: RoleContext | None = self._context_ref()
+        if context is None or context.own_iteration(message) is not None or context.replays.get(message) is not None:
+            return  # roles not started yet, or nothing to fetch: the replay itself decides
+        try:
+            replay_inputs(context, task, message.work)
+        except ReplayUnavailable:
+            context.metrics["replays_unavailable"] += 1
+            raise
+
     def __call__(self, task: C.Task, message: C.IterationMessage) -> C.ReplayResult:
         context: RoleContext = self._context_ref()
         if (own := context.own_iteration(message)) is not None:  # this node's block of its own iteration

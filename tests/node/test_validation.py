@@ -254,3 +254,43 @@ def test_a_block_whose_inputs_are_unavailable_is_not_validated_yet_and_tried_aga
     monkeypatch.setattr(validation.time, "monotonic", lambda: clock + validation.UNAVAILABLE_RETRY_SECONDS + 1)
     assert chain.import_block(block).status == "connected"
     assert chain.metrics["blocks_not_validated"] == 1 and chain.metrics["blocks_rejected"] == 0
+
+
+def test_the_inputs_are_fetched_outside_the_chain_lock(factory, tmp_path):
+    """Issue #14's h1: fetches of a block's replay inputs ran peer after peer
+    (20 s each) while the chain lock was held, so a withholding miner stalled
+    every import. The chain now prefetches them first, without its lock; a
+    failed prefetch leaves the block not validated yet, without a replay."""
+    import threading
+    from bws.node.validation import BlockNotValidated
+    from bws.spec.state_transition import ReplayUnavailable
+    seen = []
+
+    def lock_is_free() -> bool:
+        """Whether another thread can take the chain's lock now."""
+        taken = []
+
+        def take():
+            taken.append(chain._lock.acquire(timeout=5))
+            if taken[0]:
+                chain._lock.release()
+        other = threading.Thread(target=take)
+        other.start()
+        other.join()
+        return taken[0]
+
+    def prefetch(task, message):
+        seen.append((int(message.work.iteration), lock_is_free()))
+        if len(seen) == 1:
+            raise ReplayUnavailable("no peer has it yet")
+
+    replays = []
+    chain = Chain(ChainStore(tmp_path), factory.genesis_state, factory.genesis_block,
+                  lambda task, message: replays.append(message) or hash_replay(task, message), prefetch)
+    block, _ = factory.next_block(factory.genesis_state, miner=0)
+    with pytest.raises(BlockNotValidated, match="no peer has it yet"):
+        chain.import_block(block)
+    assert replays == [] and seen == [(int(block.header.iteration), True)]
+    chain._unavailable.clear()   # its backoff over
+    assert chain.import_block(block).status == "connected" and len(replays) == 1
+    assert seen[1][1], "the lock was held during the prefetch"
