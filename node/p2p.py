@@ -16,7 +16,7 @@ any thread:
     net.stop()
 
 Payloads are opaque bytes here; the node supplies validators and decoders.
-Every rule in /work/shared/notes/py-libp2p.md is applied: one connection per
+Every rule in docs/node-p2p.md ("py-libp2p's pitfalls") is applied: one connection per
 peer, hosts always closed, every handler and validator wrapped, GossipSub spam
 protection off with our own pacing, a 1 s heartbeat, request/response payloads
 chunked (node/p2p_framing.py), stale dial state cleared before a redial.

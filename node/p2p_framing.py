@@ -4,7 +4,7 @@ A libp2p stream carries one request (dialer → listener) and one response
 (listener → dialer). Each message is sent as a sequence of frames, so a
 payload of several MB (a model state) never has to pass through one read of
 the muxer (py-libp2p gives up on a single length-prefixed read after 100
-partial reads, see /work/shared/notes/py-libp2p.md rule 6):
+partial reads, docs/node-p2p.md rule 6):
 
     frame = magic (1 byte, 0xB5) ‖ kind (1 byte) ‖ length (u32, big-endian) ‖ payload
 
