@@ -614,7 +614,8 @@ def generate_vectors() -> list[dict]:
 
     # --- attacks (issue codes: each refused case next to the honest one) ---------
     def relabelled(work: C.IterationWork, iteration: int) -> C.IterationWork:
-        """`work`'s training step claimed as `iteration`: the state, batch and peers of `work`, the roots its step gives."""
+        """`work`'s training step claimed as `iteration`: the state, batch and
+        peers of `work`, and the roots its own step gives."""
         before = {**c.data.get(work.state_before_root), "step": np.asarray(work.iteration, np.int32)}
         new_state, update = toy_iteration(before, c.data.get(work.batch_root),
                                           [c.data.get(root) for root in work.peer_update_roots])
@@ -654,12 +655,14 @@ def generate_vectors() -> list[dict]:
     tx("attacks/l1-trivial-model", s1, "client", with_model(dict(TOY_MODEL, input_shape=[1], layers=[
         dict(TOY_MODEL["layers"][0], units=1)])), "too little work to earn a nonce",
        description="one multiply-accumulate an example: it buys no lottery ticket (it bought a whole one before)")
-    tx("attacks/l1-pooling-the-engine-cannot-run", s1, "client", with_model(dict(TOY_MODEL, input_shape=[4, 4, 1], layers=[
+    same_pooling = dict(TOY_MODEL, input_shape=[4, 4, 1], layers=[
         {"type": "max_pool2d", "pool_size": [2, 2], "padding": "same"}, {"type": "flatten"},
-        dict(TOY_MODEL["layers"][0], units=4)])), "pooling supports only 'valid'",
+        dict(TOY_MODEL["layers"][0], units=4)])
+    tx("attacks/l1-pooling-the-engine-cannot-run", s1, "client", with_model(same_pooling),
+       "pooling supports only 'valid'",
        description="'same' pooling: the engine cannot run it, so its fee could never be mined")
-    tx("attacks/m2-deadline-too-far", s1, "client", dataclasses.replace(body, evaluation_deadline=s1.height + 2**20 + 1),
-       "more than 1048576 blocks ahead", description="a task every block would visit until a deadline of 2**63")
+    tx("attacks/m2-deadline-too-far", s1, "client",
+       dataclasses.replace(body, evaluation_deadline=s1.height + 2**20 + 1), "more than 1048576 blocks ahead", description="a task every block would visit until a deadline of 2**63")
     tx("attacks/m2-deadline-in-reach", s1, "client", dataclasses.replace(body, evaluation_deadline=s1.height + 2**20),
        description="the furthest deadline a task may have")
     crowd = c.transaction(s1, "client", c.submit_task_body(group_size=len(c.MINERS) + 1))

@@ -261,9 +261,9 @@ class Chain:
         when its iteration's inputs cannot be fetched. The inputs are fetched
         (`prefetch`) before the chain lock is taken: a slow or withholding
         peer stalls this block only, not every import."""
-        block_hash = bytes(compute_block_hash(block))
+        block_hash, content_hash = bytes(compute_block_hash(block)), _content_hash(block)
         with self._lock:
-            known = self._admit(block, block_hash, precheck=True)
+            known = self._admit(block, block_hash, content_hash, precheck=True)
             if known is not None:
                 return known
             task = self._head_state.tasks.get(block.header.task_id)
@@ -272,9 +272,10 @@ class Chain:
                 self.prefetch(task, block.proofs[0].message.message)
             except ReplayUnavailable as error:
                 with self._lock:
-                    raise self._not_validated(block, str(error)) from None
+                    raise self._not_validated(content_hash, str(error)) from None
         with self._lock:
-            known = self._admit(block, block_hash, precheck=False)   # another thread may have imported it meanwhile
+            # another thread may have imported it meanwhile
+            known = self._admit(block, block_hash, content_hash, precheck=False)
             if known is not None:
                 return known
             parent_hash = bytes(block.header.parent_hash)
@@ -284,13 +285,13 @@ class Chain:
                 return ImportResult("orphan", block_hash, int(block.header.height), missing_parent=parent_hash)
             return self._import_with_parent(block, block_hash, parent)
 
-    def _admit(self, block: C.Block, block_hash: bytes, precheck: bool) -> ImportResult | None:
+    def _admit(self, block: C.Block, block_hash: bytes, content_hash: bytes, precheck: bool) -> ImportResult | None:
         """The checks before a block's parent is looked at: remembered invalid,
         waiting for its inputs, known (returned), from the future, and the
         stateless prechecks."""
-        if _content_hash(block) in self._invalid:
+        if content_hash in self._invalid:
             raise BlockRejected("block was already found invalid")
-        waiting = self._unavailable.get(_content_hash(block))
+        waiting = self._unavailable.get(content_hash)
         if waiting is not None and time.monotonic() < waiting[0]:
             raise BlockNotValidated(f"its iteration's inputs were unavailable; tried again in "
                                     f"{waiting[0] - time.monotonic():.0f} s")
@@ -369,22 +370,24 @@ class Chain:
             return state_transition(state, block, replay)
         except InvalidBlock:
             if unavailable:
-                raise self._not_validated(block, unavailable[0]) from None
+                raise self._not_validated(_content_hash(block), unavailable[0]) from None
             raise
         finally:
             self.metrics["transition_seconds"] += time.perf_counter() - started
             self.metrics["transitions"] += 1
 
-    def _not_validated(self, block: C.Block, why: str) -> BlockNotValidated:
-        """Note a block whose replay inputs were unavailable, to be tried again after a doubling backoff."""
-        key = _content_hash(block)
-        delay = min(self._unavailable.pop(key, (0.0, UNAVAILABLE_RETRY_SECONDS / 2))[1] * 2,
-                    UNAVAILABLE_RETRY_MAX_SECONDS)
-        self._unavailable[key] = (time.monotonic() + delay, delay)
+    def _not_validated(self, content_hash: bytes, why: str) -> BlockNotValidated:
+        """Note a block (by content hash) whose replay inputs were unavailable:
+        tried again after UNAVAILABLE_RETRY_SECONDS, then twice as long at each
+        failure, up to UNAVAILABLE_RETRY_MAX_SECONDS."""
+        _, last_delay = self._unavailable.pop(content_hash, (0.0, 0.0))
+        delay = min(last_delay * 2, UNAVAILABLE_RETRY_MAX_SECONDS) if last_delay else UNAVAILABLE_RETRY_SECONDS
+        self._unavailable[content_hash] = (time.monotonic() + delay, delay)
         if len(self._unavailable) > MAX_REMEMBERED_INVALID:
             self._unavailable.popitem(last=False)
         self.metrics["blocks_not_validated"] += 1
-        return BlockNotValidated(f"iteration inputs unavailable ({why}); not validated yet, tried again in {delay:.0f} s")
+        return BlockNotValidated(f"iteration inputs unavailable ({why}); not validated yet, "
+                                 f"tried again in {delay:.0f} s")
 
     def _import_with_parent(self, block: C.Block, block_hash: bytes, parent: BlockRecord) -> ImportResult:
         work = parent.cumulative_work + compute_block_work(block.header.target)

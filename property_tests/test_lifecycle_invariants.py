@@ -62,7 +62,7 @@ class TaskLifecycle(RuleBasedStateMachine):
         self.rewards = 0                              # block rewards minted so far
         self.slashable: dict[bytes, int] = {}         # cheat -> disputer reward share expected when slashed
         self.submitted: dict[bytes, int] = {}         # task id -> payment at submission
-        self.removed: dict[bytes, int] = {}           # task id -> status when its evidence expired and it left the state
+        self.removed: dict[bytes, int] = {}           # task id -> its status when it left the state
 
     # -- building transactions ------------------------------------------------
     def _signed(self, state: C.State, sender: str, body, extra_nonce: int = 0) -> C.SignedTransaction:

@@ -38,7 +38,7 @@ TASK_TRAINING = 2        # PoUW blocks may carry the task's iterations
 TASK_EVALUATION = 3      # test set revealed, evaluators score the final models
 TASK_FINALIZED = 4       # fee paid out (terminal)
 TASK_CANCELLED = 5       # refunded on the client's request (terminal)
-TASK_EXPIRED = 6         # past the evaluation deadline unevaluated, or no group could be drawn: proven training paid, rest refunded (terminal)
+TASK_EXPIRED = 6         # past the deadline unevaluated, or no group drawn: proven training paid, rest refunded (terminal)
 TERMINAL_TASK_STATUSES = (TASK_FINALIZED, TASK_CANCELLED, TASK_EXPIRED)
 
 # Size limits (each bounds what a decoder accepts)

@@ -100,8 +100,8 @@ is `work.batch_root`, and the updates whose roots are `work.peer_update_roots`
 of the task's model on them (the state's step counter is set to
 `work.iteration` whatever the fetched state holds: the iteration number is an
 input of the computation, so a step replays as one iteration number only) and
-returns the root of the update it computes and of the new model state. The spec compares both with `work.update_root` and
-`work.state_after_root`; a single differing bit makes the block invalid. The
+returns the root of the update it computes and of the new model state. The
+spec compares both with `work.update_root` and `work.state_after_root`; a single differing bit makes the block invalid. The
 loss is informational and not compared. The engine (bws.engine) and the
 NumPy reference (spec/reference) each provide a replay."""
 

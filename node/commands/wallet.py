@@ -6,8 +6,9 @@
     bws wallet transfer --keystore alice.json --to <address> --amount 2.5 --api http://127.0.0.1:8645
 
 The password comes from --password-file, else $BWS_WALLET_PASSWORD, else a
-prompt (in a terminal; elsewhere the command says which to give). Amounts are in coins (up to 8 decimals; 1 coin = 10**8 units), fees
-in units (default: the chain's minimum).
+prompt (in a terminal; elsewhere the command says which to give). Amounts
+are in coins (up to 8 decimals; 1 coin = 10**8 units), fees in units
+(default: the chain's minimum).
 """
 from __future__ import annotations
 
