@@ -481,8 +481,8 @@ class Miner:
                 if mempool.report_invalid(record.tx_id, head_hash):
                     self.context.metrics["transactions_dropped_invalid"] += 1
                 continue
-            # Counted once it applies: junk fraud proofs must not use up the block's seats (issue #14's h3).
-            fraud_proofs += fraud_proof
+            if fraud_proof:  # counted once it applies: junk ones must not use up the block's seats (issue #14's h3)
+                fraud_proofs += 1
             chosen.append(signed)
         return chosen
 
