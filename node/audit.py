@@ -52,7 +52,7 @@ from bws.spec import containers as C
 from bws.spec.crypto import is_valid_signature
 from bws.spec.encoding import DecodeError, decode, encode
 from bws.spec.hashing import compute_tensors_root, hash_bytes
-from bws.spec.pouw import compute_message_digest
+from bws.spec.pouw import compute_message_digest, get_input_mask_seed
 
 from .roles.data import FOUND, NOT_FOUND, encode_tensors
 from .roles.library import LoadedTask, at_iteration, tree
@@ -169,7 +169,8 @@ def load_inputs(source: AuditSource, loaded: LoadedTask, signed: C.SignedIterati
     if index >= len(loaded.batch_roots) or loaded.batch_roots[index] != bytes(work.batch_root):
         raise AuditError(f"batch {index}: the local dataset has no batch with the message's root "
                          f"{bytes(work.batch_root).hex()[:16]}…")
-    return IterationInputs(signed, loaded, state_before, updates, loaded.batch(index))
+    return IterationInputs(signed, loaded, state_before, updates,
+                           loaded.masked_batch(index, get_input_mask_seed(signed.message)))
 
 
 def replay_traces(inputs: IterationInputs) -> tuple[Trace, Trace]:

@@ -29,8 +29,8 @@ from bws.spec.encoding import DecodeError, decode, encode
 from bws.spec.genesis import create_genesis_state, get_genesis_block
 from bws.spec.hashing import compute_merkle_proof, compute_merkle_root, compute_tensors_root, hash_bytes
 from bws.spec.pouw import (
-    compute_header_commitment, compute_message_digest, compute_nonce, compute_nonce_seed, get_nonce_allowance,
-    is_valid_pow, sign_iteration_message,
+    compute_header_commitment, compute_input_mask_seed, compute_message_digest, compute_nonce, compute_nonce_seed,
+    get_input_mask_seed, get_masked_batch, get_nonce_allowance, is_valid_pow, sign_iteration_message,
 )
 from bws.spec.presets import COIN, DEVNET, PRESETS
 from bws.spec.state_transition import (
@@ -49,16 +49,21 @@ class ReviewError(Exception):
 # ---------------------------------------------------------------------------
 # A small real chain over a toy training iteration
 # ---------------------------------------------------------------------------
-TOY_MODEL = {"input_shape": [3], "layers": [{"type": "dense", "units": 4, "activation": "relu", "use_bias": True,
+TOY_INPUTS = 16  # input values an example: a batch has 64, so a header's input mask drops some of them
+TOY_MODEL = {"input_shape": [TOY_INPUTS], "layers": [{"type": "dense", "units": 4, "activation": "relu", "use_bias": True,
                                               "kernel_initializer": "glorot_uniform", "bias_initializer": "zeros"}],
              "loss": {"type": "mse"}, "optimizer": {"type": "sgd", "learning_rate": 0.01, "momentum": 0.0,
                                                      "nesterov": False}, "slices": 2}
 TOY_BATCH_SIZE = 4
 TOY_NUM_BATCHES = 1200
 TOY_GENESIS_ITERATIONS = 400  # x 3 members: every batch trained once
-TOY_CONFIG = dataclasses.replace(DEVNET, initial_target=2**255, work_units_per_nonce=192)
+TOY_CONFIG = dataclasses.replace(DEVNET, initial_target=2**255, work_units_per_nonce=1024)
 """Devnet with a target any second hash meets and an allowance of 3 nonces
 for the toy task, so a test chain mines a block every iteration or two."""
+
+
+TOY_MAX_LATE_SECONDS = 16
+LOCKSTEP_COMMITMENT = hash_bytes(b"toy: the header of an iteration that mines no block")
 
 
 def toy_task_definition(iterations: int = TOY_GENESIS_ITERATIONS) -> bytes:
@@ -98,10 +103,11 @@ class ToyData:
 
     def replay(self, task: C.Task, message: C.IterationMessage) -> C.ReplayResult:
         """The toy replay: fetch the inputs by root, run toy_iteration as step
-        `work.iteration` (the spec's `Replay`), return the roots."""
+        `work.iteration` on the batch masked for the message's header (the
+        spec's `Replay`), return the roots."""
         work = message.work
         state = {**self.get(work.state_before_root), "step": np.asarray(work.iteration, np.int32)}
-        new_state, update = toy_iteration(state, self.get(work.batch_root),
+        new_state, update = toy_iteration(state, get_masked_batch(self.get(work.batch_root), get_input_mask_seed(message)),
                                           [self.get(root) for root in work.peer_update_roots])
         return C.ReplayResult(update_root=compute_tensors_root(update), state_after_root=compute_tensors_root(new_state))
 
@@ -125,11 +131,12 @@ class ToyChain:
         self.data = ToyData()
         self.keys = {name: toy_secret_key(name) for name in self.MINERS + self.OTHERS}
         self.address = {name: compute_address(get_public_key(key)) for name, key in self.keys.items()}
-        batches = [{"x": np.arange(TOY_BATCH_SIZE * 3, dtype=np.int32).reshape(TOY_BATCH_SIZE, 3) * (b + 1) * 8}
+        batches = [{"x": np.arange(TOY_BATCH_SIZE * TOY_INPUTS, dtype=np.int32).reshape(TOY_BATCH_SIZE, TOY_INPUTS)
+                    * (b + 1) * 8}
                    for b in range(TOY_NUM_BATCHES)]
         self.batch_roots = [self.data.put(batch) for batch in batches]
         self.dataset_root = compute_merkle_root(self.batch_roots)
-        self.initial_state_root = self.data.put({"w": np.zeros(3, dtype=np.int32), "step": np.asarray(0, np.int32)})
+        self.initial_state_root = self.data.put({"w": np.zeros(TOY_INPUTS, dtype=np.int32), "step": np.asarray(0, np.int32)})
         self.test_set_hash = hash_bytes(b"toy withheld test set")
         self.iteration_cache: dict = {}
         a = self.address
@@ -170,9 +177,14 @@ class ToyChain:
                             iterations=iterations, evaluation_deadline=deadline, payment=payment)
 
     # --- iterations ---------------------------------------------------------
-    def iteration_work(self, task_id: bytes, task: C.Task, iteration: int, member_index: int) -> C.IterationWork:
-        """The honest work of a member at an iteration (whole group simulated in lockstep)."""
-        key = (task_id, iteration, member_index)
+    def iteration_work(self, task_id: bytes, task: C.Task, iteration: int, member_index: int,
+                       header_commitment: bytes = LOCKSTEP_COMMITMENT) -> C.IterationWork:
+        """The honest work of a member at an iteration, trained for the header
+        whose commitment is given. The whole group is simulated in lockstep:
+        each iteration starts from the member's lockstep state and applies
+        the others' lockstep updates (iterations that mine no block commit to
+        LOCKSTEP_COMMITMENT)."""
+        key = (task_id, iteration, member_index, header_commitment)
         if key not in self.iteration_cache:
             if iteration == 0:
                 state_before, peers = self.initial_state_root, []
@@ -181,8 +193,9 @@ class ToyChain:
                 peers = sorted(self.iteration_work(task_id, task, iteration - 1, other).update_root
                                for other in range(len(task.members)) if other != member_index)
             batch_index = compute_batch_index(task, iteration, member_index)
-            new_state, update = toy_iteration(self.data.get(state_before),
-                                              self.data.get(self.batch_roots[batch_index]),
+            batch = get_masked_batch(self.data.get(self.batch_roots[batch_index]),
+                                     compute_input_mask_seed(task_id, iteration, header_commitment))
+            new_state, update = toy_iteration(self.data.get(state_before), batch,
                                               [self.data.get(root) for root in peers])
             self.iteration_cache[key] = C.IterationWork(
                 task_id=task_id, iteration=iteration, miner=task.members[member_index].address,
@@ -193,6 +206,13 @@ class ToyChain:
 
     def signed_message(self, miner: str, work: C.IterationWork, header_commitment: bytes) -> C.SignedIterationMessage:
         return sign_iteration_message(self.keys[miner], C.IterationMessage(work=work, header_commitment=header_commitment))
+
+    def honest_message(self, miner: str, task_id: bytes, task: C.Task, iteration: int,
+                       header_commitment: bytes) -> C.SignedIterationMessage:
+        """`miner`'s honest IT_RES at `iteration`, trained for the header whose commitment is given."""
+        work = self.iteration_work(task_id, task, iteration, get_member_index(task, self.address[miner]),
+                                   header_commitment)
+        return self.signed_message(miner, work, header_commitment)
 
     # --- blocks -------------------------------------------------------------
     def header_template(self, state: C.State, parent: C.Block, miner: str, transactions=(),
@@ -205,14 +225,13 @@ class ToyChain:
             miner=self.address[miner], target=state.target, task_id=task_id or self.genesis_task_id, iteration=0,
             message_digest=bytes(32), nonce_index=0, nonce=bytes(32))
 
-    def forge(self, state: C.State, header: C.BlockHeader, miner: str, work: C.IterationWork,
-              commitment_work: C.IterationWork, transactions=(), require_pow: bool = True) -> C.Block | None:
-        """A block with `header`'s committed fields, IT_RES(work) and
-        IT_RES(commitment_work) signed by `miner` (the latter committing to the
-        header), the first nonce of the allowance that meets the target (None
-        if none does; the first nonce if not `require_pow`), not yet sealed."""
-        message = self.signed_message(miner, work, hash_bytes(b"toy: commitment of iteration %d" % work.iteration))
-        commitment = self.signed_message(miner, commitment_work, compute_header_commitment(header))
+    def forge(self, state: C.State, header: C.BlockHeader, miner: str, work: C.IterationWork, transactions=(),
+              require_pow: bool = True, header_commitment: bytes | None = None) -> C.Block | None:
+        """A block with `header`'s committed fields and IT_RES(work) signed by
+        `miner`, committing to that header (or to `header_commitment`), with
+        the first nonce of the allowance that meets the target (None if none
+        does; the first nonce if not `require_pow`), not yet sealed."""
+        message = self.signed_message(miner, work, header_commitment or compute_header_commitment(header))
         seed = compute_nonce_seed(work)
         task = state.tasks.get(work.task_id)
         allowance = get_nonce_allowance(state.config, task) if task else 1
@@ -221,25 +240,27 @@ class ToyChain:
                                             message_digest=compute_message_digest(message.message),
                                             nonce=compute_nonce(seed, j))
             if is_valid_pow(candidate) or not require_pow:
-                return C.Block(header=candidate, transactions=transactions,
-                               proofs=[C.PouwProof(message=message, commitment=commitment)])
+                return C.Block(header=candidate, transactions=transactions, proofs=[C.PouwProof(message=message)])
         return None
 
     def mine(self, state: C.State, parent: C.Block, miner: str, transactions=(), task_id: bytes | None = None,
              iteration: int | None = None, timestamp: int | None = None, seal: bool = True) -> C.Block:
         """A block on `parent` (whose post-state is `state`) mined by `miner`
         with its first iteration (from `iteration`, or the first it may use)
-        whose nonces meet the target; sealed (valid) unless `seal` is False."""
-        header = self.header_template(state, parent, miner, transactions, timestamp, task_id)
-        task = state.tasks[header.task_id]
+        whose nonces meet the target, each trained for this header; sealed
+        (valid) unless `seal` is False."""
+        template = self.header_template(state, parent, miner, transactions, timestamp, task_id)
+        task = state.tasks[template.task_id]
         member_index = get_member_index(task, self.address[miner])
-        k = state.config.header_commitment_lag
-        first = iteration if iteration is not None else max(k, task.members[member_index].next_minable_iteration)
-        for i in range(first, task.iterations if iteration is None else first + 1):
-            block = self.forge(state, header, miner, self.iteration_work(header.task_id, task, i, member_index),
-                               self.iteration_work(header.task_id, task, i - k, member_index), transactions)
-            if block is not None:
-                return self.seal(state, block) if seal else block
+        first = iteration if iteration is not None else task.members[member_index].next_minable_iteration
+        # A short task may run out of iterations before one meets the target: then later timestamps are tried.
+        for late in range(TOY_MAX_LATE_SECONDS):
+            header = dataclasses.replace(template, timestamp=template.timestamp + late)
+            for i in range(first, task.iterations if iteration is None else first + 1):
+                work = self.iteration_work(header.task_id, task, i, member_index, compute_header_commitment(header))
+                block = self.forge(state, header, miner, work, transactions)
+                if block is not None:
+                    return self.seal(state, block) if seal else block
         raise ReviewError(f"{miner} found no nonce under the target from iteration {first}")
 
     def seal(self, state: C.State, block: C.Block) -> C.Block:
@@ -433,7 +454,7 @@ def generate_vectors() -> list[dict]:
     tx("submit-task/no-batches", s1, "client", dataclasses.replace(body, num_batches=0), "dataset without batches")
     tx("submit-task/group-size-zero", s1, "client", dataclasses.replace(body, group_size=0), "group size")
     tx("submit-task/group-too-large", s1, "client", dataclasses.replace(body, group_size=65), "group size")
-    tx("submit-task/too-few-iterations", s1, "client", dataclasses.replace(body, iterations=1), "too few iterations")
+    tx("submit-task/no-iterations", s1, "client", dataclasses.replace(body, iterations=0), "task without iterations")
     tx("submit-task/deadline-too-early", s1, "client", dataclasses.replace(body, evaluation_deadline=5),
        "deadline too early")
     tx("submit-task/no-payment", s1, "client", dataclasses.replace(body, payment=0), "task without payment")
@@ -457,14 +478,14 @@ def generate_vectors() -> list[dict]:
 
     # --- disputes --------------------------------------------------------------
     task = s4.tasks[c.genesis_task_id]
-    honest = c.iteration_work(c.genesis_task_id, task, 5, 0)
-    first = c.signed_message("alice", honest, random_root("header A"))
-    second = c.signed_message("alice", honest, random_root("header B"))
+    first = c.honest_message("alice", c.genesis_task_id, task, 5, random_root("header A"))
+    second = c.honest_message("alice", c.genesis_task_id, task, 5, random_root("header B"))
+    honest = first.message.work
     tx("dispute/equivocation", s4, "mallory", C.Dispute(evidence=C.Equivocation(first=first, second=second)),
-       description="alice committed two headers for one iteration: her stake is slashed, mallory gets half")
+       description="alice trained one iteration for two headers: her stake is slashed, mallory gets half")
     tx("dispute/equivocation-identical", s4, "mallory", C.Dispute(evidence=C.Equivocation(first=first, second=first)),
        "identical")
-    other = c.signed_message("alice", c.iteration_work(c.genesis_task_id, task, 6, 0), random_root("header A"))
+    other = c.honest_message("alice", c.genesis_task_id, task, 6, random_root("header A"))
     tx("dispute/equivocation-different-iterations", s4, "mallory",
        C.Dispute(evidence=C.Equivocation(first=first, second=other)), "not for the same task")
     forged = dataclasses.replace(second, signature=first.signature)
@@ -530,65 +551,61 @@ def generate_vectors() -> list[dict]:
     block("block/no-proof", s1, dataclasses.replace(valid, proofs=[]), "exactly one PoUW proof")
     proof = valid.proofs[0]
     block("block/bad-message-signature", s1, dataclasses.replace(valid, proofs=[dataclasses.replace(
-        proof, message=dataclasses.replace(proof.message, signature=proof.commitment.signature))]),
+        proof, message=dataclasses.replace(proof.message, signature=first.signature))]),
         "iteration message: bad signature")
     block("block/iteration-not-header's", s1, with_header(iteration=h.iteration + 1), "not for the header's iteration")
     block("block/task-not-header's", s1, with_header(task_id=random_root("task")), "not for the block's task")
 
     bob = get_member_index(s1.tasks[c.genesis_task_id], a["bob"])
     gtask = s1.tasks[c.genesis_task_id]
-    work_of = lambda i, m=bob: c.iteration_work(c.genesis_task_id, gtask, i, m)  # noqa: E731
     template = c.header_template(s1, b1, "bob")
+    committed = compute_header_commitment(template)
+    work_of = lambda i, m=bob: c.iteration_work(c.genesis_task_id, gtask, i, m, committed)  # noqa: E731
 
-    def forged(name, work, commitment_work, expect, miner="bob", header=template, pre=s1, description=""):
-        subject = (c.forge(pre, header, miner, work, commitment_work)
-                   or c.forge(pre, header, miner, work, commitment_work, require_pow=False))
+    def forged(name, work, expect, miner="bob", header=template, pre=s1, description="", header_commitment=None):
+        subject = (c.forge(pre, header, miner, work, header_commitment=header_commitment)
+                   or c.forge(pre, header, miner, work, require_pow=False, header_commitment=header_commitment))
         block(name, pre, subject, expect, description)
 
     def tampered_with_pow(field: str) -> C.IterationWork:
         """Bob's work at iteration i with `field` set to a made-up root whose nonces meet the target."""
         for attempt in range(64):
             work = dataclasses.replace(work_of(i), **{field: random_root(f"{field}/{attempt}")})
-            if c.forge(s1, template, "bob", work, work_of(i - 1)) is not None:
+            if c.forge(s1, template, "bob", work) is not None:
                 return work
         raise ReviewError(f"no tampered {field} meets the target")
 
     i = h.iteration
-    forged("block/miner-not-header's", work_of(i), work_of(i - 1), "not by the block's miner",
+    forged("block/miner-not-header's", work_of(i), "not by the block's miner",
            header=dataclasses.replace(template, miner=a["alice"]))
-    forged("block/commitment-wrong-iteration", work_of(i), work_of(i), "not from iteration i - k")
-    forged("block/task-not-training", dataclasses.replace(work_of(i), task_id=client_task_id),
-           dataclasses.replace(work_of(i - 1), task_id=client_task_id), "not in training", pre=s2,
-           header=dataclasses.replace(c.header_template(s2, b2, "bob"), task_id=client_task_id))
-    forged("block/unknown-task", dataclasses.replace(work_of(i), task_id=random_root("t")),
-           dataclasses.replace(work_of(i - 1), task_id=random_root("t")), "unknown task",
+    forged("block/task-not-training", dataclasses.replace(work_of(i), task_id=client_task_id), "not in training",
+           pre=s2, header=dataclasses.replace(c.header_template(s2, b2, "bob"), task_id=client_task_id))
+    forged("block/unknown-task", dataclasses.replace(work_of(i), task_id=random_root("t")), "unknown task",
            header=dataclasses.replace(template, task_id=random_root("t")))
     forged("block/miner-not-member", dataclasses.replace(work_of(i), miner=a["dave"]),
-           dataclasses.replace(work_of(i - 1), miner=a["dave"]), "not a member of the task's group", miner="dave",
-           header=dataclasses.replace(template, miner=a["dave"]))
+           "not a member of the task's group", miner="dave", header=dataclasses.replace(template, miner=a["dave"]))
     alice_task = s_slashed.tasks[c.genesis_task_id]
-    k_lag = s_slashed.config.header_commitment_lag
-    alice_next = max(k_lag, alice_task.members[0].next_minable_iteration)
-    forged("block/miner-slashed", c.iteration_work(c.genesis_task_id, alice_task, alice_next, 0),
-           c.iteration_work(c.genesis_task_id, alice_task, alice_next - k_lag, 0), "miner was slashed in this task",
-           miner="alice", header=c.header_template(s_slashed, b_slashed, "alice"), pre=s_slashed)
+    alice_header = c.header_template(s_slashed, b_slashed, "alice")
+    forged("block/miner-slashed", c.iteration_work(c.genesis_task_id, alice_task,
+                                                   alice_task.members[0].next_minable_iteration, 0,
+                                                   compute_header_commitment(alice_header)),
+           "miner was slashed in this task", miner="alice", header=alice_header, pre=s_slashed)
     forged("block/iteration-beyond-task", dataclasses.replace(work_of(i), iteration=1000),
-           dataclasses.replace(work_of(i - 1), iteration=999), "beyond the task's iterations")
+           "beyond the task's iterations")
     s_after = state_transition(s1, valid, c.replay)
-    forged("block/iteration-reused", work_of(i), work_of(i - 1), "already used", pre=s_after,
+    forged("block/iteration-reused", work_of(i), "already used", pre=s_after,
            header=c.header_template(s_after, valid, "bob"),
            description="bob's iteration already mined a block: it cannot mine another")
-    bad_commitment = c.forge(s1, template, "bob", work_of(i), work_of(i - 1), require_pow=False)
-    bad_commitment = dataclasses.replace(bad_commitment, proofs=[dataclasses.replace(
-        bad_commitment.proofs[0], commitment=c.signed_message("bob", work_of(i - 1), random_root("other header")))])
-    block("block/header-not-committed", s1, bad_commitment, "does not match the commitment")
+    other_header = random_root("other header")
+    forged("block/header-not-committed", c.iteration_work(c.genesis_task_id, gtask, i, bob, other_header),
+           "header is not the one the iteration commits to", header_commitment=other_header,
+           description="an honest iteration trained for another header")
     forged("block/wrong-batch-index", dataclasses.replace(work_of(i), batch_index=(work_of(i).batch_index + 1) % 8),
-           work_of(i - 1), "batch index is not the schedule's")
+           "batch index is not the schedule's")
     forged("block/bad-batch-proof", dataclasses.replace(work_of(i), batch_proof=[random_root("p")] * 3),
-           work_of(i - 1), "batch root not proven")
+           "batch root not proven")
     forged("block/too-many-peer-updates", dataclasses.replace(
-        work_of(i), peer_update_roots=sorted(random_root(f"peer{n}") for n in range(3))), work_of(i - 1),
-        "more peer updates")
+        work_of(i), peer_update_roots=sorted(random_root(f"peer{n}") for n in range(3))), "more peer updates")
     block("block/wrong-message-digest", s1, with_header(message_digest=random_root("digest")), "message digest mismatch")
     allowance = get_nonce_allowance(s1.config, gtask)
     seed = compute_nonce_seed(proof.message.message.work)
@@ -597,7 +614,7 @@ def generate_vectors() -> list[dict]:
     block("block/nonce-not-derived", s1, with_header(nonce=random_root("nonce")), "not derived from the iteration")
     above = None
     for later in range(i, i + 64):
-        candidate = c.forge(s1, template, "bob", work_of(later), work_of(later - 1), require_pow=False)
+        candidate = c.forge(s1, template, "bob", work_of(later), require_pow=False)
         later_seed = compute_nonce_seed(work_of(later))
         misses = [j for j in range(allowance) if not is_valid_pow(dataclasses.replace(
             candidate.header, nonce_index=j, nonce=compute_nonce(later_seed, j)))]
@@ -606,40 +623,74 @@ def generate_vectors() -> list[dict]:
                 candidate.header, nonce_index=misses[0], nonce=compute_nonce(later_seed, misses[0])))
             break
     block("block/work-above-target", s1, above, "work hash above target")
-    forged("block/replay-mismatch", tampered_with_pow("update_root"), work_of(i - 1),
-           "replay does not reproduce", description="a fake iteration: the claimed update is not what training gives")
-    forged("block/inputs-withheld", tampered_with_pow("state_before_root"), work_of(i - 1), "unavailable", description="data withholding: the verifier cannot fetch the state before")
+    forged("block/replay-mismatch", tampered_with_pow("update_root"), "replay does not reproduce", description="a fake iteration: the claimed update is not what training gives")
+    forged("block/inputs-withheld", tampered_with_pow("state_before_root"), "unavailable",
+           description="data withholding: the verifier cannot fetch the state before")
     block("block/invalid-transaction", s1,
           c.mine(s1, b1, "bob", [c.transaction(s1, "alice", transfer, nonce=3)], seal=False), "transaction 0: nonce")
 
     # --- attacks (issue codes: each refused case next to the honest one) ---------
     def relabelled(work: C.IterationWork, iteration: int) -> C.IterationWork:
-        """`work`'s training step claimed as `iteration`: the state, batch and
-        peers of `work`, and the roots its own step gives."""
+        """`work`'s training step claimed as `iteration`: the state, masked
+        batch and peers of `work`, and the roots its own step gives."""
         before = {**c.data.get(work.state_before_root), "step": np.asarray(work.iteration, np.int32)}
-        new_state, update = toy_iteration(before, c.data.get(work.batch_root),
-                                          [c.data.get(root) for root in work.peer_update_roots])
+        batch = get_masked_batch(c.data.get(work.batch_root),
+                                 compute_input_mask_seed(work.task_id, work.iteration, committed))
+        new_state, update = toy_iteration(before, batch, [c.data.get(root) for root in work.peer_update_roots])
         return dataclasses.replace(work, iteration=iteration, update_root=c.data.put(update),
                                    state_after_root=c.data.put(new_state))
 
-    def meeting_target(works) -> tuple[C.IterationWork, C.IterationWork]:
-        """The first (work, commitment work) pair whose nonces meet the target (a cheat grinds for it)."""
+    def meeting_target(works, header=template) -> C.IterationWork:
+        """The first work whose nonces meet the target of `header` (a cheat grinds for it)."""
         for work in works:
-            if c.forge(s1, template, "bob", work, work_of(work.iteration - 1)) is not None:
-                return work, work_of(work.iteration - 1)
+            if c.forge(s1, header, "bob", work) is not None:
+                return work
         raise ReviewError("no candidate meets the target")
 
     block("attacks/c1-honest-step", s1, valid, description="bob's honest iteration: valid")
     claimed = meeting_target(dataclasses.replace(
         relabelled(work_of(i), later), batch_index=work_of(later).batch_index, batch_root=work_of(later).batch_root,
         batch_proof=work_of(later).batch_proof) for later in range(i + 1, i + 64))
-    forged("attacks/c1-step-claimed-at-another-iteration", *claimed, "replay does not reproduce",
+    forged("attacks/c1-step-claimed-at-another-iteration", claimed, "replay does not reproduce",
            description="bob's step of iteration i (its state and update) claimed at a later iteration with that "
                        "iteration's batch: the replay trains the later iteration on its own batch and step")
     counted = meeting_target(dataclasses.replace(work_of(i), state_after_root=relabelled(
         dataclasses.replace(work_of(i), iteration=step), i).state_after_root) for step in range(i + 1, i + 64))
-    forged("attacks/c1-step-counter-not-the-iteration", *counted, "replay does not reproduce",
+    forged("attacks/c1-step-counter-not-the-iteration", counted, "replay does not reproduce",
            description="the right batch and state, trained with another step count: the replay runs step i")
+    def reused_for(headers, description, pre=s1, header_commitment=None, transactions=lambda header: ()):
+        """Bob's step of iteration i, trained for `template`, claimed for the
+        first of `headers` its nonces meet (a grinder tries them all)."""
+        for header in headers:
+            subject = c.forge(pre, header, "bob", work_of(i), transactions(header), header_commitment=header_commitment)
+            if subject is not None:
+                return subject
+        raise ReviewError(f"no header meets the target: {description}")
+
+    block("attacks/c2-honest-step-for-its-header", s1, valid,
+          description="bob trained iteration i for this header (its input mask is keyed by it): valid")
+    block("attacks/c2-step-for-another-timestamp", s1, reused_for(
+        (dataclasses.replace(template, timestamp=template.timestamp + t) for t in range(1, 64)), "timestamps"),
+        "replay does not reproduce",
+        description="one step's roots claimed for a header with another timestamp: the replay masks the batch for "
+                    "that header and trains another step")
+    transfers = {}
+    for n in range(64):
+        txs = [c.transaction(s1, "alice", C.Transfer(recipient=a["mallory"], amount=n + 1))]
+        transfers[compute_transactions_root(txs)] = txs
+    block("attacks/c2-step-for-another-transaction-set", s1, reused_for(
+        (dataclasses.replace(template, transactions_root=root) for root in transfers), "transaction sets",
+        transactions=lambda header: transfers[header.transactions_root]), "replay does not reproduce",
+        description="one step's roots claimed for a header with other transactions: another step is replayed")
+    s1_sibling, b1_sibling = c.extend(g, gb, "carol")
+    block("attacks/c2-step-on-another-parent", s1_sibling, reused_for(
+        (dataclasses.replace(c.header_template(s1_sibling, b1_sibling, "bob"), timestamp=template.timestamp + t)
+         for t in range(64)), "parents", pre=s1_sibling), "replay does not reproduce",
+        description="one step's roots claimed on another fork's tip: the parent is part of the mask's key")
+    block("attacks/c2-message-names-another-header", s1, reused_for(
+        (dataclasses.replace(template, timestamp=template.timestamp + t) for t in range(1, 64)), "commitments",
+        header_commitment=committed), "header is not the one the iteration commits to",
+        description="the message names the header it was trained for, and the block has another")
     wrapping = c.submit_task_body(group_size=2, iterations=TOY_NUM_BATCHES // 2 + 1)
     tx("attacks/c1-task-wraps-its-batches", s1, "client", wrapping, "each batch is trained once",
        description="iterations x group size above the dataset's batches: a batch would be dealt twice")

@@ -36,7 +36,7 @@ from bws.spec.encoding import DecodeError, decode, decode_from, encode, get_fiel
 from bws.spec.hashing import hash_object
 
 DATABASE_FILE = "chain.duckdb"
-SCHEMA_VERSION = 2   # 2: state_scalars holds main-chain blocks only (disconnect_head deletes)
+SCHEMA_VERSION = 3   # 2: state_scalars holds main-chain blocks only (disconnect_head deletes); 3: one message a block
 
 # State fields that are maps live as rows of state_entries; the rest as one
 # encoded blob per block in state_scalars.
@@ -97,8 +97,7 @@ CREATE TABLE IF NOT EXISTS audit_index (
     task_id BLOB NOT NULL,
     iteration UBIGINT NOT NULL,
     miner BLOB NOT NULL,
-    message_digest BLOB NOT NULL,
-    commitment_digest BLOB NOT NULL
+    message_digest BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_by_task ON audit_index (task_id, iteration);
 CREATE TABLE IF NOT EXISTS head (id UTINYINT PRIMARY KEY, hash BLOB NOT NULL);
@@ -365,9 +364,9 @@ class ChainStore:
             for proof in block.proofs:
                 work = proof.message.message.work
                 self._db.execute(
-                    "INSERT INTO audit_index VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO audit_index VALUES (?, ?, ?, ?, ?, ?)",
                     [block_hash, int(block.header.height), bytes(work.task_id), int(work.iteration), bytes(work.miner),
-                     bytes(block.header.message_digest), hash_object(proof.commitment.message)],
+                     bytes(block.header.message_digest)],
                 )
             if before is None:
                 self._db.execute("INSERT INTO head VALUES (1, ?)", [block_hash])

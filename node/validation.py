@@ -44,7 +44,9 @@ from bws.spec.constants import MAX_FUTURE_BLOCK_SECONDS
 from bws.spec.encoding import DecodeError, decode, encode
 from bws.spec.hashing import hash_bytes
 from bws.spec.fork_choice import is_timestamp_acceptable
-from bws.spec.pouw import compute_message_digest, compute_nonce, compute_nonce_seed, compute_block_work, is_valid_pow
+from bws.spec.pouw import (
+    compute_block_work, compute_header_commitment, compute_message_digest, compute_nonce, compute_nonce_seed, is_valid_pow,
+)
 from bws.spec.state_transition import (
     InvalidBlock, Replay, ReplayUnavailable, compute_block_hash, compute_transaction_signing_root,
     compute_transactions_root,
@@ -155,8 +157,8 @@ def precheck_block(block: C.Block, config: C.ChainConfig) -> None:
         raise BlockRejected("a block carries exactly one PoUW proof")
     proof = block.proofs[0]
     work = proof.message.message.work
-    if work.miner != header.miner or proof.commitment.message.work.miner != header.miner:
-        raise BlockRejected("messages are not by the block's miner")
+    if work.miner != header.miner:
+        raise BlockRejected("message is not by the block's miner")
     if work.task_id != header.task_id or work.iteration != header.iteration:
         raise BlockRejected("iteration message is not for the header's task and iteration")
     if header.message_digest != compute_message_digest(proof.message.message):
@@ -171,8 +173,8 @@ def precheck_block(block: C.Block, config: C.ChainConfig) -> None:
         raise BlockRejected("work hash above target")
     if not is_signed_iteration_message_valid(proof.message):
         raise BlockRejected("iteration message: bad signature")
-    if not is_signed_iteration_message_valid(proof.commitment):
-        raise BlockRejected("commitment message: bad signature")
+    if proof.message.message.header_commitment != compute_header_commitment(header):
+        raise BlockRejected("header is not the one the iteration commits to")
     if header.transactions_root != compute_transactions_root(block.transactions):
         raise BlockRejected("transactions root mismatch")
     for index, signed in enumerate(block.transactions):

@@ -122,7 +122,8 @@ class TaskLifecycle(RuleBasedStateMachine):
     def _member_work(self, task_id: bytes, member_index: int) -> C.IterationWork:
         task = self.state.tasks[task_id]
         iteration = max(int(task.members[member_index].next_minable_iteration), 1)
-        return self.toy.iteration_work(task_id, task, min(iteration, task.iterations - 1), member_index)
+        # trained for the header whose commitment is zero: the commitment its honest messages below name
+        return self.toy.iteration_work(task_id, task, min(iteration, task.iterations - 1), member_index, bytes(32))
 
     # alice (member 0) stays honest, so the genesis task can always be mined.
     @rule(member=st.integers(1, 2), disputer=st.sampled_from(("sam", "eve", "mallory")), fraud=st.booleans())

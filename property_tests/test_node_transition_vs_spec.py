@@ -54,7 +54,7 @@ HONEST_KINDS = ("transfer", "transfer", "stake", "unstake", "unstake", "submit_t
 TRANSACTION_KINDS = HONEST_KINDS + ("equivocation", "fraud")
 ENVELOPE_MUTATIONS = ("nonce_ahead", "nonce_used", "fee_below_minimum", "wrong_chain_id", "bad_signature", "high_s",
                       "key_not_senders")
-BLOCK_MUTATIONS = ("state_root", "iteration_signature", "commitment_signature", "height", "timestamp", "target",
+BLOCK_MUTATIONS = ("state_root", "iteration_signature", "high_s_iteration_signature", "height", "timestamp", "target",
                    "nonce", "drop_transaction", "transaction_signature")
 
 
@@ -222,11 +222,11 @@ class TransitionVersusSpec(RuleBasedStateMachine):
         task = state.tasks[TOY.genesis_task_id]
         member_index = data.draw(st.integers(0, len(task.members) - 1), label="accused member")
         miner = NAME_OF[task.members[member_index].address]
-        work = TOY.iteration_work(TOY.genesis_task_id, task, data.draw(st.integers(1, 6), label="iteration"),
-                                  member_index)
-        first = TOY.signed_message(miner, work, hash_bytes(b"header A"))
+        iteration = data.draw(st.integers(1, 6), label="iteration")
+        first = TOY.honest_message(miner, TOY.genesis_task_id, task, iteration, hash_bytes(b"header A"))
+        work = first.message.work
         if kind == "equivocation":
-            second = TOY.signed_message(miner, work, hash_bytes(
+            second = TOY.honest_message(miner, TOY.genesis_task_id, task, iteration, hash_bytes(
                 b"header B" if data.draw(st.booleans(), label="different headers") else b"header A"))
             return C.Equivocation(first=first, second=second)
         if kind == "false_accusation":
@@ -273,8 +273,8 @@ class TransitionVersusSpec(RuleBasedStateMachine):
             return dataclasses.replace(block, header=dataclasses.replace(header, **changes[mutation]))
         if mutation == "iteration_signature":
             return with_proof_signature(block, "message", flip_bit(proof.message.signature, 40))
-        if mutation == "commitment_signature":
-            return with_proof_signature(block, "commitment", high_s(proof.commitment.signature))
+        if mutation == "high_s_iteration_signature":
+            return with_proof_signature(block, "message", high_s(proof.message.signature))
         if mutation == "drop_transaction" and block.transactions:
             return dataclasses.replace(block, transactions=list(block.transactions)[1:])
         if mutation == "transaction_signature" and block.transactions:

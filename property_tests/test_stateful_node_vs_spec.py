@@ -40,7 +40,7 @@ from bws.node.service import Node, NodeSettings
 from bws.spec import containers as C
 from bws.spec import fork_choice as F
 from bws.spec.encoding import DecodeError, decode, encode
-from bws.spec.pouw import compute_nonce, compute_nonce_seed, get_nonce_allowance
+from bws.spec.pouw import compute_header_commitment, compute_nonce, compute_nonce_seed, get_nonce_allowance
 from bws.spec.presets import COIN
 from bws.spec.state_transition import (
     InvalidBlock, InvalidTransaction, apply_transaction, compute_block_hash, compute_state_root, state_transition,
@@ -55,7 +55,7 @@ ACCEPTED = ("connected", "reorg", "side", "known")
 FEE_RECIPIENT = TOY.address["alice"]  # a miner who sends nothing here: fees never flow back to the sender
 
 BLOCK_MUTATIONS = (
-    "iteration_signature", "high_s_iteration_signature", "commitment_signature", "wrong_target",
+    "iteration_signature", "high_s_iteration_signature", "step_for_another_header", "wrong_target",
     "forged_update_root", "forged_state_after_root", "forged_batch_index", "forged_peer_updates",
     "nonce_not_derived", "nonce_index_beyond_allowance", "state_root", "timestamp_not_after_parent",
     "wrong_height", "transaction_wrong_nonce", "transaction_overspend", "transaction_bad_signature",
@@ -235,23 +235,23 @@ class NodeVersusSpec(RuleBasedStateMachine):
         raw = data.draw(mutated(encode(honest)), label="garbled block")
         self.deliver(raw)
 
-    def _reforge(self, state, parent, honest, miner, tamper_work=lambda w: w, require_pow=False, **header_changes):
-        """`honest` rebuilt by the miner with its work changed by `tamper_work`
-        and header fields changed, signed and committed consistently, nonces
-        derived from the tampered work (a proof of work if one of the
-        allowance meets the target, else the first nonce, or None if
+    def _reforge(self, state, parent, honest, miner, tamper_work=lambda w: w, require_pow=False, trained_for=None,
+                 **header_changes):
+        """`honest` rebuilt by the miner with header fields changed and its
+        work, trained for that header (or for the header whose commitment is
+        `trained_for`), changed by `tamper_work`, signed and committing to the
+        header, nonces derived from the tampered work (a proof of work if one
+        of the allowance meets the target, else the first nonce, or None if
         `require_pow`); not sealed."""
         task = state.tasks[honest.header.task_id]
         member_index = get_member_index(task, TOY.address[miner])
-        iteration = honest.header.iteration
-        k = state.config.header_commitment_lag
         header = dataclasses.replace(
             TOY.header_template(state, parent, miner, honest.transactions, honest.header.timestamp), **header_changes)
-        work = tamper_work(TOY.iteration_work(header.task_id, task, iteration, member_index))
-        commitment_work = TOY.iteration_work(header.task_id, task, iteration - k, member_index)
-        block = TOY.forge(state, header, miner, work, commitment_work, honest.transactions)
+        work = tamper_work(TOY.iteration_work(header.task_id, task, honest.header.iteration, member_index,
+                                              trained_for or compute_header_commitment(header)))
+        block = TOY.forge(state, header, miner, work, honest.transactions)
         if block is None and not require_pow:
-            block = TOY.forge(state, header, miner, work, commitment_work, honest.transactions, require_pow=False)
+            block = TOY.forge(state, header, miner, work, honest.transactions, require_pow=False)
         return block
 
     def _mutate_block(self, state, parent, honest, miner, mutation, sender) -> C.Block:
@@ -261,8 +261,9 @@ class NodeVersusSpec(RuleBasedStateMachine):
             return with_proof_signature(honest, "message", flip_bit(proof.message.signature, 40))
         if mutation == "high_s_iteration_signature":
             return with_proof_signature(honest, "message", high_s(proof.message.signature))
-        if mutation == "commitment_signature":
-            return with_proof_signature(honest, "commitment", flip_bit(proof.commitment.signature, 40))
+        if mutation == "step_for_another_header":  # the iteration's step, claimed for a later timestamp
+            return self._reforge(state, parent, honest, miner, trained_for=compute_header_commitment(header),
+                                 timestamp=header.timestamp + 1)
         if mutation == "wrong_target":
             return self._reforge(state, parent, honest, miner, target=state.target // 2)
         if mutation == "forged_update_root":

@@ -18,6 +18,7 @@ DOMAIN_ITERATION_MESSAGE = b"BWS/iteration-message"
 DOMAIN_NONCE_SEED = b"BWS/nonce-seed"
 DOMAIN_NONCE = b"BWS/nonce"
 DOMAIN_HEADER_COMMITMENT = b"BWS/header-commitment"
+DOMAIN_INPUT_MASK = b"BWS/input-mask"
 DOMAIN_POW = b"BWS/pow"
 DOMAIN_TASK_ID = b"BWS/task-id"
 DOMAIN_GROUP_SELECTION = b"BWS/group-selection"
@@ -82,6 +83,9 @@ MAX_TARGET = 2**256 - 1
 RETARGET_CLAMP = 4             # one retarget moves the target by at most x4 or /4
 MAX_HALVINGS = 64              # after 64 halvings the block reward is 0
 MAX_FUTURE_BLOCK_SECONDS = 120 # a node holds back blocks further ahead of its clock
+# An iteration trains on its batch with each input value dropped (set to 0) when its
+# byte of the header-keyed mask is below this: 1 value in 16 (pouw.compute_input_mask).
+INPUT_DROP_THRESHOLD = 16
 
 # ---------------------------------------------------------------------------
 # Canonical arithmetic (engine and spec/reference share these numbers, nothing else)

@@ -28,7 +28,6 @@ class ChainConfig(Container):
     target_block_time: uint64          # seconds the retarget aims for between blocks
     retarget_interval: uint64          # blocks between difficulty retargets
     initial_target: Target             # target of block 1
-    header_commitment_lag: uint64      # k: IT_RES(i - k) commits the header mined with IT_RES(i)
     max_nonces_per_iteration: uint64   # cap on the nonce allowance of one iteration
     work_units_per_nonce: uint64       # MACs of useful work that earn one nonce
     initial_block_reward: Coin         # reward of blocks 1 .. halving_interval - 1
@@ -65,8 +64,10 @@ class IterationWork(Container):
 
 @dataclass(frozen=True)
 class IterationMessage(Container):
-    """IT_RES: the work, plus the hash of the header this miner will mine with
-    the nonces of its iteration + k (compute_header_commitment)."""
+    """IT_RES: the work, plus the hash of the header this miner may mine with
+    the iteration's nonces (compute_header_commitment). The commitment keys
+    the iteration's input mask (pouw.compute_input_mask), so the work depends
+    on it: another header needs another training step."""
     work: IterationWork
     header_commitment: Hash32
 
@@ -182,8 +183,8 @@ class SignedTransaction(Container):
 # ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CommittedHeader(Container):
-    """The header fields a miner commits k iterations ahead: all but the state
-    root (a function of the parent state and the block's contents, so not
+    """The header fields a miner commits to before it trains the iteration
+    whose nonces mine the block: all but the state root (a function of the parent state and the block's contents, so not
     grindable; leaving it out keeps the state free to record the header) and
     the PoUW fields."""
     parent_hash: Hash32
@@ -213,10 +214,9 @@ class BlockHeader(Container):
 
 @dataclass(frozen=True)
 class PouwProof(Container):
-    """The signed IT_RES of iteration i, and the same miner's IT_RES of i - k
-    whose header_commitment commits to this block's header."""
+    """The signed IT_RES whose nonces mined the block; its header_commitment
+    commits to the block's header."""
     message: SignedIterationMessage
-    commitment: SignedIterationMessage
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,15 @@ target. The rules and the attacks they stop:
   fields only (`compute_nonce_seed`), and an iteration gives at most
   `get_nonce_allowance` nonces (≤ max_nonces_per_iteration), in proportion to
   the work it did. More nonces need more (replayable) iterations.
-- *Grinding the header*: the header a miner may mine with the nonces of its
-  iteration i is fixed by IT_RES(i - k) (`compute_header_commitment`), signed
-  k iterations before those nonces exist; the miner cannot try many headers
-  (transaction sets, timestamps) against the same nonces.
+- *Grinding the header* (parent, timestamp, transactions): IT_RES(i) names
+  the one header its nonces may mine (`compute_header_commitment`), and that
+  commitment keys the iteration itself: the batch is trained with a mask of
+  dropped input values drawn from it (`compute_input_mask`), so the update
+  and the new state, hence the nonce seed, depend on the header. Trying
+  another header, another parent or another timestamp takes another training
+  step, which every verifier replays. Two versions of one IT_RES are an
+  equivocation (spec/state_transition.py `process_dispute`): an iteration
+  mines one header, on one fork.
 - *Fake iterations*: a block carries the signed IT_RES(i) and every verifier
   replays it (`replay`, spec/state_transition.py): a single differing bit of
   the update or the new state rejects the block.
@@ -20,8 +25,13 @@ target. The rules and the attacks they stop:
   schedule (`compute_batch_index`) and proven against the dataset root the
   client committed.
 """
+import hashlib
+
+import numpy as np
+
 from .constants import (
-    DOMAIN_HEADER_COMMITMENT, DOMAIN_ITERATION_MESSAGE, DOMAIN_NONCE, DOMAIN_NONCE_SEED, DOMAIN_POW,
+    DOMAIN_HEADER_COMMITMENT, DOMAIN_INPUT_MASK, DOMAIN_ITERATION_MESSAGE, DOMAIN_NONCE, DOMAIN_NONCE_SEED,
+    DOMAIN_POW, INPUT_DROP_THRESHOLD,
 )
 from .containers import (
     BlockHeader, ChainConfig, CommittedHeader, IterationMessage, IterationWork, SignedIterationMessage, Task,
@@ -30,7 +40,7 @@ from .crypto import compute_address, get_public_key, sign
 from .encoding import encode
 from .hashing import hash_bytes, hash_object
 from .primitives import get_primitives
-from .types import Hash32, Work
+from .types import Hash32, TaskId, Work
 
 
 def compute_message_digest(message: IterationMessage) -> Hash32:
@@ -83,7 +93,7 @@ def is_nonce_earning(config: ChainConfig, work_units: int) -> bool:
 
 
 def get_committed_header(header: BlockHeader) -> CommittedHeader:
-    """The part of a header that is committed k iterations ahead: all but the state root and the PoUW fields."""
+    """The part of a header an iteration commits to: all but the state root and the PoUW fields."""
     return CommittedHeader(
         parent_hash=header.parent_hash, height=header.height, timestamp=header.timestamp,
         transactions_root=header.transactions_root,
@@ -92,8 +102,37 @@ def get_committed_header(header: BlockHeader) -> CommittedHeader:
 
 
 def compute_header_commitment(header: BlockHeader) -> Hash32:
-    """The value IT_RES(i - k).header_commitment must hold for a block mined with IT_RES(i)."""
+    """The value IT_RES(i).header_commitment must hold for a block mined with IT_RES(i)'s nonces."""
     return Hash32(hash_bytes(DOMAIN_HEADER_COMMITMENT + encode(get_committed_header(header))))
+
+
+def compute_input_mask_seed(task_id: TaskId, iteration: int, header_commitment: Hash32) -> Hash32:
+    """Seed of the input mask of iteration `iteration` of `task_id` trained
+    for the header whose commitment is `header_commitment`."""
+    return Hash32(hash_bytes(DOMAIN_INPUT_MASK + task_id + iteration.to_bytes(8, "little") + header_commitment))
+
+
+def get_input_mask_seed(message: IterationMessage) -> Hash32:
+    """The input mask seed of the iteration `message` claims."""
+    return compute_input_mask_seed(message.work.task_id, message.work.iteration, message.header_commitment)
+
+
+def compute_input_mask(seed: Hash32, count: int) -> bytes:
+    """One byte per input value of the batch (its `x`, in row-major order):
+    SHAKE-256 of the seed, `count` bytes long. The replayed iteration trains
+    on the batch with every value whose byte is below INPUT_DROP_THRESHOLD
+    set to 0 (input dropout at rate 1/16): a different header changes the
+    inputs of every example, so its training step is a new one."""
+    return hashlib.shake_256(seed).digest(count)
+
+
+def get_masked_batch(batch: dict, seed: Hash32) -> dict:
+    """The batch an iteration trains on: the inputs `x` with every value whose
+    byte of the mask of `seed` is below INPUT_DROP_THRESHOLD set to 0; the
+    labels unchanged."""
+    x = np.asarray(batch["x"])
+    mask = np.frombuffer(compute_input_mask(seed, x.size), np.uint8).reshape(x.shape)
+    return {**batch, "x": np.where(mask < INPUT_DROP_THRESHOLD, 0, x).astype(x.dtype)}
 
 
 def compute_pow_hash(header: BlockHeader) -> Hash32:

@@ -6,8 +6,6 @@ prints them side by side). Why they differ:
   seconds and retargets often; mainnet aims at a minute and retargets daily.
 - initial_target: the devnet's is easy (1 hash in 16 meets it), so a demo
   mines at once; mainnet's needs sustained work.
-- header_commitment_lag (k): how many iterations ahead a header is
-  committed; small on the devnet so iterations turn into blocks quickly.
 - max_nonces_per_iteration, work_units_per_nonce: the lottery tickets an
   iteration's work buys, and their cap (work units count each contraction
   MAC slices² times: a 2-slice model's MAC is 4 units).
@@ -29,7 +27,6 @@ DEVNET = ChainConfig(
     target_block_time=2,
     retarget_interval=10,
     initial_target=2**252,
-    header_commitment_lag=1,
     max_nonces_per_iteration=16,
     work_units_per_nonce=4 * 10**6,
     initial_block_reward=50 * COIN,
@@ -48,7 +45,6 @@ MAINNET = ChainConfig(
     target_block_time=60,
     retarget_interval=1440,
     initial_target=2**232,
-    header_commitment_lag=4,
     max_nonces_per_iteration=64,
     work_units_per_nonce=4 * 10**11,
     initial_block_reward=50 * COIN,

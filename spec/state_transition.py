@@ -99,9 +99,13 @@ is `work.batch_root`, and the updates whose roots are `work.peer_update_roots`
 (summed, in any order); it runs training iteration number `work.iteration`
 of the task's model on them (the state's step counter is set to
 `work.iteration` whatever the fetched state holds: the iteration number is an
-input of the computation, so a step replays as one iteration number only) and
-returns the root of the update it computes and of the new model state. The
-spec compares both with `work.update_root` and `work.state_after_root`; a single differing bit makes the block invalid. The
+input of the computation, so a step replays as one iteration number only),
+with the batch's input values dropped where the message's mask says
+(`get_masked_batch(batch, get_input_mask_seed(message))`: the
+header the message commits to is an input too, so a step replays for one
+header only), and returns the root of the update it computes and of the new
+model state. The spec compares both with `work.update_root` and
+`work.state_after_root`; a single differing bit makes the block invalid. The
 loss is informational and not compared. The engine (bws.engine) and the
 NumPy reference (spec/reference) each provide a replay."""
 
@@ -270,15 +274,16 @@ def check_replay(task: Task, message: IterationMessage, replay: Replay) -> bool:
 def process_pouw(state: State, block: Block, replay: Replay) -> None:
     """Check the block's proof of useful work and record the iteration.
 
-    The block carries IT_RES(i) and IT_RES(i - k) of its miner, both signed.
-    In order (cheap checks before the replay):
-    1. both messages are signed by the header's miner, for the header's task;
-       IT_RES(i) is for the header's iteration i, IT_RES(i - k) for i - k;
+    The block carries its miner's signed IT_RES(i). In order (cheap checks
+    before the replay):
+    1. the message is signed by the header's miner, for the header's task
+       and iteration i;
     2. the task is in TRAINING, the miner is a member not slashed in it and
        still holds a miner stake (active or being released: something to
        slash), i < iterations, and i is at least the member's next minable
        iteration (one block per iteration);
-    3. IT_RES(i - k).header_commitment = compute_header_commitment(header);
+    3. IT_RES(i).header_commitment = compute_header_commitment(header): the
+       iteration was trained for this header (its input mask is keyed by it);
     4. the batch index is the schedule's, the batch root is proven in the
        dataset root, and at most group_size - 1 peer updates are applied;
     5. the header names IT_RES(i)'s digest, a nonce index below the task's
@@ -288,16 +293,13 @@ def process_pouw(state: State, block: Block, replay: Replay) -> None:
     iteration moves the task to EVALUATION."""
     assert len(block.proofs) == 1, "a block carries exactly one PoUW proof"
     header, proof = block.header, block.proofs[0]
-    message, commitment = proof.message.message, proof.commitment.message
+    message = proof.message.message
     work = message.work
-    k = state.config.header_commitment_lag
-    # 1. signatures and naming
+    # 1. signature and naming
     assert is_valid_signed_iteration_message(proof.message), "iteration message: bad signature"
-    assert is_valid_signed_iteration_message(proof.commitment), "commitment message: bad signature"
-    assert work.miner == header.miner and commitment.work.miner == header.miner, "messages are not by the block's miner"
-    assert work.task_id == header.task_id and commitment.work.task_id == header.task_id, "messages are not for the block's task"
+    assert work.miner == header.miner, "message is not by the block's miner"
+    assert work.task_id == header.task_id, "message is not for the block's task"
     assert work.iteration == header.iteration, "iteration message is not for the header's iteration"
-    assert work.iteration >= k and commitment.work.iteration == work.iteration - k, "commitment message is not from iteration i - k"
     # 2. task and membership
     task = state.tasks.get(header.task_id)
     assert task is not None, "unknown task"
@@ -309,8 +311,8 @@ def process_pouw(state: State, block: Block, replay: Replay) -> None:
     assert StakeKey(owner=header.miner, role=ROLE_MINER) in state.stakes, "miner has no stake left to answer for its work"
     assert work.iteration < task.iterations, "iteration beyond the task's iterations"
     assert work.iteration >= member.next_minable_iteration, "iteration already used or older than the miner's last block"
-    # 3. header committed k iterations ahead
-    assert commitment.header_commitment == compute_header_commitment(header), "header does not match the commitment of iteration i - k"
+    # 3. the header the iteration was trained for
+    assert message.header_commitment == compute_header_commitment(header), "header is not the one the iteration commits to"
     # 4. data
     assert work.batch_index == compute_batch_index(task, work.iteration, member_index), "batch index is not the schedule's"
     assert is_valid_merkle_proof(work.batch_root, work.batch_index, task.num_batches, list(work.batch_proof),
@@ -454,7 +456,7 @@ def process_submit_task(state: State, transaction: Transaction, submit: SubmitTa
         f"task does too little work to earn a nonce ({work_units} work units, {config.work_units_per_nonce} a nonce)"
     assert submit.num_batches > 0, "dataset without batches"
     assert 1 <= submit.group_size <= MAX_GROUP_SIZE, f"group size not in [1, {MAX_GROUP_SIZE}]"
-    assert submit.iterations > config.header_commitment_lag, "too few iterations to mine any block"
+    assert submit.iterations > 0, "task without iterations"
     assert is_dataset_large_enough(submit.iterations, submit.group_size, submit.num_batches), \
         "iterations x group size exceed the dataset's batches (each batch is trained once)"
     assert submit.evaluation_deadline > state.height + 1 + config.training_start_delay + config.evaluation_period, \

@@ -17,6 +17,7 @@ from bws.engine import commit
 from bws.spec import containers as C
 from bws.spec.constants import MAX_TASK_ITERATIONS
 from bws.spec.hashing import hash_bytes
+from bws.spec.pouw import get_masked_batch
 from bws.templates.errors import TemplateError
 from bws.templates.task import TaskData, TaskDefinition, batch_root, parse_task, require_chain_template, task_data
 
@@ -48,6 +49,11 @@ class LoadedTask:
 
     def batch(self, index: int) -> dict[str, np.ndarray]:
         return self.data.batch(self.batch_size, self.definition.dataset["schedule"]["seed"], index)
+
+    def masked_batch(self, index: int, mask_seed: bytes) -> dict[str, np.ndarray]:
+        """Batch `index` as an iteration trains on it: inputs dropped by the
+        input mask of `mask_seed` (the spec's get_masked_batch)."""
+        return get_masked_batch(self.batch(index), mask_seed)
 
     def batch_proof(self, index: int) -> list[bytes]:
         """The spec's compute_merkle_proof(batch_roots, index), from the tree built at load."""

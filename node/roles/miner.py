@@ -6,16 +6,19 @@ One iteration i of task T by member j (spec/pouw.py, spec/tasks.py):
 1. wait (bounded) for the other members' IT_RES(i - 1) and fetch the updates
    they name over `/bws/data/1`; apply those that arrived (a set: the sum of
    integer updates does not depend on their order);
-2. train on batch compute_batch_index(T, i, j) of the task's schedule, with
-   its Merkle proof in the task's dataset root;
-3. commit, in IT_RES(i), to the header of the block it may mine with the
-   nonces of IT_RES(i + k) (k = header_commitment_lag): parent = the current
-   head, next height, a timestamp, the mempool's transactions, the target;
+2. choose the header of the block the iteration's nonces may mine: parent =
+   the current head, next height, a timestamp, the mempool's transactions,
+   the target; train on batch compute_batch_index(T, i, j) of the task's
+   schedule with the input mask that header keys (get_masked_batch), with
+   the batch's Merkle proof in the task's dataset root;
+3. commit, in IT_RES(i), to that header;
 4. sign and gossip IT_RES(i); keep its state and update in the tensor cache
    so verifiers can fetch them;
 5. derive IT_RES(i)'s nonces (get_nonce_allowance of them) and try them
-   against the header committed in IT_RES(i - k); on a hit, and if that
-   header still extends the head, fill in the state root and publish the block.
+   against that header; on a hit, and if the header still extends the head,
+   fill in the state root and publish the block. A header that no longer
+   extends the head is stale: its nonces are worth nothing (a new header
+   needs a new training step).
 
 Two threads share the work. The training thread runs steps 1 and 2 and
 hands the iteration's result (device arrays) to the proving thread, which
@@ -52,7 +55,7 @@ import statistics
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import jax
 
@@ -63,8 +66,8 @@ from bws.spec.constants import (
 )
 from bws.spec.hashing import ZERO_HASH, hash_bytes
 from bws.spec.pouw import (
-    compute_header_commitment, compute_iteration_message_signing_root, compute_message_digest, compute_nonce,
-    compute_nonce_seed, get_committed_header, get_nonce_allowance,
+    compute_header_commitment, compute_input_mask_seed, compute_iteration_message_signing_root,
+    compute_message_digest, compute_nonce, compute_nonce_seed, get_committed_header, get_nonce_allowance,
 )
 from bws.spec.state_transition import InvalidBlock, InvalidTransaction, compute_transactions_root, is_fraud_proof
 from bws.spec.tasks import compute_batch_index, get_member_index
@@ -118,8 +121,6 @@ class Training:
     proven_state: dict               # flat numpy, the state before the next iteration to prove
     proven_state_root: bytes
     next_iteration: int = 0
-    commitments: dict = field(default_factory=dict)   # iteration -> CommittedBlock (for that iteration's nonces)
-    messages: dict = field(default_factory=dict)      # iteration -> SignedIterationMessage
 
 
 @dataclass
@@ -129,7 +130,8 @@ class ComputedIteration:
     task: C.Task
     iteration: int
     batch_index: int
-    batch: dict
+    batch: dict                      # as trained: masked for `committed`
+    committed: CommittedBlock        # the header the iteration's nonces may mine
     state_after: dict                # device pytree (flat numpy for a cheating iteration)
     update: dict                     # likewise
     metrics: dict
@@ -351,8 +353,10 @@ class Miner:
         peer_updates, peer_roots = self._peer_updates(task_id, i, others)
         peer_wait = time.perf_counter() - waited
         started = time.perf_counter()
+        committed = self._commit_header(context.chain.head_state)
+        mask_seed = compute_input_mask_seed(task_id, i, compute_header_commitment(self._header(committed)))
         batch_index = compute_batch_index(task, i, member_index)
-        batch = training.loaded.batch(batch_index)
+        batch = training.loaded.masked_batch(batch_index, mask_seed)
         cheating = self.byzantine is not None and self.byzantine.cheats(task, i)
         if cheating:  # bws devnet --byzantine: this node cheats (node/roles/byzantine.py)
             state_after, update, metrics, applied = self.byzantine.iterate(
@@ -362,8 +366,8 @@ class Miner:
             state_after, update, metrics = jax.block_until_ready(training.loaded.iterate(training.state, batch, peer_updates))
             next_state, applied = state_after, peer_updates
         context.metrics["training_us"] += int((time.perf_counter() - started) * 1e6)
-        computed = ComputedIteration(training, task, i, batch_index, batch, state_after, update, metrics, applied,
-                                     peer_roots, cheating)
+        computed = ComputedIteration(training, task, i, batch_index, batch, committed, state_after, update, metrics,
+                                     applied, peer_roots, cheating)
         if not self._hand_over(computed):
             return False
         training.state, training.next_iteration = next_state, i + 1
@@ -402,11 +406,8 @@ class Miner:
             batch_proof=loaded.batch_proof(batch_index), peer_update_roots=sorted(computed.peer_update_roots),
             update_root=update_root, state_after_root=state_after_root, loss=loss,
         )
-        head_state = context.chain.head_state
-        k = int(head_state.config.header_commitment_lag)
-        ahead = self._commit_header(head_state)
-        training.commitments[i + k] = ahead
-        message = C.IterationMessage(work=work, header_commitment=compute_header_commitment(self._header(ahead)))
+        message = C.IterationMessage(work=work,
+                                     header_commitment=compute_header_commitment(self._header(computed.committed)))
         signed = context.signed.sign(
             message, lambda m: sign_iteration_message(context.account.secret_key, context.public_key, m))
         if signed is None:  # signed otherwise before a restart: a second version would be slashed
@@ -415,7 +416,6 @@ class Miner:
             return
         if not computed.cheated:
             context.remember_own_iteration(message)
-        training.messages[i] = signed
         context.publish_iteration_message(signed)
         self.audit.record(RecordedIteration(signed, loaded, training.proven_state,
                                             [flat(u) for u in computed.applied_updates], computed.batch,
@@ -428,12 +428,7 @@ class Miner:
         context.gauges["last_loss"] = loss / (1 << 16)
         context.gauges["last_iteration"] = {"task": training.task_id.hex(), "iteration": i,
                                             "peers_applied": len(computed.peer_update_roots)}
-        for old in [n for n in training.commitments if n < i]:
-            del training.commitments[old]
-        if i - k >= 0 and i - k in training.messages:
-            self._mine(computed.task, training, i, training.messages[i - k], signed)
-        for old in [n for n in training.messages if n < i - k]:
-            del training.messages[old]
+        self._mine(computed.task, training, i, computed.committed, signed)
         context.metrics["proving_us"] += int((time.perf_counter() - started) * 1e6)
 
     def _peer_updates(self, task_id: bytes, iteration: int, others: list[bytes]):
@@ -457,7 +452,7 @@ class Miner:
 
     # -- headers and blocks -----------------------------------------------
     def _commit_header(self, head_state: C.State) -> CommittedBlock:
-        """The header this node will mine k iterations from now: on the current head."""
+        """The header the next iteration's nonces will mine: on the current head."""
         head = self.context.chain.head
         parent_timestamp = int(head_state.latest_block_header.timestamp)
         return CommittedBlock(
@@ -495,13 +490,11 @@ class Miner:
         fields.update(pouw)
         return C.BlockHeader(**fields)
 
-    def _mine(self, task: C.Task, training: Training, iteration: int,
-              commitment: C.SignedIterationMessage, signed: C.SignedIterationMessage) -> None:
-        committed = training.commitments.get(iteration)
+    def _mine(self, task: C.Task, training: Training, iteration: int, committed: CommittedBlock,
+              signed: C.SignedIterationMessage) -> None:
         context = self.context
         head_state = context.chain.head_state
-        if committed is None or committed.parent_hash != bytes(context.chain.head.hash) \
-                or committed.height != int(head_state.height) + 1:
+        if committed.parent_hash != bytes(context.chain.head.hash) or committed.height != int(head_state.height) + 1:
             context.metrics["stale_commitments"] += 1
             return
         allowance = get_nonce_allowance(head_state.config, task)
@@ -512,12 +505,11 @@ class Miner:
         if found is not None:
             index, nonce = found
             header = dataclasses.replace(header, nonce_index=index, nonce=nonce)
-            self._publish_block(head_state, header, committed, commitment, signed)
+            self._publish_block(head_state, header, committed, signed)
 
     def _publish_block(self, head_state: C.State, header: C.BlockHeader, committed: CommittedBlock,
-                       commitment: C.SignedIterationMessage, signed: C.SignedIterationMessage) -> None:
-        block = C.Block(header=header, transactions=committed.transactions,
-                        proofs=[C.PouwProof(message=signed, commitment=commitment)])
+                       signed: C.SignedIterationMessage) -> None:
+        block = C.Block(header=header, transactions=committed.transactions, proofs=[C.PouwProof(message=signed)])
         def replay(task: C.Task, message: C.IterationMessage) -> C.ReplayResult:
             # its own iteration: the roots it claims are its engine's; another (a dispute's evidence) is replayed
             if compute_message_digest(message) == header.message_digest:

@@ -34,6 +34,7 @@ import time
 
 from bws.spec import containers as C
 from bws.spec.hashing import hash_bytes
+from bws.spec.pouw import get_input_mask_seed
 from bws.spec.state_transition import ReplayUnavailable
 
 from ..audit import PROTOCOL_AUDIT, AuditError, decode_messages_answer, messages_request, reference_replay
@@ -50,9 +51,12 @@ DISPUTE_DELAY_SECONDS = 10.0         # the task's supervisors dispute at once: a
 DISPUTE_DELAY_SPREAD_SECONDS = 20.0  # verifiers of one block wait different times, so one of them goes first
 
 
-def replay_inputs(context: RoleContext, task: C.Task, work: C.IterationWork) -> tuple[LoadedTask, dict, list, dict]:
-    """(loaded task, state before, peer updates, batch) of an iteration, each
-    checked against the root `work` names; ReplayUnavailable if one cannot be had."""
+def replay_inputs(context: RoleContext, task: C.Task,
+                  message: C.IterationMessage) -> tuple[LoadedTask, dict, list, dict]:
+    """(loaded task, state before, peer updates, masked batch) of an iteration,
+    each checked against the root its work names; ReplayUnavailable if one
+    cannot be had."""
+    work = message.work
     peer = context.messages.peer_of(bytes(work.miner))
     try:
         loaded = context.library.load(task)
@@ -64,7 +68,7 @@ def replay_inputs(context: RoleContext, task: C.Task, work: C.IterationWork) -> 
         raise ReplayUnavailable(f"batch index {work.batch_index} beyond the task's {len(loaded.batch_roots)} batches")
     if loaded.batch_roots[int(work.batch_index)] != bytes(work.batch_root):
         raise ReplayUnavailable("the local batch does not have the message's batch root")
-    return loaded, state, updates, loaded.batch(int(work.batch_index))
+    return loaded, state, updates, loaded.masked_batch(int(work.batch_index), get_input_mask_seed(message))
 
 
 def replay_iteration(context: RoleContext, task: C.Task, message: C.IterationMessage) -> C.ReplayResult:
@@ -73,7 +77,7 @@ def replay_iteration(context: RoleContext, task: C.Task, message: C.IterationMes
     so a message replays to the same roots every time."""
     if (known := context.replays.get(message)) is not None:
         return known
-    loaded, state, updates, batch = replay_inputs(context, task, message.work)
+    loaded, state, updates, batch = replay_inputs(context, task, message)
     try:
         new_state, update, _ = loaded.iterate(tree(state), batch, [tree(u) for u in updates])
     except (ValueError, TypeError, KeyError) as error:
@@ -92,7 +96,7 @@ def is_proven_fraud(context: RoleContext, task: C.Task, message: C.IterationMess
     if engine_result == claimed_result(message):
         return False
     try:
-        loaded, state, updates, batch = replay_inputs(context, task, message.work)
+        loaded, state, updates, batch = replay_inputs(context, task, message)
         reference = reference_replay(loaded, state, updates, batch)
     except (ReplayUnavailable, ValueError, TypeError, KeyError) as error:
         logger.info("no reference replay of iteration %d of %s…: %s", message.work.iteration,
@@ -210,7 +214,7 @@ class NetworkReplay:
         if context is None or context.own_iteration(message) is not None or context.replays.get(message) is not None:
             return  # roles not started yet, or nothing to fetch: the replay itself decides
         try:
-            replay_inputs(context, task, message.work)
+            replay_inputs(context, task, message)
         except ReplayUnavailable:
             context.metrics["replays_unavailable"] += 1
             raise

@@ -27,7 +27,9 @@ from bws.node.roles.library import TaskLibrary, flat, tree
 from bws.spec import containers as C
 from bws.spec.genesis import create_genesis_state
 from bws.spec.hashing import ZERO_HASH
-from bws.spec.pouw import compute_message_digest, is_valid_signed_iteration_message, sign_iteration_message
+from bws.spec.pouw import (
+    compute_input_mask_seed, compute_message_digest, is_valid_signed_iteration_message, sign_iteration_message,
+)
 
 
 class ServerSource:
@@ -69,7 +71,8 @@ def setup():
     state0 = flat(loaded.initial_state())
     _, peer_update, _ = loaded.iterate(tree(state0), loaded.batch(1), [])
     return SimpleNamespace(task_id=bytes(task_id), loaded=loaded, miner=miner, state0=state0,
-                           peer_update=flat(peer_update), batch=loaded.batch(0))
+                           peer_update=flat(peer_update),
+                           batch=loaded.masked_batch(0, compute_input_mask_seed(task_id, 0, ZERO_HASH)))
 
 
 def claim(setup, state_after: dict, update: dict, applied: list, transform=None, cheated=False, account=None):

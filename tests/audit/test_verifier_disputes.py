@@ -30,7 +30,7 @@ from bws.spec.constants import ROLE_MINER
 from bws.spec.encoding import decode, encode
 from bws.spec.genesis import create_genesis_state, get_genesis_block
 from bws.spec.hashing import ZERO_HASH
-from bws.spec.pouw import sign_iteration_message
+from bws.spec.pouw import compute_input_mask_seed, sign_iteration_message
 from bws.spec.state_transition import InvalidTransaction, ReplayUnavailable, apply_transaction, sign_transaction
 from bws.spec.tasks import compute_batch_index, get_member_index
 
@@ -69,7 +69,7 @@ def setup():
     cache = TensorCache()
     state0 = flat(loaded.initial_state())
     batch_index = compute_batch_index(task, 0, 0)
-    batch = loaded.batch(batch_index)
+    batch = loaded.masked_batch(batch_index, compute_input_mask_seed(task_id, 0, ZERO_HASH))
 
     def signed_claim(state_after: dict, update: dict) -> C.SignedIterationMessage:
         work = C.IterationWork(

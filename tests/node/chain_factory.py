@@ -23,8 +23,8 @@ from bws.spec.crypto import compute_address, get_public_key
 from bws.spec.genesis import create_genesis_state, get_genesis_block
 from bws.spec.hashing import hash_bytes
 from bws.spec.pouw import (
-    compute_header_commitment, compute_message_digest, compute_nonce, compute_nonce_seed, get_nonce_allowance,
-    is_valid_pow, sign_iteration_message,
+    compute_header_commitment, compute_message_digest, compute_nonce, compute_nonce_seed, get_input_mask_seed,
+    get_nonce_allowance, is_valid_pow, sign_iteration_message,
 )
 from bws.spec.presets import COIN, DEVNET
 from bws.spec.tasks import compute_batch_index
@@ -41,9 +41,11 @@ def secret_key(label: str, seed: int) -> bytes:
 
 
 def hash_replay(task: C.Task, message: C.IterationMessage) -> C.ReplayResult:
-    """A deterministic iteration: the update and new state are hashes of the inputs."""
+    """A deterministic iteration: the update and new state are hashes of the
+    inputs (the input mask's seed among them, as the header keys it)."""
     work = message.work
-    update = hash_bytes(b"update" + work.state_before_root + work.batch_root + b"".join(work.peer_update_roots))
+    update = hash_bytes(b"update" + work.state_before_root + work.batch_root + b"".join(work.peer_update_roots)
+                        + get_input_mask_seed(message))
     return C.ReplayResult(update_root=update, state_after_root=hash_bytes(b"after" + work.state_before_root + update))
 
 
@@ -101,7 +103,8 @@ class ChainFactory:
         return T.sign_transaction(sender.secret, transaction)
 
     # -- blocks ---------------------------------------------------------------
-    def work(self, state: C.State, miner: Key, iteration: int) -> C.IterationWork:
+    def work(self, state: C.State, miner: Key, iteration: int, header_commitment: bytes = bytes(32)) -> C.IterationWork:
+        """`miner`'s work at `iteration`, trained for the header whose commitment is given."""
         task = state.tasks[self.task_id]
         member_index = [m.address for m in task.members].index(miner.address)
         batch_index = compute_batch_index(task, iteration, member_index)
@@ -112,7 +115,7 @@ class ChainFactory:
             batch_proof=self._batch_tree.proof(batch_index), peer_update_roots=[],
             update_root=bytes(32), state_after_root=bytes(32), loss=-1234,
         )
-        replayed = self.replay(task, C.IterationMessage(work=work, header_commitment=bytes(32)))
+        replayed = self.replay(task, C.IterationMessage(work=work, header_commitment=header_commitment))
         return dataclasses.replace(work, update_root=replayed.update_root, state_after_root=replayed.state_after_root)
 
     def next_block(self, state: C.State, transactions=(), miner: int = 0, timestamp: int | None = None,
@@ -121,56 +124,46 @@ class ChainFactory:
         iteration's work before the nonces are derived), and the state after it
         (None when tampered)."""
         key = self.miners[miner]
-        k = state.config.header_commitment_lag
         task = state.tasks[self.task_id]
         member = next(m for m in task.members if m.address == key.address)
         timestamp = timestamp if timestamp is not None else state.latest_block_header.timestamp + 2
         parent_hash = hash_bytes(C.BlockHeader.encode_value(dataclasses.replace(
             state.latest_block_header, state_root=T.compute_state_root(state))))
-        iteration = max(int(member.next_minable_iteration), k)
+        template = C.BlockHeader(
+            parent_hash=parent_hash, height=state.height + 1, timestamp=timestamp, state_root=bytes(32),
+            transactions_root=T.compute_transactions_root(list(transactions)), miner=key.address,
+            target=state.target, task_id=self.task_id, iteration=0, message_digest=bytes(32), nonce_index=0,
+            nonce=bytes(32))
+        commitment = compute_header_commitment(template)
+        iteration = int(member.next_minable_iteration)
         while True:
-            work = self.work(state, key, iteration)
+            work = self.work(state, key, iteration, commitment)
             if tamper_work is not None:
                 work = tamper_work(work)
-            message = sign_iteration_message(key.secret, C.IterationMessage(work=work, header_commitment=bytes(32)))
+            message = sign_iteration_message(key.secret, C.IterationMessage(work=work, header_commitment=commitment))
             seed = compute_nonce_seed(work)
             for nonce_index in range(get_nonce_allowance(state.config, task)):
-                header = C.BlockHeader(
-                    parent_hash=parent_hash, height=state.height + 1, timestamp=timestamp, state_root=bytes(32),
-                    transactions_root=T.compute_transactions_root(list(transactions)), miner=key.address,
-                    target=state.target, task_id=self.task_id, iteration=iteration,
-                    message_digest=compute_message_digest(message.message), nonce_index=nonce_index,
-                    nonce=compute_nonce(seed, nonce_index))
-                header = dataclasses.replace(header, state_root=self._post_state_root(state, header, transactions))
+                header = dataclasses.replace(template, iteration=iteration,
+                                             message_digest=compute_message_digest(message.message),
+                                             nonce_index=nonce_index, nonce=compute_nonce(seed, nonce_index))
                 if is_valid_pow(header):
-                    commitment = sign_iteration_message(key.secret, C.IterationMessage(
-                        work=self.work(state, key, iteration - k), header_commitment=compute_header_commitment(header)))
                     block = C.Block(header=header, transactions=list(transactions),
-                                    proofs=[C.PouwProof(message=message, commitment=commitment)])
+                                    proofs=[C.PouwProof(message=message)])
+                    # The state root as its miner computes it, believing its own (maybe tampered) claim;
+                    # a block that breaks another rule keeps a zero root (the rule refuses it first).
+                    post = copy.deepcopy(state)
+                    try:
+                        T.process_block(post, block, lambda task, m: C.ReplayResult(
+                            update_root=m.work.update_root, state_after_root=m.work.state_after_root)
+                            if m == message.message else self.replay(task, m))
+                        block = dataclasses.replace(block, header=dataclasses.replace(
+                            header, state_root=T.compute_state_root(post)))
+                    except AssertionError:
+                        assert tamper_work is not None, "an honest block broke a rule"
                     if tamper_work is not None:
                         return block, None
                     return block, T.state_transition(state, block, self.replay)
             iteration += 1
-
-    def _post_state_root(self, state, header, transactions) -> bytes:
-        """The state root after a block with this header: the transition's
-        steps, with the proof's effect (the member's iteration recorded)
-        applied directly, since the proof's commitment needs this root. The
-        full transition afterwards checks that the two agree."""
-        post = copy.deepcopy(state)
-        block = C.Block(header=header, transactions=list(transactions), proofs=[])
-        T.process_block_header(post, block)
-        T.process_stake_releases(post)
-        T.process_task_lifecycle(post, block)
-        task = post.tasks[self.task_id]
-        members = [dataclasses.replace(m, recorded_iterations=m.recorded_iterations + 1,
-                                       next_minable_iteration=header.iteration + 1)
-                   if m.address == header.miner else m for m in task.members]
-        T.set_task(post, self.task_id, task, members=members)
-        T.process_transactions(post, block, self.replay)
-        T.process_rewards(post, block)
-        T.process_difficulty(post, block)
-        return T.compute_state_root(post)
 
     def chain(self, length: int, state: C.State | None = None, miner_of=lambda height: 0, **kwargs) -> list[tuple[C.Block, C.State]]:
         state = self.genesis_state if state is None else state

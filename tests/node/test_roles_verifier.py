@@ -136,7 +136,7 @@ def reforge(block: C.Block, secret_key: bytes, config, task, **work_changes) -> 
             if is_valid_pow(header):
                 signed = sign_iteration_message(secret_key, message)
                 return dataclasses.replace(block, header=header,
-                                           proofs=[C.PouwProof(message=signed, commitment=proof.commitment)])
+                                           proofs=[C.PouwProof(message=signed)])
 
 
 def assert_rejected_everywhere(nodes, block, reason: str) -> None:

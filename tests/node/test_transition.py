@@ -197,7 +197,7 @@ def test_a_node_that_does_not_replay_takes_the_fraud_proof_outcome_the_state_roo
     toy = ToyChain()
     state, parent = toy.extend(toy.genesis_state, toy.genesis_block, "bob")
     task_id = toy.genesis_task_id
-    honest = toy.iteration_work(task_id, state.tasks[task_id], 5, 0)
+    honest = toy.iteration_work(task_id, state.tasks[task_id], 5, 0, random_root("header A"))
     fraud = toy.signed_message("alice", dataclasses.replace(honest, update_root=random_root("update")),
                                random_root("header A"))
     accusation = toy.signed_message("alice", honest, random_root("header A"))
@@ -222,7 +222,7 @@ def test_a_block_with_more_fraud_proofs_than_the_rule_allows_is_refused_with_or_
     toy = ToyChain()
     state, parent = toy.extend(toy.genesis_state, toy.genesis_block, "bob")
     task_id = toy.genesis_task_id
-    honest = toy.iteration_work(task_id, state.tasks[task_id], 5, 0)
+    honest = toy.iteration_work(task_id, state.tasks[task_id], 5, 0, random_root("header A"))
     disputes = [toy.transaction(state, "mallory", C.Dispute(evidence=C.FraudProof(message=toy.signed_message(
         "alice", dataclasses.replace(honest, update_root=random_root(f"update {n}")), random_root("header A")))),
         nonce=state.accounts[toy.address["mallory"]].nonce + n)
@@ -232,8 +232,9 @@ def test_a_block_with_more_fraud_proofs_than_the_rule_allows_is_refused_with_or_
                        lambda: T.state_transition(state, block, toy.replay)):
         with pytest.raises(T.InvalidBlock, match=f"more than {MAX_FRAUD_PROOFS_PER_BLOCK} fraud proofs"):
             transition()
-    accusations = [toy.transaction(state, "mallory", C.Dispute(evidence=C.FraudProof(message=toy.signed_message(
-        "alice", honest, random_root(f"header {n}")))), nonce=state.accounts[toy.address["mallory"]].nonce + n)
+    accusations = [toy.transaction(state, "mallory", C.Dispute(evidence=C.FraudProof(message=toy.honest_message(
+        "alice", task_id, state.tasks[task_id], 5, random_root(f"header {n}")))),
+        nonce=state.accounts[toy.address["mallory"]].nonce + n)
         for n in range(MAX_FRAUD_PROOFS_PER_BLOCK)]
     sealed = toy.mine(state, parent, "carol", accusations)  # four (false accusations, here) are fine
     assert N.trusting_transition(state, sealed) == N.state_transition(state, sealed, toy.replay)

@@ -3,13 +3,16 @@ import copy
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from bws.node.review import random_root
 from bws.spec import containers as C
 from bws.spec.constants import MAX_TARGET
+from bws.spec.containers import ReplayResult
 from bws.spec.pouw import (
-    compute_block_work, compute_header_commitment, compute_nonce, compute_nonce_seed, get_nonce_allowance,
+    compute_block_work, compute_header_commitment, compute_input_mask_seed, compute_nonce, compute_nonce_seed,
+    get_masked_batch, get_nonce_allowance,
 )
 from bws.spec.presets import DEVNET
 from bws.spec.state_transition import (
@@ -83,23 +86,39 @@ def test_one_block_per_iteration(chain, started):
     state, block = started
     post, mined = chain.extend(state, block, "bob")
     task = post.tasks[chain.genesis_task_id]
-    i, k = mined.header.iteration, post.config.header_commitment_lag
-    again = chain.forge(post, chain.header_template(post, mined, "bob"), "bob",
-                        chain.iteration_work(chain.genesis_task_id, task, i, 1),
-                        chain.iteration_work(chain.genesis_task_id, task, i - k, 1), require_pow=False)
+    header = chain.header_template(post, mined, "bob")
+    again = chain.forge(post, header, "bob", chain.iteration_work(
+        chain.genesis_task_id, task, mined.header.iteration, 1, compute_header_commitment(header)), require_pow=False)
     with pytest.raises(InvalidBlock, match="already used or older"):
         state_transition(post, again, chain.replay)
 
 
-def test_nonce_seed_ignores_the_header_commitment_and_signature(chain, started):
+def test_nonce_seed_is_the_work_and_the_work_depends_on_the_header(chain, started):
+    """c2: the header an iteration commits to keys its input mask, so a step
+    trained for one header has other roots, hence other nonces, than the
+    step for another, and its roots do not replay as the other's."""
     state, _ = started
-    work = chain.iteration_work(chain.genesis_task_id, state.tasks[chain.genesis_task_id], 4, 0)
-    a = chain.signed_message("alice", work, random_root("A"))
-    b = chain.signed_message("alice", work, random_root("B"))
-    assert compute_nonce_seed(a.message.work) == compute_nonce_seed(b.message.work)
-    other = dataclasses.replace(work, loss=work.loss + 1)
-    assert compute_nonce_seed(other) != compute_nonce_seed(work)
-    assert compute_nonce(compute_nonce_seed(work), 0) != compute_nonce(compute_nonce_seed(work), 1)
+    task = state.tasks[chain.genesis_task_id]
+    for_a, for_b = (chain.iteration_work(chain.genesis_task_id, task, 4, 0, random_root(h)) for h in "AB")
+    assert (for_a.update_root, for_a.state_after_root) != (for_b.update_root, for_b.state_after_root)
+    assert compute_nonce_seed(for_a) != compute_nonce_seed(for_b)
+    claimed_for_b = chain.signed_message("alice", for_a, random_root("B")).message
+    assert chain.replay(task, claimed_for_b) != ReplayResult(update_root=for_a.update_root,
+                                                             state_after_root=for_a.state_after_root)
+    assert compute_nonce(compute_nonce_seed(for_a), 0) != compute_nonce(compute_nonce_seed(for_a), 1)
+
+
+def test_input_mask_drops_one_value_in_sixteen_keyed_by_task_iteration_and_header():
+    seed = compute_input_mask_seed(random_root("task"), 7, random_root("header"))
+    assert seed != compute_input_mask_seed(random_root("task"), 8, random_root("header"))
+    assert seed != compute_input_mask_seed(random_root("other task"), 7, random_root("header"))
+    assert seed != compute_input_mask_seed(random_root("task"), 7, random_root("other header"))
+    x = np.arange(1, 64 * 1024 + 1, dtype=np.int32).reshape(64, 1024)
+    masked = get_masked_batch({"x": x, "y": np.zeros(64, np.int32)}, seed)
+    dropped = masked["x"] == 0
+    assert 0.05 < dropped.mean() < 0.075 and dropped.any(axis=1).all()
+    assert np.array_equal(masked["x"][~dropped], x[~dropped]) and masked["x"].dtype == np.int32
+    assert np.array_equal(get_masked_batch({"x": x}, seed)["x"], masked["x"])
 
 
 def test_header_commitment_covers_everything_but_state_root_and_pouw(chain, started):

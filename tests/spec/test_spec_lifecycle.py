@@ -154,9 +154,8 @@ def test_group_selection_is_deterministic_from_block_hash(chain):
 
 def equivocation(chain, state):
     task = state.tasks[chain.genesis_task_id]
-    work = chain.iteration_work(chain.genesis_task_id, task, 3, 0)
-    return (chain.signed_message("alice", work, random_root("A")), chain.signed_message("alice", work, random_root("B")),
-            work)
+    first, second = (chain.honest_message("alice", chain.genesis_task_id, task, 3, random_root(h)) for h in "AB")
+    return first, second, first.message.work
 
 
 def test_equivocation_slashes_and_rewards_the_disputer(chain, started):

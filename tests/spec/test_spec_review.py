@@ -26,7 +26,7 @@ def test_render_contains_every_public_function_in_reading_order():
                                                               "containers", "constants", "encoding")]
     assert positions == sorted(positions), "the state transition first, the codec last"
     assert "| `MAX_GROUP_SIZE` | `64` |" in document
-    assert "| `header_commitment_lag` | 1 | 4 |" in document
+    assert "| `max_nonces_per_iteration` | 16 | 64 |" in document
     assert "| `header_commitment` | `Hash32` |" in document
     guides = [document.index(f"## {title}") for title in ("Networking", "The honest miner", "Threat model")]
     assert guides == sorted(guides) and guides[0] > document.index("## `spec/encoding.py`")
