@@ -10,9 +10,20 @@
 | `POST /block` | body `{"block": "<hex of a Block>"}`: imported like a gossiped block; answers the verdict |
 | `POST /reveal` | body `{"tensors": "<hex of a tensor bundle>"}`: a withheld test split, served to evaluators once a task committing to its root is in evaluation (refused before: 409); answers the task id and root |
 | `GET /metrics` | counters: blocks imported/rejected, reorgs, transactions, peers, timings |
+| `GET /metrics/prometheus` | the same numbers in the Prometheus text format (node/prometheus.py), `bws_...` |
+| `GET /health` | `{"ok": true}` with the head's height, seconds since the head last moved, peers; 503 while stopping |
+| `GET /peers` | connected peers (id, address, direction, score) and banned ones (seconds left), the ban threshold |
+| `GET /gossip` | per topic, when this node first saw each recent message |
+
+The Prometheus text has its own path rather than `/metrics?format=...`: one
+path, one content type, so a scraper's `metrics_path` is all it needs and no
+cache or proxy can mix the two answers (geth does the same with
+`/debug/metrics/prometheus`). No path takes query parameters: one is refused
+(400) rather than ignored, so `/metrics?format=prometheus` says where the text
+is instead of quietly answering JSON.
 
 Errors are JSON `{"error": "<what was wrong>"}` with 400 (bad request: bad
-path, bad hex, not decodable, rejected by validation), 404 (unknown block,
+path, query parameters, bad hex, not decodable, rejected by validation), 404 (unknown block,
 task or path), 405 (wrong method), 409 (a reveal before its time), 413 (body
 over the path's limit: MAX_BODY_BYTES, MAX_REVEAL_BODY_BYTES for /reveal) and
 503 (the node is shutting down, or serves no tensor data). Bytes are
@@ -22,11 +33,15 @@ from __future__ import annotations
 
 import json
 import threading
+import urllib.parse
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Protocol
 
 from bws.spec.encoding import ByteVector, Container, FixedWidthInt, _ByteList, _List, _Map, _Union, boolean, get_fields
+
+from . import prometheus
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_REVEAL_BODY_BYTES = 256 * 1024 * 1024   # a test split, hex: twice its bundle (an MNIST-sized one is ~60 MB)
@@ -56,6 +71,28 @@ class NodeBackend(Protocol):
     def reveal(self, raw: bytes) -> dict: ...
     def metrics(self) -> dict: ...
     def gossip(self) -> dict: ...
+    def health(self) -> dict: ...
+    def peers(self) -> dict: ...
+
+
+@dataclass(frozen=True)
+class TextAnswer:
+    """An answer that is not JSON (the Prometheus exposition)."""
+    text: str
+    content_type: str
+
+
+Answer = dict | TextAnswer
+
+# The GET paths without arguments, and what they answer.
+FIXED_GET_ROUTES: dict[str, Callable[[NodeBackend], Answer]] = {
+    "status": lambda node: node.status(),
+    "health": lambda node: node.health(),
+    "peers": lambda node: node.peers(),
+    "metrics": lambda node: node.metrics(),
+    "metrics/prometheus": lambda node: TextAnswer(prometheus.render(node.metrics()), prometheus.CONTENT_TYPE),
+    "gossip": lambda node: node.gossip(),
+}
 
 
 def to_json(value: Any) -> Any:
@@ -157,15 +194,16 @@ def _json_body_field(body: bytes, field: str) -> bytes:
     return parse_hex(document[field].strip(), field)
 
 
-def route(method: str, path: str, body: bytes) -> Callable[[NodeBackend], dict]:
+def route(method: str, path: str, body: bytes) -> Callable[[NodeBackend], Answer]:
     """The backend call a request maps to, or ApiError naming what is wrong.
     Pure (no I/O), so it is fuzzed directly."""
-    path = path.split("?", 1)[0]
+    path, _, query = path.partition("?")
     parts = [part for part in path.split("/") if part]
     if not parts:
         raise ApiError(HTTPStatus.NOT_FOUND, "no such path; try /status")
-    name, arguments = parts[0], parts[1:]
-    routes_get = {"status": 0, "metrics": 0, "gossip": 0, "block": 1, "account": 1, "task": 1}
+    joined = "/".join(parts)
+    name, arguments = (joined, []) if joined in FIXED_GET_ROUTES else (parts[0], parts[1:])
+    routes_get = {**dict.fromkeys(FIXED_GET_ROUTES, 0), "block": 1, "account": 1, "task": 1}
     routes_post = {"tx": 0, "block": 0, "reveal": 0}
     if method == "GET" and name in routes_get:
         expected = routes_get[name]
@@ -175,16 +213,14 @@ def route(method: str, path: str, body: bytes) -> Callable[[NodeBackend], dict]:
         raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} is not allowed on /{name}")
     else:
         raise ApiError(HTTPStatus.NOT_FOUND, f"no such path /{name}")
+    if query:
+        _refuse_query(name, query)
     if len(arguments) != expected:
         raise ApiError(HTTPStatus.NOT_FOUND if expected == 0 else HTTPStatus.BAD_REQUEST,
                        f"/{name} takes {expected} path argument(s), got {len(arguments)}")
     if method == "GET":
-        if name == "status":
-            return lambda node: node.status()
-        if name == "metrics":
-            return lambda node: node.metrics()
-        if name == "gossip":
-            return lambda node: node.gossip()
+        if name in FIXED_GET_ROUTES:
+            return FIXED_GET_ROUTES[name]
         argument = arguments[0]
         if name == "block":
             if argument.isdigit() and len(argument) < 20:
@@ -207,6 +243,14 @@ def route(method: str, path: str, body: bytes) -> Callable[[NodeBackend], dict]:
     return lambda node: node.submit_block(raw)
 
 
+def _refuse_query(name: str, query: str) -> None:
+    """No path takes query parameters (module docstring): name the ones given."""
+    keys = sorted({key for key, _ in urllib.parse.parse_qsl(query, keep_blank_values=True)}) or [query]
+    hint = "; the Prometheus text is at /metrics/prometheus" if name == "metrics" else ""
+    raise ApiError(HTTPStatus.BAD_REQUEST,
+                   f"/{name} takes no query parameters, got {', '.join(repr(key) for key in keys)}{hint}")
+
+
 def body_limit(path: str) -> int:
     """The largest body the API reads for a request to `path`."""
     return MAX_REVEAL_BODY_BYTES if path.split("?", 1)[0].strip("/") == "reveal" else MAX_BODY_BYTES
@@ -220,10 +264,13 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args) -> None:  # quiet: the node logs what matters
         return
 
-    def _answer(self, status: HTTPStatus, document: dict) -> None:
-        payload = (json.dumps(document, sort_keys=True) + "\n").encode("utf-8")
+    def _answer(self, status: HTTPStatus, answer: Answer) -> None:
+        if isinstance(answer, TextAnswer):
+            payload, content_type = answer.text.encode("utf-8"), answer.content_type
+        else:
+            payload, content_type = (json.dumps(answer, sort_keys=True) + "\n").encode("utf-8"), "application/json"
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)

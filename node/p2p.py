@@ -95,7 +95,8 @@ GOSSIP_TIMES_KEPT = 1024
 
 __all__ = [
     "TOPIC_TX", "TOPIC_BLOCK", "TOPIC_TASK", "PROTOCOL_SYNC", "PROTOCOL_DATA", "MAX_GOSSIP_BYTES",
-    "NetworkConfig", "NetworkService", "GossipMessage", "Verdict", "PeerScores", "peer_id_from_seed",
+    "NetworkConfig", "NetworkService", "GossipMessage", "Verdict", "PeerScores", "ConnectedPeer", "BannedPeer",
+    "PeerTable", "peer_id_from_seed",
     "seed_from_text",
     "NetworkError", "FrameError", "MessageTooLarge", "NotRunning", "RequestFailed",
     "RequestTimeout", "RemoteError", "PeerBanned", "PublishQueueFull",
@@ -140,6 +141,29 @@ class GossipMessage:
     data: bytes
     origin: str          # peer id (base58) of the node that published it
     received_at: float   # time.time() when this node accepted it
+
+
+@dataclass(frozen=True)
+class ConnectedPeer:
+    peer_id: str
+    # The connection's remote address: for an inbound connection the peer's outgoing port, not where it listens.
+    address: str | None
+    direction: str       # "inbound" (the peer dialed us) or "outbound"
+    score: float         # PeerScores: 0 is clean; at NetworkConfig.ban_threshold the peer is banned
+
+
+@dataclass(frozen=True)
+class BannedPeer:
+    peer_id: str
+    seconds_left: float
+
+
+@dataclass(frozen=True)
+class PeerTable:
+    """What the service knows about its peers now (the node's GET /peers)."""
+    connected: tuple[ConnectedPeer, ...]
+    banned: tuple[BannedPeer, ...]
+    ban_threshold: float
 
 
 Validator = Callable[[bytes], "bool | Verdict"]
@@ -222,6 +246,11 @@ class PeerScores:
 
     def banned(self) -> list[str]:
         return [peer for peer in self._banned_until if self.is_banned(peer)]
+
+    def ban_seconds_left(self) -> dict[str, float]:
+        """Each banned peer -> seconds until its ban is lifted."""
+        now = self._clock()
+        return {peer: until - now for peer, until in self._banned_until.items() if now < until}
 
 
 def peer_id_from_seed(key_seed: bytes) -> str:
@@ -452,6 +481,22 @@ class NetworkService:
 
     def banned_peers(self) -> list[str]:
         return self._call_sync(self._scores.banned)
+
+    def peer_table(self) -> PeerTable:
+        """The connected peers (address, direction, score) and the banned ones (time left)."""
+        return self._call_sync(self._peer_table)
+
+    def _peer_table(self) -> PeerTable:
+        connected = []
+        for peer, connections in self._host.get_network().get_connections_map().items():
+            connection = connections[0]   # one connection per peer (notes, rule 1)
+            addresses = connection.get_transport_addresses()
+            peer_text = peer.to_base58()
+            connected.append(ConnectedPeer(peer_text, str(addresses[0]) if addresses else None,
+                                           str(connection.direction), self._scores.score(peer_text)))
+        connected.sort(key=lambda entry: entry.peer_id)
+        banned = tuple(BannedPeer(peer, seconds) for peer, seconds in sorted(self._scores.ban_seconds_left().items()))
+        return PeerTable(tuple(connected), banned, self.config.ban_threshold)
 
     # ----------------------------------------------------------------- thread bridge
 

@@ -130,6 +130,9 @@ class Node:
         self.data_dir = Path(settings.data_dir)
         self.roles = set(settings.roles)
         self.started_at = time.time()
+        # When this process last saw the head move (its start, until a block moves it): a node whose head
+        # stands still for long is stuck or cut off, which /health and /metrics let an operator see.
+        self._head_changed_at = time.monotonic()
         genesis_state = create_genesis_state(settings.genesis)
         self.store = ChainStore(self.data_dir)
         try:
@@ -214,6 +217,7 @@ class Node:
             if result.disconnected:
                 self.mempool.prune()
             if result.status in ("connected", "reorg"):
+                self._head_changed_at = time.monotonic()
                 logger.info("head %s at height %d (%s)", result.block_hash.hex()[:16], result.height, result.status)
         if results[0].status == "orphan":
             self._sync_wanted.set()
@@ -381,6 +385,27 @@ class Node:
             "address": self.network.address,
         }
 
+    def health(self) -> dict:
+        """Cheap (no store read): a liveness probe may call it every second."""
+        if self._stopping.is_set():
+            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, "the node is shutting down")
+        return {"ok": True, "height": self.chain.head.height,
+                "seconds_since_head_change": self.seconds_since_head_change(), "peers": len(self._safe_peers())}
+
+    def seconds_since_head_change(self) -> float:
+        return round(time.monotonic() - self._head_changed_at, 1)
+
+    def peers(self) -> dict:
+        try:
+            table = self.network.peer_table()
+        except NetworkError as error:
+            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, f"the network is not running: {error}") from None
+        return {"connected": [{"peer_id": peer.peer_id, "address": peer.address, "direction": peer.direction,
+                               "score": round(peer.score, 2)} for peer in table.connected],
+                "banned": [{"peer_id": peer.peer_id, "seconds_left": round(peer.seconds_left, 1)}
+                           for peer in table.banned],
+                "ban_threshold": table.ban_threshold}
+
     def _safe_peers(self) -> list[str]:
         try:
             return self.network.peers()
@@ -459,14 +484,14 @@ class Node:
 
     def metrics(self) -> dict:
         chain = dict(self.chain.metrics)
-        transitions = chain.pop("transitions")
-        seconds = chain.pop("transition_seconds")
+        transitions, seconds = chain["transitions"], chain["transition_seconds"]
         chain["mean_transition_ms"] = round(1000 * seconds / transitions, 3) if transitions else None
         network = dict(self.network.stats)
         network["peers"] = len(self._safe_peers())
         document = {"uptime_seconds": round(time.time() - self.started_at, 1), "chain": chain, "node": dict(self.counters),
                     "mempool": {"transactions": len(self.mempool), "bytes": self.mempool.total_bytes},
-                    "network": network, "height": self.chain.head.height}
+                    "network": network, "height": self.chain.head.height,
+                    "seconds_since_head_change": self.seconds_since_head_change()}
         for extension in self.metrics_extensions:
             document.update(extension())
         return document

@@ -9,12 +9,19 @@ from bws.spec import containers as C
 from bws.spec.presets import DEVNET
 
 segments = st.one_of(
-    st.sampled_from(["status", "metrics", "block", "account", "task", "tx", "reveal", "", "..", "%00"]),
+    st.sampled_from(["status", "health", "peers", "metrics", "prometheus", "gossip", "block", "account", "task", "tx",
+                     "reveal", "", "..", "%00"]),
     st.text(max_size=70),
     st.integers(0, 2**70).map(str),
     st.binary(min_size=20, max_size=32).map(bytes.hex),
 )
-paths = st.lists(segments, max_size=4).map(lambda parts: "/" + "/".join(parts))
+queries = st.one_of(
+    st.just(""),
+    st.builds(lambda key, value: f"?{key}={value}", st.sampled_from(["format", "x", ""]),
+              st.sampled_from(["prometheus", "json", ""])),
+    st.text(max_size=30).map(lambda text: "?" + text),
+)
+paths = st.builds(lambda parts, query: "/" + "/".join(parts) + query, st.lists(segments, max_size=4), queries)
 bodies = st.one_of(
     st.binary(max_size=200),
     st.builds(lambda key, value: json.dumps({key: value}).encode(),

@@ -1,8 +1,9 @@
-"""`bws node run`: run a full node.
+"""`bws node run`: run a full node; `bws node peers`: the peers of a running one.
 
     bws node run --data-dir ~/.bws/node1 --genesis genesis.json --api-port 8645
     bws node run --data-dir ~/.bws/node2 --genesis genesis.json --api-port 8646 \\
         --peer /ip4/127.0.0.1/tcp/40123/p2p/16Uiu2...
+    bws node peers --api http://127.0.0.1:8646
 
 The node opens (or creates) its chain store in the data dir, joins the
 network, syncs from its peers, relays transactions and blocks, and serves
@@ -42,6 +43,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--listen", default="/ip4/127.0.0.1/tcp/0", help="libp2p listen address (default: loopback, any port)")
     run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     run.set_defaults(run=run_node)
+    peers = commands.add_parser("peers", help="the running node's connected and banned peers, as a table",
+                                description="Show a running node's connected peers (address, direction, score) "
+                                            "and its banned peers (time left), from its API's GET /peers.")
+    peers.add_argument("--api", help="the node's API URL (default: the node.json of --data-dir, else "
+                                     f"http://127.0.0.1:{DEFAULT_API_PORT})")
+    peers.add_argument("--data-dir", type=Path, help="the data dir of a running node (finds its API)")
+    peers.set_defaults(run=run_peers)
 
 
 def _fail(message: str) -> int:
@@ -96,3 +104,35 @@ def run_node(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def run_peers(args: argparse.Namespace) -> int:
+    from bws.node.api import ApiClient, ApiError
+    from bws.node.commands.chain import api_url
+
+    try:
+        document = ApiClient(api_url(args)).get("/peers")
+    except ApiError as error:
+        return _fail(str(error))
+    print(format_peers(document))
+    return 0
+
+
+def format_peers(document: dict) -> str:
+    """GET /peers as two tables; an address is the connection's, so an inbound peer shows its outgoing port."""
+    connected, banned = document["connected"], document["banned"]
+    lines = [f"connected peers: {len(connected)} (banned at score {document['ban_threshold']:g})"]
+    if connected:
+        lines += _table(["PEER ID", "DIRECTION", "ADDRESS", "SCORE"],
+                        [[peer["peer_id"], peer["direction"], peer["address"] or "?", f"{peer['score']:.1f}"]
+                         for peer in connected])
+    lines.append(f"banned peers: {len(banned)}")
+    if banned:
+        lines += _table(["PEER ID", "BANNED FOR"],
+                        [[peer["peer_id"], f"{peer['seconds_left']:.0f} s"] for peer in banned])
+    return "\n".join(lines)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]

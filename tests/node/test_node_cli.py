@@ -72,6 +72,8 @@ def test_node_wallet_chain_commands(tmp_path):
         one_line_error(bws("wallet", "transfer", "--keystore", alice_keystore, "--to", "zz", "--amount", "1",
                            "--api", api, "--password-file", password, check=False), "not hex")
         one_line_error(bws("chain", "block", "99", "--api", api, check=False), "no block 99")
+        assert bws("node", "peers", "--data-dir", data_dir).stdout == \
+            "connected peers: 0 (banned at score -100)\nbanned peers: 0\n"
     finally:
         node.send_signal(signal.SIGTERM)
         assert node.wait(30) == 0
@@ -85,6 +87,8 @@ def test_node_wallet_chain_commands(tmp_path):
     bws("chain", "export", "--data-dir", data_dir, "--out", tmp_path / "chain.bin")
     assert (tmp_path / "chain.bin").stat().st_size > 0
     one_line_error(bws("wallet", "balance", "--address", bob, "--api", "http://127.0.0.1:9", check=False), "no node answering")
+    one_line_error(bws("node", "peers", "--api", "http://127.0.0.1:9", check=False), "no node answering")
+    assert "connected peers" in bws("node", "peers", "--help").stdout
 
 
 @pytest.mark.slow

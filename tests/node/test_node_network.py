@@ -2,8 +2,11 @@
 import json
 import random
 import time
+import urllib.error
+import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bws.node import sync
 from bws.node.api import ApiClient, ApiError
@@ -13,6 +16,14 @@ from bws.spec.encoding import encode
 from bws.node.store import transaction_id
 from bws.spec.state_transition import compute_block_hash, compute_state_root
 from tests.node.chain_factory import ChainFactory
+
+
+def prometheus_values(url):
+    """GET /metrics/prometheus read by Prometheus's own parser: sample name -> value."""
+    with urllib.request.urlopen(url + "/metrics/prometheus", timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = response.read().decode()
+    return {sample.name: sample.value for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
 def wait_for(condition, timeout=30.0, what="condition"):
@@ -79,6 +90,7 @@ def test_gossip_sync_api_and_garbage(nodes, factory):
     junk = [bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 200))) for _ in range(10)]
     with NetworkService() as rogue:
         rogue.start()
+        rogue_id = rogue.peer_id
         peer = rogue.connect(a.network.address)
         for topic in (TOPIC_BLOCK, TOPIC_TX, TOPIC_TASK):
             rogue.subscribe(topic, lambda data: True, lambda message: None)
@@ -107,11 +119,26 @@ def test_gossip_sync_api_and_garbage(nodes, factory):
     metrics = client.get("/metrics")
     assert metrics["chain"]["blocks_rejected"] >= 1
 
+    # What an operator watches: a's peers (b dialed it; the rogue banned if it was scored down far enough),
+    # its health, and the Prometheus text with the numbers the node itself holds.
+    peers = client.get("/peers")
+    assert {peer["peer_id"] for peer in peers["connected"]} == set(a.network.peers()) >= {b.network.peer_id}
+    assert all(peer["address"].startswith("/ip4/127.0.0.1/tcp/") and peer["direction"] in ("inbound", "outbound")
+               and peers["ban_threshold"] < peer["score"] <= 0 for peer in peers["connected"])
+    banned = {peer["peer_id"]: peer["seconds_left"] for peer in peers["banned"]}
+    assert (rogue_id in banned) == (a.network.stats["bans"] >= 1) and all(0 < left <= 300 for left in banned.values())
+    health = client.get("/health")
+    assert health["ok"] is True and health["height"] == 6 and 0 <= health["seconds_since_head_change"] < 60
+    assert health["peers"] == len(a.network.peers())
+    values = prometheus_values(a.api.url)
+    assert values["bws_head_height"] == 6 and values["bws_peers"] == len(a.network.peers())
+    assert values["bws_mempool_transactions"] == len(a.mempool)
+    assert values["bws_chain_imports_total"] == a.chain.metrics["imports"] >= 6
+    assert values["bws_chain_last_import_seconds"] == a.chain.metrics["last_import_seconds"] > 0
+    assert values["bws_chain_blocks_rejected_total"] == a.chain.metrics["blocks_rejected"] >= 1
+
 
 def test_api_errors_name_the_problem(nodes, factory):
-    import urllib.error
-    import urllib.request
-
     node = nodes("solo")
 
     def call(method, path, body=None, headers=None):
@@ -123,6 +150,16 @@ def test_api_errors_name_the_problem(nodes, factory):
             return error.code, json.loads(error.read())
 
     assert call("GET", "/status")[0] == 200
+    status, health = call("GET", "/health")
+    assert status == 200 and health.pop("seconds_since_head_change") < 60
+    assert health == {"ok": True, "height": 0, "peers": 0}
+    assert call("GET", "/peers") == (200, {"connected": [], "banned": [], "ban_threshold": -100.0})
+    values = prometheus_values(node.api.url)
+    assert values["bws_head_height"] == 0 and values["bws_peers"] == 0 and values["bws_mempool_transactions"] == 0
+    assert "bws_chain_last_import_seconds" not in values   # no block imported yet
+    assert call("GET", "/metrics?format=prometheus") == (400, {
+        "error": "/metrics takes no query parameters, got 'format'; the Prometheus text is at /metrics/prometheus"})
+    assert call("POST", "/health", b"{}") == (405, {"error": "POST is not allowed on /health"})
     assert call("GET", "/block/0")[1]["height"] == 0
     assert call("GET", "/nowhere") == (404, {"error": "no such path /nowhere"})
     assert call("POST", "/status")[0] == 405

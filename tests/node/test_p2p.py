@@ -104,6 +104,7 @@ def test_scores_ban_at_threshold_recover_and_expire():
     assert scores.is_banned("p") and scores.banned() == ["p"]
     assert not scores.penalize("p", 50)        # already banned: no second ban event
     now[0] = 39.0
+    assert scores.ban_seconds_left() == {"p": 1.0}
     assert scores.expire_bans() == []
     now[0] = 40.0
     assert scores.expire_bans() == ["p"]
@@ -163,6 +164,38 @@ def test_handler_exception_becomes_a_remote_error_and_a_penalty(pair):
     assert a.peer_score(b.peer_id) < 0
     a.register_handler(PROTOCOL_DATA, lambda peer, request: b"fine")
     assert b.request(a.peer_id, PROTOCOL_DATA, b"?") == b"fine"   # the host survived
+
+
+def test_peer_table_shows_addresses_directions_scores_and_bans(pair):
+    a, b = pair
+    deadline = time.monotonic() + 5   # the listener registers the connection a moment later
+    while not a.peer_table().connected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (seen_by_a,), (seen_by_b,) = a.peer_table().connected, b.peer_table().connected
+    assert (seen_by_a.peer_id, seen_by_a.direction, seen_by_a.score) == (b.peer_id, "inbound", 0.0)
+    assert seen_by_a.address.startswith("/ip4/127.0.0.1/tcp/")   # b's outgoing port: b listens elsewhere
+    assert (seen_by_b.peer_id, seen_by_b.direction) == (a.peer_id, "outbound")
+    assert seen_by_b.address == a.address.split("/p2p/")[0]
+    assert a.peer_table().banned == () and a.peer_table().ban_threshold == -100.0
+
+    def handler(peer, request):
+        raise ValueError("no")
+
+    a.register_handler(PROTOCOL_DATA, handler)
+    for _ in range(20):   # refused requests cost 10 each; the score recovers 1 a second; the ban is at -100
+        if a.peer_table().banned:
+            break
+        try:
+            b.request(a.peer_id, PROTOCOL_DATA, b"?")
+        except NetworkError:
+            pass
+    deadline = time.monotonic() + 5
+    while a.peer_table().connected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    table = a.peer_table()
+    assert table.connected == ()
+    (banned,) = table.banned
+    assert banned.peer_id == b.peer_id and 290 < banned.seconds_left <= 300
 
 
 def test_unsupported_protocol_and_oversize_are_clear_errors(pair):
