@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bws.spec import containers as C
-from bws.spec.constants import MAX_FRAUD_PROOFS_PER_BLOCK, ROLE_EVALUATOR, ROLE_MINER, ROLE_SUPERVISOR
+from bws.spec.constants import MAX_FRAUD_PROOFS_PER_BLOCK, ROLE_EVALUATOR, ROLE_MINER, ROLE_SUPERVISOR, TASK_TRAINING
 from bws.spec.crypto import CURVE_ORDER, compute_address, get_public_key
 from bws.spec.encoding import DecodeError, decode, encode
 from bws.spec.genesis import create_genesis_state, get_genesis_block
@@ -49,7 +49,7 @@ class ReviewError(Exception):
 # ---------------------------------------------------------------------------
 # A small real chain over a toy training iteration
 # ---------------------------------------------------------------------------
-TOY_INPUTS = 16  # input values an example: a batch has 64, so a header's input mask drops some of them
+TOY_INPUTS = 64  # input values an example: a batch has 256, so a header's input mask drops some (all but surely)
 TOY_MODEL = {"input_shape": [TOY_INPUTS], "layers": [{"type": "dense", "units": 4, "activation": "relu", "use_bias": True,
                                               "kernel_initializer": "glorot_uniform", "bias_initializer": "zeros"}],
              "loss": {"type": "mse"}, "optimizer": {"type": "sgd", "learning_rate": 0.01, "momentum": 0.0,
@@ -57,7 +57,7 @@ TOY_MODEL = {"input_shape": [TOY_INPUTS], "layers": [{"type": "dense", "units": 
 TOY_BATCH_SIZE = 4
 TOY_NUM_BATCHES = 1200
 TOY_GENESIS_ITERATIONS = 400  # x 3 members: every batch trained once
-TOY_CONFIG = dataclasses.replace(DEVNET, initial_target=2**255, work_units_per_nonce=1024)
+TOY_CONFIG = dataclasses.replace(DEVNET, initial_target=2**255, work_units_per_nonce=4096)
 """Devnet with a target any second hash meets and an allowance of 3 nonces
 for the toy task, so a test chain mines a block every iteration or two."""
 
@@ -735,6 +735,28 @@ def generate_vectors() -> list[dict]:
        description="one level more: refused by the spec's bound, not by the interpreter's recursion limit")
     tx("attacks/c3-integer-too-long", s1, "client", with_notes([10**20]), "an integer of 21 digits",
        description="refused by the spec's bound, not by the interpreter's digit limit")
+    late_submit = c.transaction(s1, "client", c.submit_task_body(group_size=2, iterations=20, deadline=40))
+    h_state, h_block = c.extend(s1, b1, "bob", [late_submit])
+    late_task_id = next(t for t in h_state.tasks if t != c.genesis_task_id)
+    while h_state.tasks[late_task_id].status != TASK_TRAINING:
+        h_state, h_block = c.extend(h_state, h_block, c.MINERS[h_state.height % 3])
+    late_task = h_state.tasks[late_task_id]
+    first, second = (name for member in late_task.members for name in c.MINERS if a[name] == member.address)
+    last = late_task.iterations - 1
+    skip = c.mine(h_state, h_block, first, task_id=late_task_id, iteration=last)
+    block("attacks/h6-skip-to-the-last-iteration", h_state, skip,
+          description=f"{first} proves the task's last iteration as its first block: valid (it is one replayed "
+                      "step), but the task stays in training: one member of two is no majority")
+    s_skip = state_transition(h_state, skip, c.replay)
+    evaluator = next(name for name in c.OTHERS if a[name] == late_task.evaluators[0])
+    late_result = C.EvaluationResult(task_id=late_task_id, test_set_hash=c.test_set_hash, scores=[10, 20])
+    tx("attacks/h6-evaluation-after-a-skip", s_skip, evaluator, late_result, "task is not in evaluation",
+       description="the skip did not end training: no evaluation, and at expiry no pay for training not proven")
+    finished = c.mine(s_skip, skip, second, task_id=late_task_id, iteration=last)
+    block("attacks/h6-a-majority-proved-the-last-iteration", s_skip, finished,
+          description=f"{second} proves the last iteration too: a majority did, the task moves to evaluation")
+    tx("attacks/h6-evaluation-once-a-majority-finished", state_transition(s_skip, finished, c.replay), evaluator,
+       late_result, description="the evaluator reports once the group finished")
     tx("attacks/m1-member-unstakes", s1, "carol", C.Unstake(role=ROLE_MINER), "locked while its owner is a member",
        description="carol holds a seat in the open genesis task: her miner stake stays to answer for her work")
     tx("attacks/m1-non-member-unstakes", s1, "frank", C.Unstake(role=ROLE_MINER),

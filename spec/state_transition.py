@@ -58,7 +58,7 @@ from .pouw import (
 )
 from .tasks import (
     TaskDefinitionError, compute_batch_index, compute_group, compute_task_id, compute_work_units, get_member_index,
-    is_dataset_large_enough,
+    get_task_progress, is_dataset_large_enough,
 )
 from .types import Address, Hash32, Root
 
@@ -289,8 +289,9 @@ def process_pouw(state: State, block: Block, replay: Replay) -> None:
     5. the header names IT_RES(i)'s digest, a nonce index below the task's
        allowance, the nonce of that index, and its work hash is ≤ target;
     6. replay(task, IT_RES(i)) returns exactly (update_root, state_after_root).
-    Then the member's recorded iterations grow by one, and proving the final
-    iteration moves the task to EVALUATION."""
+    Then the member's recorded iterations grow by one; once a majority of the
+    unslashed members proved the final iteration (`get_task_progress`), the
+    task moves to EVALUATION."""
     assert len(block.proofs) == 1, "a block carries exactly one PoUW proof"
     header, proof = block.header, block.proofs[0]
     message = proof.message.message
@@ -333,7 +334,7 @@ def process_pouw(state: State, block: Block, replay: Replay) -> None:
     members[member_index] = dataclasses.replace(
         member, recorded_iterations=member.recorded_iterations + 1, next_minable_iteration=work.iteration + 1)
     task = set_task(state, header.task_id, task, members=members)
-    if work.iteration == task.iterations - 1:
+    if get_task_progress(task) == task.iterations:
         set_task(state, header.task_id, task, status=TASK_EVALUATION, status_height=state.height)
 
 
@@ -526,14 +527,14 @@ def compute_fee_split(task: Task, scores, evaluator: Address) -> dict:
 def compute_expiry_split(task: Task) -> dict:
     """Who gets the payment of a task that expires unfinalized: the training the
     chain saw is paid for, the rest goes back to the client. The chain saw
-    training up to the latest iteration a block proved (the members'
-    highest `next_minable_iteration`, at most `iterations`): that fraction of
-    the payment goes to the unslashed members in proportion to their recorded
+    training up to the iteration a majority of the unslashed members proved
+    (`get_task_progress`: one member that skips ahead counts for nothing):
+    that fraction of the payment goes to the unslashed members in proportion to their recorded
     iterations (rounding dust to the client). A client that withholds its
     test split so that nobody can evaluate, or evaluators that never report,
     cannot undo the pay of work done; a task expiring before any iteration
     was proven refunds the client in full."""
-    progress = min(max([member.next_minable_iteration for member in task.members], default=0), task.iterations)
+    progress = get_task_progress(task)
     eligible = [member for member in task.members if not member.slashed and member.recorded_iterations > 0]
     shares: dict = {}
     recorded = sum(member.recorded_iterations for member in eligible)

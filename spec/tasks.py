@@ -3,7 +3,7 @@
     SUBMITTED ──(next block: enough staked tickets)──▶ GROUP_SELECTED
     SUBMITTED ──(next block: too few staked tickets)──▶ EXPIRED (refunded)
     GROUP_SELECTED ──(training_start_delay blocks)──▶ TRAINING
-    TRAINING ──(final iteration proven, or evaluation_deadline - evaluation_period)──▶ EVALUATION
+    TRAINING ──(a majority of its members proved the final iteration, or evaluation_deadline - evaluation_period)──▶ EVALUATION
     EVALUATION ──(EvaluationResult by a selected evaluator)──▶ FINALIZED (payment split)
     SUBMITTED ──(CancelTask by the client)──▶ CANCELLED (refund)
     any non-terminal ──(height > evaluation_deadline)──▶ EXPIRED (proven training paid, the rest refunded)
@@ -22,6 +22,11 @@ Threats:
   client cannot keep the models (fetchable by the roots the members signed)
   and its fee by withholding the test set. Withholding by a
   miner of its iteration inputs makes its block unreplayable, hence invalid.
+- *Skipping to the end* (h6): a member may prove a late iteration on a
+  state it never trained to (a block replays one step, not the steps before
+  it). What the chain counts as the task's progress is what a majority of
+  its unslashed members proved (`get_task_progress`): one skipper neither
+  opens evaluation early nor makes an expiring task count as trained.
 """
 import json
 import math
@@ -223,6 +228,14 @@ def compute_group(state: State, task_id: TaskId, task: Task, block_hash: Hash32)
         return None
     return ([Member(address=a, recorded_iterations=0, next_minable_iteration=0, slashed=False) for a in members],
             supervisors, evaluators)
+
+
+def get_task_progress(task: Task) -> int:
+    """The iterations a majority of the task's unslashed members proved: the
+    highest p such that more than half of them have their next minable
+    iteration at p or beyond (0 when every member was slashed)."""
+    reached = sorted((member.next_minable_iteration for member in task.members if not member.slashed), reverse=True)
+    return reached[len(reached) // 2] if reached else 0
 
 
 def get_member_index(task: Task, address: Address) -> int | None:

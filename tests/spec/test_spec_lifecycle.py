@@ -14,7 +14,7 @@ from bws.spec.state_transition import (
     InvalidBlock, InvalidTransaction, apply_transaction, compute_expiry_split, get_balance, get_block_reward,
     get_total_supply, state_transition,
 )
-from bws.spec.tasks import compute_task_id
+from bws.spec.tasks import compute_task_id, get_task_progress
 
 MINERS = ("alice", "bob", "carol")
 
@@ -118,7 +118,7 @@ def test_an_expiring_task_pays_only_its_proven_progress_and_refunds_the_rest(cha
     first, second = task.members
     halfway = dataclasses.replace(task, members=[dataclasses.replace(first, next_minable_iteration=2, recorded_iterations=1),
                                                  dataclasses.replace(second, next_minable_iteration=1, recorded_iterations=3)])
-    earned = task.payment * 2 // task.iterations
+    earned = task.payment * 1 // task.iterations   # both members proved iteration 0; only one proved iteration 1
     assert compute_expiry_split(halfway) == {first.address: earned // 4, second.address: earned * 3 // 4,
                                              task.client: task.payment - earned // 4 - earned * 3 // 4}
     slashed = dataclasses.replace(halfway, members=[dataclasses.replace(halfway.members[0], slashed=True),
@@ -127,6 +127,62 @@ def test_an_expiring_task_pays_only_its_proven_progress_and_refunds_the_rest(cha
     untrained = dataclasses.replace(task, members=[dataclasses.replace(m, next_minable_iteration=0, recorded_iterations=0)
                                                    for m in task.members])
     assert compute_expiry_split(untrained) == {task.client: task.payment}
+
+
+def start_training(chain, iterations=4):
+    """A client task of two members in training; (state, block, task id)."""
+    state, block = chain.extend(chain.genesis_state, chain.genesis_block, "alice")
+    submit = chain.transaction(state, "client", chain.submit_task_body(group_size=2, iterations=iterations,
+                                                                      deadline=30))
+    state, block = chain.extend(state, block, "bob", [submit])
+    task_id = compute_task_id(chain.config.chain_id, chain.address["client"], 0)
+    while state.tasks[task_id].status != TASK_TRAINING:
+        state, block = chain.extend(state, block, MINERS[state.height % 3])
+    return state, block, task_id
+
+
+def test_h6_a_member_that_skips_to_the_last_iteration_neither_ends_training_nor_is_paid_for_it(chain):
+    """The review's attack: a member proves the task's last iteration as its
+    first block. It used to move the task to evaluation, and at expiry the
+    task counted as fully trained: the skipper took the whole payment, the
+    honest member nothing. Progress is now what a majority of the members
+    proved: the task stays in training and, expiring, refunds the client."""
+    state, block, task_id = start_training(chain)
+    task = state.tasks[task_id]
+    skipper = name_of(chain, task.members[0].address)
+    state, block = chain.extend(state, block, skipper, task_id=task_id, iteration=task.iterations - 1)
+    task = state.tasks[task_id]
+    assert task.members[0].next_minable_iteration == task.iterations and task.members[0].recorded_iterations == 1
+    assert task.status == TASK_TRAINING and get_task_progress(task) == 0
+    _, gained = run_past_deadline(chain, state, block, task_id)
+    assert gained == {"client": task.payment}
+
+
+def test_h6_the_task_moves_to_evaluation_once_a_majority_proved_the_last_iteration(chain):
+    state, block, task_id = start_training(chain)
+    task = state.tasks[task_id]
+    first, second = (name_of(chain, member.address) for member in task.members)
+    state, block = chain.extend(state, block, first, task_id=task_id, iteration=task.iterations - 1)
+    assert state.tasks[task_id].status == TASK_TRAINING
+    state, block = chain.extend(state, block, second, task_id=task_id, iteration=task.iterations - 1)
+    assert state.tasks[task_id].status == TASK_EVALUATION
+
+
+def test_task_progress_is_what_a_majority_of_unslashed_members_proved():
+    def task_of(*reached, slashed=()):
+        members = [C.Member(address=bytes([n]) * 20, recorded_iterations=1, next_minable_iteration=r,
+                            slashed=n in slashed) for n, r in enumerate(reached)]
+        return C.Task(client=bytes(20), task_definition=b"", work_units=1, dataset_root=bytes(32), num_batches=99,
+                      test_set_hash=bytes(32), group_size=len(members), iterations=9, evaluation_deadline=9,
+                      payment=1, status=TASK_TRAINING, status_height=0, members=members, supervisors=[],
+                      evaluators=[])
+    assert get_task_progress(task_of(7)) == 7
+    assert get_task_progress(task_of(9, 0)) == 0
+    assert get_task_progress(task_of(9, 4, 0)) == 4
+    assert get_task_progress(task_of(9, 9, 4, 0)) == 4    # two of four is not a majority
+    assert get_task_progress(task_of(9, 9, 9, 0)) == 9
+    assert get_task_progress(task_of(9, 0, slashed=(1,))) == 9
+    assert get_task_progress(task_of(9, 0, slashed=(0, 1))) == 0
 
 
 def test_a_task_that_expires_unselected_refunds_the_client(chain):

@@ -32,7 +32,7 @@ def test_render_contains_every_public_function_in_reading_order():
     assert guides == sorted(guides) and guides[0] > document.index("## `spec/encoding.py`")
     assert "**Signature malleability**" in document
     assert "| `bws/task/1` | a `SignedIterationMessage` |" in document
-    assert "**Sign IT_RES(i) once.**" in document
+    assert "**Sign IT_RES(i) once**" in document
 
 
 def git(repo, *args):

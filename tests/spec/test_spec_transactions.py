@@ -107,7 +107,7 @@ def test_submit_escrows_the_payment(chain, started):
     task_id = compute_task_id(chain.config.chain_id, chain.address["client"], 0)
     task = post.tasks[task_id]
     assert task.status == TASK_SUBMITTED and task.payment == 77 * COIN and task.members == ()
-    assert task.work_units == 16 * 4 * 2**2 * 4 * 3  # MACs (16 inputs x 4 units) x 2 slices squared x batch 4 x 3 passes
+    assert task.work_units == 64 * 4 * 2**2 * 4 * 3  # MACs (64 inputs x 4 units) x 2 slices squared x batch 4 x 3 passes
     assert get_balance(post, chain.address["client"]) == get_balance(state, chain.address["client"]) - 77 * COIN - 1
     assert get_total_supply(post) == get_total_supply(state)
 

@@ -32,7 +32,7 @@ def test_each_attack_code_has_a_refused_case_beside_an_honest_one():
         group, case = vector["name"].split("/", 1)
         if group == "attacks":
             codes.setdefault(case.split("-")[0], set()).add("invalid" if "invalid" in vector["expected"] else "valid")
-    assert {"c1", "c2", "c3", "l1", "m1", "m2", "m3"} <= set(codes)
+    assert {"c1", "c2", "c3", "h6", "l1", "m1", "m2", "m3"} <= set(codes)
     assert all(kinds == {"valid", "invalid"} for kinds in codes.values()), codes
     invalid = sum("invalid" in v["expected"] for v in COMMITTED)
     assert invalid >= len(COMMITTED) - invalid
