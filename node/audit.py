@@ -30,17 +30,21 @@ The audit protocol `/bws/audit/1` (request's first byte is the kind):
         -> FOUND ‖ tensor bundle                that op's outputs (its root is the trace's)
     R or O while the miner still computes the trace (the first one of a model compiles)
         -> NOT_READY ‖ u16le(seconds)           ask again after that many seconds
+    R or O beyond the asking peer's rate limit (TRACE_REQUESTS_BURST at once, then
+    TRACE_REQUESTS_PER_SECOND; rate_limit.py)
+        -> REFUSED ‖ u16le(seconds) ‖ UTF-8 reason naming the limit    ask again after that many seconds
     anything unknown -> NOT_FOUND
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import queue
 import struct
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -54,6 +58,7 @@ from bws.spec.encoding import DecodeError, decode, encode
 from bws.spec.hashing import compute_tensors_root, hash_bytes
 from bws.spec.pouw import compute_message_digest, get_input_mask_seed
 
+from .rate_limit import PeerRateLimiter, RateLimit
 from .roles.data import FOUND, NOT_FOUND, encode_tensors
 from .roles.library import LoadedTask, at_iteration, tree
 from .transition import claimed_result
@@ -70,6 +75,13 @@ RECENT_ITERATIONS = 256   # iterations a miner can still prove its intermediate 
 NOT_READY = b"\x02"       # answer to a trace request while the trace is computed: ‖ u16le seconds to wait
 ANSWER_WITHIN_SECONDS = 5.0   # a request waits this long for its trace (well inside a requester's timeout)
 TRACE_RETRY_SECONDS = 5
+REFUSED = b"\x03"          # answer to a trace request over its peer's rate limit: ‖ u16le seconds ‖ UTF-8 reason
+TRACE_REQUESTS_BURST = 8   # an audit asks one trace and one op's outputs: a few audits at once, retries included
+# A trace request may hold one of the p2p layer's 4 handler threads for ANSWER_WITHIN_SECONDS and encode an op's
+# outputs (megabytes): one peer must not keep them from serving sync and data. An auditor waiting for a trace asks
+# every TRACE_RETRY_SECONDS at most.
+TRACE_REQUESTS_PER_SECOND = 0.5
+TRACE_PEERS_TRACKED = 1024   # rate-limit buckets kept (rate_limit.py: forgetting one forgives a burst at most)
 TRACE_THREAD_NICENESS = 10
 
 
@@ -416,8 +428,9 @@ class AuditServer:
         self.context = context
         self.transform = transform
         self._recent: OrderedDict[bytes, RecordedIteration] = OrderedDict()
-        self._done: dict[bytes, threading.Event] = {}   # digest -> set once its trace is computed (or failed)
-        self._models: set[str] = set()                   # models whose first traced iteration is under way
+        self._done: dict[bytes, threading.Event] = {}   # digest of a recent iteration -> set once its trace is computed
+        self._models: Counter[str] = Counter()          # the models of the recent iterations
+        self._limiter = PeerRateLimiter(RateLimit(TRACE_REQUESTS_BURST, TRACE_REQUESTS_PER_SECOND, TRACE_PEERS_TRACKED))
         self._pending: queue.Queue[bytes] = queue.Queue()
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
@@ -426,28 +439,33 @@ class AuditServer:
         digest = bytes(compute_message_digest(recorded.signed.message))
         model = recorded.loaded.spec.to_json()
         with self._lock:
+            is_new = digest not in self._recent
             self._recent[digest] = recorded
+            first_of_model = is_new and not self._models[model]
+            if is_new:
+                self._models[model] += 1
             while len(self._recent) > RECENT_ITERATIONS:
-                old, _ = self._recent.popitem(last=False)
+                old, forgotten = self._recent.popitem(last=False)
                 self._done.pop(old, None)
-            first_of_model = model not in self._models
-            self._models.add(model)
-        if first_of_model:  # compile the model's traced iteration now, not when an auditor is waiting
-            self._schedule(digest)
+                forgotten_model = forgotten.loaded.spec.to_json()
+                self._models[forgotten_model] -= 1
+                if not self._models[forgotten_model]:
+                    del self._models[forgotten_model]
+            if first_of_model:  # compile the model's traced iteration now, not when an auditor is waiting
+                self._schedule(digest)
 
     def _schedule(self, digest: bytes) -> threading.Event:
-        """The event set when `digest`'s trace is computed, queueing it if it is not yet."""
-        with self._lock:
-            event = self._done.get(digest)
-            if event is None:
-                event = self._done[digest] = threading.Event()
-                self._pending.put(digest)
-                if self._worker is None:
-                    # Not a daemon: the interpreter must not exit under a compile (XLA's C++
-                    # frames abort the process when Python ends a daemon thread there).
-                    self._worker = threading.Thread(target=self._compute_traces, name="bws-audit-trace")
-                    self._worker.start()
-            return event
+        """The event set when the recent `digest`'s trace is computed, queueing it if it is not yet (lock held)."""
+        event = self._done.get(digest)
+        if event is None:
+            event = self._done[digest] = threading.Event()
+            self._pending.put(digest)
+            if self._worker is None:
+                # Not a daemon: the interpreter must not exit under a compile (XLA's C++
+                # frames abort the process when Python ends a daemon thread there).
+                self._worker = threading.Thread(target=self._compute_traces, name="bws-audit-trace")
+                self._worker.start()
+        return event
 
     def _compute_traces(self) -> None:
         """Compute queued traces until the program exits (its main thread ends)."""
@@ -476,9 +494,10 @@ class AuditServer:
         none (not its iteration, or it did no work), NOT_READY if still computing."""
         with self._lock:
             recorded = self._recent.get(digest)
+            done = self._schedule(digest) if recorded is not None else None
         if recorded is None:
             return None
-        if not self._schedule(digest).wait(ANSWER_WITHIN_SECONDS):
+        if not done.wait(ANSWER_WITHIN_SECONDS):
             return NOT_READY
         return recorded.trace
 
@@ -491,6 +510,13 @@ class AuditServer:
             return FOUND + struct.pack("<H", len(encoded)) + b"".join(struct.pack("<I", len(e)) + e for e in encoded)
         if kind not in (REQUEST_TRACE, REQUEST_OP) or len(body) != (32 if kind == REQUEST_TRACE else 34):
             return NOT_FOUND
+        wait = self._limiter.take(peer)
+        if wait:
+            seconds = max(1, math.ceil(wait))
+            logger.debug("trace request from %s refused: over its rate limit", peer)
+            return (REFUSED + struct.pack("<H", seconds)
+                    + f"refused: trace requests are limited to {self._limiter.limit.describe()}; "
+                      f"ask again in {seconds} s".encode())
         trace = self._trace(body[:32])
         if trace is NOT_READY:
             return NOT_READY + struct.pack("<H", TRACE_RETRY_SECONDS)
@@ -512,7 +538,7 @@ def _lower_thread_priority() -> None:
 
 
 def retry_after(answer: bytes) -> float:
-    """The seconds a NOT_READY answer asks to wait (1 to 60)."""
+    """The seconds a NOT_READY or REFUSED answer asks to wait (1 to 60)."""
     seconds = struct.unpack_from("<H", answer, 1)[0] if len(answer) >= 3 else 1
     return float(min(max(seconds, 1), 60))
 
@@ -537,6 +563,6 @@ def decode_messages_answer(answer: bytes) -> list[C.SignedIterationMessage]:
 
 
 __all__ = ["AuditError", "AuditReport", "AuditServer", "AuditSource", "IterationInputs", "NOT_READY", "PROTOCOL_AUDIT",
-           "RecordedIteration", "TensorDiff", "audit_iteration", "decode_messages_answer", "decode_signed_trace",
-           "diff_tensors", "encode_signed_trace", "first_divergence", "load_inputs", "messages_request",
-           "reference_replay", "replay_traces", "retry_after"]
+           "REFUSED", "RecordedIteration", "TensorDiff", "audit_iteration", "decode_messages_answer",
+           "decode_signed_trace", "diff_tensors", "encode_signed_trace", "first_divergence", "load_inputs",
+           "messages_request", "reference_replay", "replay_traces", "retry_after"]

@@ -21,8 +21,8 @@ from bws.spec.pouw import compute_message_digest
 
 from .api import ApiClient, ApiError, from_json
 from .audit import (
-    NOT_READY, PROTOCOL_AUDIT, REQUEST_OP, REQUEST_TRACE, AuditError, decode_messages_answer, decode_signed_trace,
-    messages_request, retry_after,
+    NOT_READY, PROTOCOL_AUDIT, REFUSED, REQUEST_OP, REQUEST_TRACE, AuditError, decode_messages_answer,
+    decode_signed_trace, messages_request, retry_after,
 )
 from .p2p import PROTOCOL_DATA, NetworkError, NetworkService
 from .roles.data import FOUND, DataError, decode_checked, tensors_request
@@ -157,9 +157,9 @@ class NetworkSource:
     def _ask(self, protocol: str, request: bytes, patient: bool = False):
         """Each peer's answer in turn (peers that fail or do not have it are
         skipped). A `patient` ask (traces and op outputs, which the miner may
-        still be computing) asks again the peers that answered NOT_READY, after
-        the time they named, until TRACE_READY_TIMEOUT_SECONDS, and those that
-        timed out, up to TRACE_ROUNDS times."""
+        still be computing) asks again the peers that answered NOT_READY or
+        REFUSED (asked too fast), after the time they named, until
+        TRACE_READY_TIMEOUT_SECONDS, and those that timed out, up to TRACE_ROUNDS times."""
         peers, timeouts = list(self.peers), Counter()
         deadline = time.monotonic() + TRACE_READY_TIMEOUT_SECONDS
         while peers:
@@ -174,11 +174,13 @@ class NetworkSource:
                     continue
                 if answer[:1] == FOUND:
                     yield answer[1:]
-                elif answer[:1] == NOT_READY and patient and time.monotonic() < deadline:
+                elif answer[:1] in (NOT_READY, REFUSED) and patient and time.monotonic() < deadline:
+                    if answer[:1] == REFUSED:
+                        logger.info("%s: %s", peer[:12], answer[3:].decode("utf-8", "replace"))
                     again.append(peer)
                     wait = max(wait, retry_after(answer))
             if wait:
-                logger.info("the miner is still computing its trace: asking again in %.0f s", wait)
+                logger.info("asking again in %.0f s (a trace still computed, or asked too fast)", wait)
                 time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
             peers = again
 

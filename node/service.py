@@ -151,8 +151,10 @@ class Node:
                          "synced_blocks": 0, "sync_failures": 0}
         # Hooks of the roles layer (node/roles/host.py): called with each
         # valid gossiped iteration message (signed, origin peer) after the
-        # supervisor's record; extra sections for /metrics; extra fields for /task/<id>.
+        # supervisor's record; with the new head state after a block moved the head; extra sections for
+        # /metrics; extra fields for /task/<id>.
         self.iteration_message_listeners: list = []
+        self.head_listeners: list = []
         self.metrics_extensions: list = []
         self.task_extensions: list = []
         # Takes a revealed test split's bundle (POST /reveal); set by the roles layer, which serves tensor data.
@@ -209,6 +211,7 @@ class Node:
         """Import a block (and waiting orphans), update the mempool, and ask
         for a sync if its parent is missing."""
         results = self.chain.import_with_orphans(block)
+        head_moved = False
         for result in results:
             for connected in result.connected:
                 self.mempool.prune({bytes(tx.transaction.sender) for tx in connected.transactions})
@@ -218,7 +221,12 @@ class Node:
                 self.mempool.prune()
             if result.status in ("connected", "reorg"):
                 self._head_changed_at = time.monotonic()
+                head_moved = True
                 logger.info("head %s at height %d (%s)", result.block_hash.hex()[:16], result.height, result.status)
+        if head_moved:
+            head_state = self.chain.head_state
+            for listener in self.head_listeners:
+                listener(head_state)
         if results[0].status == "orphan":
             self._sync_wanted.set()
         return results

@@ -8,13 +8,16 @@ run the same in the node process and in in-process tests.
 from __future__ import annotations
 
 import functools
+import heapq
 import logging
 import threading
 import time
-from collections import Counter, OrderedDict, defaultdict
+from collections import Counter, OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from bws.spec import containers as C
+from bws.spec.constants import TASK_EVALUATION, TASK_TRAINING
 from bws.spec.encoding import encode
 from bws.spec.pouw import compute_message_digest
 
@@ -41,49 +44,141 @@ class RoleError(Exception):
 
 
 VERSIONS_KEPT = 2   # versions of one (task, iteration, miner) a MessageLog keeps: two are an equivocation
+# A member's latest iterations kept per task: those its blocks may still use (as OWN_ITERATIONS_KEPT), and far
+# more than the previous one its peers wait for.
+ITERATIONS_KEPT_PER_MINER = OWN_ITERATIONS_KEPT
+MESSAGES_KEPT = 65_536   # all tasks together: about 200 MiB at the ~3 KiB one message takes in memory
+PEERS_OF_MINERS_KEPT = 4096   # the peer each of the latest miners was heard from: only a hint for fetching tensors
+# Tasks whose messages are in use: members train on their peers' messages, evaluators score their latest ones.
+TASK_STATUSES_IN_USE = frozenset({TASK_TRAINING, TASK_EVALUATION})
+
+
+@dataclass
+class TaskMessages:
+    """One task's part of a MessageLog."""
+    versions: dict[tuple[int, bytes], list[C.SignedIterationMessage]] = field(default_factory=dict)
+    iterations: dict[bytes, list[int]] = field(default_factory=dict)   # per miner, a min-heap of its iterations kept
+    count: int = 0
 
 
 class MessageLog:
     """Every distinct signed iteration message seen, by task, iteration and
-    miner (two entries under one key are an equivocation), with waiters."""
+    miner (two entries under one key are an equivocation), with waiters.
+
+    Bounded, whatever arrives: at most VERSIONS_KEPT versions of one (task,
+    iteration, miner); a miner's latest ITERATIONS_KEPT_PER_MINER iterations
+    of a task (a newer one pushes out its oldest, an older one is refused), so
+    a member that signs iterations it never trained displaces only its own
+    messages; the messages of a task the head no longer holds are forgotten
+    (`follow_head`, at every new head: a task is removed `stake_lock_period`
+    blocks after it ends); and MESSAGES_KEPT in all. At that bound a message of
+    a task in training or evaluation (whose messages are in use) makes room by
+    forgetting every message of a task that is in neither (ended and kept only
+    for disputes, which the supervisors' store records, or not training yet),
+    and any other message is refused: a task's junk never pushes out a
+    training task's messages. When only tasks in use fill the log, the
+    newcomer is refused rather than any kept message evicted: that takes
+    MESSAGES_KEPT / (VERSIONS_KEPT × ITERATIONS_KEPT_PER_MINER) = 128 seats in
+    training groups, which are drawn by stake. Before the first head every
+    task counts as in use."""
 
     def __init__(self) -> None:
-        self._messages: dict[bytes, dict[tuple[int, bytes], list[C.SignedIterationMessage]]] = defaultdict(dict)
-        self._peer_of_miner: dict[bytes, str] = {}
+        self._tasks: dict[bytes, TaskMessages] = {}
+        self._count = 0
+        self._head_tasks: Mapping[bytes, C.Task] | None = None   # the tasks of the latest head (follow_head)
+        self._peer_of_miner: OrderedDict[bytes, str] = OrderedDict()
+        self.refused = 0   # messages turned away by the bounds (not counting those already known)
         self._condition = threading.Condition()
 
+    def __len__(self) -> int:
+        return self._count
+
     def add(self, signed: C.SignedIterationMessage, origin: str | None) -> bool:
-        """Record a message; False if it was already known, or if two versions
-        of its (task, iteration, miner) are known already (two prove an
-        equivocation: more only fill memory)."""
+        """Record a message; False if it was already known, if two versions of
+        its (task, iteration, miner) are known already (two prove an
+        equivocation: more only fill memory), or if the bounds refuse it."""
         work = signed.message.work
-        key = (int(work.iteration), bytes(work.miner))
+        task_id, key = bytes(work.task_id), (int(work.iteration), bytes(work.miner))
         with self._condition:
-            entries = self._messages[bytes(work.task_id)].setdefault(key, [])
+            task = self._tasks.get(task_id)
+            entries = task.versions.get(key, []) if task is not None else []
             if len(entries) >= VERSIONS_KEPT or any(existing == signed for existing in entries):
                 return False
-            entries.append(signed)
+            iterations = task.iterations.get(key[1], []) if task is not None else []
+            pushes_one_out = not entries and len(iterations) >= ITERATIONS_KEPT_PER_MINER
+            if pushes_one_out and key[0] < iterations[0]:
+                self.refused += 1   # older than every iteration of the miner kept
+                return False
+            if not pushes_one_out and not self._make_room(task_id):
+                self.refused += 1
+                return False
+            task = self._tasks.setdefault(task_id, TaskMessages())
+            if not entries:
+                iterations = task.iterations.setdefault(key[1], [])
+                heapq.heappush(iterations, key[0])
+                if len(iterations) > ITERATIONS_KEPT_PER_MINER:
+                    dropped = task.versions.pop((heapq.heappop(iterations), key[1]))
+                    task.count -= len(dropped)
+                    self._count -= len(dropped)
+            task.versions.setdefault(key, []).append(signed)
+            task.count += 1
+            self._count += 1
             if origin:
-                self._peer_of_miner[bytes(work.miner)] = origin
+                self._peer_of_miner[key[1]] = origin
+                self._peer_of_miner.move_to_end(key[1])
+                while len(self._peer_of_miner) > PEERS_OF_MINERS_KEPT:
+                    self._peer_of_miner.popitem(last=False)
             self._condition.notify_all()
             return True
 
+    def follow_head(self, tasks: Mapping[bytes, C.Task]) -> int:
+        """Forget the messages of every task not in `tasks` (the new head's);
+        the number of tasks forgotten. Costs one look-up per task in the log,
+        plus the messages forgotten."""
+        with self._condition:
+            self._head_tasks = tasks
+            removed = [task_id for task_id in self._tasks if task_id not in tasks]
+            for task_id in removed:
+                self._forget(task_id)
+            return len(removed)
+
+    def _in_use(self, task_id: bytes) -> bool:
+        task = self._head_tasks.get(task_id) if self._head_tasks is not None else None
+        return self._head_tasks is None or (task is not None and int(task.status) in TASK_STATUSES_IN_USE)
+
+    def _make_room(self, task_id: bytes) -> bool:
+        """Whether one more message fits, forgetting a task not in use for one that is (class docstring)."""
+        if self._count < MESSAGES_KEPT:
+            return True
+        if not self._in_use(task_id):
+            return False
+        unused = next((other for other in self._tasks if not self._in_use(other)), None)
+        if unused is None:
+            return False
+        self._forget(unused)
+        return True
+
+    def _forget(self, task_id: bytes) -> None:
+        self._count -= self._tasks.pop(task_id).count
+
     def get(self, task_id: bytes, iteration: int, miner: bytes) -> list[C.SignedIterationMessage]:
         with self._condition:
-            return list(self._messages.get(bytes(task_id), {}).get((iteration, bytes(miner)), []))
+            return list(self._versions(task_id).get((iteration, bytes(miner)), []))
 
     def latest(self, task_id: bytes, miner: bytes) -> C.SignedIterationMessage | None:
         """The miner's message of its highest iteration seen (the first one if it equivocated)."""
         with self._condition:
-            keys = [k for k in self._messages.get(bytes(task_id), {}) if k[1] == bytes(miner)]
-            return self._messages[bytes(task_id)][max(keys)][0] if keys else None
+            versions = self._versions(task_id)
+            keys = [k for k in versions if k[1] == bytes(miner)]
+            return versions[max(keys)][0] if keys else None
 
     def max_iteration(self, task_id: bytes) -> int:
         with self._condition:
-            return max((k[0] for k in self._messages.get(bytes(task_id), {})), default=-1)
+            return max((k[0] for k in self._versions(task_id)), default=-1)
 
     def peer_of(self, miner: bytes) -> str | None:
-        return self._peer_of_miner.get(bytes(miner))
+        with self._condition:
+            return self._peer_of_miner.get(bytes(miner))
 
     def wait_for(self, task_id: bytes, iteration: int, miners: list[bytes], deadline: float,
                  stop: threading.Event) -> dict[bytes, C.SignedIterationMessage]:
@@ -92,10 +187,14 @@ class MessageLog:
         with self._condition:
             while True:
                 found = {m: entries[0] for m in miners
-                         if (entries := self._messages.get(bytes(task_id), {}).get((iteration, m)))}
+                         if (entries := self._versions(task_id).get((iteration, m)))}
                 if len(found) == len(miners) or time.monotonic() >= deadline or stop.is_set():
                     return found
                 self._condition.wait(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
+
+    def _versions(self, task_id: bytes) -> dict[tuple[int, bytes], list[C.SignedIterationMessage]]:
+        task = self._tasks.get(bytes(task_id))
+        return task.versions if task is not None else {}
 
 
 @dataclass
@@ -204,6 +303,13 @@ class RoleContext:
 
     def note_task_activity(self, task_id: bytes) -> None:
         self.gauges[("task_last_message", bytes(task_id))] = time.monotonic()
+
+    def follow_head(self, state: C.State) -> None:
+        """A new head: forget what is kept per task (messages, per-task gauges) for the tasks it no longer holds."""
+        self.messages.follow_head(state.tasks)
+        for key in list(self.gauges):   # a copy: other threads add gauges meanwhile
+            if isinstance(key, tuple) and key[1] not in state.tasks:
+                self.gauges.pop(key, None)
 
     def _publish(self, topic: str, data: bytes) -> None:
         try:

@@ -10,7 +10,8 @@
 `bws node run --roles miner,verifier,... --keystore K --password-file P`
 does exactly this. The node keeps everything that is not a role: store,
 validation, mempool, gossip, sync, API. The roles add, through the node's
-hooks: the tensor data protocol, the iteration messages they hear, a "roles"
+hooks: the tensor data protocol, the iteration messages they hear, each new
+head (to forget what they keep for tasks it no longer holds), a "roles"
 section in /metrics and role fields in /task/<id>.
 """
 from __future__ import annotations
@@ -95,6 +96,8 @@ class RoleSet:
         node.network.register_handler(PROTOCOL_DATA, self._serve_data)
         node.reveal_handler = self.reveal
         node.iteration_message_listeners.append(self._on_iteration_message)
+        node.head_listeners.append(self.context.follow_head)
+        self.context.follow_head(node.chain.head_state)
         node.metrics_extensions.append(self.metrics)
         node.task_extensions.append(self.task_info)
         if "miner" in self.roles:
@@ -169,7 +172,9 @@ class RoleSet:
     def metrics(self) -> dict:
         context = self.context
         gauges = {k: v for k, v in context.gauges.items() if isinstance(k, str)}
-        return {"roles": {"enabled": sorted(self.roles), "counters": dict(context.metrics), "gauges": gauges,
+        gauges["task_messages_kept"] = len(context.messages)
+        counters = {**context.metrics, "task_messages_refused": context.messages.refused}
+        return {"roles": {"enabled": sorted(self.roles), "counters": counters, "gauges": gauges,
                           "address": context.address.hex() if self.account else None}}
 
     def task_info(self, task_id: bytes, task: C.Task) -> dict:

@@ -339,7 +339,7 @@ def test_a_node_with_roles_but_no_miner_answers_the_auditors_message_request(net
     chain_node = make_node(network_setup, tmp_path, "verifier-only", derive_account(7, "node1"), {})
     node = SimpleNamespace(chain=chain_node.chain, mempool=chain_node.mempool, import_block=chain_node.import_block,
                            network=SimpleNamespace(register_handler=handlers.__setitem__, peers=lambda: []),
-                           data_dir=tmp_path / "verifier-only", iteration_message_listeners=[],
+                           data_dir=tmp_path / "verifier-only", iteration_message_listeners=[], head_listeners=[],
                            metrics_extensions=[], task_extensions=[], settings=SimpleNamespace(peers=[]))
     roles = RoleSet({"verifier"}, None)
     roles.attach(node)
