@@ -3,8 +3,8 @@ it mines blocks from the training iterations.
 
 What it does, in order:
 1. builds the task definition (a job template on a dataset, as `bws task new`);
-2. writes keys for a client and every node, and a genesis (devnet preset)
-   where every node is funded and staked for the miner, supervisor and
+2. writes keys for a client and every node, and a genesis (devnet preset
+   under a chain id of its own, node/genesis.py) where every node is funded and staked for the miner, supervisor and
    evaluator roles, and holds a bootstrap task (a genesis task in training
    with that node as its only member: blocks need a task in training, so
    the first blocks, which include the client's task, are mined on these);
@@ -40,10 +40,12 @@ from bws.spec import containers as C
 from bws.spec.constants import EVALUATORS_PER_TASK, ROLE_EVALUATOR, ROLE_MINER, ROLE_SUPERVISOR, SUPERVISORS_PER_TASK
 from bws.spec.genesis import create_genesis_state
 from bws.spec.presets import COIN, DEVNET
+from bws.spec.tasks import get_ticket_price
 
 from .api import ApiClient, ApiError
 from .audit_devnet import audit_devnet, audit_failures, miner_tickets, node_environment, print_audit
 from .devnet_plot import plot_run, read_run_trace
+from .genesis import BOOTSTRAP_ITERATIONS, BootstrapTask, build_genesis, chain_config, make_task_with_batches
 from .p2p import peer_id_from_seed
 from .roles.client import Client, TaskOrder, reveal_test_set, withheld_test_set
 from .service import NODE_INFO_FILE, P2P_KEY_FILE, write_genesis
@@ -56,8 +58,6 @@ NODE_BALANCE = 1000 * COIN
 CLIENT_BALANCE = 10_000 * COIN
 TASK_PAYMENT = 1000 * COIN
 TRANSACTION_FEE = 1000
-BOOTSTRAP_ITERATIONS = 4000  # per node: at most 4 a second (the miner's BOOTSTRAP_INTERVAL_SECONDS), in its turns
-BOOTSTRAP_DEADLINE = 2**62
 START_TIMEOUT_SECONDS = 180.0
 NODE_ROLES = ("peer", "verifier", "miner", "supervisor", "evaluator")
 SETTLE_DEPTH = 2                         # blocks below the lowest head compared across nodes
@@ -88,6 +88,7 @@ class DevnetOptions:
     byzantine: dict = field(default_factory=dict)   # node index -> cheating behaviour (node/audit_devnet.py)
     observers: int = 0   # extra nodes with the peer role only: they replay nothing and must hold the same chain
     withhold_test: bool = True   # the client's test split, revealed only when the task is in evaluation
+    chain_id: int | None = None  # the genesis' chain id; None: drawn at random (a devnet is a network of its own)
 
 
 @dataclass
@@ -156,24 +157,16 @@ def group_size_for(nodes: int) -> int:
 
 def build_task(options: DevnetOptions, test_file: str | None = None):
     """The client task's definition: enough epochs of the dataset for every member's iterations."""
-    return _make_task(options, group_size_for(options.nodes) * options.iterations, test_file)
+    return make_task_with_batches(options.template, options.dataset, group_size_for(options.nodes) * options.iterations,
+                                  batch_size=options.batch_size, learning_rate=options.learning_rate,
+                                  dataset_dir=options.dataset_dir, seed=options.seed, test_file=test_file)
 
 
 def build_bootstrap_task(options: DevnetOptions):
     """The bootstrap tasks' definition: enough epochs for BOOTSTRAP_ITERATIONS (each batch is trained once)."""
-    return _make_task(options, BOOTSTRAP_ITERATIONS)
-
-
-def _make_task(options: DevnetOptions, batches: int, test_file: str | None = None):
-    """The devnet's template on its dataset, with the fewest epochs that hold `batches` batches."""
-    from bws.templates import jobs
-
-    sample = jobs.make_task(options.template, options.dataset, epochs=1, batch_size=options.batch_size,
-                            learning_rate=options.learning_rate, data_dir=options.dataset_dir, init_seed=options.seed)
-    epochs = max(1, math.ceil(batches / sample.dataset["num_batches"]))
-    return jobs.make_task(options.template, options.dataset, epochs=epochs, batch_size=options.batch_size,
-                          learning_rate=options.learning_rate, data_dir=options.dataset_dir, init_seed=options.seed,
-                          test_file=test_file)
+    return make_task_with_batches(options.template, options.dataset, BOOTSTRAP_ITERATIONS,
+                                  batch_size=options.batch_size, learning_rate=options.learning_rate,
+                                  dataset_dir=options.dataset_dir, seed=options.seed)
 
 
 def write_client_test_file(options: DevnetOptions, path: Path) -> str:
@@ -200,25 +193,20 @@ def evaluation_deadline(height: int, iterations: int) -> int:
 
 
 def make_genesis(nodes: list[DevnetNode], client: Account, definition, timestamp: int,
-                 miner_tickets: dict[bytes, int] | None = None) -> C.GenesisConfig:
-    """`definition`: the bootstrap tasks' (each node trains each of its batches
-    once, alone); `miner_tickets`: miner stakes of that many tickets for some
-    addresses (default one each)."""
-    dataset = definition.dataset
+                 miner_tickets: dict[bytes, int] | None = None, chain_id: int | None = None) -> C.GenesisConfig:
+    """Every node a bootstrap miner of `definition`, funded and staked for
+    every role; `miner_tickets`: miner stakes of that many tickets for some
+    addresses (default one each); `chain_id`: drawn at random if None."""
+    config = chain_config("devnet", chain_id)
     tickets = miner_tickets or {}
     stakes = [C.GenesisStake(owner=n.account.address, role=role,
-                             amount=price * (tickets.get(n.account.address, 1) if role == ROLE_MINER else 1))
-              for n in nodes for role, price in ((ROLE_MINER, DEVNET.miner_ticket_price),
-                                                 (ROLE_SUPERVISOR, DEVNET.supervisor_ticket_price),
-                                                 (ROLE_EVALUATOR, DEVNET.evaluator_ticket_price))]
-    bootstrap = [C.GenesisTask(client=bytes(20), task_definition=definition.to_bytes(),
-                               dataset_root=bytes.fromhex(dataset["batches_root"]), num_batches=dataset["num_batches"],
-                               test_set_hash=bytes.fromhex(dataset["test_root"]), iterations=dataset["num_batches"],
-                               evaluation_deadline=BOOTSTRAP_DEADLINE, payment=0, members=[n.account.address],
-                               supervisors=[], evaluators=[]) for n in nodes]
+                             amount=get_ticket_price(config, role) * (tickets.get(n.account.address, 1)
+                                                                      if role == ROLE_MINER else 1))
+              for n in nodes for role in (ROLE_MINER, ROLE_SUPERVISOR, ROLE_EVALUATOR)]
     accounts = [C.GenesisAccount(address=client.address, balance=CLIENT_BALANCE)] + [
         C.GenesisAccount(address=n.account.address, balance=NODE_BALANCE) for n in nodes]
-    return C.GenesisConfig(config=DEVNET, timestamp=timestamp, accounts=accounts, stakes=stakes, tasks=bootstrap)
+    return build_genesis(config, timestamp, accounts, stakes, [n.account.address for n in nodes],
+                         BootstrapTask.from_definition(definition))
 
 
 class Devnet:
@@ -283,7 +271,7 @@ class Devnet:
             self.observers.append(observer)
         (self.root / "password.txt").write_text(DEVNET_PASSWORD)
         genesis = make_genesis(self.nodes, self.client_account, build_bootstrap_task(self.options), int(time.time()),
-                               miner_tickets(self.nodes, self.options.byzantine))
+                               miner_tickets(self.nodes, self.options.byzantine), self.options.chain_id)
         write_genesis(self.root / "genesis.json", genesis)
         (self.root / "task.json").write_bytes(definition.to_bytes())
         self.genesis_state = create_genesis_state(genesis)
@@ -352,7 +340,7 @@ class Devnet:
         order = TaskOrder(group_size=group_size_for(self.options.nodes), iterations=iterations,
                           evaluation_deadline=evaluation_deadline(height, iterations),
                           payment=TASK_PAYMENT, fee=TRANSACTION_FEE)
-        client = Client(self.client_account, api, DEVNET.chain_id)
+        client = Client(self.client_account, api, int(self.genesis_state.config.chain_id))
         self.task_id = client.submit(definition, order)
         self.order = order
         self.say(f"devnet: task {self.task_id.hex()[:16]}… submitted at height {height} "

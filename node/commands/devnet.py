@@ -27,6 +27,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=128, help="examples per iteration (default 128)")
     parser.add_argument("--learning-rate", type=float, default=0.003, help="Adam learning rate (default 0.003)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the keys and of the model initialization (default 0)")
+    parser.add_argument("--chain-id", type=int, metavar="N",
+                        help="the genesis' chain id (default: drawn at random, as for any new chain)")
     parser.add_argument("--min-accuracy", type=float, default=0.95,
                         help="fail unless the best final model reaches this test accuracy (default 0.95; 0 to skip)")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds (default 900)")
@@ -52,12 +54,14 @@ def run(args: argparse.Namespace) -> int:
     from bws.node.audit import AuditError
     from bws.node.audit_devnet import ByzantineSpecError, parse_byzantine
     from bws.node.devnet import Devnet, DevnetError, DevnetOptions
+    from bws.node.genesis import GenesisError
     from bws.templates.errors import TemplateError
 
     options = DevnetOptions(nodes=args.nodes, template=args.template, dataset=args.dataset, data_dir=args.data_dir,
                             blocks=args.blocks, seed=args.seed, iterations=args.iterations, batch_size=args.batch_size,
                             learning_rate=args.learning_rate, min_accuracy=args.min_accuracy, timeout=args.timeout,
-                            dataset_dir=args.dataset_dir, observers=args.observers, withhold_test=not args.public_test)
+                            dataset_dir=args.dataset_dir, observers=args.observers, withhold_test=not args.public_test,
+                            chain_id=args.chain_id)
     try:
         options.byzantine = parse_byzantine(args.byzantine, args.nodes)
     except ByzantineSpecError as error:
@@ -67,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         Devnet(options).run()
-    except (DevnetError, TemplateError, OSError, AuditError) as error:
+    except (DevnetError, GenesisError, TemplateError, OSError, AuditError) as error:
         print(f"bws devnet: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

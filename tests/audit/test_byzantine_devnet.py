@@ -16,7 +16,7 @@ import duckdb
 import pytest
 
 from bws.node.devnet import derive_account
-from bws.spec.presets import DEVNET
+from bws.node.service import load_genesis
 from bws.spec.tasks import compute_task_id
 
 pytestmark = pytest.mark.slow
@@ -67,7 +67,8 @@ def test_cheats_are_disputed_localized_and_slashed_and_the_honest_miner_is_not(t
         FROM transactions t JOIN main_chain b ON b.hash = t.block_hash
         WHERE t.kind = 'Dispute' ORDER BY b.height, t.position""").fetchall()
     assert len(disputes) == 3
-    task_id = bytes(compute_task_id(DEVNET.chain_id, derive_account(3, "client").address, 0)).hex()
+    chain_id = load_genesis(data_dir / "genesis.json").config.chain_id
+    task_id = bytes(compute_task_id(chain_id, derive_account(3, "client").address, 0)).hex()
     equivocations = db.execute("""
         SELECT iteration, lower(hex(miner)) AS miner, count(*) AS messages
         FROM iteration_messages WHERE task_id = from_hex(?)

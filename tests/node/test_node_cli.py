@@ -108,10 +108,11 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     (None, "no genesis file"),
     ("[1]", "a genesis file is a JSON object"),
     ('{"preset": "moon"}', "unknown preset 'moon'"),
-    ('{"preset": "devnet", "timestamp": 1, "accounts": [], "stakes": []}', "missing field(s) tasks"),
-    ('{"preset": "devnet", "timestamp": -1, "accounts": [], "stakes": [], "tasks": []}', "out of range"),
-    ('{"preset": "devnet", "timestamp": 1, "accounts": [{"address": "zz", "balance": 1}], "stakes": [], "tasks": []}',
-     "not a valid genesis"),
+    ('{"preset": "devnet", "timestamp": 1, "accounts": [], "stakes": [], "tasks": []}', 'own "chain_id" too'),
+    ('{"preset": "devnet", "chain_id": 7, "timestamp": 1, "accounts": [], "stakes": []}', "missing field(s) tasks"),
+    ('{"preset": "devnet", "chain_id": 7, "timestamp": -1, "accounts": [], "stakes": [], "tasks": []}', "out of range"),
+    ('{"preset": "devnet", "chain_id": 7, "timestamp": 1, "accounts": [{"address": "zz", "balance": 1}], "stakes": [], '
+     '"tasks": []}', "not a valid genesis"),
 ])
 def test_genesis_file_errors(tmp_path, content, message):
     from bws.node.service import NodeError, load_genesis
