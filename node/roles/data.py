@@ -228,15 +228,7 @@ class TensorCache:
         self.directory.mkdir(parents=True, exist_ok=True)
         with self._lock:
             entries = list(self._entries.items())
-        written = 0
-        for root, entry in entries:
-            path = self._path(root)
-            if path.exists():
-                continue
-            partial = path.with_suffix(".partial")
-            partial.write_bytes(entry if isinstance(entry, bytes) else encode_tensors(entry))
-            os.replace(partial, path)  # atomic: a reader never sees half a bundle
-            written += 1
+        written = sum(self._write(root, entry) for root, entry in entries)
         files = sorted(self.directory.glob(f"*{BUNDLE_SUFFIX}"), key=lambda f: f.stat().st_mtime, reverse=True)
         kept = 0
         for file in files:
@@ -244,6 +236,26 @@ class TensorCache:
             if kept > self.max_disk_bytes:
                 file.unlink(missing_ok=True)
         return written
+
+    def save_bundle(self, root: bytes) -> bool:
+        """Write the one bundle with `root` now (a miner's checkpoint: what a
+        node killed outright resumes from); whether it is on disk."""
+        entry = self._latest(root)
+        if self.directory is None or entry is None:
+            return False
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._write(bytes(root), entry)
+        return True
+
+    def _write(self, root: bytes, entry: bytes | dict[str, np.ndarray]) -> bool:
+        """Write one bundle unless it is on disk already; whether it was written."""
+        path = self._path(root)
+        if path.exists():
+            return False
+        partial = path.with_suffix(".partial")
+        partial.write_bytes(entry if isinstance(entry, bytes) else encode_tensors(entry))
+        os.replace(partial, path)  # atomic: a reader never sees half a bundle
+        return True
 
     def _path(self, root: bytes) -> Path:
         return self.directory / (bytes(root).hex() + BUNDLE_SUFFIX)

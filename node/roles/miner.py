@@ -97,6 +97,9 @@ EVALUATION_BOOTSTRAP_INTERVAL_SECONDS = 1.5
 CLIENT_TASK_QUIET_SECONDS = 6.0  # a client task with no message this long is no longer being trained
 MAX_BLOCK_TRANSACTION_BYTES = 1 << 20
 PROVER_POLL_SECONDS = 0.1        # how often an idle proving thread looks at the stop flag
+# A killed miner resumes after the newest iteration whose state it saved: at most this much training is redone.
+CHECKPOINT_INTERVAL_SECONDS = 5.0
+RESUME_CANDIDATES = 64           # signed iterations, newest first, whose saved state a restart looks for
 
 
 @dataclass
@@ -121,6 +124,7 @@ class Training:
     proven_state: dict               # flat numpy, the state before the next iteration to prove
     proven_state_root: bytes
     next_iteration: int = 0
+    checkpointed_at: float = 0.0     # monotonic time of the proving thread's last checkpoint
 
 
 @dataclass
@@ -333,11 +337,28 @@ class Miner:
                 logger.warning("cannot train task %s…: %s", task_id.hex()[:12], error)
                 self.context.metrics["tasks_unavailable"] += 1
                 return None
-            initial = flat(loaded.initial_state())
-            root = self.context.cache.put_tensors(initial)
-            training = Training(task_id, loaded, member_index, tree(initial), initial, root)
+            next_iteration, state, root = self._resume_point(task_id, loaded)
+            training = Training(task_id, loaded, member_index, tree(state), state, root, next_iteration)
             self._trainings[task_id] = training
         return training
+
+    def _resume_point(self, task_id: bytes, loaded: LoadedTask) -> tuple[int, dict, bytes]:
+        """(next iteration, the state before it, its root): after the newest
+        iteration this node signed for the task whose state-after it still
+        has (written by a clean stop or a checkpoint), else iteration 0 from
+        the task's initial state. A restart so neither trains from 0 again
+        nor signs a second version of an iteration (issue #15)."""
+        context = self.context
+        for signed in context.signed.newest(task_id, RESUME_CANDIDATES):
+            root = bytes(signed.message.work.state_after_root)
+            saved = context.cache.get_tensors(root)
+            if saved is not None:
+                resumed = int(signed.message.work.iteration) + 1
+                logger.info("resuming task %s… at iteration %d", task_id.hex()[:12], resumed)
+                context.metrics["trainings_resumed"] += 1
+                return resumed, dict(saved), root
+        initial = flat(loaded.initial_state())
+        return 0, initial, context.cache.put_tensors(initial)
 
     def _iterate(self, step_started: float, task_id: bytes, task: C.Task, member_index: int) -> bool:
         """Steps 1 and 2 (the peers' updates, the engine's iteration), then the hand-over to the proving thread."""
@@ -424,6 +445,9 @@ class Miner:
             context.publish_iteration_message(second)
         context.note_task_activity(training.task_id)
         training.proven_state, training.proven_state_root = state_flat, state_after_root
+        if time.monotonic() - training.checkpointed_at >= CHECKPOINT_INTERVAL_SECONDS:
+            context.cache.save_bundle(state_after_root)
+            training.checkpointed_at = time.monotonic()
         context.metrics["iterations"] += 1
         context.gauges["last_loss"] = loss / (1 << 16)
         context.gauges["last_iteration"] = {"task": training.task_id.hex(), "iteration": i,

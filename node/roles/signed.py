@@ -2,9 +2,10 @@
 
 Two different signed IT_RES of one miner for one (task, iteration) are an
 `Equivocation` that burns its whole miner stake (spec `process_dispute`). A
-miner that restarts trains its tasks again from iteration 0, and the headers
-its new messages would commit to are not the ones it committed to before: it
-must never sign a second version of an iteration it already signed. As
+miner that restarts resumes after the newest iteration whose state it saved
+(`Miner._resume_point`), which may be before the last one it signed, and the
+headers its new messages would commit to are not the ones it committed to
+before: it must never sign a second version of an iteration it already signed. As
 Ethereum validator clients keep a slashing-protection database, the node
 appends each message it signs to a file in its data dir (flushed and fsynced)
 before the message leaves the node, and reads the file back at start.
@@ -65,6 +66,12 @@ class SignedMessages:
 
     def __len__(self) -> int:
         return len(self._by_iteration)
+
+    def newest(self, task_id: bytes, count: int) -> list[C.SignedIterationMessage]:
+        """The last `count` messages signed for `task_id`, the latest iteration first."""
+        with self._lock:
+            signed = [s for (task, _), s in self._by_iteration.items() if task == bytes(task_id)]
+        return sorted(signed, key=lambda s: int(s.message.work.iteration), reverse=True)[:count]
 
     def sign(self, message: C.IterationMessage,
              signer: Callable[[C.IterationMessage], C.SignedIterationMessage]) -> C.SignedIterationMessage | None:

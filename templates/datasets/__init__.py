@@ -49,9 +49,43 @@ class SplitArrays:
 def _tfds():
     # TFDS logs a warning for every variant folder it probes; BWS reports its own errors.
     logging.getLogger("absl").setLevel(logging.ERROR)
+    confine_lazy_imports_to_their_thread()
     import tensorflow_datasets as tfds
 
     return tfds
+
+
+def confine_lazy_imports_to_their_thread() -> None:
+    """TFDS loads its modules inside etils' `epy.lazy_imports()`, which
+    replaces `builtins.__import__` for the whole process while it is open,
+    and that replacement refuses relative imports: any other thread that
+    runs `from .x import y` meanwhile fails (py-libp2p does so in every task
+    it spawns, so a node loading a dataset on one thread broke its peers'
+    pubsub streams: "Relative import statements not supported (api)"). The
+    window is made to apply to the thread that opened it only. Idempotent."""
+    import builtins
+    import threading
+
+    from etils import epy
+
+    if getattr(epy.lazy_imports, "confined_to_thread", False):
+        return
+    process_wide = epy.lazy_imports
+
+    @contextlib.contextmanager
+    def lazy_imports(**callbacks):
+        opener, outside = threading.get_ident(), builtins.__import__
+        with process_wide(**callbacks):
+            lazy = builtins.__import__
+            builtins.__import__ = lambda *args, **kwargs: (
+                lazy if threading.get_ident() == opener else outside)(*args, **kwargs)
+            try:
+                yield
+            finally:
+                builtins.__import__ = lazy   # process_wide's exit puts `outside` back
+
+    lazy_imports.confined_to_thread = True
+    epy.lazy_imports = lazy_imports
 
 
 def _digits_builder(data_dir: str):

@@ -4,6 +4,8 @@ import time
 import pytest
 
 from bws.node.p2p import TOPIC_TASK
+from bws.node.roles import miner as miner_module
+from bws.node.roles.data import TensorCache
 from bws.node.roles.miner import Miner, sign_iteration_message
 from bws.node.roles.signed import SignedMessages, SignedRecordError
 from bws.node.devnet import derive_account
@@ -77,3 +79,39 @@ def test_a_restarted_miner_never_signs_a_second_version(one_miner, tmp_path):  #
     signed_before = {s.message.work.iteration: s for s in before}
     assert all(s == signed_before[s.message.work.iteration] for s in after), "a second version was sent"
     assert context.metrics["second_versions_refused"] >= 1
+
+
+@pytest.mark.parametrize("every_iteration", [True, False])
+def test_a_killed_miner_resumes_after_its_last_saved_iteration(one_miner, tmp_path, monkeypatch,  # noqa: F811
+                                                              every_iteration):
+    """Issue #15: a restarted miner trained again from iteration 0. Killed
+    outright (no clean stop writes its cache), it now resumes after the
+    newest iteration whose state it checkpointed: with a checkpoint every
+    iteration, right after the last one it signed, from the state that
+    message named; with the default interval, after the first iteration,
+    redoing the others silently (never a second version)."""
+    if every_iteration:
+        monkeypatch.setattr(miner_module, "CHECKPOINT_INTERVAL_SECONDS", 0.0)
+    path, tensors = tmp_path / "signed.bin", tmp_path / "tensors"
+
+    def run(name: str, steps: int) -> tuple[list, object]:
+        context = make_node(one_miner, tmp_path, name, one_miner[1][0], {})
+        context.signed, context.cache = SignedMessages(path), TensorCache(directory=tensors)
+        miner = Miner(context)
+        for _ in range(steps):
+            miner._last_bootstrap = float("-inf")
+            assert miner.step()
+        return [decode(data, C.SignedIterationMessage) for topic, data in context.network.published
+                if topic == TOPIC_TASK], context
+
+    before, _ = run("before", 3)
+    time.sleep(1.1)   # a later clock: the headers the restarted miner commits to differ
+    after, context = run("after", 3)
+    assert context.metrics["trainings_resumed"] == 1
+    if every_iteration:
+        assert [s.message.work.iteration for s in after] == [3, 4, 5]
+        assert after[0].message.work.state_before_root == before[-1].message.work.state_after_root
+        assert context.metrics["second_versions_refused"] == 0
+    else:
+        assert [s.message.work.iteration for s in after] == [3]   # 1 and 2 trained again, not signed again
+        assert context.metrics["second_versions_refused"] == 2

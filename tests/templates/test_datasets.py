@@ -80,3 +80,36 @@ def test_schedule_rule_pinned():
                               + index.to_bytes(4, "little")).digest()
 
     assert schedule.epoch_order(10, 0, 0).tolist() == sorted(range(10), key=key) == [5, 6, 1, 7, 3, 0, 8, 2, 4, 9]
+
+
+def test_a_lazy_import_window_on_one_thread_leaves_imports_on_other_threads_alone():
+    """TFDS opens etils' lazy-import window (a process-wide replacement of
+    builtins.__import__ that refuses relative imports) while its modules load;
+    py-libp2p imports `from .api import ...` in each task it spawns, on the
+    network thread, and failed (docs/node-p2p.md, rule 11)."""
+    import threading
+
+    from etils import epy
+    from libp2p.tools.anyio_service.utils import get_task_name
+
+    datasets.confine_lazy_imports_to_their_thread()
+    opened, release, seen = threading.Event(), threading.Event(), {}
+
+    def load_on_a_role_thread():
+        with epy.lazy_imports():
+            import json as lazily_loaded  # noqa: F401  (a lazy module inside the window)
+            seen["lazy"] = type(lazily_loaded).__name__
+            opened.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=load_on_a_role_thread)
+    thread.start()
+    assert opened.wait(10)
+    try:
+        assert get_task_name(len, None) == "len"   # runs `from .api import ServiceAPI` first
+        import json
+        assert type(json).__name__ == "module"
+    finally:
+        release.set()
+        thread.join()
+    assert seen["lazy"] == "LazyModule"   # the window still works on its own thread
