@@ -48,6 +48,9 @@ VERSIONS_KEPT = 2   # versions of one (task, iteration, miner) a MessageLog keep
 # more than the previous one its peers wait for.
 ITERATIONS_KEPT_PER_MINER = OWN_ITERATIONS_KEPT
 MESSAGES_KEPT = 65_536   # all tasks together: about 200 MiB at the ~3 KiB one message takes in memory
+# A task's messages outlive its leaving the head by this many blocks: a reorg near the tip brings a young task
+# back (its submission was in the blocks undone), and its members' messages, their own included, must be there.
+FORGET_AFTER_BLOCKS = 32
 PEERS_OF_MINERS_KEPT = 4096   # the peer each of the latest miners was heard from: only a hint for fetching tensors
 # Tasks whose messages are in use: members train on their peers' messages, evaluators score their latest ones.
 TASK_STATUSES_IN_USE = frozenset({TASK_TRAINING, TASK_EVALUATION})
@@ -69,9 +72,9 @@ class MessageLog:
     iteration, miner); a miner's latest ITERATIONS_KEPT_PER_MINER iterations
     of a task (a newer one pushes out its oldest, an older one is refused), so
     a member that signs iterations it never trained displaces only its own
-    messages; the messages of a task the head no longer holds are forgotten
-    (`follow_head`, at every new head: a task is removed `stake_lock_period`
-    blocks after it ends); and MESSAGES_KEPT in all. At that bound a message of
+    messages; the messages of a task no head has held for FORGET_AFTER_BLOCKS
+    blocks are forgotten (`follow_head`, at every new head: a task is removed
+    `stake_lock_period` blocks after it ends); and MESSAGES_KEPT in all. At that bound a message of
     a task in training or evaluation (whose messages are in use) makes room by
     forgetting every message of a task that is in neither (ended and kept only
     for disputes, which the supervisors' store records, or not training yet),
@@ -86,6 +89,7 @@ class MessageLog:
         self._tasks: dict[bytes, TaskMessages] = {}
         self._count = 0
         self._head_tasks: Mapping[bytes, C.Task] | None = None   # the tasks of the latest head (follow_head)
+        self._held_at: dict[bytes, int] = {}   # task id -> height of the latest head that held it (follow_head)
         self._peer_of_miner: OrderedDict[bytes, str] = OrderedDict()
         self.refused = 0   # messages turned away by the bounds (not counting those already known)
         self._condition = threading.Condition()
@@ -131,16 +135,20 @@ class MessageLog:
             self._condition.notify_all()
             return True
 
-    def follow_head(self, tasks: Mapping[bytes, C.Task]) -> int:
-        """Forget the messages of every task not in `tasks` (the new head's);
-        the number of tasks forgotten. Costs one look-up per task in the log,
-        plus the messages forgotten."""
+    def follow_head(self, tasks: Mapping[bytes, C.Task], height: int) -> list[bytes]:
+        """A new head at `height` holding `tasks`: forget the messages of every
+        task no head has held for FORGET_AFTER_BLOCKS blocks (not at once: a
+        reorg may bring it back); the ids forgotten. Costs one look-up per task
+        in the log, plus the messages forgotten."""
         with self._condition:
             self._head_tasks = tasks
-            removed = [task_id for task_id in self._tasks if task_id not in tasks]
+            for task_id in self._tasks:
+                if task_id in tasks or task_id not in self._held_at:
+                    self._held_at[task_id] = height
+            removed = [task_id for task_id in self._tasks if height - self._held_at[task_id] >= FORGET_AFTER_BLOCKS]
             for task_id in removed:
                 self._forget(task_id)
-            return len(removed)
+            return removed
 
     def _in_use(self, task_id: bytes) -> bool:
         task = self._head_tasks.get(task_id) if self._head_tasks is not None else None
@@ -160,6 +168,7 @@ class MessageLog:
 
     def _forget(self, task_id: bytes) -> None:
         self._count -= self._tasks.pop(task_id).count
+        self._held_at.pop(task_id, None)
 
     def get(self, task_id: bytes, iteration: int, miner: bytes) -> list[C.SignedIterationMessage]:
         with self._condition:
@@ -305,10 +314,10 @@ class RoleContext:
         self.gauges[("task_last_message", bytes(task_id))] = time.monotonic()
 
     def follow_head(self, state: C.State) -> None:
-        """A new head: forget what is kept per task (messages, per-task gauges) for the tasks it no longer holds."""
-        self.messages.follow_head(state.tasks)
+        """A new head: forget what is kept per task (messages, per-task gauges) for the tasks the log forgets."""
+        forgotten = set(self.messages.follow_head(state.tasks, int(state.height)))
         for key in list(self.gauges):   # a copy: other threads add gauges meanwhile
-            if isinstance(key, tuple) and key[1] not in state.tasks:
+            if isinstance(key, tuple) and key[1] in forgotten:
                 self.gauges.pop(key, None)
 
     def _publish(self, topic: str, data: bytes) -> None:

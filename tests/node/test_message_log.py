@@ -8,7 +8,9 @@ import threading
 from types import SimpleNamespace
 
 from bws.node.roles import context as roles_context
-from bws.node.roles.context import ITERATIONS_KEPT_PER_MINER, VERSIONS_KEPT, MessageLog, RoleContext
+from bws.node.roles.context import (
+    FORGET_AFTER_BLOCKS, ITERATIONS_KEPT_PER_MINER, VERSIONS_KEPT, MessageLog, RoleContext,
+)
 from bws.node.service import Node
 from bws.node.wallet import Account
 from bws.spec import containers as C
@@ -33,14 +35,20 @@ def head_tasks(**statuses: int) -> dict:
     return {ids[name]: SimpleNamespace(status=status) for name, status in statuses.items()}
 
 
-def test_a_task_the_head_no_longer_holds_is_forgotten():
+def test_a_task_the_head_no_longer_holds_is_forgotten_once_no_reorg_can_bring_it_back():
     log = MessageLog()
     for iteration in range(3):
         assert log.add(message(TRAINING, iteration), "peer")
         assert log.add(message(ENDED, iteration), "peer")
-    assert log.follow_head(head_tasks(training=TASK_TRAINING, ended=TASK_FINALIZED)) == 0
+    assert log.follow_head(head_tasks(training=TASK_TRAINING, ended=TASK_FINALIZED), 10) == []
     assert len(log) == 6
-    assert log.follow_head(head_tasks(training=TASK_TRAINING)) == 1   # `ended` left the state
+    # A reorg near the tip: a head without the task, then one with it again. Nothing is lost
+    # (a member's own messages, which nobody sends it again, included).
+    assert log.follow_head(head_tasks(training=TASK_TRAINING), 11) == []
+    assert log.follow_head(head_tasks(training=TASK_TRAINING, ended=TASK_FINALIZED), 12) == [] and len(log) == 6
+    assert log.follow_head(head_tasks(training=TASK_TRAINING), 13) == []   # `ended` left the state
+    assert log.follow_head(head_tasks(training=TASK_TRAINING), 12 + FORGET_AFTER_BLOCKS - 1) == []
+    assert log.follow_head(head_tasks(training=TASK_TRAINING), 12 + FORGET_AFTER_BLOCKS) == [ENDED]
     assert len(log) == 3 and log.get(ENDED, 0, MINER.address) == [] and log.max_iteration(ENDED) == -1
     assert log.latest(TRAINING, MINER.address) == message(TRAINING, 2)
 
@@ -52,7 +60,8 @@ def test_a_new_head_forgets_the_roles_per_task_state():
     log.add(message(ENDED, 0), None)
     roles = SimpleNamespace(messages=log, gauges={("task_last_message", ENDED): 1.0, ("evaluation", TRAINING): [],
                                                   "last_loss": 0.5})
-    state = SimpleNamespace(tasks=head_tasks(training=TASK_TRAINING))
+    log.follow_head(head_tasks(training=TASK_TRAINING, ended=TASK_FINALIZED), 1)
+    state = SimpleNamespace(tasks=head_tasks(training=TASK_TRAINING), height=1 + FORGET_AFTER_BLOCKS)
     connected = SimpleNamespace(status="connected", connected=[], disconnected=[], block_hash=bytes(32), height=1)
     node = SimpleNamespace(chain=SimpleNamespace(import_with_orphans=lambda block: [connected], head_state=state),
                            mempool=SimpleNamespace(prune=lambda *senders: None), _head_changed_at=0.0,
@@ -78,7 +87,7 @@ def test_a_miner_keeps_its_latest_iterations_of_a_task():
 def test_at_the_bound_junk_never_pushes_out_a_training_tasks_messages(monkeypatch):
     monkeypatch.setattr(roles_context, "MESSAGES_KEPT", 6)
     log = MessageLog()
-    log.follow_head(head_tasks(training=TASK_TRAINING, ended=TASK_FINALIZED))
+    log.follow_head(head_tasks(training=TASK_TRAINING, ended=TASK_FINALIZED), 1)
     for iteration in range(4):
         assert log.add(message(ENDED, iteration), None)
     assert log.add(message(TRAINING, 0), None) and log.add(message(TRAINING, 1), None)
