@@ -7,8 +7,10 @@
 
 What the node does with the network (node/p2p.py's NetworkService):
 - gossip `bws/block/1`: validated before relay with `precheck_block` (stateless,
-  libsecp256k1); a junk block is REJECTed (the forwarding peer is scored down);
-  accepted blocks are imported (an orphan triggers a sync).
+  libsecp256k1); a junk block is REJECTed (the forwarding peer is scored down).
+  A replaying node ACCEPTs the rest (relayed at once) and imports them on
+  delivery; a trusting node (no replay) imports them in the validator and
+  answers IGNORE: it relays no block it could not check. An orphan triggers a sync.
 - gossip `bws/tx/1`: envelope checked before relay (REJECT on a bad one);
   state-dependent failures (nonce already used, balance) are IGNOREd, since an
   honest peer may simply be behind; accepted transactions enter the mempool.
@@ -23,7 +25,8 @@ Replay: the spec's transition needs a `replay`. A node with the verifier role
 gets one from the roles layer (the engine re-executing iterations on inputs
 fetched from peers); a node without it trusts the iterations' claimed roots
 and the fraud-proof outcomes the state root commits to (node/transition.py
-`trusting_transition`), and checks every other rule (docs/node.md).
+`trusting_transition`), and checks every other rule (docs/node.md). `/status`
+says which (`VALIDATION_MODES`).
 """
 from __future__ import annotations
 
@@ -67,6 +70,14 @@ P2P_KEY_FILE = "p2p.key"
 TASK_STATUS_NAMES = {TASK_SUBMITTED: "submitted", TASK_GROUP_SELECTED: "group_selected", TASK_TRAINING: "training",
                      TASK_EVALUATION: "evaluation", TASK_FINALIZED: "finalized", TASK_CANCELLED: "cancelled",
                      TASK_EXPIRED: "expired"}
+# How a node checks blocks, by whether it has a replay; GET /status shows the mode and its line, so that an operator
+# knows what the node vouches for when it relays.
+VALIDATION_MODES = {
+    "replay": "replays every block's iteration before accepting it; relays a gossiped block once its stateless "
+              "checks pass",
+    "trusting": "replays no iteration (no verifier role): trusts their claimed roots and checks every other rule; "
+                "imports gossiped blocks but relays none, since it could not check them",
+}
 
 
 class NodeError(Exception):
@@ -248,8 +259,23 @@ class Node:
             self._sync_wanted.set()
         return results
 
+    @property
+    def validation(self) -> str:
+        """"replay" or "trusting" (VALIDATION_MODES): whether blocks' iterations are replayed."""
+        return "trusting" if self.chain.replay is None else "replay"
+
     # -- gossip ---------------------------------------------------------------
     def _validate_gossip_block(self, data: bytes) -> Verdict:
+        """REJECT a block that fails the stateless prechecks (the forwarding
+        peer is scored down), IGNORE one already stored. A replaying node
+        ACCEPTs the rest: relayed at once, imported (replayed) on delivery.
+        A trusting node could not check the iteration, so relaying would
+        vouch for fake ones (issue #14): it imports the block here, on the
+        topic's validator thread, and answers IGNORE, so the block is neither
+        relayed nor delivered to `_on_gossip_block` (no second import). No
+        verdict of the full rules is a REJECT: an honest replaying peer
+        relays a block before its own import, so it would be scored down for
+        blocks it did not make."""
         try:
             block = decode_block(data)
             precheck_block(block, self.chain.config)
@@ -257,12 +283,20 @@ class Node:
             return Verdict.REJECT
         if self.store.has_block(bytes(compute_block_hash(block))):
             return Verdict.IGNORE
+        if self.validation == "trusting":
+            self._import_gossiped(block)
+            return Verdict.IGNORE
         return Verdict.ACCEPT
 
     def _on_gossip_block(self, message) -> None:
+        self._import_gossiped(decode_block(message.data))
+
+    def _import_gossiped(self, block: C.Block) -> None:
+        """Import a gossiped block that passed the prechecks; a refusal is only logged (the peer's verdict rests
+        on the prechecks)."""
         self.counters["gossip_blocks"] += 1
         try:
-            self.import_block(decode_block(message.data))
+            self.import_block(block)
         except (BlockRejected, BlockFromFuture, BlockNotValidated) as error:
             logger.info("gossiped block refused: %s", error.reason)
 
@@ -407,6 +441,8 @@ class Node:
             "peers": len(self._safe_peers()),
             "mempool": {"transactions": len(self.mempool), "bytes": self.mempool.total_bytes},
             "roles": sorted(self.roles),
+            "validation": self.validation,
+            "validation_detail": VALIDATION_MODES[self.validation],
             "address": self.network.address,
         }
 

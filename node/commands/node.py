@@ -6,9 +6,10 @@
     bws node peers --api http://127.0.0.1:8646
 
 The node opens (or creates) its chain store in the data dir, joins the
-network, syncs from its peers, relays transactions and blocks, and serves
-the HTTP API on 127.0.0.1. Stop it with Ctrl-C or SIGTERM: it closes the
-store cleanly (and a SIGKILL loses nothing it had acknowledged).
+network, syncs from its peers, relays transactions and, with the verifier
+role (it replays them), blocks, and serves the HTTP API on 127.0.0.1. Stop it
+with Ctrl-C or SIGTERM: it closes the store cleanly (and a SIGKILL loses
+nothing it had acknowledged).
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--data-dir", required=True, type=Path, help="the node's folder (chain store, p2p key, node.json)")
     run.add_argument("--genesis", required=True, type=Path, help="genesis file (JSON; see `bws chain genesis`)")
     run.add_argument("--roles", default="peer",
-                     help="comma-separated roles: peer, verifier (replay every block's iteration), miner (train "
+                     help="comma-separated roles: peer, verifier (replay every block's iteration; without it the node "
+                          "trusts iterations' claimed roots and relays no gossiped block), miner (train "
                           "task groups, mine), supervisor (record and check iteration messages), evaluator (score "
                           "final models, finalize tasks), client (default: peer)")
     run.add_argument("--keystore", help="the node's keystore (bws wallet new): miner, supervisor and evaluator sign with it")
@@ -60,7 +62,7 @@ def _fail(message: str) -> int:
 def run_node(args: argparse.Namespace) -> int:
     from bws.node.api import ApiError
     from bws.node.p2p import NetworkError
-    from bws.node.service import Node, NodeError, NodeSettings, load_genesis
+    from bws.node.service import VALIDATION_MODES, Node, NodeError, NodeSettings, load_genesis
     from bws.node.store import StoreError
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -91,7 +93,8 @@ def run_node(args: argparse.Namespace) -> int:
     if role_set is not None:
         role_set.attach(node)
     print(f"node {node.network.peer_id}\n  p2p: {node.network.address}\n  api: {node.api.url}\n"
-          f"  head: height {node.chain.head.height}", flush=True)
+          f"  head: height {node.chain.head.height}\n"
+          f"  validation: {node.validation}: {VALIDATION_MODES[node.validation]}", flush=True)
     stop.wait()
     print("stopping…", flush=True)
     if role_set is not None:

@@ -1,4 +1,5 @@
 """Nodes on loopback: gossip, sync by request/response, the API, bad input."""
+import hashlib
 import json
 import random
 import time
@@ -8,10 +9,10 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bws.node import sync
+from bws.node import service, sync
 from bws.node.api import ApiClient, ApiError
 from bws.node.p2p import PROTOCOL_SYNC, TOPIC_BLOCK, TOPIC_TASK, TOPIC_TX, NetworkError, NetworkService, RemoteError
-from bws.node.service import Node, NodeSettings
+from bws.node.service import VALIDATION_MODES, Node, NodeSettings
 from bws.spec.encoding import encode
 from bws.node.store import transaction_id
 from bws.spec.state_transition import compute_block_hash, compute_state_root
@@ -44,8 +45,9 @@ def factory():
 def nodes(tmp_path, factory):
     started = []
 
-    def start(name, peers=(), roles=("peer",)):
-        node = Node(NodeSettings(data_dir=tmp_path / name, genesis=factory.genesis, roles=set(roles), peers=list(peers)))
+    def start(name, peers=(), roles=("peer",), replay=None):
+        node = Node(NodeSettings(data_dir=tmp_path / name, genesis=factory.genesis, roles=set(roles), peers=list(peers),
+                                 replay=replay))
         started.append(node.start())
         return node
 
@@ -136,6 +138,41 @@ def test_gossip_sync_api_and_garbage(nodes, factory):
     assert values["bws_chain_imports_total"] == a.chain.metrics["imports"] >= 6
     assert values["bws_chain_last_import_seconds"] == a.chain.metrics["last_import_seconds"] > 0
     assert values["bws_chain_blocks_rejected_total"] == a.chain.metrics["blocks_rejected"] >= 1
+
+
+@pytest.mark.parametrize("middle_replays", [False, True], ids=["trusting", "replaying"])
+def test_a_trusting_node_imports_gossiped_blocks_and_relays_none(nodes, factory, middle_replays, monkeypatch):
+    """Issue #14: in a line a - middle - c, a block a publishes reaches c by gossip through a replaying middle
+    node; a middle node without replay imports it itself, once, and relays nothing it could not check: c
+    fetches it by sync and replays it. /status says which kind each node is."""
+    monkeypatch.setattr(service, "SYNC_INTERVAL", 3600.0)   # no periodic sync: the block moves by gossip or not at all
+    a = nodes("a")
+    middle = nodes("middle", peers=[a.network.address],
+                   **({"roles": ("peer", "verifier"), "replay": factory.replay} if middle_replays else {}))
+    c = nodes("c", peers=[middle.network.address], roles=("peer", "verifier"), replay=factory.replay)
+    wait_for(lambda: middle.network.peer_id in a.network.mesh_peers(TOPIC_BLOCK)
+             and c.network.peer_id in middle.network.mesh_peers(TOPIC_BLOCK), what="the subscriptions")
+    time.sleep(2.5)   # two heartbeats: the meshes form, so a relay reaches c
+    assert ApiClient(middle.api.url).get("/status")["validation"] == ("replay" if middle_replays else "trusting")
+    assert ApiClient(c.api.url).get("/status")["validation"] == "replay"
+    assert a.status()["validation_detail"] == VALIDATION_MODES["trusting"]
+
+    block, _ = factory.chain(1)[0]
+    assert a.submit_block(encode(block))["status"] == "connected"
+    digest = hashlib.sha256(encode(block)).digest()
+    if middle_replays:
+        wait_for(lambda: c.chain.head.height == 1 == middle.chain.head.height, what="the block relayed to c")
+        assert digest in c.network.gossip_times(TOPIC_BLOCK)
+        assert middle.network.stats["ignored"] == 0
+    else:
+        wait_for(lambda: middle.network.stats["ignored"] == 1, what="the middle node's verdict")
+        assert middle.chain.head.hash == compute_block_hash(block)   # imported before the verdict
+        time.sleep(1.0)   # what a relay would take, many times over
+        assert c.chain.head.height == 0 and digest not in c.network.gossip_times(TOPIC_BLOCK)
+        assert c.sync_with(middle.network.peer_id) == 1 and c.chain.head.hash == compute_block_hash(block)
+        assert digest not in middle.network.gossip_times(TOPIC_BLOCK)   # never delivered to on_message
+    assert middle.counters["gossip_blocks"] == 1 and middle.chain.metrics["imports"] == 1
+    assert middle.network.stats["rejected"] == 0
 
 
 def test_api_errors_name_the_problem(nodes, factory):
