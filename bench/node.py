@@ -201,7 +201,8 @@ def idle_node_rss_mb() -> float:
         write_genesis(genesis, ChainFactory(seed=4).genesis)
         data_dir = Path(directory) / "node"
         process = subprocess.Popen([sys.executable, "-m", "bws.node.cli", "node", "run", "--data-dir", str(data_dir),
-                                    "--genesis", str(genesis), "--api-port", "0", "--log-level", "warning"],
+                                    "--genesis", str(genesis), "--api-port", "0", "--port", "0",
+                                    "--log-level", "warning"],
                                    stdout=subprocess.DEVNULL)
         try:
             deadline = time.time() + 60

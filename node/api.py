@@ -1,4 +1,4 @@
-"""The node's local HTTP/JSON API (127.0.0.1 only).
+"""The node's HTTP/JSON API (on 127.0.0.1 unless the operator gives `--api-host`).
 
 | method and path | answer |
 | --- | --- |
@@ -32,6 +32,7 @@ lower-case hex everywhere.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import urllib.parse
 from dataclasses import dataclass
@@ -304,14 +305,18 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class ApiServer:
-    """The HTTP server on a background thread."""
+    """The HTTP server on a background thread, on 127.0.0.1 unless given another host (an IPv4
+    or IPv6 address; 0.0.0.0 or :: for every interface)."""
 
     def __init__(self, backend: NodeBackend, port: int, host: str = "127.0.0.1") -> None:
         handler = type("BoundHandler", (_Handler,), {"backend": backend})
+        server_class = _ThreadingHTTPServerV6 if ":" in host else ThreadingHTTPServer
         try:
-            self._server = ThreadingHTTPServer((host, port), handler)
-        except OSError as exc:
-            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            self._server = server_class((host, port), handler)
+        except (OSError, OverflowError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, f"cannot listen on {host}:{port}: {reason}") from None
+        self.host = host
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="bws-api", daemon=True)
 
@@ -321,7 +326,9 @@ class ApiServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        """Where a client on this machine reaches the API (loopback when it listens on every interface)."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
 
     def start(self) -> "ApiServer":
         self._thread.start()
@@ -331,6 +338,10 @@ class ApiServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)
+
+
+class _ThreadingHTTPServerV6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
 
 class ApiClient:

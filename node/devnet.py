@@ -279,7 +279,7 @@ class Devnet:
 
     def start_nodes(self) -> None:
         """Start every node at once, each dialing the nodes before it (the
-        roles layer redials until they are up). The nodes share a persistent
+        node redials them until they are up, node/peerbook.py). The nodes share a persistent
         XLA compilation cache, so the iteration compiles once per machine."""
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         environment = dict(os.environ)

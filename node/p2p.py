@@ -265,18 +265,18 @@ def _check_seed(key_seed: bytes) -> bytes:
 
 
 def _check_listen_addr(listen_addr: str) -> Multiaddr:
-    """Parse `listen_addr` and make sure its port is free: py-libp2p binds with
-    SO_REUSEPORT, so a second node on a taken port would start "successfully" and
-    share the first one's connections."""
+    """Parse `listen_addr` (IPv4 or IPv6) and make sure its port is free: py-libp2p binds with
+    SO_REUSEPORT, so a second node on a taken port would start "successfully" and share the first
+    one's connections."""
     try:
         listen = Multiaddr(listen_addr)
-        host = listen.value_for_protocol("ip4")
+        family, host = _ip_of(listen)
         port = int(listen.value_for_protocol("tcp"))
     except Exception as error:
-        raise NetworkError(f"listen address must look like /ip4/127.0.0.1/tcp/PORT, not {listen_addr!r}: "
-                           f"{error}") from None
+        raise NetworkError(f"listen address must look like /ip4/127.0.0.1/tcp/PORT or /ip6/::1/tcp/PORT, not "
+                           f"{listen_addr!r}: {error}") from None
     if port:
-        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        probe = socket.socket(family, socket.SOCK_STREAM)
         try:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
@@ -285,6 +285,31 @@ def _check_listen_addr(listen_addr: str) -> Multiaddr:
         finally:
             probe.close()
     return listen
+
+
+def _ip_of(address: Multiaddr) -> tuple[socket.AddressFamily, str]:
+    """The socket family and host of an /ip4 or /ip6 multiaddr."""
+    protocols = [protocol.name for protocol in address.protocols()]
+    if protocols[:1] == ["ip6"]:
+        return socket.AF_INET6, address.value_for_protocol("ip6")
+    return socket.AF_INET, address.value_for_protocol("ip4")
+
+
+def _check_announce_addr(announce_addr: str) -> Multiaddr:
+    """The address other nodes should dial (behind NAT or a port forward, not the listen address):
+    /ip4, /ip6, /dns, /dns4 or /dns6, then /tcp/PORT; a /p2p/<peer id> part is added by the host."""
+    try:
+        announce = Multiaddr(announce_addr)
+        protocols = [protocol.name for protocol in announce.protocols()]
+        port = int(announce.value_for_protocol("tcp"))
+    except Exception as error:
+        raise NetworkError(f"announce address must look like /ip4/203.0.113.7/tcp/PORT, not {announce_addr!r}: "
+                           f"{error}") from None
+    if protocols[:2] not in (["ip4", "tcp"], ["ip6", "tcp"], ["dns", "tcp"], ["dns4", "tcp"], ["dns6", "tcp"]) \
+            or protocols[2:] not in ([], ["p2p"]) or not 0 < port < 65536:
+        raise NetworkError(f"announce address must be /ip4, /ip6 or /dns then /tcp/PORT (a port other nodes can "
+                           f"dial), not {announce_addr!r}")
+    return announce
 
 
 class _ConnectionWatcher(INotifee):
@@ -333,6 +358,7 @@ class NetworkService:
         self._pubsub: Pubsub | None = None
         self._my_id: ID | None = None
         self._address: str | None = None
+        self._announce: Multiaddr | None = None
         self._topics: dict[str, tuple[Validator, MessageCallback]] = {}
         self._peer_watchers: list[PeerCallback] = []
         self._validated: dict[bytes, float] = {}   # message id -> when its first copy arrived
@@ -349,8 +375,11 @@ class NetworkService:
 
     # ----------------------------------------------------------------- lifecycle
 
-    def start(self, listen_addr: str = "/ip4/127.0.0.1/tcp/0", key_seed: bytes | None = None) -> str:
-        """Start listening; returns this node's full multiaddr (with /p2p/<peer id>).
+    def start(self, listen_addr: str = "/ip4/127.0.0.1/tcp/0", key_seed: bytes | None = None,
+              announce_addr: str | None = None) -> str:
+        """Start listening; returns this node's full multiaddr (with /p2p/<peer id>): the
+        listen address, or `announce_addr` (what other nodes should dial, e.g. behind NAT),
+        which identify then tells every peer instead of the listen address.
 
         `key_seed` (32 bytes) makes the peer id deterministic; None draws a random key.
         """
@@ -358,6 +387,7 @@ class NetworkService:
             raise NetworkError("the network service was already started")
         seed = _check_seed(key_seed) if key_seed is not None else None
         listen = _check_listen_addr(listen_addr)
+        self._announce = _check_announce_addr(announce_addr) if announce_addr is not None else None
         started: concurrent.futures.Future = concurrent.futures.Future()
         self._delivery_thread = threading.Thread(target=self._deliver_forever, name="bws-p2p-deliver", daemon=True)
         self._delivery_thread.start()
@@ -472,6 +502,17 @@ class NetworkService:
         """Peer ids of the peers connected now."""
         return self._call_sync(lambda: sorted(p.to_base58() for p in self._host.get_connected_peers()))
 
+    def peer_addresses(self, peer_id: str) -> list[str]:
+        """Where `peer_id` says it can be dialed (its listen or announce addresses, learned by
+        identify on every connection, either direction), each with /p2p/<peer id>."""
+        try:
+            peer = ID.from_base58(peer_id)
+        except Exception:
+            raise NetworkError(f"not a peer id: {peer_id!r}") from None
+        suffix = f"/p2p/{peer_id}"
+        return self._call_sync(lambda: [text if text.endswith(suffix) else text + suffix
+                                         for text in map(str, self._host.get_peerstore().addrs(peer))])
+
     def mesh_peers(self, topic: str) -> list[str]:
         """Peers that have told us they subscribe to `topic` (gossip reaches them)."""
         return self._call_sync(lambda: sorted(p.to_base58() for p in self._pubsub.peer_topics.get(topic, ())))
@@ -534,7 +575,8 @@ class NetworkService:
     async def _main(self, listen: Multiaddr, seed: bytes | None, started: concurrent.futures.Future) -> None:
         try:
             key_pair = create_new_key_pair(seed)
-            host = new_host(key_pair=key_pair, connection_config=ConnectionConfig(max_connections_per_peer=1))
+            host = new_host(key_pair=key_pair, connection_config=ConnectionConfig(max_connections_per_peer=1),
+                            announce_addrs=[self._announce] if self._announce is not None else None)
             router = GossipSub(
                 protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11], degree=6, degree_low=4, degree_high=12,
                 heartbeat_interval=self.config.heartbeat_interval, spam_protection_enabled=False,
@@ -557,8 +599,7 @@ class NetworkService:
                                 nursery.start_soon(self._pace_publishing, receive)
                                 nursery.start_soon(self._expire_bans)
                                 self._token = trio.lowlevel.current_trio_token()
-                                listen_addr = host.get_transport_addrs()[0]
-                                started.set_result(f"{listen_addr}/p2p/{host.get_id().to_base58()}")
+                                started.set_result(str(host.get_addrs()[0]))
                                 await self._stop_event.wait()
                                 nursery.cancel_scope.cancel()
                         finally:

@@ -58,6 +58,8 @@ NODE_METRICS: dict[tuple[str, ...], Family | None] = {
     ("node", "iteration_messages"): _counter("bws_node_iteration_messages", "Iteration messages received by gossip."),
     ("node", "synced_blocks"): _counter("bws_node_synced_blocks", "Blocks imported by request/response sync."),
     ("node", "sync_failures"): _counter("bws_node_sync_failures", "Syncs with a peer that failed."),
+    ("node", "rebroadcast_transactions"): _counter("bws_node_rebroadcast_transactions",
+                                                   "Pending transactions gossiped again, once a minute."),
     ("mempool", "transactions"): _gauge("bws_mempool_transactions", "Transactions waiting in the mempool."),
     ("mempool", "bytes"): _gauge("bws_mempool_bytes", "Encoded bytes of the mempool's transactions."),
     ("network", "peers"): _gauge("bws_peers", "Peers connected now."),

@@ -20,6 +20,11 @@ What the node does with the network (node/p2p.py's NetworkService):
 - request/response `/bws/sync/1` (node/sync.py's codec): status, main-chain
   blocks by height, a block by hash. Sync runs when a peer connects, when an
   orphan arrives, and every SYNC_INTERVAL seconds against peers with more work.
+- peers: `--peer` addresses and those peers announce are kept in `peers.json`
+  and redialed with backoff (node/peerbook.py).
+- the mempool is saved to `mempool.bin` at stop and re-checked at start
+  (node/mempool_file.py); pending transactions are gossiped again every
+  REBROADCAST_SECONDS.
 
 Replay: the spec's transition needs a `replay`. A node with the verifier role
 gets one from the roles layer (the engine re-executing iterations on inputs
@@ -53,7 +58,9 @@ from bws.spec.tasks import get_member_index
 from . import sync
 from .api import ApiError, ApiServer, from_json, to_json
 from .mempool import Mempool, MempoolError
+from .mempool_file import MEMPOOL_FILE, MempoolFileError, read_mempool_file, write_mempool_file
 from .p2p import PROTOCOL_SYNC, TOPIC_BLOCK, TOPIC_TASK, TOPIC_TX, NetworkError, NetworkService, Verdict
+from .peerbook import PEER_BOOK_FILE, Dialer, load_peer_book
 from .store import ChainStore, StoreError, transaction_id
 from .validation import (
     BlockFromFuture, BlockNotValidated, BlockRejected, Chain, ImportResult, Prefetch, TransactionRejected,
@@ -65,6 +72,12 @@ logger = logging.getLogger("bws.node")
 
 ROLES = ("peer", "verifier", "supervisor", "miner", "client", "evaluator")
 SYNC_INTERVAL = 2.0
+# Gossip is lossy and sync carries blocks, not the mempool: a peer that was down or restarting when a
+# transaction was gossiped never hears of it. Once a minute each pending transaction is offered again
+# (receivers IGNORE what they already hold, so nothing is relayed twice), at most this many per round
+# (publishing is paced at >= 2 ms a message).
+REBROADCAST_SECONDS = 60.0
+REBROADCAST_MAX_TRANSACTIONS = 1000
 NODE_INFO_FILE = "node.json"
 P2P_KEY_FILE = "p2p.key"
 TASK_STATUS_NAMES = {TASK_SUBMITTED: "submitted", TASK_GROUP_SELECTED: "group_selected", TASK_TRAINING: "training",
@@ -142,7 +155,9 @@ class NodeSettings:
     roles: set[str] = field(default_factory=lambda: {"peer"})
     peers: list[str] = field(default_factory=list)
     api_port: int = 0
+    api_host: str = "127.0.0.1"
     listen: str = "/ip4/127.0.0.1/tcp/0"
+    announce: str | None = None        # the p2p address other nodes should dial (NAT); default the listen one
     replay: Replay | None = None
     prefetch: Prefetch | None = None   # the replay's input fetch, run outside the chain lock
 
@@ -172,11 +187,13 @@ class Node:
         self.mempool = Mempool(self.chain.account_nonce)
         self.network = NetworkService()
         self.api: ApiServer | None = None
+        self.dialer: Dialer | None = None
         self._stopping = threading.Event()
         self._sync_wanted = threading.Event()
         self._sync_thread: threading.Thread | None = None
+        self._rebroadcast_thread: threading.Thread | None = None
         self.counters = {"gossip_blocks": 0, "gossip_transactions": 0, "iteration_messages": 0,
-                         "synced_blocks": 0, "sync_failures": 0}
+                         "synced_blocks": 0, "sync_failures": 0, "rebroadcast_transactions": 0}
         # Hooks of the roles layer (node/roles/host.py): called with each
         # valid gossiped iteration message (signed, origin peer) after the
         # supervisor's record; with the new head state after a block moved the head; extra sections for
@@ -190,32 +207,51 @@ class Node:
 
     # -- lifecycle ----------------------------------------------------------
     def start(self) -> "Node":
-        address = self.network.start(self.settings.listen, key_seed=self._p2p_key())
+        self._restore_mempool()
+        address = self.network.start(self.settings.listen, key_seed=self._p2p_key(),
+                                     announce_addr=self.settings.announce)
         self.network.subscribe(TOPIC_BLOCK, self._validate_gossip_block, self._on_gossip_block)
         self.network.subscribe(TOPIC_TX, self._validate_gossip_transaction, self._on_gossip_transaction)
         self.network.subscribe(TOPIC_TASK, self._validate_iteration_message, self._on_iteration_message)
         self.network.register_handler(PROTOCOL_SYNC, self._serve_sync)
         self.network.on_peer(lambda peer, connected: connected and self._sync_wanted.set())
-        self.api = ApiServer(self, self.settings.api_port).start()
-        for peer in self.settings.peers:
-            try:
-                self.network.connect(peer)
-            except NetworkError as error:
-                logger.warning("could not connect to %s: %s", peer, error)
+        self.api = ApiServer(self, self.settings.api_port, self.settings.api_host).start()
+        book = load_peer_book(self.data_dir / PEER_BOOK_FILE, configured=list(self.settings.peers))
+        self.dialer = Dialer(book, self.network, self.data_dir / PEER_BOOK_FILE)
+        self.dialer.dial_round(configured_only=True)   # --peer dialed before start returns, as callers expect
+        self.dialer.start()
         self._sync_thread = threading.Thread(target=self._sync_forever, name="bws-sync", daemon=True)
         self._sync_thread.start()
+        self._rebroadcast_thread = threading.Thread(target=self._rebroadcast_forever, name="bws-rebroadcast",
+                                                    daemon=True)
+        self._rebroadcast_thread.start()
         self._write_info(address)
-        logger.info("node %s listening on %s, API on %s", self.network.peer_id, address, self.api.url)
+        logger.info("node %s listening on %s (p2p), gives other nodes %s", self.network.peer_id,
+                    self.settings.listen, address)
+        if "/ip4/0.0.0.0/" in address or "/ip6/::/" in address:
+            logger.warning("other nodes cannot dial %s: give the node's public address with --announce", address)
+        self._log_api_address()
         return self
+
+    def _log_api_address(self) -> None:
+        host = self.settings.api_host
+        logger.info("HTTP API listening on %s port %d (%s)", host, self.api.port, self.api.url)
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            logger.warning("the HTTP API on %s has no authentication: whoever reaches port %d can submit "
+                           "transactions and blocks; put it behind your own proxy", host, self.api.port)
 
     def stop(self) -> None:
         self._stopping.set()
         self._sync_wanted.set()
         if self.api is not None:
             self.api.stop()
+        if self.dialer is not None:
+            self.dialer.stop()
         self.network.stop()
-        if self._sync_thread is not None:
-            self._sync_thread.join(10)
+        for thread in (self._sync_thread, self._rebroadcast_thread):
+            if thread is not None:
+                thread.join(10)
+        self._save_mempool()
         self.store.close()
         (self.data_dir / NODE_INFO_FILE).unlink(missing_ok=True)
 
@@ -229,6 +265,51 @@ class Node:
         if len(key) != 32:
             raise NodeError(f"{path} is corrupt (a p2p key is 32 bytes); delete it to get a new peer id")
         return key
+
+    def _restore_mempool(self) -> None:
+        """Re-admit the transactions saved at the last stop, each checked against the head state
+        as if newly submitted; a damaged file is logged and ignored (an empty mempool)."""
+        path = self.data_dir / MEMPOOL_FILE
+        try:
+            saved = read_mempool_file(path)
+        except MempoolFileError as error:
+            logger.warning("%s; starting with an empty mempool", error)
+            return
+        records, dropped = [], 0
+        for raw in saved:
+            try:
+                signed = decode_transaction(raw)
+                self.chain.check_transaction(signed)
+                records.append(transaction_pool_record(signed, raw))
+            except TransactionRejected:
+                dropped += 1
+        for record in sorted(records, key=lambda record: (record.sender, record.nonce)):
+            try:
+                self.mempool.add(record)
+            except MempoolError:
+                dropped += 1
+        if saved:
+            logger.info("mempool: %d saved transaction(s) restored from %s, %d dropped (no longer valid at the "
+                        "head)", len(saved) - dropped, path, dropped)
+
+    def _save_mempool(self) -> None:
+        pending = sorted(self.mempool.transactions(), key=lambda record: (record.sender, record.nonce))
+        try:
+            write_mempool_file(self.data_dir / MEMPOOL_FILE, [record.raw for record in pending])
+        except OSError as error:
+            logger.warning("could not save the mempool to %s: %s", self.data_dir / MEMPOOL_FILE, error)
+
+    def _rebroadcast_forever(self) -> None:
+        while not self._stopping.wait(REBROADCAST_SECONDS):
+            self.rebroadcast()
+
+    def rebroadcast(self) -> int:
+        """Gossip the pending transactions again (best paying first); returns how many."""
+        pending = self.mempool.select(REBROADCAST_MAX_TRANSACTIONS, self.mempool.max_bytes)
+        for record in pending:
+            self._publish(TOPIC_TX, record.raw)
+        self.counters["rebroadcast_transactions"] += len(pending)
+        return len(pending)
 
     def _write_info(self, address: str) -> None:
         info = {"pid": os.getpid(), "address": address, "api": self.api.url, "peer_id": self.network.peer_id}

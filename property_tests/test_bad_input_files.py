@@ -1,6 +1,7 @@
 """Bad input in the files a user hands to the node: spec vector files
 (`bws spec vectors --check DIR`), genesis files (`bws node run --genesis
-FILE`, `load_genesis`) and the node's slashing-protection file. Random and mutated contents must be refused with the
+FILE`, `load_genesis`), the node's slashing-protection file, and the data dir's remembered peers
+(`peers.json`) and saved mempool (`mempool.bin`). Random and mutated contents must be refused with the
 command's one-line error (exit code 1) or the area's own exception, never a
 traceback, and nothing may be written next to the input."""
 from __future__ import annotations
@@ -134,3 +135,71 @@ def test_slashing_protection_file(data):
             assert str(path) in str(error)
             return
         assert len(record) <= max(1, len(data) // 100)
+
+
+PEERS_FILE = json.dumps({"version": 1, "peers": [
+    "/ip4/127.0.0.1/tcp/30645/p2p/12D3KooWKg6J2kG2hAse6t7YcgBzmfYsY5MQUgiHumxnGbiJwS1r",
+    "/ip6/::1/tcp/30646/p2p/12D3KooWGpkaL5usWChVoCxU3u5HXin4LmiVFuW64gyRydXEzys2"]}).encode()
+
+
+@given(st.one_of(st.binary(max_size=300), mutated(PEERS_FILE),
+                 st.builds(lambda peers: json.dumps({"version": 1, "peers": peers}).encode(), json_values)))
+@example(b'{"version": 1, "peers": [1e999]}')
+def test_peers_file(data):
+    """The remembered peers (node/peerbook.py), damaged any way: read_peer_file gives strings or
+    PeerBookError naming the file; the node's loader never raises (it logs and keeps its --peer
+    addresses), keeps only dialable addresses, and writes nothing."""
+    from bws.node.peerbook import PEER_BOOK_FILE, PeerBookError, is_dialable, load_peer_book, read_peer_file
+
+    configured = ["/ip4/10.0.0.1/tcp/1/p2p/12D3KooWKg6J2kG2hAse6t7YcgBzmfYsY5MQUgiHumxnGbiJwS1r"]
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / PEER_BOOK_FILE
+        path.write_bytes(data)
+        before = _listing(Path(directory))
+        try:
+            assert all(isinstance(address, str) for address in read_peer_file(path))
+        except PeerBookError as error:
+            assert str(path) in str(error)
+        addresses = load_peer_book(path, configured).addresses()
+        assert addresses[:1] == configured and all(is_dialable(address) for address in addresses[1:])
+        assert _listing(Path(directory)) == before, "loading the peers wrote next to them"
+
+
+def _mempool_file() -> bytes:
+    from bws.node.mempool_file import write_mempool_file
+    from bws.spec.encoding import encode
+    from tests.node.chain_factory import ChainFactory
+
+    factory = ChainFactory(miners=2, seed=5)
+    transfers = [encode(factory.transfer(factory.users[0], factory.users[1].address, 10, nonce=n)) for n in range(2)]
+    with tempfile.TemporaryDirectory() as directory:
+        write_mempool_file(Path(directory) / "mempool.bin", transfers)
+        return (Path(directory) / "mempool.bin").read_bytes()
+
+
+MEMPOOL_FILE_BYTES = _mempool_file()
+
+
+@given(st.one_of(st.binary(max_size=300), mutated(MEMPOOL_FILE_BYTES)))
+@example(MEMPOOL_FILE_BYTES[:-1])
+def test_mempool_file(data):
+    """The saved mempool (node/mempool_file.py), damaged any way: records or MempoolFileError naming
+    the file; each record the node then re-checks is a transaction or TransactionRejected
+    (the node drops it and counts it), never another exception."""
+    from bws.node.mempool_file import MempoolFileError, read_mempool_file
+    from bws.node.validation import TransactionRejected, check_transaction_envelope, decode_transaction
+    from bws.spec.presets import DEVNET
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "mempool.bin"
+        path.write_bytes(data)
+        try:
+            records = read_mempool_file(path)
+        except MempoolFileError as error:
+            assert str(path) in str(error)
+            return
+        for raw in records:
+            try:
+                check_transaction_envelope(decode_transaction(raw), DEVNET.chain_id)
+            except TransactionRejected:
+                pass

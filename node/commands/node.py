@@ -7,9 +7,9 @@
 
 The node opens (or creates) its chain store in the data dir, joins the
 network, syncs from its peers, relays transactions and, with the verifier
-role (it replays them), blocks, and serves the HTTP API on 127.0.0.1. Stop it
-with Ctrl-C or SIGTERM: it closes the store cleanly (and a SIGKILL loses
-nothing it had acknowledged).
+role (it replays them), blocks, and serves the HTTP API (127.0.0.1 unless
+--api-host). Stop it with Ctrl-C or SIGTERM: it closes the store cleanly
+(and a SIGKILL loses nothing it had acknowledged).
 """
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ import threading
 from pathlib import Path
 
 DEFAULT_API_PORT = 8645
+# A fixed p2p port, so a node's address survives its restarts and the peers that remember it find it
+# again; 30645 is outside Linux's ephemeral range (32768-60999), so no outgoing connection holds it.
+DEFAULT_P2P_PORT = 30645
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -40,9 +43,22 @@ def register(parser: argparse.ArgumentParser) -> None:
                      help="file holding the keystore's password (else $BWS_WALLET_PASSWORD, else a prompt)")
     run.add_argument("--dataset-dir", help="TFDS data directory for task datasets (default: $BWS_DATA_DIR or ~/.cache/bws/tensorflow_datasets)")
     run.add_argument("--peer", action="append", default=[], metavar="MULTIADDR",
-                     help="a peer to connect to, /ip4/…/tcp/…/p2p/<peer id> (repeatable)")
-    run.add_argument("--api-port", type=int, default=DEFAULT_API_PORT, help=f"HTTP API port on 127.0.0.1 (default {DEFAULT_API_PORT}; 0 = any free)")
-    run.add_argument("--listen", default="/ip4/127.0.0.1/tcp/0", help="libp2p listen address (default: loopback, any port)")
+                     help="a peer to connect to, /ip4/…/tcp/…/p2p/<peer id> or /ip6/…; remembered in the data "
+                          "dir's peers.json and redialed with backoff whenever it is not connected (repeatable)")
+    run.add_argument("--port", type=int, metavar="P",
+                     help=f"p2p TCP port on loopback (default {DEFAULT_P2P_PORT}; 0 = any free port); "
+                          "--listen gives the host and port instead")
+    run.add_argument("--listen", metavar="MULTIADDR",
+                     help=f"libp2p listen address, e.g. /ip4/0.0.0.0/tcp/{DEFAULT_P2P_PORT} (every interface) or "
+                          f"/ip6/::/tcp/{DEFAULT_P2P_PORT} (default /ip4/127.0.0.1/tcp/{DEFAULT_P2P_PORT})")
+    run.add_argument("--announce", metavar="MULTIADDR",
+                     help="the address other nodes should dial, when it is not the listen address (behind NAT or "
+                          "a port forward): /ip4/PUBLIC_IP/tcp/P, /ip6/…/tcp/P or /dns/NAME/tcp/P")
+    run.add_argument("--api-port", type=int, default=DEFAULT_API_PORT,
+                     help=f"HTTP API port (default {DEFAULT_API_PORT}; 0 = any free)")
+    run.add_argument("--api-host", default="127.0.0.1", metavar="HOST",
+                     help="HTTP API address (default 127.0.0.1; the API has no authentication: give another "
+                          "address, e.g. 0.0.0.0 or ::, only behind your own proxy or firewall)")
     run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     run.set_defaults(run=run_node)
     peers = commands.add_parser("peers", help="the running node's connected and banned peers, as a table",
@@ -59,6 +75,15 @@ def _fail(message: str) -> int:
     return 1
 
 
+def listen_address(args: argparse.Namespace) -> str:
+    """The libp2p listen multiaddr from --listen and --port (one of the two gives the port)."""
+    if args.listen is not None and args.port is not None:
+        raise ValueError("give the p2p port in --listen or with --port, not both")
+    if args.listen is not None:
+        return args.listen
+    return f"/ip4/127.0.0.1/tcp/{DEFAULT_P2P_PORT if args.port is None else args.port}"
+
+
 def run_node(args: argparse.Namespace) -> int:
     from bws.node.api import ApiError
     from bws.node.p2p import NetworkError
@@ -69,6 +94,10 @@ def run_node(args: argparse.Namespace) -> int:
     roles = {role.strip() for role in args.roles.split(",") if role.strip()}
     role_set = None
     try:
+        listen = listen_address(args)
+    except ValueError as error:
+        return _fail(str(error))
+    try:
         if roles & {"verifier", "miner", "client", "evaluator", "supervisor"}:
             from bws.node.roles.host import RoleSet, RoleSetupError, load_role_account
             try:
@@ -77,7 +106,8 @@ def run_node(args: argparse.Namespace) -> int:
                 return _fail(str(error))
         verifying = role_set is not None and "verifier" in roles
         node = Node(NodeSettings(data_dir=args.data_dir, genesis=load_genesis(args.genesis), roles=roles,
-                                 peers=args.peer, api_port=args.api_port, listen=args.listen,
+                                 peers=args.peer, api_port=args.api_port, api_host=args.api_host,
+                                 listen=listen, announce=args.announce,
                                  replay=role_set.replay if verifying else None,
                                  prefetch=role_set.replay.prefetch if verifying else None))
     except (NodeError, StoreError) as error:

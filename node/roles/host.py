@@ -17,8 +17,6 @@ section in /metrics and role fields in /task/<id>.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from pathlib import Path
 
 from bws.spec import containers as C
@@ -45,7 +43,6 @@ logger = logging.getLogger("bws.node.roles")
 ROLE_COMPONENTS = frozenset({"miner", "supervisor", "evaluator", "verifier", "client"})
 # Roles that sign (transactions, iteration messages) and so need the node's key.
 SIGNING_ROLES = frozenset({"miner", "supervisor", "evaluator"})
-REDIAL_SECONDS = 120.0
 TENSORS_DIRECTORY = "tensors"   # in the data dir: the tensor cache saved when the node stops
 
 
@@ -113,27 +110,7 @@ class RoleSet:
         for role in (self.miner, self.supervisor, self.evaluator):
             if role is not None:
                 role.start()
-        threading.Thread(target=self._redial, args=(list(node.settings.peers),), name="bws-redial", daemon=True).start()
         logger.info("roles started: %s", ", ".join(sorted(self.roles)))
-
-    def _redial(self, peers: list[str]) -> None:
-        """Dial the configured peers that are not connected yet, for a while:
-        nodes of a devnet start together, and a group's members must reach
-        each other directly to fetch updates."""
-        deadline = time.monotonic() + REDIAL_SECONDS
-        while time.monotonic() < deadline and not self.context.stop.wait(1.0):
-            try:
-                connected = set(self._node.network.peers())
-            except NetworkError:
-                continue
-            missing = [p for p in peers if p.rsplit("/p2p/", 1)[-1] not in connected]
-            if not missing:
-                return
-            for peer in missing:
-                try:
-                    self._node.network.connect(peer, timeout=5)
-                except NetworkError as error:
-                    logger.debug("dial %s: %s", peer, error)
 
     def stop(self) -> None:
         if self.context is None:

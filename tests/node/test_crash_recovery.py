@@ -104,7 +104,7 @@ def test_sigkilled_node_process_restarts_consistent(tmp_path):
     rng = random.Random(2)
     for round_ in range(3):
         node = subprocess.Popen([sys.executable, "-m", "bws.node.cli", "node", "run", "--data-dir", str(data_dir),
-                                 "--genesis", str(genesis), "--api-port", "0", "--log-level", "warning"],
+                                 "--genesis", str(genesis), "--api-port", "0", "--port", "0", "--log-level", "warning"],
                                 cwd=ROOT, stdout=subprocess.DEVNULL)
         info = data_dir / "node.json"
         deadline = time.time() + 90

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -45,7 +46,8 @@ def test_node_wallet_chain_commands(tmp_path):
 
     data_dir = tmp_path / "node"
     node = subprocess.Popen(BWS + ["node", "run", "--data-dir", str(data_dir), "--genesis", str(genesis_file),
-                                   "--api-port", "0", "--log-level", "warning"], stdout=subprocess.PIPE, text=True)
+                                   "--api-port", "0", "--port", "0", "--log-level", "warning"],
+                            stdout=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 60
         while not (data_dir / "node.json").exists():
@@ -131,3 +133,24 @@ def test_genesis_file_round_trip(tmp_path):
     write_genesis(tmp_path / "g.json", genesis)
     assert load_genesis(tmp_path / "g.json") == genesis
     one_line_error(bws("chain", "head", "--data-dir", tmp_path / "nothing", check=False), "no chain store")
+
+
+def test_run_flags_for_operators(tmp_path):
+    from bws.node.commands.node import DEFAULT_P2P_PORT, listen_address
+
+    text = bws("node", "run", "--help").stdout
+    for flag in ("--port", "--listen", "--announce", "--api-host", "--api-port", "--peer"):
+        assert flag in text
+    assert str(DEFAULT_P2P_PORT) in text
+
+    def listen(**given):
+        return listen_address(SimpleNamespace(**{"listen": None, "port": None, **given}))
+
+    assert listen() == f"/ip4/127.0.0.1/tcp/{DEFAULT_P2P_PORT}"
+    assert listen(port=0) == "/ip4/127.0.0.1/tcp/0"
+    assert listen(listen="/ip6/::/tcp/4001") == "/ip6/::/tcp/4001"
+    with pytest.raises(ValueError, match="not both"):
+        listen(listen="/ip4/0.0.0.0/tcp/1", port=2)
+    (tmp_path / "g.json").write_text("{}")
+    one_line_error(bws("node", "run", "--data-dir", tmp_path / "d", "--genesis", tmp_path / "g.json", "--port", "1",
+                       "--listen", "/ip4/127.0.0.1/tcp/2", check=False), "not both")

@@ -1,6 +1,7 @@
 """Nodes on loopback: gossip, sync by request/response, the API, bad input."""
 import hashlib
 import json
+import logging
 import random
 import time
 import urllib.error
@@ -239,3 +240,16 @@ def test_partitioned_nodes_reorg_to_the_heavier_branch(nodes, factory):
     assert b.chain.head.hash == compute_block_hash(branch_b[-1])
     assert a.chain.metrics["reorgs"] == 1
     assert [record.tx_id for record in a.mempool.transactions()] == [transaction_id(tx)]
+
+
+@pytest.mark.parametrize("host, url_host", [("::1", "[::1]"), ("0.0.0.0", "127.0.0.1")])
+def test_api_host_is_where_the_api_listens_and_the_log_says_so(tmp_path, factory, caplog, host, url_host):
+    with caplog.at_level(logging.INFO, logger="bws.node"):
+        node = Node(NodeSettings(data_dir=tmp_path / "n", genesis=factory.genesis, api_host=host)).start()
+    try:
+        assert node.api.url == f"http://{url_host}:{node.api.port}"
+        assert ApiClient(node.api.url).get("/health")["ok"] is True
+        assert f"HTTP API listening on {host} port {node.api.port}" in caplog.text
+        assert ("no authentication" in caplog.text) is (host == "0.0.0.0")
+    finally:
+        node.stop()

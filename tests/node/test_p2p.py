@@ -144,6 +144,43 @@ def test_start_refuses_a_bad_seed_address_or_taken_port(pair):
         NetworkService().start(taken)
 
 
+def test_ipv6_listen_and_dial():
+    """py-libp2p 0.8.1 listens on and dials /ip6 addresses (docs/node.md)."""
+    a, b = NetworkService(NetworkConfig(request_timeout=10)), NetworkService(NetworkConfig(request_timeout=10))
+    try:
+        a_addr = a.start("/ip6/::1/tcp/0")
+        assert a_addr.startswith("/ip6/::1/tcp/")
+        a.register_handler(PROTOCOL_SYNC, lambda peer, request: request[::-1])
+        b.start("/ip6/::1/tcp/0")
+        assert b.connect(a_addr) == a.peer_id
+        assert b.request(a.peer_id, PROTOCOL_SYNC, b"abc") == b"cba"
+        with pytest.raises(NetworkError, match="cannot listen on .*in use"):
+            NetworkService().start(a_addr.split("/p2p/")[0])
+    finally:
+        b.stop()
+        a.stop()
+
+
+def test_announce_address_is_what_the_node_and_its_peers_give_out():
+    a, b = NetworkService(), NetworkService()
+    try:
+        a_addr = a.start(announce_addr="/ip4/203.0.113.7/tcp/30645")
+        assert a_addr == f"/ip4/203.0.113.7/tcp/30645/p2p/{a.peer_id}"
+        listen = a._host.get_transport_addrs()[0]   # where it really listens: the test dials that
+        b.start()
+        b.connect(f"{listen}/p2p/{a.peer_id}")
+        deadline = time.monotonic() + 10   # identify runs just after the connection opens
+        while a_addr not in b.peer_addresses(a.peer_id) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert a_addr in b.peer_addresses(a.peer_id)
+    finally:
+        b.stop()
+        a.stop()
+    for bad in ("/ip4/203.0.113.7", "/ip4/203.0.113.7/tcp/0", "/ip4/1.2.3.4/udp/5", "nonsense"):
+        with pytest.raises(NetworkError, match="announce address must"):
+            NetworkService().start(announce_addr=bad)
+
+
 def test_request_response_round_trip_and_handler_sees_the_peer(pair):
     a, b = pair
     seen = []
