@@ -1,5 +1,6 @@
 """`bws devnet --byzantine N:KIND`: make node N cheat, then check that the
-network caught it (docs/audit.md).
+network caught it (docs/audit.md). The network attackers among the kinds are
+node/devnet_attacks.py's; this module parses them with the cheats.
 
 The cheating node gets `BYZANTINE_MINER_TICKETS` times the miner stake in
 the genesis, so the chain draws it into the client task's group (a cheat
@@ -17,7 +18,9 @@ from dataclasses import dataclass
 
 from .audit import AuditError, audit_iteration
 from .audit_sources import ChainViaApi, NetworkSource, chain_disputes
-from .roles.byzantine import ENVIRONMENT_VARIABLE, KINDS
+from .devnet_attacks import ATTACK_KINDS
+from .roles.byzantine import ENVIRONMENT_VARIABLE as BYZANTINE_VARIABLE, KINDS
+from .roles.flood import ENVIRONMENT_VARIABLE as ATTACKS_VARIABLE
 from .roles.library import TaskLibrary, TaskUnavailable
 
 # Left out of a 4-node devnet's 2 seats with probability (3/1003)*(2/1002) ~ 6e-6
@@ -47,27 +50,42 @@ class ByzantineSpecError(ValueError):
     """A --byzantine argument is malformed."""
 
 
-def parse_byzantine(values: list[str], nodes: int) -> dict[int, str]:
-    """["1:flip-bit", ...] -> {1: "flip-bit"}; ByzantineSpecError names the bad value."""
-    chosen: dict[int, str] = {}
+def parse_byzantine(values: list[str], nodes: int) -> tuple[dict[int, str], dict[int, tuple[str, ...]]]:
+    """["1:flip-bit", "4:poison-task", "4:stall-task"] -> ({1: "flip-bit"}, {4: ("poison-task", "stall-task")}):
+    the cheating miners and the network attackers (node/devnet_attacks.py) by node. A node cheats in one way
+    at most, and may also attack in several; ByzantineSpecError names the bad value."""
+    cheats: dict[int, str] = {}
+    attacks: dict[int, tuple[str, ...]] = {}
     for value in values:
         index, _, kind = value.partition(":")
-        if not index.isdigit() or kind not in KINDS:
-            raise ByzantineSpecError(f"--byzantine {value!r}: expected N:KIND with KIND one of {', '.join(KINDS)}")
-        if not 0 <= int(index) < nodes:
+        if not index.isdigit() or kind not in KINDS + ATTACK_KINDS:
+            raise ByzantineSpecError(f"--byzantine {value!r}: expected N:KIND with KIND a cheating miner "
+                                     f"({', '.join(KINDS)}) or a network attacker ({', '.join(ATTACK_KINDS)})")
+        node = int(index)
+        if not 0 <= node < nodes:
             raise ByzantineSpecError(f"--byzantine {value!r}: node {index} does not exist (nodes 0..{nodes - 1})")
-        if int(index) in chosen:
-            raise ByzantineSpecError(f"--byzantine {value!r}: node {index} already cheats ({chosen[int(index)]})")
-        chosen[int(index)] = kind
-    return chosen
+        if kind in ATTACK_KINDS:
+            if kind in attacks.get(node, ()):
+                raise ByzantineSpecError(f"--byzantine {value!r}: node {index} is already a {kind} attacker")
+            attacks[node] = attacks.get(node, ()) + (kind,)
+            continue
+        if node in cheats:
+            raise ByzantineSpecError(f"--byzantine {value!r}: node {index} already cheats ({cheats[node]})")
+        cheats[node] = kind
+    return cheats, attacks
 
 
 def miner_tickets(nodes, byzantine: dict[int, str]) -> dict[bytes, int]:
     return {nodes[index].account.address: BYZANTINE_MINER_TICKETS for index in byzantine}
 
 
-def node_environment(index: int, byzantine: dict[int, str]) -> dict[str, str]:
-    return {ENVIRONMENT_VARIABLE: byzantine[index]} if index in byzantine else {}
+def node_environment(index: int, byzantine: dict[int, str], attacks: dict[int, tuple[str, ...]]) -> dict[str, str]:
+    """The environment that makes node `index` cheat (node/roles/byzantine.py) or run its attacks itself
+    (node/roles/flood.py; the devnet runs the others, through its API)."""
+    environment = {BYZANTINE_VARIABLE: byzantine[index]} if index in byzantine else {}
+    if index in attacks:
+        environment[ATTACKS_VARIABLE] = ",".join(attacks[index])
+    return environment
 
 
 def audit_devnet(devnet) -> dict:

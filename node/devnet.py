@@ -44,6 +44,12 @@ from bws.spec.tasks import get_ticket_price
 
 from .api import ApiClient, ApiError
 from .audit_devnet import audit_devnet, audit_failures, miner_tickets, node_environment, print_audit
+from .audit_sources import ChainViaApi
+from .devnet_attacks import (
+    ATTACKER_BALANCE, FLOOD, JUNK_FRAUD_PROOFS, POISON_TASK, RESTART, STALL_TASK, TRANSACTION_ATTACKS, Arena,
+    AttackOutcome, JunkFraudProofs, PoisonTask, StallTask, TransactionAttacker, attack_failures,
+    honest_without_miner_stake, kept_flood_messages, landed_transactions, resumed_trainings,
+)
 from .devnet_plot import plot_run, read_run_trace
 from .genesis import BOOTSTRAP_ITERATIONS, BootstrapTask, build_genesis, chain_config, make_task_with_batches
 from .p2p import peer_id_from_seed
@@ -86,6 +92,8 @@ class DevnetOptions:
     timeout: float = 900.0
     dataset_dir: str | None = None
     byzantine: dict = field(default_factory=dict)   # node index -> cheating behaviour (node/audit_devnet.py)
+    attacks: dict = field(default_factory=dict)     # node index -> its network attacks (node/devnet_attacks.py)
+    restart_every: float = 0.0   # SIGKILL and restart an honest member of the task's group this often (0: never)
     observers: int = 0   # extra nodes with the peer role only: they replay nothing and must hold the same chain
     withhold_test: bool = True   # the client's test split, revealed only when the task is in evaluation
     chain_id: int | None = None  # the genesis' chain id; None: drawn at random (a devnet is a network of its own)
@@ -101,6 +109,7 @@ class DevnetNode:
     process: subprocess.Popen | None = None
     api: ApiClient | None = None
     observer: bool = False   # the peer role only (not in the genesis, no key, no replay)
+    restarting: bool = False  # killed and started again (--restart-every), its API not back yet
 
     @property
     def name(self) -> str:
@@ -193,10 +202,12 @@ def evaluation_deadline(height: int, iterations: int) -> int:
 
 
 def make_genesis(nodes: list[DevnetNode], client: Account, definition, timestamp: int,
-                 miner_tickets: dict[bytes, int] | None = None, chain_id: int | None = None) -> C.GenesisConfig:
+                 miner_tickets: dict[bytes, int] | None = None, chain_id: int | None = None,
+                 funded: dict[bytes, int] | None = None) -> C.GenesisConfig:
     """Every node a bootstrap miner of `definition`, funded and staked for
     every role; `miner_tickets`: miner stakes of that many tickets for some
-    addresses (default one each); `chain_id`: drawn at random if None."""
+    addresses (default one each); `chain_id`: drawn at random if None;
+    `funded`: more accounts and their balances (the attackers')."""
     config = chain_config("devnet", chain_id)
     tickets = miner_tickets or {}
     stakes = [C.GenesisStake(owner=n.account.address, role=role,
@@ -204,7 +215,8 @@ def make_genesis(nodes: list[DevnetNode], client: Account, definition, timestamp
                                                                       if role == ROLE_MINER else 1))
               for n in nodes for role in (ROLE_MINER, ROLE_SUPERVISOR, ROLE_EVALUATOR)]
     accounts = [C.GenesisAccount(address=client.address, balance=CLIENT_BALANCE)] + [
-        C.GenesisAccount(address=n.account.address, balance=NODE_BALANCE) for n in nodes]
+        C.GenesisAccount(address=n.account.address, balance=NODE_BALANCE) for n in nodes] + [
+        C.GenesisAccount(address=address, balance=balance) for address, balance in (funded or {}).items()]
     return build_genesis(config, timestamp, accounts, stakes, [n.account.address for n in nodes],
                          BootstrapTask.from_definition(definition))
 
@@ -229,6 +241,14 @@ class Devnet:
         self.revealed = False
         self.genesis_state = None
         self.started = time.monotonic()
+        self.attacker_accounts = {(index, kind): derive_account(options.seed, f"node{index}/{kind}")
+                                  for index, kinds in options.attacks.items() for kind in kinds
+                                  if kind in TRANSACTION_ATTACKS}
+        self.attackers: list[TransactionAttacker] = []
+        self.restart_victim: DevnetNode | None = None
+        self.restarts = 0
+        self.last_restart = 0.0
+        self.last_metrics: dict[int, dict] = {}
 
     @property
     def every_node(self) -> list[DevnetNode]:
@@ -271,7 +291,8 @@ class Devnet:
             self.observers.append(observer)
         (self.root / "password.txt").write_text(DEVNET_PASSWORD)
         genesis = make_genesis(self.nodes, self.client_account, build_bootstrap_task(self.options), int(time.time()),
-                               miner_tickets(self.nodes, self.options.byzantine), self.options.chain_id)
+                               miner_tickets(self.nodes, self.options.byzantine), self.options.chain_id,
+                               {a.address: ATTACKER_BALANCE for a in self.attacker_accounts.values()})
         write_genesis(self.root / "genesis.json", genesis)
         (self.root / "task.json").write_bytes(definition.to_bytes())
         self.genesis_state = create_genesis_state(genesis)
@@ -282,25 +303,8 @@ class Devnet:
         node redials them until they are up, node/peerbook.py). The nodes share a persistent
         XLA compilation cache, so the iteration compiles once per machine."""
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        environment = dict(os.environ)
-        environment.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache" / "bws" / "jax"))
         for node in self.every_node:
-            command = [sys.executable, "-m", "bws.node.cli", "node", "run", "--data-dir", str(node.data_dir),
-                       "--genesis", str(self.root / "genesis.json"),
-                       "--listen", f"/ip4/127.0.0.1/tcp/{node.listen_port}", "--api-port", str(node.api_port)]
-            if node.observer:
-                command += ["--roles", "peer"] + [arg for other in self.nodes for arg in ("--peer", other.multiaddr)]
-            else:
-                command += ["--keystore", str(node.data_dir / "key.json"), "--password-file",
-                            str(self.root / "password.txt"), "--roles", ",".join(NODE_ROLES)]
-                command += [arg for earlier in self.nodes[:node.index] for arg in ("--peer", earlier.multiaddr)]
-            if self.options.dataset_dir:
-                command += ["--dataset-dir", self.options.dataset_dir]
-            with open(node.data_dir / "node.log", "wb") as log:
-                node.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                                env=dict(environment, **({} if node.observer else
-                                                                         node_environment(node.index, self.options.byzantine))),
-                                                stdin=subprocess.DEVNULL, start_new_session=True)
+            self.launch(node, "wb")
         for node in self.every_node:
             while (info := read_node_info(node.data_dir)) is None:
                 self.check_alive()
@@ -311,6 +315,26 @@ class Devnet:
             node.api = ApiClient(info["api"], timeout=30)
         self.say(f"devnet: {len(self.every_node)} nodes up: "
                  + ", ".join(f"{n.name} api {n.api.url}" for n in self.every_node))
+
+    def launch(self, node: DevnetNode, log_mode: str) -> None:
+        """Start `node`'s process (`log_mode` "ab": a restart, which keeps the log)."""
+        environment = dict(os.environ)
+        environment.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache" / "bws" / "jax"))
+        command = [sys.executable, "-m", "bws.node.cli", "node", "run", "--data-dir", str(node.data_dir),
+                   "--genesis", str(self.root / "genesis.json"),
+                   "--listen", f"/ip4/127.0.0.1/tcp/{node.listen_port}", "--api-port", str(node.api_port)]
+        if node.observer:
+            command += ["--roles", "peer"] + [arg for other in self.nodes for arg in ("--peer", other.multiaddr)]
+        else:
+            command += ["--keystore", str(node.data_dir / "key.json"), "--password-file",
+                        str(self.root / "password.txt"), "--roles", ",".join(NODE_ROLES)]
+            command += [arg for earlier in self.nodes[:node.index] for arg in ("--peer", earlier.multiaddr)]
+            environment.update(node_environment(node.index, self.options.byzantine, self.options.attacks))
+        if self.options.dataset_dir:
+            command += ["--dataset-dir", self.options.dataset_dir]
+        with open(node.data_dir / "node.log", log_mode) as log:
+            node.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
 
     def check_alive(self) -> None:
         for node in self.every_node:
@@ -346,9 +370,20 @@ class Devnet:
         self.say(f"devnet: task {self.task_id.hex()[:16]}… submitted at height {height} "
                  f"({order.group_size} miners x {iterations} iterations, fee {TASK_PAYMENT // COIN} BWS, "
                  f"deadline height {order.evaluation_deadline})")
+        self.attackers = [self.attacker(index, kind, definition) for index, kind in self.attacker_accounts]
+
+    def attacker(self, index: int, kind: str, definition) -> TransactionAttacker:
+        """Node `index`'s `kind` attack, through its API, with its own account (node/devnet_attacks.py)."""
+        node = self.nodes[index]
+        arena = Arena(api=node.api, others={n.name: n.api for n in self.nodes if n is not node},
+                      chain_id=int(self.genesis_state.config.chain_id), task_definition=definition, order=self.order)
+        account = self.attacker_accounts[(index, kind)]
+        if kind == JUNK_FRAUD_PROOFS:
+            return JunkFraudProofs(node.name, account, arena, time.monotonic)
+        return {POISON_TASK: PoisonTask, STALL_TASK: StallTask}[kind](node.name, account, arena)
 
     def poll(self) -> dict:
-        metrics = [n.api.get("/metrics") for n in self.nodes]
+        metrics = [self.node_metrics(n) for n in self.nodes]
         try:
             task = self.nodes[0].api.get(f"/task/{self.task_id.hex()}")
         except ApiError as error:
@@ -357,6 +392,15 @@ class Devnet:
             task = {"status": "in mempool", "blocks": []}  # not in a block yet
         return {"metrics": metrics, "task": task,
                 "observer_heights": [int(n.api.get("/status")["head"]["height"]) for n in self.observers]}
+
+    def node_metrics(self, node: DevnetNode) -> dict:
+        """The node's /metrics; while a restarted node is not up yet, what it answered last."""
+        if node.restarting:
+            if read_node_info(node.data_dir) is None:
+                return self.last_metrics[node.index]
+            node.restarting = False
+        self.last_metrics[node.index] = node.api.get("/metrics")
+        return self.last_metrics[node.index]
 
     @staticmethod
     def role_counters(snapshot: dict) -> list[dict]:
@@ -397,7 +441,14 @@ class Devnet:
                 self.reveal_test_set()
             if status in ("expired", "cancelled"):
                 raise DevnetError(f"the task was {status} instead of finalized (see the nodes' logs in {self.root})")
-            if status == "finalized" and self.finalized_everywhere():
+            try:
+                for attacker in self.attackers:
+                    attacker.act()
+            except ApiError as error:
+                raise DevnetError(f"an attacker's node stopped answering: {error.message}") from None
+            self.restart_step(snapshot["task"])
+            if (status == "finalized" and not any(n.restarting for n in self.nodes)
+                    and all(a.settled() for a in self.attackers) and self.finalized_everywhere()):
                 settled = self.settled_height(snapshot)
                 if settled is not None:
                     snapshot["settled_height"] = settled
@@ -413,6 +464,36 @@ class Devnet:
         self.revealed = True
         self.say(f"devnet: the client revealed its test split ({answer['examples']} examples, root "
                  f"{answer['test_set_hash'][:16]}…) to the evaluators")
+
+    def restart_step(self, task: dict) -> None:
+        """--restart-every S: while the task's group trains, SIGKILL one honest
+        member every S seconds and start it again on the same data dir (the
+        first kill S seconds after the group is drawn). The node must resume
+        after its last saved iteration and never sign a second version."""
+        if not self.options.restart_every or task["status"] not in ("group_selected", "training"):
+            return
+        now = time.monotonic()
+        if self.restart_victim is None:
+            self.restart_victim = self.honest_member(task)
+            self.last_restart = now
+        if self.restart_victim is None or now - self.last_restart < self.options.restart_every:
+            return
+        victim = self.restart_victim
+        os.killpg(victim.process.pid, signal.SIGKILL)
+        victim.process.wait()
+        (victim.data_dir / NODE_INFO_FILE).unlink(missing_ok=True)
+        victim.restarting = True
+        self.launch(victim, "ab")
+        self.restarts += 1
+        self.last_restart = now
+        self.say(f"devnet: killed {victim.name} (SIGKILL) and started it again ({self.restarts} so far)")
+
+    def honest_member(self, task: dict) -> DevnetNode | None:
+        """The first member of the task's group that neither cheats nor attacks, other than node 0 (the
+        client's node, which the devnet asks about the task and the summary)."""
+        members = [m["address"] for m in task["task"]["members"]]
+        return next((n for n in self.nodes[1:] if n.account.address.hex() in members
+                     and n.index not in self.options.byzantine and n.index not in self.options.attacks), None)
 
     def finalized_everywhere(self) -> bool:
         """Whether every node (observers too) holds the client task finalized at its head
@@ -508,6 +589,36 @@ class Devnet:
             "node_of_address": {n.account.address.hex(): n.name for n in self.nodes},
         }
 
+    def attack_outcomes(self) -> tuple[list[AttackOutcome], list[str]]:
+        """What every attacker did and what it cost it, and the honest nodes that lost their miner stake
+        (nodes still running)."""
+        api = self.nodes[0].api
+        accounts = {a.account.address: api.get(f"/account/{a.account.address.hex()}") for a in self.attackers}
+        chain = ChainViaApi(api.url)
+        landed = landed_transactions(chain, max((int(a["height"]) for a in accounts.values()), default=0),
+                                     set(accounts))
+        outcomes = []
+        for attacker in self.attackers:
+            account = accounts[attacker.account.address]
+            mine = [signed for height, signed in landed[attacker.account.address] if height <= int(account["height"])]
+            outcomes.append(attacker.outcome(mine, int(account["balance"])))
+        tasks = {task_id: chain.task(task_id) for task_id in [*map(bytes, self.genesis_state.tasks), self.task_id]}
+        for index, kinds in sorted(self.options.attacks.items()):
+            if FLOOD in kinds:
+                node = self.nodes[index]
+                others = [n.multiaddr for n in self.nodes if n is not node]
+                sent = node.api.get("/metrics").get("roles", {}).get("counters", {}).get("flood_messages_sent", 0)
+                outcomes.append(AttackOutcome(node.name, FLOOD, sent=sent,
+                                              kept=kept_flood_messages(others, tasks, node.account.address)))
+        if self.restart_victim is not None:
+            outcomes.append(AttackOutcome(self.restart_victim.name, RESTART, sent=self.restarts,
+                                          resumed=resumed_trainings(self.restart_victim.data_dir / "node.log",
+                                                                    self.task_id)))
+        elif self.options.restart_every:
+            outcomes.append(AttackOutcome("-", RESTART))   # no honest member to restart: "never got to attack"
+        honest = {n.name: n.account.address.hex() for n in self.nodes if n.index not in self.options.byzantine}
+        return outcomes, honest_without_miner_stake(honest, api)
+
     def write_plot(self, summary: dict) -> str:
         """D/devnet.png (node/devnet_plot.py), from node 0's store; a reason instead if it cannot be drawn."""
         names = summary["node_of_address"]
@@ -571,6 +682,8 @@ class Devnet:
             summary = self.summary(snapshot)
             if self.options.byzantine:
                 summary["audit"] = audit_devnet(self)
+            if self.options.attacks or self.options.restart_every:
+                summary["attacks"], summary["honest_without_stake"] = self.attack_outcomes()
         finally:
             self.stop_nodes()
         summary["plot"] = self.write_plot(summary)
@@ -579,6 +692,12 @@ class Devnet:
             print_audit(self.say, summary["audit"])
             if failures := audit_failures(summary["audit"]):
                 raise DevnetError("byzantine run: " + "; ".join(failures))
+        if "attacks" in summary:
+            self.say("  attackers (what each did, what it cost):")
+            for outcome in summary["attacks"]:
+                self.say(f"    {outcome.node:6s} {outcome.kind:18s} {outcome.describe()}")
+            if failures := attack_failures(summary["attacks"], summary["honest_without_stake"]):
+                raise DevnetError("network attack run: " + "; ".join(failures))
         if summary["best_accuracy"] < self.options.min_accuracy:
             raise DevnetError(f"best model accuracy {summary['best_accuracy'] * 100:.2f}% is below the required "
                               f"{self.options.min_accuracy * 100:.2f}%")

@@ -41,8 +41,13 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="test on the dataset's public test split, which every node rebuilds (default: the "
                              "client withholds the test split and reveals it when the task is in evaluation)")
     parser.add_argument("--byzantine", action="append", default=[], metavar="N:KIND",
-                        help="make node N cheat (repeatable): flip-bit, random-update, wrong-peers or equivocate; "
-                             "the run then checks every cheat is disputed, localized and slashed (docs/audit.md)")
+                        help="make node N cheat as a miner (repeatable, one cheat a node): flip-bit, random-update, "
+                             "wrong-peers or equivocate, and the run checks every cheat is disputed, localized and "
+                             "slashed; or attack the network (several a node): poison-task, junk-fraud-proofs, "
+                             "stall-task or flood-messages, and the run checks every attack fails (docs/audit.md)")
+    parser.add_argument("--restart-every", type=float, default=0.0, metavar="S",
+                        help="while the task trains, kill an honest member of its group with SIGKILL every S seconds "
+                             "and start it again; the run checks it resumes its training and is never slashed")
     parser.set_defaults(run=run)
 
 
@@ -61,11 +66,15 @@ def run(args: argparse.Namespace) -> int:
                             blocks=args.blocks, seed=args.seed, iterations=args.iterations, batch_size=args.batch_size,
                             learning_rate=args.learning_rate, min_accuracy=args.min_accuracy, timeout=args.timeout,
                             dataset_dir=args.dataset_dir, observers=args.observers, withhold_test=not args.public_test,
-                            chain_id=args.chain_id)
+                            chain_id=args.chain_id, restart_every=args.restart_every)
     try:
-        options.byzantine = parse_byzantine(args.byzantine, args.nodes)
+        options.byzantine, options.attacks = parse_byzantine(args.byzantine, args.nodes)
     except ByzantineSpecError as error:
         print(f"bws devnet: error: {error}", file=sys.stderr)
+        return 2
+    if args.restart_every < 0:
+        print(f"bws devnet: error: --restart-every must be 0 (never) or more, got {args.restart_every}",
+              file=sys.stderr)
         return 2
     # SIGTERM ends the run like Ctrl-C, so the nodes are stopped on the way out.
     signal.signal(signal.SIGTERM, _interrupt)

@@ -31,6 +31,7 @@ from .client import accept_reveal
 from .context import RoleContext
 from .data import TensorCache
 from .evaluator import Evaluator
+from .flood import FLOOD, MessageFlooder, attacks_from_environment
 from .library import TaskLibrary
 from .miner import Miner
 from .signed import SIGNED_MESSAGES_FILE, SignedMessages
@@ -79,7 +80,7 @@ class RoleSet:
         self.dataset_dir = dataset_dir
         self.context: RoleContext | None = None
         self.replay = NetworkReplay(lambda: self.context)
-        self.miner = self.supervisor = self.evaluator = None
+        self.miner = self.supervisor = self.evaluator = self.flooder = None
         self._node = None
 
     def attach(self, node) -> None:
@@ -103,11 +104,13 @@ class RoleSet:
             self.supervisor = Supervisor(self.context)
         if "evaluator" in self.roles:
             self.evaluator = Evaluator(self.context)
+        if FLOOD in attacks_from_environment() and self.account is not None:   # bws devnet --byzantine N:flood-messages
+            self.flooder = MessageFlooder(self.context)
         # Every node with roles answers an auditor's request for the iteration messages it saw (a
         # supervisor records them all); a miner also answers for its own iterations' traces.
         audit = self.miner.audit if self.miner is not None else AuditServer(self.context)
         node.network.register_handler(PROTOCOL_AUDIT, audit.serve)
-        for role in (self.miner, self.supervisor, self.evaluator):
+        for role in (self.miner, self.supervisor, self.evaluator, self.flooder):
             if role is not None:
                 role.start()
         logger.info("roles started: %s", ", ".join(sorted(self.roles)))
@@ -116,7 +119,7 @@ class RoleSet:
         if self.context is None:
             return
         self.context.stop.set()
-        for role in (self.miner, self.supervisor, self.evaluator):
+        for role in (self.miner, self.supervisor, self.evaluator, self.flooder):
             if role is not None:
                 role.join(timeout=30)
         self.context.cache.save()

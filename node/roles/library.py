@@ -115,6 +115,11 @@ class TaskLibrary:
         self._failed: dict[bytes, str] = {}
         self._lock = threading.Lock()
 
+    def is_unavailable(self, task: C.Task) -> bool:
+        """Whether loading this task failed (it stays failed: the definition or the data is what it is)."""
+        with self._lock:
+            return bytes(hash_bytes(bytes(task.task_definition))) in self._failed
+
     def load(self, task: C.Task) -> LoadedTask:
         """The loaded task for a task in the state; TaskUnavailable if this node cannot load it."""
         definition_bytes = bytes(task.task_definition)

@@ -252,9 +252,10 @@ class Miner:
                 yield bytes(task_id), task, index
 
     def _client_task(self, state: C.State):
-        """(task id, task, member index) of a client task (one with a client) this node still trains."""
+        """(task id, task, member index) of a client task (one with a client) this node still trains. A task
+        it cannot load (a dataset nobody has) is passed over: it must not hold back another task's training."""
         for task_id, task, index in self._my_tasks(state, (TASK_GROUP_SELECTED, TASK_TRAINING)):
-            if bytes(task.client) == bytes(20):
+            if bytes(task.client) == bytes(20) or self.context.library.is_unavailable(task):
                 continue
             training = self._trainings.get(task_id)
             if training is None or training.next_iteration < task.iterations:

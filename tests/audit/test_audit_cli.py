@@ -27,6 +27,6 @@ def test_replay_needs_a_target(capsys):
 
 def test_byzantine_devnet_arguments_are_checked(capsys):
     assert main(["devnet", "--byzantine", "1:lazy"]) == 2
-    assert "KIND one of flip-bit" in capsys.readouterr().err
+    assert "KIND a cheating miner (flip-bit" in capsys.readouterr().err
     assert main(["devnet", "--nodes", "4", "--byzantine", "7:flip-bit"]) == 2
     assert "node 7 does not exist" in capsys.readouterr().err
