@@ -5,6 +5,8 @@ import argparse
 import signal
 import sys
 
+from . import CommandError
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.description = (
@@ -65,15 +67,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         options.byzantine = parse_byzantine(args.byzantine, args.nodes)
     except ByzantineSpecError as error:
-        print(f"bws devnet: error: {error}", file=sys.stderr)
-        return 2
+        raise CommandError(str(error), status=2) from None  # a usage error, as argparse's are
     # SIGTERM ends the run like Ctrl-C, so the nodes are stopped on the way out.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         Devnet(options).run()
     except (DevnetError, GenesisError, TemplateError, OSError, AuditError) as error:
-        print(f"bws devnet: error: {error}", file=sys.stderr)
-        return 1
+        raise CommandError(str(error)) from None
     except KeyboardInterrupt:
         print("bws devnet: interrupted; nodes stopped", file=sys.stderr)
         return 130
