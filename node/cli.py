@@ -2,13 +2,16 @@
 
 Each command group lives in its own module under bws.node.commands and exposes
 `register(subparsers)`; modules are imported only when their group is used, so
-`bws --help` stays fast.
+`bws --help` stays fast. A command fails by raising CommandError, which is
+printed here, once, as one line.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+
+from bws.node.commands import CommandError
 
 # group name -> (module, one-line help)
 COMMAND_GROUPS: dict[str, tuple[str, str]] = {
@@ -50,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args.group is None else 2
     try:
         return int(args.run(args) or 0)
+    except CommandError as error:
+        print(f"bws {args.group}: error: {error}", file=sys.stderr)
+        return error.status
     except KeyboardInterrupt:
         return 130
 

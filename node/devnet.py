@@ -38,6 +38,7 @@ from pathlib import Path
 
 from bws.spec import containers as C
 from bws.spec.constants import EVALUATORS_PER_TASK, ROLE_EVALUATOR, ROLE_MINER, ROLE_SUPERVISOR, SUPERVISORS_PER_TASK
+from bws.spec.crypto import CURVE_ORDER
 from bws.spec.genesis import create_genesis_state
 from bws.spec.presets import COIN, DEVNET
 from bws.spec.tasks import get_ticket_price
@@ -70,7 +71,6 @@ SETTLE_DEPTH = 2                         # blocks below the lowest head compared
 DEADLINE_START_BLOCKS = 6                # inclusion, group selection, training start, slack
 DEADLINE_BLOCKS_PER_ITERATION = 0.6
 STOP_TIMEOUT_SECONDS = 15.0
-_SECP256K1_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 
 class DevnetError(Exception):
@@ -130,7 +130,7 @@ def derive_account(seed: int, label: str) -> Account:
     counter = 0
     while True:
         digest = hashlib.sha256(f"BWS/devnet-key/{seed}/{label}/{counter}".encode()).digest()
-        if 0 < int.from_bytes(digest, "big") < _SECP256K1_ORDER:
+        if 0 < int.from_bytes(digest, "big") < CURVE_ORDER:
             return Account(digest)
         counter += 1
 

@@ -64,7 +64,7 @@ from .peerbook import PEER_BOOK_FILE, Dialer, load_peer_book
 from .store import ChainStore, StoreError, transaction_id
 from .validation import (
     BlockFromFuture, BlockNotValidated, BlockRejected, Chain, ImportResult, Prefetch, TransactionRejected,
-    check_transaction_envelope, decode_block, decode_transaction, is_signed_iteration_message_valid, precheck_block,
+    check_transaction_envelope, decode_received, is_signed_iteration_message_valid, precheck_block,
     transaction_pool_record,
 )
 
@@ -278,7 +278,7 @@ class Node:
         records, dropped = [], 0
         for raw in saved:
             try:
-                signed = decode_transaction(raw)
+                signed = decode_received(raw, C.SignedTransaction)
                 self.chain.check_transaction(signed)
                 records.append(transaction_pool_record(signed, raw))
             except TransactionRejected:
@@ -358,7 +358,7 @@ class Node:
         relays a block before its own import, so it would be scored down for
         blocks it did not make."""
         try:
-            block = decode_block(data)
+            block = decode_received(data, C.Block)
             precheck_block(block, self.chain.config)
         except BlockRejected:
             return Verdict.REJECT
@@ -370,7 +370,7 @@ class Node:
         return Verdict.ACCEPT
 
     def _on_gossip_block(self, message) -> None:
-        self._import_gossiped(decode_block(message.data))
+        self._import_gossiped(decode_received(message.data, C.Block))
 
     def _import_gossiped(self, block: C.Block) -> None:
         """Import a gossiped block that passed the prechecks; a refusal is only logged (the peer's verdict rests
@@ -383,7 +383,7 @@ class Node:
 
     def _validate_gossip_transaction(self, data: bytes) -> Verdict:
         try:
-            signed = decode_transaction(data)
+            signed = decode_received(data, C.SignedTransaction)
             check_transaction_envelope(signed, self.chain.config.chain_id)
         except TransactionRejected:
             return Verdict.REJECT
@@ -396,7 +396,7 @@ class Node:
     def _on_gossip_transaction(self, message) -> None:
         self.counters["gossip_transactions"] += 1
         try:
-            self.mempool.add(transaction_pool_record(decode_transaction(message.data), message.data))
+            self.mempool.add(transaction_pool_record(decode_received(message.data, C.SignedTransaction), message.data))
         except (MempoolError, TransactionRejected) as error:
             logger.debug("gossiped transaction not pooled: %s", error)
 
@@ -490,7 +490,7 @@ class Node:
 
     def _import_synced(self, raw: bytes) -> list[ImportResult]:
         try:
-            return self.import_block(decode_block(raw))
+            return self.import_block(decode_received(raw, C.Block))
         except BlockRejected as error:
             raise sync.SyncError(f"peer served an invalid block: {error.reason}") from None
         except (BlockFromFuture, BlockNotValidated):
@@ -585,7 +585,7 @@ class Node:
 
     def submit_transaction(self, raw: bytes) -> dict:
         try:
-            signed = decode_transaction(raw)
+            signed = decode_received(raw, C.SignedTransaction)
             self.chain.check_transaction(signed)
             self.mempool.add(transaction_pool_record(signed, raw))
         except (TransactionRejected, MempoolError) as error:
@@ -595,7 +595,7 @@ class Node:
 
     def submit_block(self, raw: bytes) -> dict:
         try:
-            block = decode_block(raw)
+            block = decode_received(raw, C.Block)
             results = self.import_block(block)
         except (BlockRejected, BlockFromFuture, BlockNotValidated) as error:
             raise ApiError(HTTPStatus.BAD_REQUEST, f"block rejected: {error.reason}") from None

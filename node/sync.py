@@ -8,7 +8,8 @@ Requests (first byte = kind):
 | `B` block by hash | hash (32) | block list of 0 or 1 |
 
 A block list is u32le count ‖ (u32le length ‖ canonical Block encoding)*,
-with at most MAX_BLOCKS_PER_REQUEST entries. Every decoder is strict (exact
+with at most MAX_BLOCKS_PER_REQUEST entries of at most MAX_BLOCK_BYTES (the
+largest block a node accepts, node/validation.py). Every decoder is strict (exact
 lengths, no trailing bytes, limits) and raises SyncError naming the problem;
 a peer whose request does not decode gets an error answer and is scored down
 by the network layer.
@@ -17,11 +18,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .validation import MAX_BLOCK_BYTES
+
 STATUS = b"S"
 BLOCKS_BY_HEIGHT = b"H"
 BLOCK_BY_HASH = b"B"
 MAX_BLOCKS_PER_REQUEST = 64
-MAX_BLOCK_BYTES = 8 * 1024 * 1024
 REORG_OVERLAP = 8     # re-request this many blocks below our head, to find a fork point cheaply
 MAX_BACKFILL = 1024   # ancestors fetched one by one for a deeper fork
 

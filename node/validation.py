@@ -38,7 +38,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, TypeVar
 from bws.spec import containers as C
 from bws.spec.constants import MAX_FUTURE_BLOCK_SECONDS
 from bws.spec.encoding import DecodeError, decode, encode
@@ -59,6 +59,7 @@ from .store import BlockRecord, ChainStore, StoreError, transaction_id
 
 Prefetch = Callable[[C.Task, C.IterationMessage], None]
 """Fetches the inputs of an iteration's replay into the node's cache; ReplayUnavailable if it cannot."""
+Received = TypeVar("Received", C.Block, C.SignedTransaction)
 
 MAX_BLOCK_BYTES = 8 * 1024 * 1024
 MAX_TRANSACTION_BYTES = 128 * 1024
@@ -119,22 +120,23 @@ class ImportResult:
     missing_parent: bytes | None = None
 
 
-def decode_block(raw: bytes) -> C.Block:
-    if len(raw) > MAX_BLOCK_BYTES:
-        raise BlockRejected(f"block of {len(raw)} bytes exceeds {MAX_BLOCK_BYTES}")
-    try:
-        return decode(raw, C.Block)
-    except DecodeError as error:
-        raise BlockRejected(f"not a block: {error}") from None
+# What a node decodes from its peers and API clients: the largest encoding it reads, the rejection, the name.
+_RECEIVED = {
+    C.Block: (MAX_BLOCK_BYTES, BlockRejected, "block"),
+    C.SignedTransaction: (MAX_TRANSACTION_BYTES, TransactionRejected, "signed transaction"),
+}
 
 
-def decode_transaction(raw: bytes) -> C.SignedTransaction:
-    if len(raw) > MAX_TRANSACTION_BYTES:
-        raise TransactionRejected(f"transaction of {len(raw)} bytes exceeds {MAX_TRANSACTION_BYTES}")
+def decode_received(raw: bytes, container: type[Received]) -> Received:
+    """A C.Block or C.SignedTransaction from the network, within its size limit;
+    BlockRejected or TransactionRejected saying what was wrong."""
+    limit, rejected, name = _RECEIVED[container]
+    if len(raw) > limit:
+        raise rejected(f"{name} of {len(raw)} bytes exceeds {limit}")
     try:
-        return decode(raw, C.SignedTransaction)
+        return decode(raw, container)
     except DecodeError as error:
-        raise TransactionRejected(f"not a signed transaction: {error}") from None
+        raise rejected(f"not a {name}: {error}") from None
 
 
 def check_transaction_envelope(signed: C.SignedTransaction, chain_id: int) -> None:

@@ -6,14 +6,13 @@ command's one-line error (exit code 1) or the area's own exception, never a
 traceback, and nothing may be written next to the input."""
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
 
 from hypothesis import example, given, strategies as st
 
-from bws.node.commands.spec import run_vectors
+from bws.node.cli import main
 from bws.node.service import NodeError, load_genesis, write_genesis
 from bws.node.review import ToyChain
 from property_tests.strategies import mutated
@@ -56,7 +55,7 @@ def test_vector_check_refuses_bad_files_with_one_line(contents):
         directory = Path(directory)
         (directory / "case.jsonl").write_bytes(contents)
         before = _listing(directory)
-        code = run_vectors(argparse.Namespace(out=None, check=directory))
+        code = main(["spec", "vectors", "--check", str(directory)])
         assert code in (0, 1)
         assert _listing(directory) == before, "checking vectors wrote next to them"
 
@@ -187,7 +186,8 @@ def test_mempool_file(data):
     the file; each record the node then re-checks is a transaction or TransactionRejected
     (the node drops it and counts it), never another exception."""
     from bws.node.mempool_file import MempoolFileError, read_mempool_file
-    from bws.node.validation import TransactionRejected, check_transaction_envelope, decode_transaction
+    from bws.node.validation import TransactionRejected, check_transaction_envelope, decode_received
+    from bws.spec import containers as C
     from bws.spec.presets import DEVNET
 
     with tempfile.TemporaryDirectory() as directory:
@@ -200,6 +200,6 @@ def test_mempool_file(data):
             return
         for raw in records:
             try:
-                check_transaction_envelope(decode_transaction(raw), DEVNET.chain_id)
+                check_transaction_envelope(decode_received(raw, C.SignedTransaction), DEVNET.chain_id)
             except TransactionRejected:
                 pass

@@ -108,9 +108,3 @@ def compute_tensors_root(tensors: dict) -> Bytes32:
     the Merkle root of their leaves in increasing order of name. Model state
     roots, update roots and batch roots are all of this form."""
     return compute_merkle_root([compute_tensor_leaf(name, tensors[name]) for name in sorted(tensors)])
-
-
-def compute_encoded_tensors_root(encoded_tensors: dict) -> Bytes32:
-    """`compute_tensors_root` of tensors given as their `encode_tensor` bytes."""
-    return compute_merkle_root([compute_encoded_tensor_leaf(name, encoded_tensors[name])
-                                for name in sorted(encoded_tensors)])

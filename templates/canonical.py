@@ -117,17 +117,18 @@ class CanonicalModel:
         return metrics
 
     def fit(self, x, y, *, batch_size: int, epochs: int, verbose: bool, validation_data, shuffle: bool,
-            metrics: list[str]):
+            metrics: list[str]) -> tuple[list[int], dict[str, list[float]]]:
+        """Train for `epochs` epochs and return (the epochs' numbers, each metric's value per epoch):
+        what a Keras History holds as `epoch` and `history`."""
         from tqdm.auto import tqdm
-
-        from .keras.models import History
 
         xq = self.quantize_x(x)
         yq = self.quantize_y(y, xq.shape[0])
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or not 1 <= batch_size <= xq.shape[0]:
             raise KerasModelError(f"batch_size must be an int in 1..{xq.shape[0]} (the number of examples), got {batch_size!r}")
         per_epoch = schedule.batches_per_epoch(xq.shape[0], batch_size)
-        history = History()
+        epochs_run: list[int] = []
+        history: dict[str, list[float]] = {}
         for _ in range(epochs):
             epoch = self.epochs_done
             order = schedule.epoch_order(xq.shape[0], self.seed, epoch) if shuffle else np.arange(xq.shape[0])
@@ -141,16 +142,16 @@ class CanonicalModel:
                 count += int(values["count"])
                 bar.set_postfix(loss=f"{loss_sum / count / ACT_SCALE:.4f}")
             self.epochs_done += 1
-            history.epoch.append(epoch)
-            history.history.setdefault("loss", []).append(loss_sum / count / ACT_SCALE)
+            epochs_run.append(epoch)
+            history.setdefault("loss", []).append(loss_sum / count / ACT_SCALE)
             if metrics:
-                history.history.setdefault("accuracy", []).append(correct / count)
+                history.setdefault("accuracy", []).append(correct / count)
             if validation_data is not None:
                 if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                     raise KerasModelError("validation_data must be (x_val, y_val)")
                 for key, value in self.evaluate(*validation_data, metrics=metrics).items():
-                    history.history.setdefault(f"val_{key}", []).append(value)
-        return history
+                    history.setdefault(f"val_{key}", []).append(value)
+        return epochs_run, history
 
     def evaluate(self, x, y, *, metrics: list[str] = ("accuracy",)) -> dict[str, float]:
         xq = self.quantize_x(x)

@@ -1,5 +1,6 @@
 """The errors of the task layer. Each names what was wrong, so the CLI can print
 it as one readable line."""
+from bws.spec import tasks as spec_tasks
 
 
 class TemplateError(Exception):
@@ -19,5 +20,7 @@ class DatasetError(TemplateError):
     """A dataset that is unknown, not prepared, or not usable for the task."""
 
 
-class TaskDefinitionError(TemplateError):
-    """A task definition file that is malformed; the message names the field."""
+class TaskDefinitionError(TemplateError, spec_tasks.TaskDefinitionError):
+    """A task definition file that is malformed; the message names the field.
+    The spec's TaskDefinitionError, refined for the task layer: one error for a
+    bad task definition, whichever layer found it."""

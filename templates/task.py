@@ -35,7 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from bws import engine
 from bws.engine.commit import batch_root
+from bws.engine.model import ModelSpec, ModelSpecError
 from bws.spec.hashing import compute_merkle_root, hash_bytes
 
 from . import datasets, schedule
@@ -185,8 +187,6 @@ def _hex32(value: Any, where: str) -> str:
 
 
 def _engine_model(value: Any, where: str) -> dict[str, Any]:
-    from bws.engine.model import ModelSpec, ModelSpecError
-
     try:
         canonical = ModelSpec.from_dict(value).to_dict()
     except ModelSpecError as exc:
@@ -274,8 +274,6 @@ def validate(document: Any) -> TaskDefinition:
 
 
 def _output_shape(description: dict[str, Any]) -> tuple[int, ...]:
-    from bws.engine.model import ModelSpec
-
     return tuple(ModelSpec.from_dict(description).output_shape)
 
 
@@ -329,13 +327,9 @@ class TaskData:
         return scaled.reshape((raw.shape[0], *self.input_shape)).astype(np.float32)
 
     def _quantize(self, raw: np.ndarray) -> np.ndarray:
-        from bws import engine
-
         return np.asarray(engine.quantize_inputs(self.to_float(raw)))
 
     def _targets(self, labels: np.ndarray) -> np.ndarray:
-        from bws import engine
-
         if self.target == "label":
             return labels.astype(np.int32)
         if self.target == "label_scaled":

@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from . import CommandError, parse_hex
+
 EXIT_MISMATCH = 3
 
 
@@ -57,25 +59,9 @@ def _use_compilation_cache() -> None:
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache" / "bws" / "jax"))
 
 
-def _fail(message: str) -> int:
-    print(f"bws audit: error: {message}", file=sys.stderr)
-    return 1
-
-
 def _chain(args):
     from bws.node.audit_sources import ChainViaApi, ChainViaStore
     return ChainViaApi(args.api) if args.api else ChainViaStore(args.data_dir)
-
-
-def _parse_hex(text: str, what: str, size: int) -> bytes:
-    from bws.node.audit import AuditError
-    try:
-        value = bytes.fromhex(text.removeprefix("0x"))
-    except ValueError:
-        raise AuditError(f"{what}: not hex: {text!r}") from None
-    if len(value) != size:
-        raise AuditError(f"{what}: {size} bytes expected, got {len(value)}")
-    return value
 
 
 def _targets(args, chain, source):
@@ -88,7 +74,7 @@ def _targets(args, chain, source):
         return chain.task(bytes(block.header.task_id)), [block.proofs[0].message]
     if args.iteration is None or args.miner is None:
         raise AuditError("--task needs --iteration and --miner")
-    task_id, miner = _parse_hex(args.task, "--task", 32), _parse_hex(args.miner, "--miner", 20)
+    task_id, miner = parse_hex(args.task, 32, "--task: a task id"), parse_hex(args.miner, 20, "--miner: an address")
     found = {bytes(m.signature): m for m in chain.recorded_messages(task_id, args.iteration, miner)}
     if source is not None:
         found.update({bytes(m.signature): m for m in source.messages(task_id, args.iteration, miner)})
@@ -165,7 +151,7 @@ def run_replay(args: argparse.Namespace) -> int:
                 print(f"dispute submitted: transaction {_submit_dispute(args, chain, evidence)}")
         return 0 if evidence is None else EXIT_MISMATCH
     except (AuditError, ApiError) as error:
-        return _fail(str(getattr(error, "message", error)))
+        raise CommandError(str(getattr(error, "message", error))) from None
     finally:
         if source is not None:
             source.close()
@@ -198,7 +184,7 @@ def run_disputes(args: argparse.Namespace) -> int:
                 print(audit_iteration(source, loaded, record.messages[0]).render())
         return 0
     except (AuditError, ApiError) as error:
-        return _fail(str(getattr(error, "message", error)))
+        raise CommandError(str(getattr(error, "message", error))) from None
     finally:
         if source is not None:
             source.close()

@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+
+from . import CommandError, parse_hex
 
 DEFAULT_API = "http://127.0.0.1:8645"
 
@@ -87,11 +88,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     genesis.set_defaults(run=run_genesis)
 
 
-def _fail(message: str) -> int:
-    print(f"bws chain: error: {message}", file=sys.stderr)
-    return 1
-
-
 def running_node_info(data_dir: Path | None) -> dict | None:
     """The node.json of a node that is running in `data_dir` (None if there
     is none, or its process is gone: killed nodes leave the file behind)."""
@@ -137,7 +133,7 @@ def run_head(args) -> int:
         else:
             print(json.dumps(ApiClient(api_url(args)).get("/status")["head"], indent=1))
     except (ApiError, StoreError) as error:
-        return _fail(str(error))
+        raise CommandError(str(error)) from None
     return 0
 
 
@@ -146,23 +142,23 @@ def run_block(args) -> int:
     from bws.node.store import StoreError
 
     reference = args.reference
-    if not (reference.isdigit() or (len(reference) == 64 and all(c in "0123456789abcdefABCDEF" for c in reference))):
-        return _fail("a block reference is a height (decimal) or a 64-hex-character hash")
+    block_hash = None if reference.isdigit() else parse_hex(reference, 32, "a block hash")
     try:
         if _use_store(args):
             store = _from_store(args)
-            block_hash = store.main_chain_hash(int(reference)) if reference.isdigit() else bytes.fromhex(reference)
+            if block_hash is None:
+                block_hash = store.main_chain_hash(int(reference))
             record = store.get_block_record(block_hash) if block_hash else None
             if record is None:
                 store.close()
-                return _fail(f"no block {reference} in {args.data_dir}")
+                raise CommandError(f"no block {reference} in {args.data_dir}")
             document = {"hash": record.hash.hex(), "height": record.height, "main_chain": store.is_on_main_chain(record.hash),
                         "block": to_json(record.block())}
             store.close()
         else:
-            document = ApiClient(api_url(args)).get(f"/block/{reference}")
+            document = ApiClient(api_url(args)).get(f"/block/{reference if block_hash is None else block_hash.hex()}")
     except (ApiError, StoreError) as error:
-        return _fail(str(error))
+        raise CommandError(str(error)) from None
     print(json.dumps(document, indent=1, sort_keys=True))
     return 0
 
@@ -175,7 +171,7 @@ def run_export(args) -> int:
     try:
         store = _from_store(args)
     except StoreError as error:
-        return _fail(f"{error} (stop the node first: export reads its store)")
+        raise CommandError(f"{error} (stop the node first: export reads its store)") from None
     head = store.head_record()
     with open(args.out, "wb") as handle:
         for height in tqdm(range(head.height + 1), desc="export", unit="block"):
@@ -195,7 +191,7 @@ def run_genesis(args) -> int:
     if args.check is not None:
         given = [name for name in GENESIS_OPTIONS if getattr(args, name) not in (None, [])]
         if given:
-            return _fail(f"--check reads a genesis file as it is: drop --{given[0].replace('_', '-')}")
+            raise CommandError(f"--check reads a genesis file as it is: drop --{given[0].replace('_', '-')}")
         return check_genesis(args.check)
     from bws.node.genesis import GenesisError, build_genesis, chain_config, mining_problems
     from bws.node.service import write_genesis
@@ -208,7 +204,7 @@ def run_genesis(args) -> int:
         accounts = [C.GenesisAccount(address=address, balance=units)
                     for address, units in (_parse_fund(item) for item in args.fund)]
         stakes = [_parse_stake(item, config) for item in args.stake]
-        miners = [_parse_address(item, "--miner") for item in args.miner]
+        miners = [parse_hex(item, 20, "--miner: an address") for item in args.miner]
         bootstrap_flags = [flag for flag in ("dataset", "template", "task", "iterations", "batch_size")
                            if getattr(args, f"bootstrap_{flag}") is not None]
         if bootstrap_flags and not miners:
@@ -218,9 +214,9 @@ def run_genesis(args) -> int:
         genesis = build_genesis(config, args.timestamp or int(time.time()), accounts, stakes, miners, bootstrap)
         write_genesis(args.out, genesis)
     except (GenesisError, TemplateError) as error:
-        return _fail(str(error))
+        raise CommandError(str(error)) from None
     except OSError as error:
-        return _fail(f"cannot write {args.out}: {error.strerror}")
+        raise CommandError(f"cannot write {args.out}: {error.strerror}") from None
     print(f"wrote {args.out}: chain id {config.chain_id} (preset {preset}), {len(genesis.accounts)} funded "
           f"accounts, {len(genesis.stakes)} stakes, {len(genesis.tasks)} bootstrap miners")
     if mining_problems(genesis):
@@ -272,18 +268,6 @@ def _bootstrap_task(args):
         dataset_dir=args.dataset_dir))
 
 
-def _parse_address(text: str, flag: str) -> bytes:
-    from bws.node.genesis import GenesisError
-
-    try:
-        address = bytes.fromhex(text)
-    except ValueError:
-        address = b""
-    if len(address) != 20:
-        raise GenesisError(f"{flag} {text!r}: an address is 40 hex characters")
-    return address
-
-
 def _parse_coins(text: str, flag: str, item: str) -> int:
     from bws.node.genesis import GenesisError
     from bws.spec.presets import COIN
@@ -300,7 +284,7 @@ def _parse_coins(text: str, flag: str, item: str) -> int:
 def _parse_fund(item: str) -> tuple[bytes, int]:
     """--fund ADDRESS:COINS as (address, units)."""
     address, _, coins = item.partition(":")
-    return _parse_address(address, "--fund"), _parse_coins(coins, "--fund", item)
+    return parse_hex(address, 20, "--fund: an address"), _parse_coins(coins, "--fund", item)
 
 
 def _parse_stake(item: str, config):
@@ -315,4 +299,4 @@ def _parse_stake(item: str, config):
         raise GenesisError(f"--stake {item!r}: the role is one of {', '.join(ROLE_NAMES)}, got {role_text!r}")
     role = ROLE_NAMES[role_text]
     amount = _parse_coins(coins, "--stake", item) if coins else get_ticket_price(config, role)
-    return C.GenesisStake(owner=_parse_address(address, "--stake"), role=role, amount=amount)
+    return C.GenesisStake(owner=parse_hex(address, 20, "--stake: an address"), role=role, amount=amount)

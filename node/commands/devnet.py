@@ -5,6 +5,8 @@ import argparse
 import signal
 import sys
 
+from . import CommandError
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.description = (
@@ -70,19 +72,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         options.byzantine, options.attacks = parse_byzantine(args.byzantine, args.nodes)
     except ByzantineSpecError as error:
-        print(f"bws devnet: error: {error}", file=sys.stderr)
-        return 2
+        raise CommandError(str(error), status=2) from None  # a usage error, as argparse's are
     if args.restart_every < 0:
-        print(f"bws devnet: error: --restart-every must be 0 (never) or more, got {args.restart_every}",
-              file=sys.stderr)
-        return 2
+        raise CommandError(f"--restart-every must be 0 (never) or more, got {args.restart_every}", status=2)
     # SIGTERM ends the run like Ctrl-C, so the nodes are stopped on the way out.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         Devnet(options).run()
     except (DevnetError, GenesisError, TemplateError, OSError, AuditError) as error:
-        print(f"bws devnet: error: {error}", file=sys.stderr)
-        return 1
+        raise CommandError(str(error)) from None
     except KeyboardInterrupt:
         print("bws devnet: interrupted; nodes stopped", file=sys.stderr)
         return 130

@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+from . import CommandError
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -47,11 +49,6 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slices", type=int, choices=(1, 2, 3), help="int8 slices per operand (default: the model's, 2)")
 
 
-def _fail(message: str) -> int:
-    print(f"bws: error: {message}", file=sys.stderr)
-    return 1
-
-
 def _load_model(args) -> dict:
     from bws.engine import ModelSpec, parse_model_shorthand
 
@@ -76,7 +73,7 @@ def run_vector(args) -> int:
     from bws.engine.vector import make_vector
 
     if args.warmup < 0 or args.peers < 0 or args.peers > 64:
-        return _fail("--warmup must be >= 0 and --peers in 0..64")
+        raise CommandError("--warmup must be >= 0 and --peers in 0..64")
     try:
         model = _load_model(args)
         with tqdm(total=args.warmup + 1, desc="iterations", unit="it", file=sys.stderr, leave=False) as bar:
@@ -86,7 +83,7 @@ def run_vector(args) -> int:
         with open(args.out, "wb") as f:
             f.write(data)
     except (EngineError, ValueError, OSError) as error:
-        return _fail(str(error))
+        raise CommandError(str(error)) from None
     print(f"wrote {args.out} ({len(data)} bytes)")
     print(f"state_root  {vector.expected['state_root']}")
     print(f"update_root {vector.expected['update_root']}")
@@ -101,7 +98,7 @@ def run_check(args) -> int:
     try:
         count = check_iteration(_load_model(args))
     except (EngineError, ValueError) as error:
-        return _fail(str(error))
+        raise CommandError(str(error)) from None
     print(f"canonical: {count} equations checked, all integer primitives on the allow-list")
     return 0
 
@@ -115,9 +112,9 @@ def run_replay(args) -> int:
             data = f.read()
         result = replay(read_vector(data), args.impl)
     except OSError as error:
-        return _fail(f"cannot read {args.file}: {error.strerror or error}")
+        raise CommandError(f"cannot read {args.file}: {error.strerror or error}") from None
     except EngineError as error:
-        return _fail(str(error))
+        raise CommandError(str(error)) from None
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:

@@ -21,6 +21,8 @@ import sys
 import threading
 from pathlib import Path
 
+from . import CommandError
+
 DEFAULT_API_PORT = 8645
 # A fixed p2p port, so a node's address survives its restarts and the peers that remember it find it
 # again; 30645 is outside Linux's ephemeral range (32768-60999), so no outgoing connection holds it.
@@ -70,11 +72,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     peers.set_defaults(run=run_peers)
 
 
-def _fail(message: str) -> int:
-    print(f"bws node: error: {message}", file=sys.stderr)
-    return 1
-
-
 def listen_address(args: argparse.Namespace) -> str:
     """The libp2p listen multiaddr from --listen and --port (one of the two gives the port)."""
     if args.listen is not None and args.port is not None:
@@ -96,14 +93,14 @@ def run_node(args: argparse.Namespace) -> int:
     try:
         listen = listen_address(args)
     except ValueError as error:
-        return _fail(str(error))
+        raise CommandError(str(error)) from None
     try:
         if roles & {"verifier", "miner", "client", "evaluator", "supervisor"}:
             from bws.node.roles.host import RoleSet, RoleSetupError, load_role_account
             try:
                 role_set = RoleSet(roles, load_role_account(args.keystore, args.password_file), args.dataset_dir)
             except RoleSetupError as error:
-                return _fail(str(error))
+                raise CommandError(str(error)) from None
         verifying = role_set is not None and "verifier" in roles
         node = Node(NodeSettings(data_dir=args.data_dir, genesis=load_genesis(args.genesis), roles=roles,
                                  peers=args.peer, api_port=args.api_port, api_host=args.api_host,
@@ -111,7 +108,7 @@ def run_node(args: argparse.Namespace) -> int:
                                  replay=role_set.replay if verifying else None,
                                  prefetch=role_set.replay.prefetch if verifying else None))
     except (NodeError, StoreError) as error:
-        return _fail(str(error))
+        raise CommandError(str(error)) from None
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -119,7 +116,7 @@ def run_node(args: argparse.Namespace) -> int:
         node.start()
     except (ApiError, NetworkError, NodeError) as error:
         node.stop()
-        return _fail(str(error))
+        raise CommandError(str(error)) from None
     if role_set is not None:
         role_set.attach(node)
     print(f"node {node.network.peer_id}\n  p2p: {node.network.address}\n  api: {node.api.url}\n"
@@ -146,7 +143,7 @@ def run_peers(args: argparse.Namespace) -> int:
     try:
         document = ApiClient(api_url(args)).get("/peers")
     except ApiError as error:
-        return _fail(str(error))
+        raise CommandError(str(error)) from None
     print(format_peers(document))
     return 0
 

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import CommandError
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="spec_command", metavar="SUBCOMMAND")
@@ -33,11 +35,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     vectors.set_defaults(run=run_vectors)
 
 
-def _fail(message: str) -> int:
-    print(f"bws spec: {message}", file=sys.stderr)
-    return 1
-
-
 def _emit(text: str, out: Path | None) -> None:
     if out is None:
         sys.stdout.write(text)
@@ -51,7 +48,7 @@ def run_render(args) -> int:
     try:
         _emit(render_spec(), args.out)
     except (ReviewError, OSError) as error:
-        return _fail(str(error))
+        raise CommandError(str(error)) from None
     return 0
 
 
@@ -60,7 +57,7 @@ def run_diff(args) -> int:
     try:
         _emit(diff_spec(args.repo, args.rev_a, args.rev_b), args.out)
     except (ReviewError, OSError) as error:
-        return _fail(str(error))
+        raise CommandError(str(error)) from None
     return 0
 
 
@@ -69,7 +66,7 @@ def run_vectors(args) -> int:
 
     from bws.node.review import ReviewError, check_vector, generate_vectors, read_vectors, write_vectors
     if (args.out is None) == (args.check is None):
-        return _fail("give exactly one of --out DIR (generate) or --check DIR")
+        raise CommandError("give exactly one of --out DIR (generate) or --check DIR")
     try:
         if args.out is not None:
             for path in write_vectors(generate_vectors(), args.out):
@@ -82,7 +79,7 @@ def run_vectors(args) -> int:
             if problem:
                 failures.append(f"{vector['name']}: {problem}")
     except (ReviewError, OSError, KeyError, ValueError) as error:
-        return _fail(f"{type(error).__name__}: {error}")
+        raise CommandError(f"{type(error).__name__}: {error}") from None
     for failure in failures:
         print(f"FAIL {failure}", file=sys.stderr)
     print(f"{len(vectors) - len(failures)}/{len(vectors)} vectors reproduced")

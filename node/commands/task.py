@@ -12,7 +12,7 @@ import sys
 from bws.templates import jobs
 from bws.templates.errors import TemplateError
 
-from . import task_client
+from . import CommandError, task_client
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -51,11 +51,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     task_client.register(commands)  # submit, status, reveal, result (the client role)
 
 
-def _fail(message: str) -> int:
-    print(f"bws task: error: {message}", file=sys.stderr)
-    return 1
-
-
 def _read_keras(path: str):
     from bws.templates import keras
 
@@ -72,25 +67,25 @@ def run_new(args: argparse.Namespace) -> int:
         model = None
         if args.template == "gan":
             if args.model:
-                return _fail("the gan template takes --generator and --discriminator, not --model")
+                raise CommandError("the gan template takes --generator and --discriminator, not --model")
             if bool(args.generator) != bool(args.discriminator):
-                return _fail("give both --generator and --discriminator, or neither")
+                raise CommandError("give both --generator and --discriminator, or neither")
             if args.generator:
                 model = (_read_keras(args.generator), _read_keras(args.discriminator))
         elif args.generator or args.discriminator:
-            return _fail("--generator/--discriminator are for the gan template")
+            raise CommandError("--generator/--discriminator are for the gan template")
         elif args.model:
             model = _read_keras(args.model)
         for name in ("epochs", "batch_size", "latent_dim"):
             value = getattr(args, name)
             if value is not None and value < 1:
-                return _fail(f"--{name.replace('_', '-')} must be positive, got {value}")
+                raise CommandError(f"--{name.replace('_', '-')} must be positive, got {value}")
         task = jobs.make_task(args.template, args.dataset, model, epochs=args.epochs, batch_size=args.batch_size,
                               optimizer=args.optimizer, learning_rate=args.learning_rate, momentum=args.momentum,
                               slices=args.slices, schedule_seed=args.schedule_seed, init_seed=args.seed,
                               latent_dim=args.latent_dim, data_dir=args.data_dir, test_file=args.test_file)
     except TemplateError as exc:
-        return _fail(str(exc))
+        raise CommandError(str(exc)) from None
     data = task.to_bytes() + b"\n"
     if args.output:
         with open(args.output, "wb") as f:
@@ -131,5 +126,5 @@ def run_show(args: argparse.Namespace) -> int:
             print()
             model_from_engine_description(description, name=name).summary()
     except TemplateError as exc:
-        return _fail(str(exc))
+        raise CommandError(str(exc)) from None
     return 0

@@ -27,7 +27,9 @@ from pathlib import Path
 
 from bws.node.api import ApiError
 
-DEFAULT_API = "http://127.0.0.1:8645"
+from . import CommandError, parse_hex
+from .chain import DEFAULT_API
+
 TERMINAL = ("finalized", "cancelled", "expired")
 
 
@@ -80,21 +82,6 @@ def register(commands) -> None:
     result.set_defaults(run=run_result)
 
 
-def _fail(message: str) -> int:
-    print(f"bws task: error: {message}", file=sys.stderr)
-    return 1
-
-
-def _task_id(text: str) -> bytes:
-    try:
-        task_id = bytes.fromhex(text)
-    except ValueError:
-        raise ValueError(f"task id {text!r} is not hex") from None
-    if len(task_id) != 32:
-        raise ValueError(f"a task id is 64 hex characters, got {len(text)}")
-    return task_id
-
-
 def run_submit(args) -> int:
     from bws.node.api import ApiClient, ApiError
     from bws.node.wallet import read_password
@@ -123,7 +110,7 @@ def run_submit(args) -> int:
             definition, TaskOrder(group_size=args.group_size, iterations=iterations, evaluation_deadline=deadline,
                                   payment=payment, fee=fee))
     except (TemplateError, KeystoreError, ApiError, ValueError) as error:
-        return _fail(str(error))
+        raise CommandError(str(error)) from None
     print(task_id.hex())
     print(f"submitted: {args.group_size} miners x {iterations} iterations, payment {args.payment} coins, "
           f"evaluation deadline at height {deadline}", file=sys.stderr)
@@ -148,7 +135,7 @@ def run_status(args) -> int:
     api = ApiClient(args.api)
     last = None
     try:
-        task_id = _task_id(args.task_id)
+        task_id = parse_hex(args.task_id, 32, "a task id")
         while True:
             try:
                 document = api.get(f"/task/{task_id.hex()}")
@@ -164,7 +151,7 @@ def run_status(args) -> int:
                 return 0
             time.sleep(2.0)
     except (ApiError, ValueError) as error:
-        return _fail(str(error))
+        raise CommandError(str(error)) from None
     except KeyboardInterrupt:
         return 130
 
@@ -205,10 +192,10 @@ def run_reveal(args) -> int:
         test_set = withheld_test_set(task_data(definition, args.data_dir, test_file=args.test_file))
         api = ApiClient(args.api, timeout=300)
         if args.wait:
-            wait_for_evaluation(api, _task_id(args.task_id))
+            wait_for_evaluation(api, parse_hex(args.task_id, 32, "a task id"))
         answer = reveal_test_set(api, test_set)
     except (TemplateError, ApiError, ValueError) as error:
-        return _fail(str(error))
+        raise CommandError(str(error)) from None
     except KeyboardInterrupt:
         return 130
     print(f"revealed the test split ({answer['examples']} examples, root {answer['test_set_hash'][:16]}…) "
@@ -254,7 +241,7 @@ def run_result(args) -> int:
 
     api = ApiClient(args.api)
     try:
-        task_id = _task_id(args.task_id)
+        task_id = parse_hex(args.task_id, 32, "a task id")
         document = api.get(f"/task/{task_id.hex()}")
         if document["status"] != "finalized":
             raise ValueError(f"the task is {document['status']}, not finalized")
@@ -276,7 +263,7 @@ def run_result(args) -> int:
         if args.check is not None:
             return check_score(args, document, tensors, scores[best])
     except (ApiError, ValueError, NetworkError, DataError, OSError, TemplateError) as error:
-        return _fail(str(error))
+        raise CommandError(str(error)) from None
     return 0
 
 

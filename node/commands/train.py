@@ -11,6 +11,8 @@ import json
 import os
 import sys
 
+from . import CommandError
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("task_file", metavar="TASK_JSON", help="a task definition (bws task new ... > task.json)")
@@ -20,11 +22,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-file", metavar="NPZ", help="the test split of a task made with --test-file (withheld)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_train)
-
-
-def _fail(message: str) -> int:
-    print(f"bws train: error: {message}", file=sys.stderr)
-    return 1
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -57,9 +54,9 @@ def run_train(args: argparse.Namespace) -> int:
         else:
             written += export_model(task.model, result.params["model"], args.out, "model")
     except (TemplateError, EngineError) as exc:
-        return _fail(str(exc))
+        raise CommandError(str(exc)) from None
     except OSError as exc:
-        return _fail(f"cannot write to {args.out}: {exc.strerror}")
+        raise CommandError(f"cannot write to {args.out}: {exc.strerror}") from None
     for name, value in sorted(result.test_metrics.items()):
         print(f"{name}: {value:.4f}")
     for path in written:

@@ -13,10 +13,10 @@ are in coins (up to 8 decimals; 1 coin = 10**8 units), fees in units
 from __future__ import annotations
 
 import argparse
-import sys
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+from . import CommandError, parse_hex
 from .chain import DEFAULT_API
 
 
@@ -49,21 +49,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     transfer.set_defaults(run=run_transfer)
 
 
-def _fail(message: str) -> int:
-    print(f"bws wallet: error: {message}", file=sys.stderr)
-    return 1
-
-
-def parse_address(text: str) -> bytes:
-    try:
-        address = bytes.fromhex(text.removeprefix("0x"))
-    except ValueError:
-        raise ValueError(f"{text!r} is not hex") from None
-    if len(address) != 20:
-        raise ValueError(f"an address is 40 hex characters, got {len(text)}")
-    return address
-
-
 def parse_coins(text: str) -> int:
     from bws.spec.presets import COIN
 
@@ -83,7 +68,7 @@ def run_new(args) -> int:
         account = new_account()
         save_keystore(args.keystore, account, read_password(args.password_file, confirm=True))
     except (KeystoreError, ValueError) as error:
-        return _fail(str(error))
+        raise CommandError(str(error)) from None
     print(f"address {account.address.hex()}\nkeystore {args.keystore}")
     return 0
 
@@ -94,7 +79,7 @@ def run_address(args) -> int:
     try:
         print(keystore_address(args.keystore).hex())
     except KeystoreError as error:
-        return _fail(str(error))
+        raise CommandError(str(error)) from None
     return 0
 
 
@@ -104,10 +89,11 @@ def run_balance(args) -> int:
     from bws.spec.presets import COIN
 
     try:
-        address = keystore_address(args.keystore) if args.keystore else parse_address(args.address)
+        address = (keystore_address(args.keystore) if args.keystore
+                   else parse_hex(args.address, 20, "--address: an address"))
         account = ApiClient(args.api).get(f"/account/{address.hex()}")
     except (KeystoreError, ApiError, ValueError) as error:
-        return _fail(str(error))
+        raise CommandError(str(error)) from None
     print(f"address {account['address']}\nbalance {Decimal(account['balance']) / COIN} coin ({account['balance']} units)\n"
           f"nonce {account['nonce']} (next {account['pending_nonce']})\nat height {account['height']}")
     return 0
@@ -123,7 +109,7 @@ def run_transfer(args) -> int:
 
     client = ApiClient(args.api)
     try:
-        recipient, amount = parse_address(args.to), parse_coins(args.amount)
+        recipient, amount = parse_hex(args.to, 20, "--to: an address"), parse_coins(args.amount)
         account = load_keystore(args.keystore, read_password(args.password_file))
         status = client.get("/status")
         fee = args.fee if args.fee is not None else int(status["min_transaction_fee"])
@@ -134,6 +120,6 @@ def run_transfer(args) -> int:
                                      signature=keys.sign(account.secret_key, compute_transaction_signing_root(transaction)))
         answer = client.post("/tx", {"transaction": encode(signed).hex()})
     except (KeystoreError, ApiError, ValueError) as error:
-        return _fail(str(error))
+        raise CommandError(str(error)) from None
     print(f"submitted {answer['id']} (nonce {nonce}, fee {fee} units)")
     return 0

@@ -1,7 +1,7 @@
 """What the roles exchange besides gossip: named integer tensors (model
 states, updates) as canonical bytes, a bounded cache of them by root, and the
-request/response protocols that serve them (`/bws/data/1`) and blocks
-(`/bws/sync/1`).
+request/response protocol that serves them (`/bws/data/1`; blocks are served
+by `/bws/sync/1`, node/sync.py).
 
 Tensor bundle encoding (one state or one update):
 
@@ -13,11 +13,9 @@ little-endian data), so the bundle's root is the spec's
 `compute_tensors_root` of what it decodes to: a receiver checks the bytes it
 got against the root it asked for, and a peer cannot answer with anything else.
 
-Requests (first byte is the kind):
+A request (its first byte is the kind):
 
     /bws/data/1   b"T" ‖ root(32)        -> b"\\x01" ‖ bundle, or b"\\x00" (unknown root)
-    /bws/sync/1   b"H"                   -> head hash(32) ‖ u64le(height)
-                  b"B" ‖ block hash(32)  -> b"\\x01" ‖ encode(Block), or b"\\x00" (unknown block)
 
 "Unknown" is an answer, not an error, so asking for something a peer does
 not have never scores the asker down.
@@ -42,8 +40,6 @@ MAX_TENSORS = 4096
 MAX_TENSOR_DIMS = 8
 MAX_BUNDLE_BYTES = 64 << 20
 DATA_TENSORS = b"T"
-SYNC_HEAD = b"H"
-SYNC_BLOCK = b"B"
 FOUND = b"\x01"
 NOT_FOUND = b"\x00"
 

@@ -25,7 +25,7 @@ from bws.templates.errors import TemplateError
 from bws.templates.task import WITHHELD_TEST_SPLIT, parse_task
 
 from ..audit import PROTOCOL_AUDIT, AuditServer
-from ..p2p import PROTOCOL_DATA, NetworkError
+from ..p2p import PROTOCOL_DATA
 from ..wallet import Account, KeystoreError, load_keystore, read_password
 from .client import accept_reveal
 from .context import RoleContext
@@ -40,8 +40,6 @@ from .verifier import NetworkReplay
 
 logger = logging.getLogger("bws.node.roles")
 
-# Roles that need the roles layer (the node core plays "peer" by itself).
-ROLE_COMPONENTS = frozenset({"miner", "supervisor", "evaluator", "verifier", "client"})
 # Roles that sign (transactions, iteration messages) and so need the node's key.
 SIGNING_ROLES = frozenset({"miner", "supervisor", "evaluator"})
 TENSORS_DIRECTORY = "tensors"   # in the data dir: the tensor cache saved when the node stops

@@ -8,12 +8,15 @@ from typing import Any, Callable
 
 import numpy as np
 
+from bws.engine.model import ModelSpec, ModelSpecError
+
+from .. import canonical
 from ..errors import KerasModelError, UnsupportedKerasFeature
 from . import losses as losses_module
 from . import optimizers as optimizers_module
 from .layers import (
-    LEAKY_RELU_ACTIVATION_SLOPE, Activation, Conv2D, Dense, InputLayer, KerasTensor, Layer, LeakyReLU, ReLU,
-    layer_from_config,
+    LEAKY_RELU_ACTIVATION_SLOPE, Activation, AveragePooling2D, Conv2D, Dense, Dropout, Flatten, InputLayer,
+    KerasTensor, Layer, LeakyReLU, MaxPooling2D, ReLU, Reshape, layer_from_config,
 )
 
 # Metrics that are plain classification accuracy in Keras.
@@ -26,9 +29,9 @@ DEFAULT_SLICES = 3
 class History:
     """What `fit` returns, as in Keras: `history.history['loss']` per epoch."""
 
-    def __init__(self) -> None:
-        self.history: dict[str, list[float]] = {}
-        self.epoch: list[int] = []
+    def __init__(self, epoch: list[int], history: dict[str, list[float]]) -> None:
+        self.epoch = epoch
+        self.history = history
 
 
 def _last_activation(layers: list[Layer]) -> str:
@@ -189,8 +192,6 @@ class Model:
         """The engine's model description this compiled model compiles to."""
         if self._compiled is None:
             raise KerasModelError(f"model {self.name!r} is not compiled; call compile(optimizer=..., loss=...) first")
-        from bws.engine.model import ModelSpec, ModelSpecError
-
         last_activation = _last_activation(self.layers)
         description = {
             "input_shape": list(self.input_layer.shape),
@@ -209,8 +210,6 @@ class Model:
             raise UnsupportedKerasFeature(f"model {self.name!r}: {message}") from None
 
     def _canonical(self):
-        from .. import canonical
-
         if self._engine_model is None:
             description = self.engine_description()
             self._engine_model = canonical.CanonicalModel(description, seed=self._compiled["seed"])
@@ -247,9 +246,9 @@ class Model:
         if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
             raise KerasModelError(f"epochs must be a positive int, got {epochs!r}")
         batch_size = 32 if batch_size is None else batch_size
-        return self._canonical().fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose != 0,
-                                     validation_data=validation_data, shuffle=shuffle,
-                                     metrics=self._compiled["metrics"])
+        return History(*self._canonical().fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose != 0,
+                                              validation_data=validation_data, shuffle=shuffle,
+                                              metrics=self._compiled["metrics"]))
 
     def evaluate(self, x: Any = None, y: Any = None, batch_size: int | None = None, verbose: Any = "auto",
                  return_dict: bool = False, **kwargs: Any):
@@ -478,7 +477,6 @@ def _functional_from_config(config: dict[str, Any]) -> Model:
 def model_from_engine_description(description: dict[str, Any], name: str = "bws_model") -> Sequential:
     """The Keras model whose compilation gives `description` (layer names are
     Keras's defaults): how an exported task model becomes Keras again."""
-    from .layers import AveragePooling2D, Dropout, Flatten, MaxPooling2D, Reshape
 
     def keras_layer(spec: dict[str, Any]) -> Layer:
         kind = spec["type"]

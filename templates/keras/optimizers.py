@@ -87,12 +87,6 @@ def get(identifier: Any) -> Optimizer:
     raise UnsupportedKerasFeature(f"optimizer {identifier!r} is not supported; supported: SGD, Adam")
 
 
-def from_engine(description: dict[str, Any]) -> Optimizer:
-    """The Keras optimizer an engine optimizer description came from."""
-    config = {k: v for k, v in description.items() if k != "type"}
-    return _BY_NAME[description["type"]](**config)
-
-
 def _config(identifier: dict) -> dict:
     config = identifier.get("config") or {}
     if not isinstance(config, dict):

@@ -83,7 +83,7 @@ def test_malformed_file_gives_one_line_error(name, data, tmp_path, capsys):
     path.write_bytes(data)
     assert main(["replay", str(path)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("bws: error: vector:") and err.count("\n") == 1
+    assert err.startswith("bws replay: error: vector:") and err.count("\n") == 1
 
 
 def test_missing_file_and_bad_model_are_errors(tmp_path, capsys):

@@ -154,3 +154,20 @@ def test_run_flags_for_operators(tmp_path):
     (tmp_path / "g.json").write_text("{}")
     one_line_error(bws("node", "run", "--data-dir", tmp_path / "d", "--genesis", tmp_path / "g.json", "--port", "1",
                        "--listen", "/ip4/127.0.0.1/tcp/2", check=False), "not both")
+
+
+def test_hex_arguments_and_the_one_error_line(capsys):
+    """Every command reads hex by one rule (an optional 0x, exactly the digits of its size), and a
+    failing command's CommandError is printed once by `bws`, under the group's name."""
+    from bws.node.cli import main
+    from bws.node.commands import CommandError, parse_hex
+
+    assert parse_hex("0x" + "ab" * 20, 20, "an address") == parse_hex("AB" * 20, 20, "an address") == b"\xab" * 20
+    with pytest.raises(CommandError, match="a task id 'zz' is not hex"):
+        parse_hex("zz", 32, "a task id")
+    with pytest.raises(CommandError, match="a task id is 64 hex characters, got 2"):
+        parse_hex("ab", 32, "a task id")
+    with pytest.raises(CommandError, match="not hex"):
+        parse_hex("ab cd", 2, "a pair")  # bytes.fromhex alone would take the space
+    assert main(["chain", "block", "xyz", "--api", "http://127.0.0.1:9"]) == 1
+    assert capsys.readouterr().err == "bws chain: error: a block hash 'xyz' is not hex\n"

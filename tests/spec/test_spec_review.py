@@ -80,7 +80,7 @@ def test_cli_commands(repo, tmp_path, capsys):
     assert main(["spec", "diff", "HEAD~1", "HEAD", "--repo", str(repo)]) == 0
     assert "spec.constants.C" in capsys.readouterr().out
     assert main(["spec", "diff", "nope", "--repo", str(repo)]) == 1
-    assert "bws spec: git" in capsys.readouterr().err
+    assert "bws spec: error: git" in capsys.readouterr().err
     assert main(["spec", "vectors", "--check", str(SPEC_DIR / "vectors")]) == 0
     assert "vectors reproduced" in capsys.readouterr().out
     assert main(["spec", "vectors"]) == 1
