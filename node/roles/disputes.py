@@ -11,7 +11,10 @@ is already settled or pending:
   included; it costs no false-dispute penalty (that is burned only when the
   replay matches), but it would sit in the mempool and hold back this node's
   later transactions, which the pool keeps in nonce order;
-- the mempool holds another node's dispute against the miner (gossiped).
+- the mempool holds another node's dispute against the same iteration of
+  the miner (gossiped). Only the same iteration: anyone can pool junk
+  disputes against a miner's honest iterations (issue #14's
+  junk-fraud-proofs), and those must not stop a real one against another.
 
 The fee is the same for every role: DISPUTE_FEE, or the chain's minimum if higher.
 """
@@ -36,10 +39,10 @@ DISPUTE_FEE = 1000
 _SUBMIT_LOCK = threading.Lock()
 
 
-def accused(evidence: C.FraudProof | C.Equivocation) -> tuple[bytes, bytes]:
-    """(task id, miner) the evidence accuses."""
-    signed = evidence.message if isinstance(evidence, C.FraudProof) else evidence.first
-    return bytes(signed.message.work.task_id), bytes(signed.message.work.miner)
+def accused(evidence: C.FraudProof | C.Equivocation) -> tuple[bytes, bytes, int]:
+    """(task id, miner, iteration) the evidence accuses."""
+    work = (evidence.message if isinstance(evidence, C.FraudProof) else evidence.first).message.work
+    return bytes(work.task_id), bytes(work.miner), int(work.iteration)
 
 
 def is_disputable(state: C.State, task_id: bytes, miner: bytes) -> bool:
@@ -51,14 +54,14 @@ def is_disputable(state: C.State, task_id: bytes, miner: bytes) -> bool:
     return index is not None and not task.members[index].slashed and stake is not None and stake.amount > 0
 
 
-def has_pending_dispute(context: RoleContext, miner: bytes) -> bool:
-    """Whether the mempool holds a dispute (anyone's) against `miner`."""
+def has_pending_dispute(context: RoleContext, task_id: bytes, miner: bytes, iteration: int) -> bool:
+    """Whether the mempool holds a dispute (anyone's) against that iteration of `miner`."""
     for record in context.mempool.transactions():
         try:
             body = decode(record.raw, C.SignedTransaction).transaction.body
         except DecodeError:
             continue
-        if isinstance(body, C.Dispute) and accused(body.evidence)[1] == miner:
+        if isinstance(body, C.Dispute) and accused(body.evidence) == (task_id, miner, iteration):
             return True
     return False
 
@@ -70,15 +73,17 @@ class Disputes:
         self.context = context
         self._disputed: set[bytes] = set()
 
-    def needed(self, task_id: bytes, miner: bytes) -> bool:
-        """Whether a dispute against `miner` is still this role's to submit: it
-        has not submitted one, and the chain and the mempool show none settled
-        or pending (counted as `disputes_not_needed`; asked again later, as a
-        pending dispute may yet be dropped)."""
+    def needed(self, task_id: bytes, miner: bytes, iteration: int) -> bool:
+        """Whether a dispute against that iteration of `miner` is still this
+        role's to submit: it has not submitted one against the miner, the
+        chain does not show the miner settled, and the mempool holds none
+        against that iteration (counted as `disputes_not_needed`; asked again
+        later, as a pending dispute may yet be dropped)."""
         context = self.context
         if miner in self._disputed:
             return False
-        if not is_disputable(context.chain.head_state, task_id, miner) or has_pending_dispute(context, miner):
+        if not is_disputable(context.chain.head_state, task_id, miner) \
+                or has_pending_dispute(context, task_id, miner, iteration):
             context.metrics["disputes_not_needed"] += 1
             logger.info("miner %s… is already slashed or disputed: no dispute", miner.hex()[:12])
             return False
@@ -87,9 +92,9 @@ class Disputes:
     def submit(self, evidence: C.FraudProof | C.Equivocation) -> bool:
         """Submit a Dispute carrying `evidence` if it is `needed`; whether one was submitted."""
         context = self.context
-        task_id, miner = accused(evidence)
+        task_id, miner, iteration = accused(evidence)
         with _SUBMIT_LOCK:
-            if not self.needed(task_id, miner):
+            if not self.needed(task_id, miner, iteration):
                 return False
             transaction = C.Transaction(chain_id=context.chain.config.chain_id, sender=context.address,
                                         nonce=context.next_nonce(),

@@ -176,7 +176,7 @@ class VerifierDisputes:
         miner = bytes(work.miner)
         if miner == context.address:
             return False  # a node does not accuse itself (a byzantine miner's own block)
-        if not self.disputes.needed(bytes(work.task_id), miner):
+        if not self.disputes.needed(bytes(work.task_id), miner, int(work.iteration)):
             return False  # before the reference replay: every later block of a slashed cheat comes here too
         if not is_proven_fraud(context, task, message, engine_result):
             return False

@@ -8,6 +8,7 @@ in-process role contexts over their own DuckDB stores, fetching the miner's
 tensors from its cache."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from types import SimpleNamespace
 
@@ -169,6 +170,26 @@ def test_a_node_does_not_dispute_a_fraud_another_node_has_disputed(setup, tmp_pa
     assert not second_replay.disputes(second).dispute_if_proven(setup.task, setup.fraud.message, result)
     assert second.metrics["disputes_not_needed"] >= 1 and second.metrics["disputes_submitted"] == 0
     assert [d.transaction.sender for d in pending_disputes(second)] == [setup.accounts[1].address]
+
+
+def test_a_junk_dispute_against_another_iteration_does_not_stop_a_real_one(setup, tmp_path):
+    """Issue #14's junk-fraud-proofs: anyone can pool a dispute against an
+    honest iteration of a miner; a node that took any pending dispute against
+    the miner as settled would never dispute its real fraud."""
+    context, replay = verifier_node(setup, tmp_path / "v1", setup.accounts[1])
+    miner, griefer = setup.accounts[0], derive_account(5, "griefer")
+    another_iteration = sign_iteration_message(miner.secret_key, C.IterationMessage(
+        work=dataclasses.replace(setup.honest.message.work, iteration=1), header_commitment=ZERO_HASH))
+    junk = sign_transaction(griefer.secret_key, C.Transaction(
+        chain_id=context.chain.config.chain_id, sender=griefer.address, nonce=0, fee=10**6,
+        body=C.Dispute(evidence=C.FraudProof(message=another_iteration))))
+    context.mempool.add(transaction_pool_record(junk, encode(junk)))
+    replay(setup.task, setup.fraud.message)
+    deadline = time.monotonic() + 60
+    while context.metrics["disputes_submitted"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sorted(bytes(d.transaction.sender) for d in pending_disputes(context)) == \
+        sorted([bytes(griefer.address), bytes(setup.accounts[1].address)])
 
 
 def test_an_honest_miner_is_never_disputed(setup, tmp_path):
