@@ -45,6 +45,8 @@ NODE_METRICS: dict[tuple[str, ...], Family | None] = {
     ("chain", "orphans"): _counter("bws_chain_orphans", "Blocks that arrived before their parent."),
     ("chain", "blocks_not_validated"): _counter(
         "bws_chain_blocks_not_validated", "Blocks put off because their iteration's inputs could not be fetched."),
+    ("chain", "assumed_valid"): _counter(
+        "bws_chain_assumed_valid", "Blocks deep under a peer's head taken without their unavailable replay."),
     ("chain", "transitions"): _counter("bws_chain_transitions", "State transitions run (blocks validated)."),
     ("chain", "transition_seconds"): _counter("bws_chain_transition_seconds", "Seconds spent in state transitions."),
     ("chain", "mean_transition_ms"): None,   # rate(transition_seconds) / rate(transitions), over any window

@@ -31,7 +31,10 @@ gets one from the roles layer (the engine re-executing iterations on inputs
 fetched from peers); a node without it trusts the iterations' claimed roots
 and the fraud-proof outcomes the state root commits to (node/transition.py
 `trusting_transition`), and checks every other rule (docs/node.md). `/status`
-says which (`VALIDATION_MODES`).
+says which (`VALIDATION_MODES`). A replaying node that joins late takes the
+blocks deeper than `assume_valid_depth` under a syncing peer's announced head
+whose inputs nobody serves any more on that trust too (assumevalid,
+node/validation.py); `/status` counts them (`assumed_valid`).
 """
 from __future__ import annotations
 
@@ -63,9 +66,9 @@ from .p2p import PROTOCOL_SYNC, TOPIC_BLOCK, TOPIC_TASK, TOPIC_TX, NetworkError,
 from .peerbook import PEER_BOOK_FILE, Dialer, load_peer_book
 from .store import ChainStore, StoreError, transaction_id
 from .validation import (
-    BlockFromFuture, BlockNotValidated, BlockRejected, Chain, ImportResult, Prefetch, TransactionRejected,
-    check_transaction_envelope, decode_received, is_signed_iteration_message_valid, precheck_block,
-    transaction_pool_record,
+    ASSUME_VALID_DEPTH, BlockFromFuture, BlockNotValidated, BlockRejected, Chain, ImportResult, Prefetch,
+    TransactionRejected, check_transaction_envelope, decode_received, is_signed_iteration_message_valid,
+    precheck_block, transaction_pool_record,
 )
 
 logger = logging.getLogger("bws.node")
@@ -160,6 +163,7 @@ class NodeSettings:
     announce: str | None = None        # the p2p address other nodes should dial (NAT); default the listen one
     replay: Replay | None = None
     prefetch: Prefetch | None = None   # the replay's input fetch, run outside the chain lock
+    assume_valid_depth: int = ASSUME_VALID_DEPTH   # assumevalid under a syncing peer's head (validation.py); 0 never
 
 
 class Node:
@@ -180,7 +184,7 @@ class Node:
         self.store = ChainStore(self.data_dir)
         try:
             self.chain = Chain(self.store, genesis_state, get_genesis_block(genesis_state),
-                               settings.replay, settings.prefetch)
+                               settings.replay, settings.prefetch, settings.assume_valid_depth)
         except StoreError:
             self.store.close()
             raise
@@ -316,10 +320,11 @@ class Node:
         (self.data_dir / NODE_INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
 
     # -- chain events -------------------------------------------------------
-    def import_block(self, block: C.Block) -> list[ImportResult]:
+    def import_block(self, block: C.Block, announced_height: int | None = None) -> list[ImportResult]:
         """Import a block (and waiting orphans), update the mempool, and ask
-        for a sync if its parent is missing."""
-        results = self.chain.import_with_orphans(block)
+        for a sync if its parent is missing. `announced_height`: the head
+        height of the peer that served it by sync (Chain.import_block)."""
+        results = self.chain.import_with_orphans(block, announced_height)
         head_moved = False
         for result in results:
             for connected in result.connected:
@@ -469,7 +474,7 @@ class Node:
         status = sync.decode_status(self.network.request(peer, PROTOCOL_SYNC, sync.encode_request(sync.STATUS)))
         if status.genesis_hash != self.chain.genesis_hash:
             raise sync.SyncError("peer is on another chain (different genesis)")
-        imported = 0
+        imported, assumed_before = 0, self.chain.metrics["assumed_valid"]
         while status.cumulative_work > self.chain.head.cumulative_work and not self._stopping.is_set():
             start = max(1, self.chain.head.height + 1 - sync.REORG_OVERLAP)
             raw_blocks = sync.decode_blocks(self.network.request(
@@ -478,32 +483,36 @@ class Node:
                 break
             progress = 0
             for raw in raw_blocks:
-                results = self._import_synced(raw)
+                results = self._import_synced(raw, status.height)
                 progress += sum(r.status in ("connected", "reorg", "side") for r in results)
                 if results and results[0].status == "orphan":
-                    progress += self._backfill(peer, results[0].missing_parent)
+                    progress += self._backfill(peer, results[0].missing_parent, status.height)
             imported += progress
             if progress == 0:
                 break
         self.counters["synced_blocks"] += imported
+        if (assumed := self.chain.metrics["assumed_valid"] - assumed_before) > 0:
+            logger.info("assumed valid %d block(s) at least %d below the head %s announced (height %d): their "
+                        "iterations' inputs are no longer served, so their claimed roots were trusted "
+                        "(--assume-valid-depth)", assumed, self.chain.assume_valid_depth, peer[:12], status.height)
         return imported
 
-    def _import_synced(self, raw: bytes) -> list[ImportResult]:
+    def _import_synced(self, raw: bytes, announced_height: int) -> list[ImportResult]:
         try:
-            return self.import_block(decode_received(raw, C.Block))
+            return self.import_block(decode_received(raw, C.Block), announced_height)
         except BlockRejected as error:
             raise sync.SyncError(f"peer served an invalid block: {error.reason}") from None
         except (BlockFromFuture, BlockNotValidated):
             return []   # not the peer's fault: offered again later
 
-    def _backfill(self, peer: str, missing: bytes) -> int:
+    def _backfill(self, peer: str, missing: bytes, announced_height: int) -> int:
         """Fetch ancestors by hash until one connects (a fork deeper than the overlap)."""
         for _ in range(sync.MAX_BACKFILL):
             raw_blocks = sync.decode_blocks(self.network.request(
                 peer, PROTOCOL_SYNC, sync.encode_request(sync.BLOCK_BY_HASH, missing)))
             if not raw_blocks:
                 return 0
-            results = self._import_synced(raw_blocks[0])
+            results = self._import_synced(raw_blocks[0], announced_height)
             if not results:
                 return 0
             if results[0].status != "orphan":
@@ -524,6 +533,8 @@ class Node:
             "roles": sorted(self.roles),
             "validation": self.validation,
             "validation_detail": VALIDATION_MODES[self.validation],
+            # blocks taken since the start without their unavailable replay, on the chain's work (assumevalid)
+            "assumed_valid": self.chain.metrics["assumed_valid"],
             "address": self.network.address,
         }
 

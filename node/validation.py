@@ -27,6 +27,16 @@ How a block is checked (cheapest first, so junk costs little):
    of the new branch is invalid, the whole reorg rolls back and the old head
    stays.
 
+Assumevalid, as Bitcoin Core's: a node that joins late finds the inputs of old
+iterations gone (peers keep recent tensors only), so their replay is
+unavailable for good. A block at least `assume_valid_depth` blocks below the
+best head a peer announced (sync passes that height to `import_block`) whose
+replay is unavailable takes `trusting_transition` instead of waiting as "not
+validated" forever: its iterations' claimed roots, the fraud-proof outcomes its
+state root commits to, and every other rule (signatures, proofs, the state
+root). A replay that runs and mismatches still rejects it; gossip passes no
+height, so a block near the tip is never assumed.
+
 Transactions for the mempool are checked against the head state without
 running the transition: envelope (chain id, key, low-S signature), fee ≥ the
 minimum, nonce not already used, balance covering the fee and what the body
@@ -37,7 +47,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, TypeVar
 from bws.spec import containers as C
 from bws.spec.constants import MAX_FUTURE_BLOCK_SECONDS
@@ -68,6 +78,7 @@ MAX_ORPHAN_BYTES = 64 * 1024 * 1024
 MAX_REMEMBERED_INVALID = 10_000
 UNAVAILABLE_RETRY_SECONDS = 5.0       # a block whose replay inputs were unavailable is tried again after this,
 UNAVAILABLE_RETRY_MAX_SECONDS = 300.0  # doubling at each failure up to this
+ASSUME_VALID_DEPTH = 1000   # default depth below a peer's announced head for assumevalid (module docstring); 0: never
 
 
 def _content_hash(block: C.Block) -> bytes:
@@ -118,6 +129,20 @@ class ImportResult:
     connected: list[C.Block] = field(default_factory=list)
     disconnected: list[C.Block] = field(default_factory=list)
     missing_parent: bytes | None = None
+
+
+@dataclass(frozen=True)
+class AssumeValid:
+    """What one import may assume valid (assumevalid, module docstring): a block
+    at most `to_height` high whose replay is unavailable. `unavailable`: the
+    content hash of the block whose prefetch already found its inputs gone, so
+    that its transition trusts it without asking the peers again under the lock."""
+
+    to_height: int = 0
+    unavailable: bytes | None = None
+
+    def covers(self, block: C.Block) -> bool:
+        return int(block.header.height) <= self.to_height
 
 
 # What a node decodes from its peers and API clients: the largest encoding it reads, the rejection, the name.
@@ -204,13 +229,19 @@ class Chain:
     return the immutable-by-convention object the chain holds."""
 
     def __init__(self, store: ChainStore, genesis_state: C.State, genesis_block: C.Block,
-                 replay: Replay | None, prefetch: Prefetch | None = None) -> None:
+                 replay: Replay | None, prefetch: Prefetch | None = None,
+                 assume_valid_depth: int = ASSUME_VALID_DEPTH) -> None:
         """`replay`: the verifier's (the engine's); None for a node that does not replay
         iterations and trusts their claimed roots (node/transition.py `trusting_transition`).
-        `prefetch`: fetches what replaying an iteration needs, outside the chain lock."""
+        `prefetch`: fetches what replaying an iteration needs, outside the chain lock.
+        `assume_valid_depth`: how deep below a peer's announced head a block whose replay is
+        unavailable is assumed valid (module docstring); 0 never assumes."""
+        if assume_valid_depth < 0:
+            raise ValueError(f"assume_valid_depth {assume_valid_depth} is negative")
         self.store = store
         self.replay = replay
         self.prefetch = prefetch
+        self.assume_valid_depth = assume_valid_depth
         self._lock = threading.RLock()
         self._orphans: OrderedDict[bytes, tuple[C.Block, int]] = OrderedDict()
         self._orphan_bytes = 0
@@ -220,7 +251,7 @@ class Chain:
         # their validation and store commit, without the replay inputs' fetch (the peers' speed, not ours).
         self.metrics = {"blocks_connected": 0, "blocks_rejected": 0, "reorgs": 0, "side_blocks": 0,
                         "orphans": 0, "transition_seconds": 0.0, "transitions": 0, "blocks_not_validated": 0,
-                        "imports": 0, "import_seconds": 0.0, "last_import_seconds": None}
+                        "imports": 0, "import_seconds": 0.0, "last_import_seconds": None, "assumed_valid": 0}
         genesis_hash = bytes(compute_block_hash(genesis_block))
         if not store.is_initialized():
             store.connect_block(genesis_block, genesis_hash, 0, None, genesis_state)
@@ -262,13 +293,24 @@ class Chain:
             raise TransactionRejected(f"balance {account.balance} does not cover fee and amount {cost}")
 
     # -- blocks -------------------------------------------------------------
-    def import_block(self, block: C.Block) -> ImportResult:
+    def assume_valid(self, announced_height: int | None) -> AssumeValid:
+        """What may be assumed valid under the best head a peer announced at `announced_height`: the
+        blocks at least `assume_valid_depth` below it; nothing (up to height 0, genesis, which is never
+        imported) without a peer's head, as for a gossiped block, or with a depth of 0."""
+        if announced_height is None or self.assume_valid_depth == 0:
+            return AssumeValid()
+        return AssumeValid(to_height=max(0, announced_height - self.assume_valid_depth))
+
+    def import_block(self, block: C.Block, announced_height: int | None = None) -> ImportResult:
         """Validate and store `block`, moving the head if it brings the most
         work. Raises BlockRejected for an invalid block, BlockNotValidated
-        when its iteration's inputs cannot be fetched. The inputs are fetched
-        (`prefetch`) before the chain lock is taken: a slow or withholding
-        peer stalls this block only, not every import."""
+        when its iteration's inputs cannot be fetched, unless it lies at least
+        `assume_valid_depth` below `announced_height` (the best head a syncing
+        peer announced): then it is assumed valid (module docstring). The inputs
+        are fetched (`prefetch`) before the chain lock is taken: a slow or
+        withholding peer stalls this block only, not every import."""
         block_hash, content_hash = bytes(compute_block_hash(block)), _content_hash(block)
+        assume = self.assume_valid(announced_height)
         with self._lock:
             known = self._admit(block, block_hash, content_hash, precheck=True)
             if known is not None:
@@ -278,8 +320,10 @@ class Chain:
             try:
                 self.prefetch(task, block.proofs[0].message.message)
             except ReplayUnavailable as error:
-                with self._lock:
-                    raise self._not_validated(content_hash, str(error)) from None
+                if not assume.covers(block):
+                    with self._lock:
+                        raise self._not_validated(content_hash, str(error)) from None
+                assume = replace(assume, unavailable=content_hash)
         with self._lock:
             # another thread may have imported it meanwhile
             known = self._admit(block, block_hash, content_hash, precheck=False)
@@ -291,7 +335,7 @@ class Chain:
                 self._add_orphan(block_hash, block)
                 return ImportResult("orphan", block_hash, int(block.header.height), missing_parent=parent_hash)
             started = time.perf_counter()
-            result = self._import_with_parent(block, block_hash, parent)
+            result = self._import_with_parent(block, block_hash, parent, assume)
             seconds = time.perf_counter() - started
             self.metrics["imports"] += 1
             self.metrics["import_seconds"] += seconds
@@ -321,10 +365,11 @@ class Chain:
                 raise
         return None
 
-    def import_with_orphans(self, block: C.Block) -> list[ImportResult]:
-        """Import `block`, then every waiting orphan that descends from it.
-        Invalid orphans are dropped; the first result is `block`'s own."""
-        results = [self.import_block(block)]
+    def import_with_orphans(self, block: C.Block, announced_height: int | None = None) -> list[ImportResult]:
+        """Import `block`, then every waiting orphan that descends from it (both
+        under `announced_height`, import_block's). Invalid orphans are dropped;
+        the first result is `block`'s own."""
+        results = [self.import_block(block, announced_height)]
         pending = [results[0].block_hash] if results[0].status != "orphan" else []
         while pending:
             parent = pending.pop()
@@ -334,7 +379,7 @@ class Chain:
                     self._orphan_bytes -= self._orphans.pop(child_hash)[1]
             for child_hash, child in children:
                 try:
-                    result = self.import_block(child)
+                    result = self.import_block(child, announced_height)
                 except (BlockRejected, BlockNotValidated):
                     continue
                 results.append(result)
@@ -363,9 +408,13 @@ class Chain:
         self._invalid.add(_content_hash(block))
         self.metrics["blocks_rejected"] += 1
 
-    def _transition(self, state: C.State, block: C.Block) -> C.State:
+    def _transition(self, state: C.State, block: C.Block, assume: AssumeValid) -> C.State:
         """The block's post-state; InvalidBlock, or BlockNotValidated when its
-        replay could not fetch the iteration's inputs."""
+        replay could not fetch the iteration's inputs, unless `assume` covers
+        it: then the trusting transition's (assumevalid)."""
+        if self.replay is not None and assume.unavailable is not None and assume.covers(block) \
+                and assume.unavailable == _content_hash(block):
+            return self._assumed_valid(state, block)
         started = time.perf_counter()
         unavailable = []
 
@@ -382,12 +431,21 @@ class Chain:
                 return trusting_transition(state, block)
             return state_transition(state, block, replay)
         except InvalidBlock:
-            if unavailable:
+            if not unavailable:
+                raise
+            if not assume.covers(block):
                 raise self._not_validated(_content_hash(block), unavailable[0]) from None
-            raise
         finally:
             self.metrics["transition_seconds"] += time.perf_counter() - started
             self.metrics["transitions"] += 1
+        return self._assumed_valid(state, block)
+
+    def _assumed_valid(self, state: C.State, block: C.Block) -> C.State:
+        """The post-state of a block assumed valid: the trusting transition's, which still checks every rule
+        but the unavailable replay (InvalidBlock if even the claimed roots break one)."""
+        after = trusting_transition(state, block)
+        self.metrics["assumed_valid"] += 1
+        return after
 
     def _not_validated(self, content_hash: bytes, why: str) -> BlockNotValidated:
         """Note a block (by content hash) whose replay inputs were unavailable:
@@ -402,12 +460,13 @@ class Chain:
         return BlockNotValidated(f"iteration inputs unavailable ({why}); not validated yet, "
                                  f"tried again in {delay:.0f} s")
 
-    def _import_with_parent(self, block: C.Block, block_hash: bytes, parent: BlockRecord) -> ImportResult:
+    def _import_with_parent(self, block: C.Block, block_hash: bytes, parent: BlockRecord,
+                            assume: AssumeValid) -> ImportResult:
         work = parent.cumulative_work + compute_block_work(block.header.target)
         height = int(block.header.height)
         if parent.hash == self._head.hash:
             try:
-                after = self._transition(self._head_state, block)
+                after = self._transition(self._head_state, block, assume)
             except InvalidBlock as error:
                 self._reject(block)
                 raise BlockRejected(error.reason) from None
@@ -420,7 +479,7 @@ class Chain:
             self.store.store_block(block, block_hash, work)
             self.metrics["side_blocks"] += 1
             return ImportResult("side", block_hash, height)
-        return self._reorg(block, block_hash, work)
+        return self._reorg(block, block_hash, work, assume)
 
     def _beats_head(self, work: int, block_hash: bytes) -> bool:
         """Fork choice: more work wins; equal work, the lower hash (spec's get_head)."""
@@ -440,7 +499,7 @@ class Chain:
         branch.reverse()
         return branch
 
-    def _reorg(self, tip: C.Block, tip_hash: bytes, tip_work: int) -> ImportResult:
+    def _reorg(self, tip: C.Block, tip_hash: bytes, tip_work: int, assume: AssumeValid) -> ImportResult:
         branch = self._branch_to_main_chain(tip) + [tip]
         fork_hash = bytes(branch[0].header.parent_hash)
         disconnected: list[C.Block] = []
@@ -454,7 +513,7 @@ class Chain:
                     record = self.store.get_block_record(block_hash)
                     block_work = record.cumulative_work if record is not None else tip_work
                     try:
-                        after = self._transition(state, block)
+                        after = self._transition(state, block, assume)
                     except InvalidBlock as error:
                         raise _BranchInvalid(block, block_hash, error.reason) from None
                     self.store.connect_block(block, block_hash, block_work, state, after)

@@ -61,6 +61,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--api-host", default="127.0.0.1", metavar="HOST",
                      help="HTTP API address (default 127.0.0.1; the API has no authentication: give another "
                           "address, e.g. 0.0.0.0 or ::, only behind your own proxy or firewall)")
+    run.add_argument("--assume-valid-depth", type=int, metavar="N",
+                     help="a verifier joining late takes a block at least N below a syncing peer's head whose "
+                          "iteration inputs nobody serves any more on the chain's work, trusting the iteration's "
+                          "claimed roots and checking every other rule, as Bitcoin Core's assumevalid (default "
+                          "1000; 0 = never: such a block waits, not validated)")
     run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     run.set_defaults(run=run_node)
     peers = commands.add_parser("peers", help="the running node's connected and banned peers, as a table",
@@ -86,6 +91,7 @@ def run_node(args: argparse.Namespace) -> int:
     from bws.node.p2p import NetworkError
     from bws.node.service import VALIDATION_MODES, Node, NodeError, NodeSettings, load_genesis
     from bws.node.store import StoreError
+    from bws.node.validation import ASSUME_VALID_DEPTH
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     roles = {role.strip() for role in args.roles.split(",") if role.strip()}
@@ -94,6 +100,9 @@ def run_node(args: argparse.Namespace) -> int:
         listen = listen_address(args)
     except ValueError as error:
         raise CommandError(str(error)) from None
+    assume_valid_depth = ASSUME_VALID_DEPTH if args.assume_valid_depth is None else args.assume_valid_depth
+    if assume_valid_depth < 0:
+        raise CommandError(f"--assume-valid-depth {assume_valid_depth}: a depth is 0 (never) or more")
     try:
         if roles & {"verifier", "miner", "client", "evaluator", "supervisor"}:
             from bws.node.roles.host import RoleSet, RoleSetupError, load_role_account
@@ -106,7 +115,8 @@ def run_node(args: argparse.Namespace) -> int:
                                  peers=args.peer, api_port=args.api_port, api_host=args.api_host,
                                  listen=listen, announce=args.announce,
                                  replay=role_set.replay if verifying else None,
-                                 prefetch=role_set.replay.prefetch if verifying else None))
+                                 prefetch=role_set.replay.prefetch if verifying else None,
+                                 assume_valid_depth=assume_valid_depth))
     except (NodeError, StoreError) as error:
         raise CommandError(str(error)) from None
     stop = threading.Event()

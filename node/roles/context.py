@@ -211,7 +211,7 @@ class RoleContext:
     chain: Chain
     mempool: Mempool
     network: object            # NetworkService (or a test double with publish/request/peers)
-    account: Account
+    account: Account | None    # None: a node without a key (a verifier only), which replays but signs nothing
     library: TaskLibrary
     import_block: object       # the node's import_block(block): validation, mempool upkeep
     cache: TensorCache = field(default_factory=TensorCache)
@@ -228,7 +228,8 @@ class RoleContext:
     replays: LatestResults = field(default_factory=lambda: LatestResults(REPLAYS_KEPT))
 
     # Derived once: deriving a public key takes a curve multiplication, and
-    # the miner needs the address for every task at every step.
+    # the miner needs the address for every task at every step. Only the
+    # roles that sign read them, and those refuse to start without a key.
     @functools.cached_property
     def public_key(self) -> bytes:
         return self.account.public_key

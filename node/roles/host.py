@@ -112,6 +112,9 @@ class RoleSet:
             if role is not None:
                 role.start()
         logger.info("roles started: %s", ", ".join(sorted(self.roles)))
+        if self.account is None:
+            logger.warning("no key (--keystore): this node replays blocks and refuses those that mismatch, "
+                           "but signs nothing: it disputes no mismatch and mines nothing")
 
     def stop(self) -> None:
         if self.context is None:

@@ -23,7 +23,9 @@ else from the peers' message records over `/bws/audit/1`: a block that came
 by sync was never gossiped to this node), and submits
 Dispute(FraudProof) through the helper the supervisor uses (node/roles/disputes.py:
 once per miner, not when the chain or the mempool already has a dispute).
-A replay that is unavailable is no mismatch and accuses nobody.
+A replay that is unavailable is no mismatch and accuses nobody. A node without
+a key (`--roles verifier` and no keystore) replays and refuses mismatches all
+the same, but cannot sign a dispute: it counts them (`mismatches_not_disputed`).
 """
 from __future__ import annotations
 
@@ -193,7 +195,9 @@ class VerifierDisputes:
 class NetworkReplay:
     """The chain's `replay`, counting what it did in the role metrics
     (replays, matches, mismatches, unavailable inputs, blocks of other miners),
-    and handing mismatches to `VerifierDisputes` when the node has a key."""
+    and handing mismatches to `VerifierDisputes` when the node has a key.
+    Nothing here reads the node's address without one: this runs on the sync
+    thread, which a missing key must not stop."""
 
     def __init__(self, context_ref) -> None:
         # The chain needs its replay before the context (which needs the chain) exists.
@@ -237,8 +241,10 @@ class NetworkReplay:
             context.metrics["replay_mismatches"] += 1
             logger.warning("replay mismatch: task %s… iteration %d of miner %s…", bytes(message.work.task_id).hex()[:12],
                            message.work.iteration, bytes(message.work.miner).hex()[:12])
-            if context.account is not None:
+            if context.account is None:
+                context.metrics["mismatches_not_disputed"] += 1
+            else:
                 self.disputes(context).suspect(task, message, result)
-        elif bytes(message.work.miner) != context.address:
+        elif context.account is None or bytes(message.work.miner) != context.address:
             context.metrics["peer_blocks_verified"] += 1
         return result

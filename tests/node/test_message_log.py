@@ -63,7 +63,8 @@ def test_a_new_head_forgets_the_roles_per_task_state():
     log.follow_head(head_tasks(training=TASK_TRAINING, ended=TASK_FINALIZED), 1)
     state = SimpleNamespace(tasks=head_tasks(training=TASK_TRAINING), height=1 + FORGET_AFTER_BLOCKS)
     connected = SimpleNamespace(status="connected", connected=[], disconnected=[], block_hash=bytes(32), height=1)
-    node = SimpleNamespace(chain=SimpleNamespace(import_with_orphans=lambda block: [connected], head_state=state),
+    node = SimpleNamespace(chain=SimpleNamespace(import_with_orphans=lambda block, announced_height: [connected],
+                                                 head_state=state),
                            mempool=SimpleNamespace(prune=lambda *senders: None), _head_changed_at=0.0,
                            _sync_wanted=threading.Event(),
                            head_listeners=[lambda head: RoleContext.follow_head(roles, head)])
