@@ -42,6 +42,10 @@ NODE_METRICS: dict[tuple[str, ...], Family | None] = {
     ("chain", "blocks_rejected"): _counter("bws_chain_blocks_rejected", "Blocks found invalid."),
     ("chain", "reorgs"): _counter("bws_chain_reorgs", "Reorganizations onto a branch with more work."),
     ("chain", "side_blocks"): _counter("bws_chain_side_blocks", "Valid-looking blocks stored off the main chain."),
+    ("chain", "side_blocks_refused"): _counter(
+        "bws_chain_side_blocks_refused", "Side blocks refused by the cheap checks against the head."),
+    ("chain", "side_blocks_pruned"): _counter(
+        "bws_chain_side_blocks_pruned", "Side blocks deleted once deeper than the kept depth below the head."),
     ("chain", "orphans"): _counter("bws_chain_orphans", "Blocks that arrived before their parent."),
     ("chain", "blocks_not_validated"): _counter(
         "bws_chain_blocks_not_validated", "Blocks put off because their iteration's inputs could not be fetched."),

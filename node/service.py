@@ -353,7 +353,9 @@ class Node:
     # -- gossip ---------------------------------------------------------------
     def _validate_gossip_block(self, data: bytes) -> Verdict:
         """REJECT a block that fails the stateless prechecks (the forwarding
-        peer is scored down), IGNORE one already stored. A replaying node
+        peer is scored down), IGNORE one already stored or a side block the
+        cheap checks against the head refuse (issue #14's h2: not relayed, and
+        its peer not blamed, as its head may differ). A replaying node
         ACCEPTs the rest: relayed at once, imported (replayed) on delivery.
         A trusting node could not check the iteration, so relaying would
         vouch for fake ones (issue #14): it imports the block here, on the
@@ -369,6 +371,10 @@ class Node:
             return Verdict.REJECT
         if self.store.has_block(bytes(compute_block_hash(block))):
             return Verdict.IGNORE
+        try:
+            self.chain.check_side_block(block)
+        except BlockRejected:
+            return Verdict.IGNORE   # refused against this node's head, which its peer's may not be: no blame
         if self.validation == "trusting":
             self._import_gossiped(block)
             return Verdict.IGNORE

@@ -4,7 +4,7 @@ Tables (all keys are raw bytes as BLOBs; heights and amounts as integers):
 
 | table | one row per | what for |
 | --- | --- | --- |
-| `blocks` | block seen and validated (main chain or side branch) | header fields as columns, cumulative work, the block's canonical encoding |
+| `blocks` | main-chain block, or side block admitted (node/validation.py; pruned once deep below the head) | header fields as columns, cumulative work, the block's canonical encoding |
 | `main_chain` | height of the main chain | height → block hash |
 | `transactions` | transaction in a stored block | by tx id, by sender, by block |
 | `state_entries` | entry of a state map (accounts, stakes, tasks) at the head | the head state, key/value = canonical encodings |
@@ -265,6 +265,19 @@ class ChainStore:
             [block_hash],
         ) is not None
 
+    def fork_height(self, block_hash: bytes) -> int:
+        """The height of the newest main-chain ancestor of a stored block (its own if it is on the main chain).
+        Reads heights and parents only, never a block's encoding."""
+        while True:
+            row = self._one("SELECT b.parent_hash, b.height, m.hash IS NOT NULL FROM blocks b "
+                            "LEFT JOIN main_chain m ON m.height = b.height AND m.hash = b.hash WHERE b.hash = ?",
+                            [block_hash])
+            if row is None:
+                raise StoreError(f"side branch is missing block {block_hash.hex()}")
+            if row[2]:
+                return int(row[1])
+            block_hash = bytes(row[0])
+
     def block_count(self) -> int:
         return self._one("SELECT count(*) FROM blocks")[0]
 
@@ -312,6 +325,31 @@ class ChainStore:
                     decode(bytes(key), typ.KEY): decode(bytes(value), typ.VALUE) for key, value in rows
                 })
             return C.State(**values)
+
+    def main_chain_state(self, block_hash: bytes, head_state: C.State) -> C.State:
+        """The state after the main-chain block `block_hash`, made from `head_state` (the head's) by undoing in
+        memory what the blocks above it changed: a reorg validates its branch on it before the store changes.
+        Entries no block above it changed stay shared with `head_state`."""
+        with self._lock:
+            row = self._one("SELECT m.height, s.encoded FROM main_chain m "
+                            "JOIN state_scalars s ON s.block_hash = m.hash WHERE m.hash = ?", [block_hash])
+            if row is None:
+                raise StoreError(f"main_chain_state: block {block_hash.hex()} is not on the main chain")
+            undo = self._all("SELECT u.map, u.key, u.old_value FROM state_undo u "
+                             "JOIN main_chain m ON m.hash = u.block_hash WHERE m.height > ? "
+                             "ORDER BY m.height DESC, u.seq", [int(row[0])])
+        values = decode_scalars(bytes(row[1]))
+        maps = {name: dict(getattr(head_state, name)) for name in MAP_FIELDS}
+        # Newest block first: a key's last write is the value before the oldest block above that changed it.
+        for map_name, key, old in undo:
+            typ = MAP_FIELDS[map_name]
+            entry_key = decode(bytes(key), typ.KEY)
+            if old is None:
+                maps[map_name].pop(entry_key, None)
+            else:
+                maps[map_name][entry_key] = decode(bytes(old), typ.VALUE)
+        values.update({name: typ(maps[name]) for name, typ in MAP_FIELDS.items()})
+        return C.State(**values)
 
     # -- writes (each inside one transaction) ---------------------------
     def _insert_rows(self, table: str, width: int, rows: list[list], replace: bool = False) -> None:
@@ -408,6 +446,22 @@ class ChainStore:
             for current in doomed:
                 self._db.execute("DELETE FROM transactions WHERE block_hash = ?", [current])
                 self._db.execute("DELETE FROM blocks WHERE hash = ?", [current])
+            return len(doomed)
+
+    def prune_side_blocks(self, low: int, high: int) -> int:
+        """Forget the side blocks (off the main chain) at heights in [low, high) and their stored descendants;
+        returns how many. One read finds them all (usually none, and then nothing is written)."""
+        with self.transaction():
+            doomed = [bytes(row[0]) for row in self._all(
+                "WITH RECURSIVE doomed(hash) AS ("
+                " SELECT b.hash FROM blocks b LEFT JOIN main_chain m ON m.height = b.height AND m.hash = b.hash"
+                " WHERE b.height >= ? AND b.height < ? AND m.hash IS NULL"
+                " UNION SELECT b.hash FROM blocks b JOIN doomed d ON b.parent_hash = d.hash)"
+                " SELECT hash FROM doomed", [low, high])]
+            if doomed:
+                placeholders = ", ".join(["?"] * len(doomed))
+                self._db.execute(f"DELETE FROM transactions WHERE block_hash IN ({placeholders})", doomed)
+                self._db.execute(f"DELETE FROM blocks WHERE hash IN ({placeholders})", doomed)
             return len(doomed)
 
     # -- supervisors' records -------------------------------------------

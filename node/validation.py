@@ -11,21 +11,29 @@ How a block is checked (cheapest first, so junk costs little):
    runs this before relaying; a block that fails it never costs a replay.
 2. The parent must be known (else the block waits as an orphan and the node
    asks peers for the parent).
-3. Fork choice by most cumulative work (sum of `compute_block_work(target)`
+3. A block that does not extend the head (a side block) is admitted with
+   cheap checks against the head (`Chain._admit_side_block`): no deeper than
+   SIDE_BRANCH_DEPTH below it, its miner staked and a member of the task it
+   claims, its target no easier than the retarget rule allows since the fork
+   point. Side blocks deeper than SIDE_BRANCH_DEPTH are pruned as the head
+   moves, with their descendants.
+4. Fork choice by most cumulative work (sum of `compute_block_work(target)`
    over the blocks after genesis), on equal work the lowest hash: the spec's
-   `get_head`. Side blocks get the stateless checks when they arrive and the
+   `get_head`. Side blocks get the checks above when they arrive and the
    full transition when their branch would become the head.
-4. The state transition: the node's own (node/transition.py), run on the
+5. The state transition: the node's own (node/transition.py), run on the
    parent's state. It gives exactly the spec's `state_transition` verdict,
    reason, post-state and root, but copies only the state's maps (entries are
    frozen and shared), verifies signatures through libsecp256k1 and not at all
    when precheck_block already did, and computes the state root from leaf
    hashes cached per entry, re-hashing only what the block replaced. Property
    tests hold it to the spec (property_tests/test_node_transition_vs_spec.py),
-   and the spec's vectors to the spec's reasons. A reorg (disconnect to the
-   fork point, connect the new branch) is ONE store transaction: if a block
-   of the new branch is invalid, the whole reorg rolls back and the old head
-   stays.
+   and the spec's vectors to the spec's reasons. A reorg first runs the whole
+   new branch in memory, on the fork point's state (the head state with the
+   main chain's undo records applied: `ChainStore.main_chain_state`); only a
+   branch found valid throughout is then written, disconnect to the fork
+   point and connect, as ONE store transaction. An invalid branch leaves the
+   store untouched but for its own side blocks, deleted.
 
 Assumevalid, as Bitcoin Core's: a node that joins late finds the inputs of old
 iterations gone (peers keep recent tensors only), so their replay is
@@ -50,7 +58,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Callable, TypeVar
 from bws.spec import containers as C
-from bws.spec.constants import MAX_FUTURE_BLOCK_SECONDS
+from bws.spec.constants import MAX_FUTURE_BLOCK_SECONDS, MAX_TARGET, RETARGET_CLAMP, ROLE_MINER
 from bws.spec.encoding import DecodeError, decode, encode
 from bws.spec.hashing import hash_bytes
 from bws.spec.fork_choice import is_timestamp_acceptable
@@ -61,6 +69,7 @@ from bws.spec.state_transition import (
     InvalidBlock, Replay, ReplayUnavailable, compute_block_hash, compute_transaction_signing_root,
     compute_transactions_root,
 )
+from bws.spec.tasks import get_member_index
 
 from . import keys
 from .transition import is_signed_iteration_message_valid, state_transition, trusting_transition
@@ -79,6 +88,7 @@ MAX_REMEMBERED_INVALID = 10_000
 UNAVAILABLE_RETRY_SECONDS = 5.0       # a block whose replay inputs were unavailable is tried again after this,
 UNAVAILABLE_RETRY_MAX_SECONDS = 300.0  # doubling at each failure up to this
 ASSUME_VALID_DEPTH = 1000   # default depth below a peer's announced head for assumevalid (module docstring); 0: never
+SIDE_BRANCH_DEPTH = 100  # honest forks end within a few blocks; deeper side data only costs disk (and is not taken)
 
 
 def _content_hash(block: C.Block) -> bytes:
@@ -211,6 +221,31 @@ def precheck_block(block: C.Block, config: C.ChainConfig) -> None:
             raise BlockRejected(f"transaction {index}: {error.reason}") from None
 
 
+def easiest_side_target(config: C.ChainConfig, head_target: int, head_height: int, fork_height: int,
+                        height: int) -> int:
+    """The easiest target a block at `height` can carry on a branch from the main-chain block at `fork_height`,
+    when the head, at `head_height`, asks `head_target` of its next block: from the heights alone, not by
+    replaying. The spec's retarget (`compute_next_target`) moves the target at each multiple of
+    retarget_interval, at most RETARGET_CLAMP-fold: back from the head to the fork point at most that far down
+    (so the fork point's target is at most the inverse of the floored division), then forward to the block's
+    parent at most that far up."""
+    interval = config.retarget_interval
+    expected = interval * config.target_block_time
+    shortest = expected // RETARGET_CLAMP
+    if shortest == 0:
+        return MAX_TARGET   # a window clamped to 0 s makes any target reachable
+    target = head_target
+    for _ in range(head_height // interval - fork_height // interval):
+        if target >= MAX_TARGET:
+            break
+        target = ((target + 1) * expected - 1) // shortest   # the largest t with t * shortest // expected <= target
+    for _ in range((height - 1) // interval - fork_height // interval):
+        if target >= MAX_TARGET:
+            break
+        target *= RETARGET_CLAMP
+    return min(target, MAX_TARGET)
+
+
 def spent_by(body) -> int:
     """Coins a transaction body takes from the sender's balance besides the fee."""
     if isinstance(body, C.Transfer):
@@ -250,7 +285,8 @@ class Chain:
         # imports: blocks stored (connected, side or by a reorg) once their parent was known; import_seconds:
         # their validation and store commit, without the replay inputs' fetch (the peers' speed, not ours).
         self.metrics = {"blocks_connected": 0, "blocks_rejected": 0, "reorgs": 0, "side_blocks": 0,
-                        "orphans": 0, "transition_seconds": 0.0, "transitions": 0, "blocks_not_validated": 0,
+                        "side_blocks_refused": 0, "side_blocks_pruned": 0, "orphans": 0,
+                        "transition_seconds": 0.0, "transitions": 0, "blocks_not_validated": 0,
                         "imports": 0, "import_seconds": 0.0, "last_import_seconds": None, "assumed_valid": 0}
         genesis_hash = bytes(compute_block_hash(genesis_block))
         if not store.is_initialized():
@@ -262,6 +298,8 @@ class Chain:
         self.config = genesis_state.config
         self._head_state = store.load_head_state()
         self._head = store.head_record()
+        self._pruned_below = 0   # side blocks below this height are pruned (none since this start, so far)
+        self._prune_side_blocks()
 
     # -- reads ------------------------------------------------------------
     @property
@@ -315,6 +353,7 @@ class Chain:
             known = self._admit(block, block_hash, content_hash, precheck=True)
             if known is not None:
                 return known
+            self.check_side_block(block)   # before its inputs are fetched: a refused one costs no fetch
             task = self._head_state.tasks.get(block.header.task_id)
         if self.prefetch is not None and task is not None:
             try:
@@ -364,6 +403,55 @@ class Chain:
                 self._reject(block)
                 raise
         return None
+
+    def check_side_block(self, block: C.Block) -> None:
+        """BlockRejected if `block`, whose parent is stored and is not the head, fails the cheap checks against
+        the head (`_admit_side_block`); nothing for any other block. Gossip asks it before relaying."""
+        with self._lock:
+            parent_hash = bytes(block.header.parent_hash)
+            if parent_hash != self._head.hash and self.store.has_block(parent_hash):
+                self._admit_side_block(block)
+
+    def _admit_side_block(self, block: C.Block) -> None:
+        """Cheap checks of a block whose known parent is not the head, against the head (issue #14's h2: such
+        a block passed the stateless checks only, and forged ones filled the disk or claimed more work than the
+        chain). Refused (BlockRejected, not remembered invalid, nothing stored changes): a block more than
+        SIDE_BRANCH_DEPTH below the head; one whose miner holds no miner stake at the head, or claims a task
+        the head does not hold with that miner as a member; one whose target is easier than
+        `easiest_side_target` since the fork point.
+
+        Stake and membership are read at the head, not on the block's own branch: an approximation that holds
+        for the short forks honest miners make (the same stakes and groups on both sides), and refuses a
+        branch on which a task or a stake was made that the main chain does not have. The branch is still
+        fully validated before it becomes the head; this only bounds what is stored unvalidated."""
+        header, head, state = block.header, self._head, self._head_state
+        height = int(header.height)
+        try:
+            if head.height - height > SIDE_BRANCH_DEPTH:
+                raise BlockRejected(f"side block at height {height} is more than {SIDE_BRANCH_DEPTH} blocks "
+                                    f"below the head ({head.height}): too deep a fork")
+            if C.StakeKey(owner=header.miner, role=ROLE_MINER) not in state.stakes:
+                raise BlockRejected("side block: its miner holds no miner stake at the head")
+            task = state.tasks.get(header.task_id)
+            if task is None or get_member_index(task, header.miner) is None:
+                raise BlockRejected("side block: the head holds no task with its miner as a member")
+            fork_height = self.store.fork_height(bytes(header.parent_hash))
+            easiest = easiest_side_target(self.config, int(state.target), head.height, fork_height, height)
+            if header.target > easiest:
+                raise BlockRejected(f"side block: target {int(header.target):#x} is easier than the retarget rule "
+                                    f"allows since the fork point at height {fork_height} ({easiest:#x})")
+        except BlockRejected:
+            self.metrics["side_blocks_refused"] += 1
+            raise
+
+    def _prune_side_blocks(self) -> None:
+        """Forget the side blocks now more than SIDE_BRANCH_DEPTH below the head, with their descendants.
+        Heights below `_pruned_below` were pruned already, and no side block is admitted there since; after a
+        reorg to a lower head, the heights it opens again are pruned again later."""
+        cutoff = max(self._head.height - SIDE_BRANCH_DEPTH, 0)
+        if cutoff > self._pruned_below:
+            self.metrics["side_blocks_pruned"] += self.store.prune_side_blocks(self._pruned_below, cutoff)
+        self._pruned_below = cutoff
 
     def import_with_orphans(self, block: C.Block, announced_height: int | None = None) -> list[ImportResult]:
         """Import `block`, then every waiting orphan that descends from it (both
@@ -474,7 +562,9 @@ class Chain:
             self._head_state = after
             self._head = BlockRecord(block_hash, height, parent.hash, work, encode(block))
             self.metrics["blocks_connected"] += 1
+            self._prune_side_blocks()
             return ImportResult("connected", block_hash, height, connected=[block])
+        self._admit_side_block(block)   # again: the head may have moved while its inputs were fetched
         if not self._beats_head(work, block_hash):
             self.store.store_block(block, block_hash, work)
             self.metrics["side_blocks"] += 1
@@ -500,42 +590,49 @@ class Chain:
         return branch
 
     def _reorg(self, tip: C.Block, tip_hash: bytes, tip_work: int, assume: AssumeValid) -> ImportResult:
+        """Move the head to the branch of `tip`, which claims more work. The whole branch is validated in
+        memory, on the fork point's state, before the store changes: an invalid branch (a forged claim of
+        more work) costs its transitions, never a disconnect of the main chain."""
         branch = self._branch_to_main_chain(tip) + [tip]
         fork_hash = bytes(branch[0].header.parent_hash)
+        steps: list[_Connect] = []
+        state = self.store.main_chain_state(fork_hash, self._head_state)
+        for block in branch:
+            block_hash = bytes(compute_block_hash(block))
+            record = self.store.get_block_record(block_hash)
+            try:
+                after = self._transition(state, block, assume)
+            except InvalidBlock as error:
+                self._reject(block)
+                if block_hash != tip_hash:
+                    self._reject(tip)
+                self.store.delete_side_branch(block_hash)
+                raise BlockRejected(f"reorg aborted, block {block_hash.hex()[:16]}… is invalid: "
+                                    f"{error.reason}") from None
+            steps.append(_Connect(block, block_hash, record.cumulative_work if record is not None else tip_work,
+                                  state, after))
+            state = after
         disconnected: list[C.Block] = []
-        try:
-            with self.store.transaction():
-                while self.store.head_hash() != fork_hash:
-                    disconnected.append(self.store.disconnect_head().block())
-                state = self.store.load_head_state()
-                for block in branch:
-                    block_hash = bytes(compute_block_hash(block))
-                    record = self.store.get_block_record(block_hash)
-                    block_work = record.cumulative_work if record is not None else tip_work
-                    try:
-                        after = self._transition(state, block, assume)
-                    except InvalidBlock as error:
-                        raise _BranchInvalid(block, block_hash, error.reason) from None
-                    self.store.connect_block(block, block_hash, block_work, state, after)
-                    state = after
-        except _BranchInvalid as invalid:
-            self._reject(invalid.block)
-            if invalid.block_hash != tip_hash:
-                self._reject(tip)
-            self.store.delete_side_branch(invalid.block_hash)
-            raise BlockRejected(f"reorg aborted, block {invalid.block_hash.hex()[:16]}… is invalid: {invalid.reason}") from None
+        with self.store.transaction():
+            while self.store.head_hash() != fork_hash:
+                disconnected.append(self.store.disconnect_head().block())
+            for step in steps:
+                self.store.connect_block(step.block, step.block_hash, step.cumulative_work, step.before, step.after)
         self._head_state, self._head = state, self.store.head_record()
         self.metrics["reorgs"] += 1
         self.metrics["blocks_connected"] += len(branch)
+        self._prune_side_blocks()
         return ImportResult("reorg", tip_hash, int(tip.header.height), connected=branch, disconnected=disconnected)
 
 
-class _BranchInvalid(Exception):
-    def __init__(self, block: C.Block, block_hash: bytes, reason: str):
-        super().__init__(reason)
-        self.block = block
-        self.block_hash = block_hash
-        self.reason = reason
+@dataclass(frozen=True)
+class _Connect:
+    """A block of a reorg's branch, validated, and the states it is connected between."""
+    block: C.Block
+    block_hash: bytes
+    cumulative_work: int
+    before: C.State
+    after: C.State
 
 
 def transaction_pool_record(signed: C.SignedTransaction, raw: bytes) -> PoolTransaction:

@@ -165,6 +165,28 @@ class ChainFactory:
                     return block, T.state_transition(state, block, self.replay)
             iteration += 1
 
+    def forge(self, block: C.Block, key: Key, task_id: bytes | None = None, target: int | None = None) -> C.Block:
+        """`block` mined again by `key` (any key: the stateless checks ask no stake), for another task or
+        against another target: a forger's block that passes the node's stateless checks, with a zero state
+        root (it is refused before any transition)."""
+        template = dataclasses.replace(
+            block.header, miner=key.address, task_id=block.header.task_id if task_id is None else task_id,
+            target=block.header.target if target is None else target, state_root=bytes(32), iteration=0,
+            message_digest=bytes(32), nonce_index=0, nonce=bytes(32))
+        commitment = compute_header_commitment(template)
+        for iteration in range(ITERATIONS):
+            work = dataclasses.replace(block.proofs[0].message.message.work, miner=key.address,
+                                       task_id=template.task_id, iteration=iteration)
+            message = sign_iteration_message(key.secret, C.IterationMessage(work=work, header_commitment=commitment))
+            seed = compute_nonce_seed(work)
+            for nonce_index in range(self.genesis_state.config.max_nonces_per_iteration):
+                header = dataclasses.replace(template, iteration=iteration, nonce_index=nonce_index,
+                                             message_digest=compute_message_digest(message.message),
+                                             nonce=compute_nonce(seed, nonce_index))
+                if is_valid_pow(header):
+                    return dataclasses.replace(block, header=header, proofs=[C.PouwProof(message=message)])
+        raise AssertionError("no nonce met the target")
+
     def chain(self, length: int, state: C.State | None = None, miner_of=lambda height: 0, **kwargs) -> list[tuple[C.Block, C.State]]:
         state = self.genesis_state if state is None else state
         blocks = []

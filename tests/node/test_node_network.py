@@ -253,3 +253,23 @@ def test_api_host_is_where_the_api_listens_and_the_log_says_so(tmp_path, factory
         assert ("no authentication" in caplog.text) is (host == "0.0.0.0")
     finally:
         node.stop()
+
+
+def test_gossip_relays_no_side_block_the_cheap_checks_refuse(tmp_path, factory):
+    """Issue #14's h2: a side block passing the stateless checks was relayed by every node. One its miner
+    could not have made at the head (no stake) is now IGNOREd, neither relayed nor stored, its peer not blamed;
+    an honest competing block is relayed."""
+    from bws.node.p2p import Verdict
+
+    node = Node(NodeSettings(data_dir=tmp_path, genesis=factory.genesis, roles={"peer", "verifier"},
+                             replay=factory.replay))
+    try:
+        for block, _ in factory.chain(2, miner_of=lambda h: 0):
+            assert node.submit_block(encode(block))["status"] == "connected"
+        honest, _ = factory.next_block(factory.genesis_state, miner=1)
+        forged = factory.forge(honest, ChainFactory(miners=1, seed=99).miners[0])
+        assert node._validate_gossip_block(encode(forged)) == Verdict.IGNORE
+        assert node._validate_gossip_block(encode(honest)) == Verdict.ACCEPT
+        assert not node.store.has_block(compute_block_hash(forged))
+    finally:
+        node.store.close()

@@ -294,3 +294,131 @@ def test_the_inputs_are_fetched_outside_the_chain_lock(factory, tmp_path):
     chain._unavailable.clear()   # its backoff over
     assert chain.import_block(block).status == "connected" and len(replays) == 1
     assert seen[1][1], "the lock was held during the prefetch"
+
+
+# -- issue #14's h2: side blocks are admitted cheaply against the head, pruned past a depth ---------------------
+def chain_with_main(factory, path, length):
+    chain = open_chain(factory, path)
+    main = factory.chain(length, miner_of=lambda h: 0)
+    for block, _ in main:
+        assert chain.import_block(block).status == "connected"
+    return chain, main
+
+
+def expect_refused(chain, block, reason):
+    head, count = chain.head.hash, chain.store.block_count()
+    with pytest.raises(BlockRejected, match=reason):
+        chain.import_block(block)
+    assert chain.head.hash == head and chain.store.block_count() == count   # nothing stored changed
+
+
+def test_a_side_block_whose_miner_holds_no_stake_or_membership_is_refused(factory, tmp_path):
+    """Issue #14's h2: a forged side block passed the stateless checks only and was stored for good."""
+    chain, _ = chain_with_main(factory, tmp_path, 2)
+    honest, _ = factory.next_block(factory.genesis_state, miner=1)   # a side block at height 1
+    stranger = ChainFactory(miners=1, seed=99).miners[0]
+    expect_refused(chain, factory.forge(honest, stranger), "holds no miner stake at the head")
+    expect_refused(chain, factory.forge(honest, factory.miners[1], task_id=hash_bytes(b"no such task")),
+                   "no task with its miner as a member")
+    assert chain.metrics["side_blocks_refused"] == 2 and chain.metrics["blocks_rejected"] == 0
+    assert chain.import_block(honest).status == "side"   # refusals are not remembered: the honest one is taken
+
+
+def test_a_side_block_with_an_easier_target_than_the_retarget_rule_allows_is_refused(factory, tmp_path):
+    """Issue #14's h2: a side block hashed against an easy target claimed more work than the chain, and the
+    node disconnected its main chain before the reorg failed."""
+    chain, _ = chain_with_main(factory, tmp_path, 2)
+    honest, _ = factory.next_block(factory.genesis_state, miner=1)
+    easy = factory.forge(honest, factory.miners[1], target=int(honest.header.target) * 2)
+    expect_refused(chain, easy, "easier than the retarget rule allows since the fork point at height 0")
+
+
+def test_the_easiest_side_target_bounds_every_retarget_path():
+    """The bound from the heights holds the most the spec's retarget can move a target: down as far as it can
+    from the fork point to the head, up as far as it can from the fork point to the block's parent."""
+    from bws.node.validation import easiest_side_target
+    from bws.spec.constants import RETARGET_CLAMP
+    from bws.spec.presets import DEVNET
+    from bws.spec.state_transition import compute_next_target
+
+    expected = DEVNET.retarget_interval * DEVNET.target_block_time
+    for fork_target in (2**200, 2**200 + 12345, 3**150, 7):
+        head_target = fork_target
+        for _ in range(2):   # retargets at heights 10 and 20 between a fork at 5 and a head at 25
+            head_target = compute_next_target(DEVNET, head_target, expected // RETARGET_CLAMP - 7)
+        side_target = fork_target
+        for _ in range(2):   # and at 10 and 20 below a side block at 30
+            side_target = compute_next_target(DEVNET, side_target, expected * RETARGET_CLAMP + 7)
+        easiest = easiest_side_target(DEVNET, head_target, 25, 5, 30)
+        assert side_target <= easiest
+        assert fork_target < 2**32 or easiest < side_target * 1.001   # and tight, but for the floors of small targets
+    assert easiest_side_target(DEVNET, 2**200, 25, 24, 25) == 2**200   # no retarget since the fork point
+
+
+def test_an_honest_competing_block_is_stored_and_its_branch_can_win(factory, tmp_path):
+    """The cheap checks keep what honest miners make: a block at the head's height by another member."""
+    main = factory.chain(1, miner_of=lambda h: 0)
+    competitor, state = factory.next_block(factory.genesis_state, miner=1)
+    # Equal work: the lower hash is the head, so the other arrives second to be a side block.
+    first, second = sorted([main[0][0], competitor], key=compute_block_hash)
+    chain = open_chain(factory, tmp_path)
+    assert chain.import_block(first).status == "connected"
+    assert chain.import_block(second).status == "side"
+    parent_state = state if second is competitor else main[0][1]
+    child, _ = factory.next_block(parent_state, miner=1 if second is competitor else 0)
+    assert chain.import_block(child).status == "reorg"
+    assert chain.head.hash == compute_block_hash(child) and chain.metrics["side_blocks_refused"] == 0
+
+
+def test_side_blocks_deep_below_the_head_are_pruned_with_their_descendants(factory, tmp_path, monkeypatch):
+    """Issue #14's h2: side blocks were kept forever. Now those more than SIDE_BRANCH_DEPTH below the head
+    are deleted as it moves, their descendants and transactions with them, and none is admitted there."""
+    from bws.node import validation
+
+    monkeypatch.setattr(validation, "SIDE_BRANCH_DEPTH", 2)
+    chain, main = chain_with_main(factory, tmp_path, 3)
+    tx = factory.transfer(factory.users[0], factory.users[1].address, 10**8, nonce=0)
+    first = factory.next_block(factory.genesis_state, transactions=[tx], miner=1)
+    side = [first, factory.next_block(first[1], miner=1)]   # heights 1 and 2: less work than the head's 3
+    for block, _ in side:
+        assert chain.import_block(block).status == "side"
+    side_hashes = [compute_block_hash(block) for block, _ in side]
+    more = factory.chain(1, state=main[-1][1], miner_of=lambda h: 0)[0][0]
+    assert chain.import_block(more).status == "connected"   # head 4: height 1 is now 3 below it
+    assert not any(chain.store.has_block(h) for h in side_hashes)
+    assert chain.store._one("SELECT count(*) FROM transactions WHERE block_hash IN (?, ?)", side_hashes)[0] == 0
+    assert chain.metrics["side_blocks_pruned"] == 2
+    assert all(chain.store.is_on_main_chain(compute_block_hash(b)) for b, _ in main)
+    expect_refused(chain, side[0][0], "more than 2 blocks below the head")
+
+
+def test_a_reorg_validates_the_branch_before_it_disconnects_the_main_chain(factory, tmp_path, monkeypatch):
+    """Issue #14's h2: a branch claiming more work made the node disconnect its main chain before the branch
+    was found invalid. The branch now runs on the fork point's state, rebuilt in memory."""
+    chain = open_chain(factory, tmp_path)
+    tx = factory.transfer(factory.users[0], factory.users[1].address, 10**8, nonce=0)
+    state, main = factory.genesis_state, []
+    for height in range(1, 4):
+        block, state = factory.next_block(state, transactions=[tx] if height == 2 else [], miner=0)
+        main.append((block, state))
+        chain.import_block(block)
+    for block, _ in main:   # each main-chain block's state, undone in memory from the head's
+        rebuilt = chain.store.main_chain_state(compute_block_hash(block), chain.head_state)
+        assert compute_state_root(rebuilt) == block.header.state_root
+    disconnects = []
+    real_disconnect = chain.store.disconnect_head
+    monkeypatch.setattr(chain.store, "disconnect_head", lambda: disconnects.append(1) or real_disconnect())
+    bad = tampered(factory, main[0][1], miner=1,
+                   tamper_work=lambda w: dataclasses.replace(w, update_root=hash_bytes(b"x")))
+    work = bad.proofs[0].message.message.work
+    believed = C.ReplayResult(update_root=work.update_root, state_after_root=work.state_after_root)
+    branch_state = T.state_transition(main[0][1], bad, lambda task, message: believed)
+    branch = [bad]
+    for _ in range(3):
+        block, branch_state = factory.next_block(branch_state, miner=1)
+        branch.append(block)
+    with pytest.raises(BlockRejected, match="reorg aborted.*replay does not reproduce"):
+        for block in branch:
+            chain.import_block(block)
+    assert disconnects == [] and chain.head.hash == compute_block_hash(main[-1][0])
+    assert compute_state_root(chain.store.load_head_state()) == main[-1][0].header.state_root
