@@ -32,8 +32,9 @@ most two behind (one proving, one waiting; a block's import takes several
 iterations of a small model). `step()` without `start()` proves each
 iteration at once, on the caller's thread (in-process tests).
 
-Tasks: a client task this node is a member of (selected or training) comes
-first. Otherwise the node trains its bootstrap task (a genesis task whose
+Tasks: a client task in training this node is a member of comes first (one
+whose group was drawn is loaded meanwhile, and trained from TRAINING on, when
+every node holds the group). Otherwise the node trains its bootstrap task (a genesis task whose
 only member it is, spec/genesis.py: the chain needs a task in training to
 advance); bootstrap miners take turns by height so their blocks do not
 race, and pause while a client task is being trained by its group (its
@@ -233,6 +234,7 @@ class Miner:
         client = self._client_task(state)
         if client is not None:
             return self._iterate(started, *client)
+        self._prepare_selected_tasks(state)
         if self._client_training_in_progress(state):
             return False
         bootstrap = self._bootstrap_task(state)
@@ -252,15 +254,25 @@ class Miner:
                 yield bytes(task_id), task, index
 
     def _client_task(self, state: C.State):
-        """(task id, task, member index) of a client task (one with a client) this node still trains. A task
-        it cannot load (a dataset nobody has) is passed over: it must not hold back another task's training."""
-        for task_id, task, index in self._my_tasks(state, (TASK_GROUP_SELECTED, TASK_TRAINING)):
+        """(task id, task, member index) of a client task (one with a client) in training that this node still
+        trains. A task it cannot load (a dataset nobody has) is passed over: it must not hold back another task's
+        training. Not before TRAINING: a message sent while other nodes have not yet imported the block that drew
+        the group is IGNOREd by them (not a member in their head) and lost, and the group then waits
+        FIRST_PEER_WAIT_SECONDS for it while the sender trains on alone."""
+        for task_id, task, index in self._my_tasks(state, (TASK_TRAINING,)):
             if bytes(task.client) == bytes(20) or self.context.library.is_unavailable(task):
                 continue
             training = self._trainings.get(task_id)
             if training is None or training.next_iteration < task.iterations:
                 return task_id, task, index
         return None
+
+    def _prepare_selected_tasks(self, state: C.State) -> None:
+        """Load the client tasks whose group this node was drawn into (dataset, model, initial state) while
+        they wait for TRAINING, so that iteration 0 starts at once."""
+        for task_id, task, index in self._my_tasks(state, (TASK_GROUP_SELECTED,)):
+            if bytes(task.client) != bytes(20) and not self.context.library.is_unavailable(task):
+                self._training(task_id, task, index)
 
     def _bootstrap_task(self, state: C.State):
         if C.StakeKey(owner=self.context.address, role=ROLE_MINER) not in state.stakes:
