@@ -22,8 +22,8 @@ pytestmark = pytest.mark.slow
 @pytest.mark.timeout(480)
 def test_network_attackers_and_restarts_fail_and_the_honest_task_finalizes(tmp_path):
     command = [sys.executable, "-m", "bws.node.cli", "devnet", "--data-dir", str(tmp_path / "devnet"), "--seed", "3",
-               "--nodes", "5", "--iterations", "20", "--min-accuracy", "0", "--timeout", "420",
-               "--restart-every", "20"]
+               "--nodes", "5", "--iterations", "40", "--min-accuracy", "0", "--timeout", "420",
+               "--restart-every", "10"]   # the first kill 10 s after the group is drawn: well inside its training
     for kind in ("poison-task", "junk-fraud-proofs", "stall-task", "flood-messages"):
         command += ["--byzantine", f"4:{kind}"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=460)
