@@ -122,7 +122,8 @@ def engine_replay():
 def bench_validation(blocks: int) -> dict:
     from bws.node.store import ChainStore
     from bws.node.validation import Chain
-    from tests.node.chain_factory import ChainFactory, hash_replay
+    from bws.spec.state_transition import Oracles
+    from tests.node.chain_factory import ChainFactory, hash_evaluate, hash_replay
 
     replay, iteration_seconds = engine_replay()
     definition = json.dumps({"dataset": {"batch_size": BATCH_SIZE}, "model": DNN, "template": "dnn"},
@@ -134,7 +135,8 @@ def bench_validation(blocks: int) -> dict:
         for label, chosen in settings.items():
             factory = ChainFactory(miners=2, seed=3, replay=chosen, task_definition=definition)
             chain_blocks[label] = [block for block, _ in factory.chain(blocks, miner_of=lambda h: h % 2)]
-            chains[label] = Chain(ChainStore(Path(directory) / label), factory.genesis_state, factory.genesis_block, chosen)
+            chains[label] = Chain(ChainStore(Path(directory) / label), factory.genesis_state, factory.genesis_block,
+                                  Oracles(replay=chosen, evaluate=hash_evaluate))
         # Interleaved, so that both settings see the same load on a shared machine.
         for index in range(blocks):
             for label, chain in chains.items():
@@ -154,7 +156,7 @@ def transition_section(blocks: int) -> str:
     from bws.node import transition
     from bws.node.validation import precheck_block
     from bws.spec import state_transition as spec
-    from tests.node.chain_factory import ChainFactory, hash_replay
+    from tests.node.chain_factory import HASH_ORACLES, ChainFactory
 
     rows = []
     for accounts in (20, 1000):
@@ -166,9 +168,9 @@ def transition_section(blocks: int) -> str:
                          for i, user in enumerate(senders)]
             block, state = factory.next_block(state, transfers, miner=height % 2)
             chain.append(block)
-        runs = {"spec": lambda s, b: spec.state_transition(s, b, hash_replay),
-                "node": lambda s, b: transition.state_transition(s, b, hash_replay),
-                "node, prechecked (as Chain runs it)": lambda s, b: transition.state_transition(s, b, hash_replay)}
+        runs = {"spec": lambda s, b: spec.state_transition(s, b, HASH_ORACLES),
+                "node": lambda s, b: transition.state_transition(s, b, HASH_ORACLES),
+                "node, prechecked (as Chain runs it)": lambda s, b: transition.state_transition(s, b, HASH_ORACLES)}
         states = {label: factory.genesis_state for label in runs}
         times = {label: [] for label in runs}
         for block in chain:  # interleaved: every run sees the same load

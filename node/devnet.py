@@ -564,7 +564,7 @@ class Devnet:
             now = int(self.nodes[0].api.get(f"/account/{address.hex()}")["balance"])
             before = int(self.genesis_state.accounts[address].balance)
             balances[label] = {"address": address.hex(), "genesis": before, "now": now, "change": now - before}
-        best = max(evaluation, key=lambda r: r["score"]) if evaluation else None
+        best = max(evaluation, key=lambda r: r["correct"]) if evaluation else None
         verified = self.blocks_verified_elsewhere(settled)
         return {
             "height": settled, "head": settled_hash, "blocks_verified_elsewhere": verified,
@@ -644,8 +644,12 @@ class Devnet:
         self.say(f"  training iterations     {summary['iterations']} in all (client task: {summary['task_iterations']} "
                  f"per member)")
         for entry in summary["evaluation"]:
-            self.say(f"  final model of {names.get(entry['miner'], entry['miner'][:12]):6s}   "
-                     f"{entry['correct']}/{entry['count']} = {entry['score'] / 10_000:.2f}% test accuracy")
+            name = names.get(entry["miner"], entry["miner"][:12])
+            if not entry["count"]:
+                self.say(f"  final model of {name:6s}   not scored (no final message or model)")
+                continue
+            self.say(f"  final model of {name:6s}   "
+                     f"{entry['correct']}/{entry['count']} = {entry['correct'] / entry['count'] * 100:.2f}% test accuracy")
         self.say(f"  best model accuracy     {summary['best_accuracy'] * 100:.2f}% (test split: {summary['test_split']})")
         self.say("  blocks verified by replay (per node): " + ", ".join(
             f"{name} {count}" for name, count in zip(summary["names"], summary["verified"])))

@@ -34,10 +34,10 @@ from bws.spec.pouw import (
 )
 from bws.spec.presets import COIN, DEVNET, PRESETS
 from bws.spec.state_transition import (
-    InvalidBlock, InvalidTransaction, ReplayUnavailable, apply_transaction, compute_block_hash,
+    InvalidBlock, InvalidTransaction, Oracles, ReplayUnavailable, apply_transaction, compute_block_hash,
     compute_state_root, compute_transactions_root, process_block, sign_transaction, state_transition,
 )
-from bws.spec.tasks import compute_batch_index, get_member_index
+from bws.spec.tasks import compute_batch_index, get_final_iteration, get_member_index
 
 SPEC_DIR = Path(__file__).resolve().parent.parent / "spec"
 
@@ -84,9 +84,26 @@ def toy_iteration(state: dict, batch: dict, peer_updates: list[dict]) -> tuple[d
             {"w": update.astype(np.int32)})
 
 
+TOY_TEST_EXAMPLES = 16
+
+
+def toy_test_set() -> dict:
+    """The toy task's test set: inputs with values in [-8, 8) and labels 0 or 1."""
+    values = np.frombuffer(hashlib.shake_256(b"bws toy test set").digest(TOY_TEST_EXAMPLES * (TOY_INPUTS + 1)), np.uint8)
+    x = (values[:TOY_TEST_EXAMPLES * TOY_INPUTS].astype(np.int32) % 16 - 8).reshape(TOY_TEST_EXAMPLES, TOY_INPUTS)
+    return {"x": x, "y": (values[TOY_TEST_EXAMPLES * TOY_INPUTS:] % 2).astype(np.int32)}
+
+
+def toy_count_correct(state: dict, test_set: dict) -> int:
+    """The toy model's score (the spec's `Evaluate`): it predicts 1 where x · w ≥ 0."""
+    predictions = test_set["x"].astype(np.int64) @ state["w"].astype(np.int64) >= 0
+    return int(np.sum(predictions == (test_set["y"] == 1)))
+
+
 class ToyData:
-    """Content-addressed tensors (model states, batches, updates) by root: what a
-    verifier fetches from the network to replay an iteration."""
+    """Content-addressed tensors (model states, batches, updates, the test set)
+    by root: what a verifier fetches from the network to replay an iteration
+    or score a model."""
 
     def __init__(self):
         self.by_root: dict[bytes, dict] = {}
@@ -110,6 +127,11 @@ class ToyData:
         new_state, update = toy_iteration(state, get_masked_batch(self.get(work.batch_root), get_input_mask_seed(message)),
                                           [self.get(root) for root in work.peer_update_roots])
         return C.ReplayResult(update_root=compute_tensors_root(update), state_after_root=compute_tensors_root(new_state))
+
+    def evaluate(self, task: C.Task, scored: C.ScoredModel) -> int:
+        """The toy evaluation: fetch the test set and the model by root, count what it gets right."""
+        return toy_count_correct(self.get(scored.final_message.message.work.state_after_root),
+                                 self.get(task.test_set_hash))
 
 
 def toy_secret_key(name: str) -> bytes:
@@ -137,7 +159,7 @@ class ToyChain:
         self.batch_roots = [self.data.put(batch) for batch in batches]
         self.dataset_root = compute_merkle_root(self.batch_roots)
         self.initial_state_root = self.data.put({"w": np.zeros(TOY_INPUTS, dtype=np.int32), "step": np.asarray(0, np.int32)})
-        self.test_set_hash = hash_bytes(b"toy withheld test set")
+        self.test_set_hash = self.data.put(toy_test_set())
         self.iteration_cache: dict = {}
         a = self.address
         self.genesis = C.GenesisConfig(
@@ -158,6 +180,11 @@ class ToyChain:
 
     def replay(self, task: C.Task, message: C.IterationMessage) -> C.ReplayResult:
         return self.data.replay(task, message)
+
+    @property
+    def oracles(self) -> Oracles:
+        """The toy replay and evaluation, as the spec's transition takes them."""
+        return Oracles(replay=self.data.replay, evaluate=self.data.evaluate)
 
     # --- transactions -----------------------------------------------------
     def transaction(self, state: C.State, sender: str, body, fee: int = 1, nonce: int | None = None,
@@ -214,6 +241,17 @@ class ToyChain:
                                    header_commitment)
         return self.signed_message(miner, work, header_commitment)
 
+    def evaluation_result(self, state: C.State, task_id: bytes) -> C.EvaluationResult:
+        """An honest evaluator's result for a task in evaluation: each member's
+        final IT_RES (trained in lockstep) with the count its model gets right."""
+        task = state.tasks[task_id]
+        names = {address: name for name, address in self.address.items()}
+        finals = [self.honest_message(names[member.address], task_id, task, get_final_iteration(task),
+                                      LOCKSTEP_COMMITMENT) for member in task.members]
+        return C.EvaluationResult(task_id=task_id, models=[
+            C.ScoredModel(final_message=final, correct=self.data.evaluate(task, C.ScoredModel(final, 0)))
+            for final in finals])
+
     # --- blocks -------------------------------------------------------------
     def header_template(self, state: C.State, parent: C.Block, miner: str, transactions=(),
                         timestamp: int | None = None, task_id: bytes | None = None) -> C.BlockHeader:
@@ -266,50 +304,58 @@ class ToyChain:
     def seal(self, state: C.State, block: C.Block) -> C.Block:
         """`block` with its header's state root filled in (the root of the state after it)."""
         post = copy.deepcopy(state)
-        process_block(post, block, self.replay)
+        process_block(post, block, self.oracles)
         return dataclasses.replace(block, header=dataclasses.replace(block.header, state_root=compute_state_root(post)))
 
     def extend(self, state: C.State, parent: C.Block, miner: str, transactions=(), **kwargs) -> tuple[C.State, C.Block]:
         """Mine a block and apply it; returns (post-state, block)."""
         block = self.mine(state, parent, miner, transactions, **kwargs)
-        return state_transition(state, block, self.replay), block
+        return state_transition(state, block, self.oracles), block
 
 
 # ---------------------------------------------------------------------------
 # Test vectors
 # ---------------------------------------------------------------------------
-def make_vector(name: str, kind: str, pre_state: C.State, subject, replay, fee_recipient=None,
+def make_vector(name: str, kind: str, pre_state: C.State, subject, oracles: Oracles, fee_recipient=None,
                 description: str = "") -> dict:
     """Run the spec on one case and record it: the post-state root, or the reason it is invalid.
-    The replays the case needs are recorded too, so another implementation
-    can check itself without the toy trainer."""
-    recorded = {}
+    The replays and evaluations the case needs are recorded too, so another
+    implementation can check itself without the toy trainer."""
+    replays, evaluations = {}, {}
 
     def recording_replay(task, message):
-        result = replay(task, message)
-        recorded[compute_message_digest(message).hex()] = {
+        result = oracles.replay(task, message)
+        replays[compute_message_digest(message).hex()] = {
             "update_root": result.update_root.hex(), "state_after_root": result.state_after_root.hex()}
         return result
 
+    def recording_evaluate(task, scored):
+        correct = oracles.evaluate(task, scored)
+        evaluations[bytes(scored.final_message.message.work.state_after_root).hex()] = correct
+        return correct
+
+    recording = Oracles(replay=recording_replay, evaluate=recording_evaluate)
     vector = {"name": name, "kind": kind, "description": description, "pre_state": encode(pre_state).hex(),
               "pre_state_root": compute_state_root(pre_state).hex()}
     try:
         if kind == "block":
             vector["block"] = encode(subject).hex()
-            post = state_transition(pre_state, subject, recording_replay)
+            post = state_transition(pre_state, subject, recording)
         else:
             vector["transaction"] = encode(subject).hex()
             vector["fee_recipient"] = fee_recipient.hex()
-            post = apply_transaction(pre_state, subject, fee_recipient, recording_replay)
+            post = apply_transaction(pre_state, subject, fee_recipient, recording)
         vector["expected"] = {"post_state_root": compute_state_root(post).hex()}
     except (InvalidBlock, InvalidTransaction) as error:
         vector["expected"] = {"invalid": error.reason}
-    vector["replays"] = recorded
+    vector["replays"] = replays
+    if evaluations:
+        vector["evaluations"] = evaluations
     return vector
 
 
-def table_replay(replays: dict):
-    """A replay that answers from a vector's recorded table (ReplayUnavailable otherwise)."""
+def table_oracles(replays: dict, evaluations: dict) -> Oracles:
+    """A replay and an evaluation that answer from a vector's recorded tables (ReplayUnavailable otherwise)."""
 
     def replay(task, message):
         entry = replays.get(compute_message_digest(message).hex())
@@ -318,22 +364,32 @@ def table_replay(replays: dict):
         return C.ReplayResult(update_root=bytes.fromhex(entry["update_root"]),
                               state_after_root=bytes.fromhex(entry["state_after_root"]))
 
-    return replay
+    def evaluate(task, scored):
+        correct = evaluations.get(bytes(scored.final_message.message.work.state_after_root).hex())
+        if correct is None:
+            raise ReplayUnavailable("no recorded evaluation for this model")
+        return correct
+
+    return Oracles(replay=replay, evaluate=evaluate)
 
 
 def _read_vector_inputs(vector: dict):
-    """The decoded pre-state, block or transaction, and fee recipient of a vector; a malformed vector
-    (a missing field, a field of the wrong type, bytes that do not decode) is a ReviewError naming it."""
+    """The decoded pre-state, block or transaction, fee recipient and oracle tables of a vector; a
+    malformed vector (a missing field, a field of the wrong type, bytes that do not decode) is a
+    ReviewError naming it."""
     try:
         pre_state = decode(bytes.fromhex(vector["pre_state"]), C.State)
-        replays = vector.get("replays", {})
-        if not isinstance(replays, dict) or not isinstance(vector["expected"], dict):
-            raise TypeError("replays and expected must be objects")
+        replays, evaluations = vector.get("replays", {}), vector.get("evaluations", {})
+        if not isinstance(replays, dict) or not isinstance(evaluations, dict) or not isinstance(vector["expected"], dict):
+            raise TypeError("replays, evaluations and expected must be objects")
+        if not all(isinstance(count, int) and count >= 0 for count in evaluations.values()):
+            raise TypeError("evaluations must be counts")
+        oracles = table_oracles(replays, evaluations)
         if vector["kind"] == "block":
-            return pre_state, decode(bytes.fromhex(vector["block"]), C.Block), None, replays
+            return pre_state, decode(bytes.fromhex(vector["block"]), C.Block), None, oracles
         if vector["kind"] == "transaction":
             return (pre_state, decode(bytes.fromhex(vector["transaction"]), C.SignedTransaction),
-                    bytes.fromhex(vector["fee_recipient"]), replays)
+                    bytes.fromhex(vector["fee_recipient"]), oracles)
         raise ValueError(f"unknown kind {vector['kind']!r}")
     except (KeyError, TypeError, ValueError, DecodeError) as error:
         raise ReviewError(f"vector {vector.get('name', '?')!r} is malformed: {type(error).__name__}: {error}") from None
@@ -341,13 +397,12 @@ def _read_vector_inputs(vector: dict):
 
 def check_vector(vector: dict) -> str | None:
     """Run the spec on a vector; None if it reproduces the expected outcome, else what differs."""
-    pre_state, item, fee_recipient, replays = _read_vector_inputs(vector)
-    replay = table_replay(replays)
+    pre_state, item, fee_recipient, oracles = _read_vector_inputs(vector)
     try:
         if fee_recipient is None:
-            post = state_transition(pre_state, item, replay)
+            post = state_transition(pre_state, item, oracles)
         else:
-            post = apply_transaction(pre_state, item, fee_recipient, replay)
+            post = apply_transaction(pre_state, item, fee_recipient, oracles)
         outcome = {"post_state_root": compute_state_root(post).hex()}
     except (InvalidBlock, InvalidTransaction) as error:
         outcome = {"invalid": error.reason}
@@ -367,8 +422,8 @@ class VectorSet:
         self.vectors: list[dict] = []
 
     def add(self, name: str, kind: str, pre_state: C.State, subject, expect_invalid: str | None = None,
-            fee_recipient: bytes | None = None, description: str = "") -> dict:
-        vector = make_vector(name, kind, pre_state, subject, self.chain.replay, fee_recipient, description)
+            fee_recipient: bytes | None = None, description: str = "", oracles: Oracles | None = None) -> dict:
+        vector = make_vector(name, kind, pre_state, subject, oracles or self.chain.oracles, fee_recipient, description)
         outcome = vector["expected"]
         if expect_invalid is None and "invalid" in outcome:
             raise ReviewError(f"vector {name}: expected valid, the spec says invalid: {outcome['invalid']}")
@@ -468,13 +523,9 @@ def generate_vectors() -> list[dict]:
     tx("cancel-task/training", s4, "client", cancel, "can no longer be cancelled")
     tx("cancel-task/not-client", s3, "mallory", cancel, "only the client may cancel")
     tx("cancel-task/unknown", s3, "client", C.CancelTask(task_id=random_root("task")), "unknown task")
-    evaluation = C.EvaluationResult(task_id=client_task_id, test_set_hash=c.test_set_hash, scores=[10, 20])
-    tx("evaluation/valid", s5, "eve", evaluation, description="eve finalizes: the second member's model is best")
-    tx("evaluation/not-evaluator", s5, "sam", evaluation, "not an evaluator")
-    tx("evaluation/wrong-test-set", s5, "eve", dataclasses.replace(evaluation, test_set_hash=random_root("test")),
-       "test set does not match")
-    tx("evaluation/wrong-score-count", s5, "eve", dataclasses.replace(evaluation, scores=[1]), "one score per")
-    tx("evaluation/not-in-evaluation", s4, "eve", evaluation, "not in evaluation")
+    tx("evaluation/nothing-proven", s5, "eve", C.EvaluationResult(task_id=client_task_id, models=[]),
+       description="the deadline opened evaluation before a majority proved any iteration: no model to score, "
+                   "the members share the miners' part by their recorded iterations")
 
     # --- disputes --------------------------------------------------------------
     task = s4.tasks[c.genesis_task_id]
@@ -524,14 +575,13 @@ def generate_vectors() -> list[dict]:
     block("block/too-many-fraud-proofs", s4, c.mine(s4, b4, "bob", too_many, seal=False),
           f"more than {MAX_FRAUD_PROOFS_PER_BLOCK} fraud proofs",
           description="a node that does not replay decides each fraud proof from the state root: at most 4")
-    block("block/with-evaluation-result", s5, c.mine(s5, b5, "bob", [c.transaction(s5, "eve", evaluation)]))
     state, parent = s5, b5
     while state.height < 9:
         state, parent = c.extend(state, parent, c.MINERS[state.height % 3], timestamp=parent.header.timestamp + 1)
     retarget = c.mine(state, parent, "alice", timestamp=parent.header.timestamp + 1)
     block("block/retarget", state, retarget,
           description="height 10, the first retarget: blocks came twice as fast as targeted, the target halves")
-    state = state_transition(state, retarget, c.replay)
+    state = state_transition(state, retarget, c.oracles)
     block("block/expiry", state, c.mine(state, retarget, "bob"),
           description="height 11 passes the client task's evaluation deadline unevaluated: the member whose "
                       "block proved an iteration is paid for that share of the 20 iterations, the rest is refunded")
@@ -592,7 +642,7 @@ def generate_vectors() -> list[dict]:
            "miner was slashed in this task", miner="alice", header=alice_header, pre=s_slashed)
     forged("block/iteration-beyond-task", dataclasses.replace(work_of(i), iteration=1000),
            "beyond the task's iterations")
-    s_after = state_transition(s1, valid, c.replay)
+    s_after = state_transition(s1, valid, c.oracles)
     forged("block/iteration-reused", work_of(i), "already used", pre=s_after,
            header=c.header_template(s_after, valid, "bob"),
            description="bob's iteration already mined a block: it cannot mine another")
@@ -747,16 +797,68 @@ def generate_vectors() -> list[dict]:
     block("attacks/h6-skip-to-the-last-iteration", h_state, skip,
           description=f"{first} proves the task's last iteration as its first block: valid (it is one replayed "
                       "step), but the task stays in training: one member of two is no majority")
-    s_skip = state_transition(h_state, skip, c.replay)
+    s_skip = state_transition(h_state, skip, c.oracles)
     evaluator = next(name for name in c.OTHERS if a[name] == late_task.evaluators[0])
-    late_result = C.EvaluationResult(task_id=late_task_id, test_set_hash=c.test_set_hash, scores=[10, 20])
+    finished = c.mine(s_skip, skip, second, task_id=late_task_id, iteration=last)
+    s_done = state_transition(s_skip, finished, c.oracles)
+    finals = [b.proofs[0].message for b in (skip, finished)]   # each member's IT_RES of the last iteration
+    if get_member_index(s_done.tasks[late_task_id], finals[0].message.work.miner) == 1:
+        finals.reverse()
+    scored = [C.ScoredModel(final_message=final, correct=c.data.evaluate(late_task, C.ScoredModel(final, 0)))
+              for final in finals]
+    late_result = C.EvaluationResult(task_id=late_task_id, models=scored)
     tx("attacks/h6-evaluation-after-a-skip", s_skip, evaluator, late_result, "task is not in evaluation",
        description="the skip did not end training: no evaluation, and at expiry no pay for training not proven")
-    finished = c.mine(s_skip, skip, second, task_id=late_task_id, iteration=last)
     block("attacks/h6-a-majority-proved-the-last-iteration", s_skip, finished,
           description=f"{second} proves the last iteration too: a majority did, the task moves to evaluation")
-    tx("attacks/h6-evaluation-once-a-majority-finished", state_transition(s_skip, finished, c.replay), evaluator,
+    tx("attacks/h6-evaluation-once-a-majority-finished", s_done, evaluator,
        late_result, description="the evaluator reports once the group finished")
+
+    # --- evaluation: every replaying node re-scores each final model -----------
+    def result(*models):
+        return C.EvaluationResult(task_id=late_task_id, models=list(models))
+
+    def rescored(model, correct):
+        return dataclasses.replace(model, correct=correct)
+
+    block("block/with-evaluation-result", s_done, c.mine(s_done, finished, "carol",
+                                                       [c.transaction(s_done, evaluator, late_result)]),
+          description="a block finalizing a task: its evaluation result is re-scored as the block is applied")
+    tx("evaluation/valid", s_done, evaluator, late_result,
+       description=f"{evaluator} reports both members' final models with the counts they get right; the best is paid")
+    tx("evaluation/member-left-out", s_done, evaluator, result(scored[1]),
+       description="a member without a final model (or whose model the evaluator could not fetch) scores nothing")
+    tx("evaluation/not-evaluator", s_done, "sam", late_result, "not an evaluator")
+    tx("evaluation/not-in-evaluation", s_skip, evaluator, late_result, "not in evaluation")
+    tx("evaluation/models-out-of-order", s_done, evaluator, result(scored[1], scored[0]), "in group order")
+    tx("evaluation/model-twice", s_done, evaluator, result(scored[0], scored[0]), "in group order")
+    outsider = c.signed_message("dave", dataclasses.replace(finals[0].message.work, miner=a["dave"]),
+                                finals[0].message.header_commitment)
+    tx("evaluation/model-of-a-non-member", s_done, evaluator, result(C.ScoredModel(outsider, scored[0].correct)),
+       "not a member")
+    forged_signature = dataclasses.replace(finals[0], signature=finals[1].signature)
+    tx("evaluation/model-bad-signature", s_done, evaluator, result(C.ScoredModel(forged_signature, scored[0].correct)),
+       "bad signature")
+    earlier_name = next(name for name in (first, second) if a[name] == finals[0].message.work.miner)
+    earlier = c.honest_message(earlier_name, late_task_id, late_task, last - 1, LOCKSTEP_COMMITMENT)
+    tx("attacks/m3-model-of-an-earlier-iteration", s_done, evaluator,
+       result(C.ScoredModel(earlier, c.data.evaluate(late_task, C.ScoredModel(earlier, 0))), scored[1]),
+       "not of the task's final iteration",
+       description="an evaluator may not score a rival's earlier, less trained model in place of its final one")
+    tx("attacks/m3-honest-scores", s_done, evaluator, late_result,
+       description="each score is the count the model gets right on the revealed test set: valid")
+    tx("attacks/m3-inflated-score", s_done, evaluator, result(scored[0], rescored(scored[1], scored[1].correct + 1)),
+       "is not the", description="an evaluator that invents a score: every replaying node re-scores the model")
+    tx("attacks/m3-deflated-score", s_done, evaluator,
+       result(rescored(scored[0], max(scored[0].correct - 1, 0) if scored[0].correct else 1), scored[1]),
+       "is not the", description="lowering a rival's score to pass the best model's share to another")
+
+    def withheld(task, model):
+        raise ReplayUnavailable("the client revealed the test split to the evaluator only")
+    out.add("attacks/m3-test-set-withheld-from-the-network", "transaction", s_done,
+            c.transaction(s_done, evaluator, late_result), "test set or model unavailable", fee_to,
+            "a result whose test set nobody else can fetch is never accepted: no score goes unchecked",
+            oracles=Oracles(replay=c.data.replay, evaluate=withheld))
     tx("attacks/m1-member-unstakes", s1, "carol", C.Unstake(role=ROLE_MINER), "locked while its owner is a member",
        description="carol holds a seat in the open genesis task: her miner stake stays to answer for her work")
     tx("attacks/m1-non-member-unstakes", s1, "frank", C.Unstake(role=ROLE_MINER),

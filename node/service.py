@@ -26,10 +26,12 @@ What the node does with the network (node/p2p.py's NetworkService):
   (node/mempool_file.py); pending transactions are gossiped again every
   REBROADCAST_SECONDS.
 
-Replay: the spec's transition needs a `replay`. A node with the verifier role
-gets one from the roles layer (the engine re-executing iterations on inputs
-fetched from peers); a node without it trusts the iterations' claimed roots
-and the fraud-proof outcomes the state root commits to (node/transition.py
+Oracles: the spec's transition needs a `replay` and an `evaluate`. A node
+with the verifier role gets them from the roles layer (the engine
+re-executing iterations and scoring final models on inputs fetched from
+peers); a node without it trusts the iterations' claimed roots, the
+evaluation results' claimed scores and the fraud-proof outcomes the state
+root commits to (node/transition.py
 `trusting_transition`), and checks every other rule (docs/node.md). `/status`
 says which (`VALIDATION_MODES`). A replaying node that joins late takes the
 blocks deeper than `assume_valid_depth` under a syncing peer's announced head
@@ -55,7 +57,7 @@ from bws.spec.encoding import DecodeError, decode, encode
 from bws.spec.genesis import InvalidGenesis, create_genesis_state, get_genesis_block
 from bws.spec.pouw import compute_message_digest
 from bws.spec.presets import PRESETS
-from bws.spec.state_transition import Replay, compute_block_hash
+from bws.spec.state_transition import Oracles, compute_block_hash
 from bws.spec.tasks import get_member_index
 
 from . import sync
@@ -161,7 +163,7 @@ class NodeSettings:
     api_host: str = "127.0.0.1"
     listen: str = "/ip4/127.0.0.1/tcp/0"
     announce: str | None = None        # the p2p address other nodes should dial (NAT); default the listen one
-    replay: Replay | None = None
+    oracles: Oracles | None = None     # the verifier's replay and evaluation; None: a trusting node
     prefetch: Prefetch | None = None   # the replay's input fetch, run outside the chain lock
     assume_valid_depth: int = ASSUME_VALID_DEPTH   # assumevalid under a syncing peer's head (validation.py); 0 never
 
@@ -171,8 +173,8 @@ class Node:
         unknown = set(settings.roles) - set(ROLES)
         if unknown:
             raise NodeError(f"unknown role(s) {', '.join(sorted(unknown))}; roles are {', '.join(ROLES)}")
-        if "verifier" in settings.roles and settings.replay is None:
-            raise NodeError("the verifier role needs a replay (the engine's); this node was given none")
+        if "verifier" in settings.roles and settings.oracles is None:
+            raise NodeError("the verifier role needs a replay and an evaluation (the engine's); this node was given none")
         self.settings = settings
         self.data_dir = Path(settings.data_dir)
         self.roles = set(settings.roles)
@@ -184,7 +186,7 @@ class Node:
         self.store = ChainStore(self.data_dir)
         try:
             self.chain = Chain(self.store, genesis_state, get_genesis_block(genesis_state),
-                               settings.replay, settings.prefetch, settings.assume_valid_depth)
+                               settings.oracles, settings.prefetch, settings.assume_valid_depth)
         except StoreError:
             self.store.close()
             raise
@@ -348,7 +350,7 @@ class Node:
     @property
     def validation(self) -> str:
         """"replay" or "trusting" (VALIDATION_MODES): whether blocks' iterations are replayed."""
-        return "trusting" if self.chain.replay is None else "replay"
+        return "trusting" if self.chain.oracles is None else "replay"
 
     # -- gossip ---------------------------------------------------------------
     def _validate_gossip_block(self, data: bytes) -> Verdict:

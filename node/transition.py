@@ -39,7 +39,7 @@ from bws.spec.encoding import ByteVector, Container, FixedWidthInt, boolean, get
 from bws.spec.hashing import compute_merkle_root, hash_bytes
 from bws.spec.pouw import compute_message_digest, is_valid_signed_iteration_message
 from bws.spec.primitives import Primitives, use_primitives
-from bws.spec.state_transition import InvalidBlock, Replay
+from bws.spec.state_transition import InvalidBlock, Oracles
 from bws.spec.types import Root
 
 from . import keys
@@ -65,6 +65,11 @@ for _name, _typ in STATE_FIELDS:
 def claimed_result(message: C.IterationMessage) -> C.ReplayResult:
     """The roots an iteration message claims, as a replay would give them."""
     return C.ReplayResult(update_root=message.work.update_root, state_after_root=message.work.state_after_root)
+
+
+def claimed_score(task: C.Task, scored: C.ScoredModel) -> int:
+    """The score an evaluation result claims for a model, as an evaluation would give it."""
+    return int(scored.correct)
 
 
 # ---------------------------------------------------------------------------
@@ -181,35 +186,36 @@ def is_signed_iteration_message_valid(signed: C.SignedIterationMessage) -> bool:
 # ---------------------------------------------------------------------------
 # The transition: the spec's functions on the node's primitives
 # ---------------------------------------------------------------------------
-def process_block(state: C.State, block: C.Block, replay: Replay) -> C.State:
+def process_block(state: C.State, block: C.Block, oracles: Oracles) -> C.State:
     """The state after `block`, without the state root check (what a miner
     fills the header's root from), or InvalidBlock(reason). `state` is not modified."""
     post = copy_state(state)
     with use_primitives(NODE_PRIMITIVES):
         try:
-            spec.process_block(post, block, replay)
+            spec.process_block(post, block, oracles)
         except Exception as error:
             raise InvalidBlock(spec.get_failure_reason(error)) from None
     return post
 
 
-def state_transition(state: C.State, block: C.Block, replay: Replay) -> C.State:
+def state_transition(state: C.State, block: C.Block, oracles: Oracles) -> C.State:
     """The spec's `state_transition`: the state after `block`, or
     InvalidBlock(reason); `state` is not modified."""
     with use_primitives(NODE_PRIMITIVES):
-        return spec.state_transition(state, block, replay)
+        return spec.state_transition(state, block, oracles)
 
 
-def apply_transaction(state: C.State, signed: C.SignedTransaction, fee_recipient: bytes, replay: Replay) -> C.State:
+def apply_transaction(state: C.State, signed: C.SignedTransaction, fee_recipient: bytes, oracles: Oracles) -> C.State:
     """The spec's `apply_transaction`: the state after one transaction, or
     InvalidTransaction(reason); `state` is not modified."""
     with use_primitives(NODE_PRIMITIVES):
-        return spec.apply_transaction(state, signed, fee_recipient, replay)
+        return spec.apply_transaction(state, signed, fee_recipient, oracles)
 
 
 def trusting_transition(state: C.State, block: C.Block) -> C.State:
     """`state_transition` for a node that does not replay iterations (no
-    verifier role). It takes every iteration's claimed roots, except for the
+    verifier role). It takes every iteration's claimed roots and every
+    evaluation result's claimed scores, except for the
     fraud proofs the block carries: whether each is proven (the miner is
     slashed) or a false accusation (the disputer pays) depends on a replay, so
     it takes the outcome the header's state root commits to. Taking the claims
@@ -219,7 +225,8 @@ def trusting_transition(state: C.State, block: C.Block) -> C.State:
     accused = sorted({bytes(compute_message_digest(signed.transaction.body.evidence.message.message))
                       for signed in block.transactions if spec.is_fraud_proof(signed.transaction)})
     if len(accused) > MAX_FRAUD_PROOFS_PER_BLOCK:  # the rule, checked before trying 2**n outcomes
-        return state_transition(state, block, lambda task, message: claimed_result(message))
+        return state_transition(state, block, Oracles(replay=lambda task, message: claimed_result(message),
+                                                      evaluate=claimed_score))
     first_error = None
     for proven in itertools.product((True, False), repeat=len(accused)):
         frauds = {digest for digest, is_proven in zip(accused, proven) if is_proven}
@@ -231,7 +238,7 @@ def trusting_transition(state: C.State, block: C.Block) -> C.State:
             wrong = bytes(claimed.update_root)
             return dataclasses.replace(claimed, update_root=Root(bytes([wrong[0] ^ 1]) + wrong[1:]))
         try:
-            return state_transition(state, block, replay)
+            return state_transition(state, block, Oracles(replay=replay, evaluate=claimed_score))
         except InvalidBlock as error:
             first_error = first_error or error
     raise first_error

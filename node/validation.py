@@ -66,7 +66,7 @@ from bws.spec.pouw import (
     compute_block_work, compute_header_commitment, compute_message_digest, compute_nonce, compute_nonce_seed, is_valid_pow,
 )
 from bws.spec.state_transition import (
-    InvalidBlock, Replay, ReplayUnavailable, compute_block_hash, compute_transaction_signing_root,
+    InvalidBlock, Oracles, ReplayUnavailable, compute_block_hash, compute_transaction_signing_root,
     compute_transactions_root,
 )
 from bws.spec.tasks import get_member_index
@@ -264,17 +264,18 @@ class Chain:
     return the immutable-by-convention object the chain holds."""
 
     def __init__(self, store: ChainStore, genesis_state: C.State, genesis_block: C.Block,
-                 replay: Replay | None, prefetch: Prefetch | None = None,
+                 oracles: Oracles | None, prefetch: Prefetch | None = None,
                  assume_valid_depth: int = ASSUME_VALID_DEPTH) -> None:
-        """`replay`: the verifier's (the engine's); None for a node that does not replay
-        iterations and trusts their claimed roots (node/transition.py `trusting_transition`).
+        """`oracles`: the verifier's replay and evaluation (the engine's); None for a node that
+        does not replay iterations and trusts their claimed roots and scores (node/transition.py
+        `trusting_transition`).
         `prefetch`: fetches what replaying an iteration needs, outside the chain lock.
         `assume_valid_depth`: how deep below a peer's announced head a block whose replay is
         unavailable is assumed valid (module docstring); 0 never assumes."""
         if assume_valid_depth < 0:
             raise ValueError(f"assume_valid_depth {assume_valid_depth} is negative")
         self.store = store
-        self.replay = replay
+        self.oracles = oracles
         self.prefetch = prefetch
         self.assume_valid_depth = assume_valid_depth
         self._lock = threading.RLock()
@@ -500,24 +501,27 @@ class Chain:
         """The block's post-state; InvalidBlock, or BlockNotValidated when its
         replay could not fetch the iteration's inputs, unless `assume` covers
         it: then the trusting transition's (assumevalid)."""
-        if self.replay is not None and assume.unavailable is not None and assume.covers(block) \
+        if self.oracles is not None and assume.unavailable is not None and assume.covers(block) \
                 and assume.unavailable == _content_hash(block):
             return self._assumed_valid(state, block)
         started = time.perf_counter()
         unavailable = []
 
-        def replay(task: C.Task, message: C.IterationMessage) -> C.ReplayResult:
-            try:
-                return self.replay(task, message)
-            except ReplayUnavailable as error:
-                unavailable.append(str(error))
-                raise
+        def noting_unavailable(oracle):
+            def call(*arguments):
+                try:
+                    return oracle(*arguments)
+                except ReplayUnavailable as error:
+                    unavailable.append(str(error))
+                    raise
+            return call
         try:
             # Every block reaching here passed precheck_block (import_block runs it
             # first; a reorg's side blocks ran it when they arrived).
-            if self.replay is None:
+            if self.oracles is None:
                 return trusting_transition(state, block)
-            return state_transition(state, block, replay)
+            return state_transition(state, block, Oracles(replay=noting_unavailable(self.oracles.replay),
+                                                          evaluate=noting_unavailable(self.oracles.evaluate)))
         except InvalidBlock:
             if not unavailable:
                 raise

@@ -185,7 +185,7 @@ class TaskLifecycle(RuleBasedStateMachine):
         for sender, body, kind in self.pending:
             signed = self._signed(before, sender, body, counts.get(sender, 0))
             try:
-                post = apply_transaction(post, signed, self.toy.address[miner], self.toy.replay)
+                post = apply_transaction(post, signed, self.toy.address[miner], self.toy.oracles)
             except InvalidTransaction as error:
                 note(f"left out {kind} of {sender}: {error.reason}")
                 continue
@@ -193,7 +193,7 @@ class TaskLifecycle(RuleBasedStateMachine):
             included.append((signed, kind))
         self.pending = []
         block = self._mine_with(before, miner, task_id, included)
-        after = state_transition(before, block, self.toy.replay)
+        after = state_transition(before, block, self.toy.oracles)
         self.rewards += get_block_reward(before.config, block.header.height)
         penalties = sum(FALSE_DISPUTE_PENALTY for _, kind in included if kind == "false accusation")
         for _, kind in included:

@@ -9,7 +9,7 @@ from bws.node.store import ChainStore
 from bws.node.validation import Chain
 from bws.spec import fork_choice as F
 from bws.spec.state_transition import compute_state_root
-from tests.node.chain_factory import ChainFactory, hash_replay
+from tests.node.chain_factory import HASH_ORACLES, ChainFactory, hash_replay
 
 FACTORY = ChainFactory(miners=2, seed=21)
 
@@ -27,12 +27,12 @@ def test_same_head_and_state_root_as_spec(plan, rng):
     order = list(blocks)
     rng.shuffle(order)
     with tempfile.TemporaryDirectory() as directory:
-        chain = Chain(ChainStore(directory), FACTORY.genesis_state, FACTORY.genesis_block, hash_replay)
+        chain = Chain(ChainStore(directory), FACTORY.genesis_state, FACTORY.genesis_block, HASH_ORACLES)
         spec_store = F.get_forkchoice_store(FACTORY.genesis_state, FACTORY.genesis_block)
         for block in order:  # any order: the node holds orphans until their parents come
             chain.import_with_orphans(block)
         for block in blocks:  # the spec's store takes parents first
-            F.on_block(spec_store, block, hash_replay)
+            F.on_block(spec_store, block, HASH_ORACLES)
         spec_head = F.get_head(spec_store)
         assert chain.head.hash == spec_head
         assert compute_state_root(chain.head_state) == compute_state_root(spec_store.states[spec_head])

@@ -100,7 +100,7 @@ class TransitionVersusSpec(RuleBasedStateMachine):
         self.tree: list[tuple[C.Block, C.State, C.State]] = [
             (TOY.genesis_block, TOY.genesis_state, copy.deepcopy(TOY.genesis_state))]
         for block, spec_state in PREFIX:
-            self.tree.append((block, spec_state, N.state_transition(self.tree[-1][2], block, TOY.replay)))
+            self.tree.append((block, spec_state, N.state_transition(self.tree[-1][2], block, TOY.oracles)))
 
     # -- comparing ------------------------------------------------------------------
     def _same(self, node, spec, what: str) -> None:
@@ -114,8 +114,8 @@ class TransitionVersusSpec(RuleBasedStateMachine):
         """The spec's verdict against the node's, and the prechecked node's
         when precheck_block passes the block; a valid block joins the tree."""
         _, spec_state, node_state = self.tree[index]
-        spec = outcome(lambda: T.state_transition(spec_state, block, TOY.replay))
-        node = outcome(lambda: N.state_transition(node_state, block, TOY.replay))
+        spec = outcome(lambda: T.state_transition(spec_state, block, TOY.oracles))
+        node = outcome(lambda: N.state_transition(node_state, block, TOY.oracles))
         note(f"block at height {block.header.height}: spec {spec[1] or 'valid'}")
         event(f"block: {spec[1] or 'valid'}")
         self._same(node, spec, "block")
@@ -124,7 +124,7 @@ class TransitionVersusSpec(RuleBasedStateMachine):
         except BlockRejected as error:
             note(f"precheck: {error.reason}")
         else:
-            node = outcome(lambda: N.state_transition(node_state, block, TOY.replay))
+            node = outcome(lambda: N.state_transition(node_state, block, TOY.oracles))
             self._same(node, spec, "prechecked block")
         if spec[0] is not None:
             # A node that replays nothing (no verifier role) reaches the same state from the same valid
@@ -151,7 +151,7 @@ class TransitionVersusSpec(RuleBasedStateMachine):
         for _ in range(data.draw(st.integers(0, 3), label="transactions")):
             for _ in range(4 if honest else 1):
                 signed = self._draw_transaction(data, staged, honest)
-                post, reason = outcome(lambda: T.apply_transaction(staged, signed, TOY.address["sam"], TOY.replay))
+                post, reason = outcome(lambda: T.apply_transaction(staged, signed, TOY.address["sam"], TOY.oracles))
                 if post is not None or not honest:
                     chosen.append(signed)
                     staged = post or staged
@@ -290,8 +290,8 @@ class TransitionVersusSpec(RuleBasedStateMachine):
         _, spec_state, node_state = self.tree[parent % len(self.tree)]
         fee_recipient = TOY.address[data.draw(st.sampled_from(ACTORS), label="fee recipient")]
         for signed in self._draw_transactions(data, spec_state, honest):
-            spec = outcome(lambda: T.apply_transaction(spec_state, signed, fee_recipient, TOY.replay))
-            node = outcome(lambda: N.apply_transaction(node_state, signed, fee_recipient, TOY.replay))
+            spec = outcome(lambda: T.apply_transaction(spec_state, signed, fee_recipient, TOY.oracles))
+            node = outcome(lambda: N.apply_transaction(node_state, signed, fee_recipient, TOY.oracles))
             event(f"transaction: {spec[1] or 'valid'}")
             self._same(node, spec, "transaction")
             if spec[0] is not None:

@@ -128,7 +128,7 @@ def test_no_block_without_its_own_training_step(budget, data):
         if compute_block_hash(block) in accepted:
             continue  # she has built this very block before
         try:
-            post = state_transition(state, block, TOY.replay)
+            post = state_transition(state, block, TOY.oracles)
         except InvalidBlock as error:
             event(f"refused: {error.reason.split(':')[0]}")
             continue

@@ -17,7 +17,7 @@ STATE, BLOCK = CHAIN.extend(CHAIN.genesis_state, CHAIN.genesis_block, "alice")
 NAMES = sorted(CHAIN.address)
 VALID_BLOCK = CHAIN.mine(STATE, BLOCK, "bob", [CHAIN.transaction(STATE, "client", C.Transfer(
     recipient=CHAIN.address["dave"], amount=10))])
-POST_ROOT = compute_state_root(state_transition(STATE, VALID_BLOCK, CHAIN.replay))
+POST_ROOT = compute_state_root(state_transition(STATE, VALID_BLOCK, CHAIN.oracles))
 
 amounts = st.one_of(st.integers(0, 3), st.integers(0, 2**64 - 1), st.sampled_from([10**8, 10**10, 10**11]))
 bodies = st.one_of(
@@ -38,7 +38,7 @@ def test_any_transaction_applies_cleanly_or_is_rejected(sender, body, fee, nonce
     signed = CHAIN.transaction(STATE, sender, body, fee=fee, nonce=account.nonce + nonce_offset,
                                chain_id=None if right_chain else 1)
     try:
-        post = apply_transaction(STATE, signed, CHAIN.address["sam"], CHAIN.replay)
+        post = apply_transaction(STATE, signed, CHAIN.address["sam"], CHAIN.oracles)
     except InvalidTransaction as error:
         assert error.reason
         return
@@ -54,7 +54,7 @@ def test_mutated_blocks_are_rejected_or_harmless(data):
         encoded[index] ^= 1 << data.draw(st.integers(0, 7))
     try:
         block = decode(bytes(encoded), C.Block)
-        post = state_transition(STATE, block, CHAIN.replay)
+        post = state_transition(STATE, block, CHAIN.oracles)
     except (DecodeError, InvalidBlock):
         return
     assert compute_state_root(post) == POST_ROOT

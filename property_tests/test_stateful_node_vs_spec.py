@@ -75,7 +75,7 @@ class NodeVersusSpec(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         self._directory = tempfile.TemporaryDirectory(prefix="bws-stateful-")
-        self.node = Node(NodeSettings(data_dir=Path(self._directory.name), genesis=TOY.genesis, replay=TOY.replay))
+        self.node = Node(NodeSettings(data_dir=Path(self._directory.name), genesis=TOY.genesis, replay=TOY.oracles))
         self.spec = F.get_forkchoice_store(TOY.genesis_state, TOY.genesis_block)
         genesis_hash = bytes(compute_block_hash(TOY.genesis_block))
         # Every valid block mined so far (delivered or not), with its post-state.
@@ -110,7 +110,7 @@ class NodeVersusSpec(RuleBasedStateMachine):
             self.waiting.setdefault(parent, []).append(block)
             return None
         try:
-            F.on_block(self.spec, block, TOY.replay)
+            F.on_block(self.spec, block, TOY.oracles)
         except InvalidBlock as error:
             note(f"spec: block {block_hash.hex()[:12]} invalid: {error.reason}")
             return False
@@ -159,7 +159,7 @@ class NodeVersusSpec(RuleBasedStateMachine):
         parent, state = self.mined[bytes(block.header.parent_hash)]
         block_hash = bytes(compute_block_hash(block))
         if block_hash not in self.mined:
-            self.mined[block_hash] = (block, state_transition(state, block, TOY.replay))
+            self.mined[block_hash] = (block, state_transition(state, block, TOY.oracles))
             self.mined_order.append(block_hash)
         return block_hash
 
@@ -173,7 +173,7 @@ class NodeVersusSpec(RuleBasedStateMachine):
         for pooled in self.node.mempool.select(8, 1 << 20):
             signed = decode(pooled.raw, C.SignedTransaction)
             try:
-                post = apply_transaction(post, signed, FEE_RECIPIENT, TOY.replay)
+                post = apply_transaction(post, signed, FEE_RECIPIENT, TOY.oracles)
             except InvalidTransaction:
                 continue
             chosen.append(signed)
@@ -336,7 +336,7 @@ class NodeVersusSpec(RuleBasedStateMachine):
         state = head_state
         for pooled in pending:
             try:
-                state = apply_transaction(state, decode(pooled.raw, C.SignedTransaction), FEE_RECIPIENT, TOY.replay)
+                state = apply_transaction(state, decode(pooled.raw, C.SignedTransaction), FEE_RECIPIENT, TOY.oracles)
             except InvalidTransaction:
                 break
         nonce = self.node.mempool.pending_nonce(address) if mutation not in ("nonce_already_used", "wrong_nonce") else None
@@ -353,7 +353,7 @@ class NodeVersusSpec(RuleBasedStateMachine):
             note(f"node refused transaction ({mutation}): {error.message}")
         try:
             decoded = decode(raw, C.SignedTransaction)
-            apply_transaction(state, decoded, FEE_RECIPIENT, TOY.replay)
+            apply_transaction(state, decoded, FEE_RECIPIENT, TOY.oracles)
             spec_valid = True
         except (DecodeError, InvalidTransaction) as error:
             spec_valid = False

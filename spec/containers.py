@@ -130,12 +130,22 @@ class CancelTask(Container):
 
 
 @dataclass(frozen=True)
+class ScoredModel(Container):
+    """A member's final model and its score: the member's signed IT_RES of the
+    task's final iteration (the model is its `state_after_root`) and how many
+    examples of the task's committed test set that model gets right."""
+    final_message: SignedIterationMessage
+    correct: Count
+
+
+@dataclass(frozen=True)
 class EvaluationResult(Container):
-    """A selected evaluator's scores of each member's final model, in group
-    order, on the test set whose hash the task committed; finalizes the task."""
+    """A selected evaluator's scores of the members' final models, in group
+    order, on the test set whose root the task committed (a member left out
+    scores nothing); every replaying node re-scores each model before it
+    accepts the result, which finalizes the task."""
     task_id: TaskId
-    test_set_hash: Hash32
-    scores: List(int64, MAX_GROUP_SIZE)
+    models: List(ScoredModel, MAX_GROUP_SIZE)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from .constants import MAX_FUTURE_BLOCK_SECONDS
 from .containers import Block, BlockHeader, State
 from .pouw import compute_block_work
-from .state_transition import InvalidBlock, Replay, compute_block_hash, state_transition
+from .state_transition import InvalidBlock, Oracles, compute_block_hash, state_transition
 from .types import Hash32
 
 
@@ -45,7 +45,7 @@ def is_timestamp_acceptable(header: BlockHeader, now: int) -> bool:
     return header.timestamp <= now + MAX_FUTURE_BLOCK_SECONDS
 
 
-def on_block(store: Store, block: Block, replay: Replay) -> Hash32:
+def on_block(store: Store, block: Block, oracles: Oracles) -> Hash32:
     """Validate `block` on its parent's post-state and add it; returns its hash.
     InvalidBlock if the parent is unknown or the transition fails."""
     parent_hash = block.header.parent_hash
@@ -53,7 +53,7 @@ def on_block(store: Store, block: Block, replay: Replay) -> Hash32:
         raise InvalidBlock("unknown parent")
     block_hash = compute_block_hash(block)
     if block_hash not in store.blocks:
-        store.states[block_hash] = state_transition(store.states[parent_hash], block, replay)
+        store.states[block_hash] = state_transition(store.states[parent_hash], block, oracles)
         store.blocks[block_hash] = block
     return block_hash
 

@@ -1,4 +1,4 @@
-"""The state transition: `state_transition(state, block, replay) -> state`.
+"""The state transition: `state_transition(state, block, oracles) -> state`.
 
 A block is applied as a visible chain of steps, each a small function:
 
@@ -33,6 +33,7 @@ Threats stopped here:
 - *Fake iterations*: replay in `process_pouw`, and FraudProof disputes.
 """
 import dataclasses
+from dataclasses import dataclass
 from typing import Callable
 
 from .constants import (
@@ -45,7 +46,7 @@ from .constants import (
 )
 from .containers import (
     Account, Block, BlockHeader, CancelTask, ChainConfig, Dispute, Equivocation, EvaluationResult, FraudProof,
-    IterationMessage, ReplayResult, SignedTransaction, Stake, StakeBalance, StakeKey, State, SubmitTask, Task,
+    IterationMessage, ReplayResult, ScoredModel, SignedTransaction, Stake, StakeBalance, StakeKey, State, SubmitTask, Task,
     Transaction, Transfer, Unstake,
 )
 from .crypto import compute_address, get_public_key, sign
@@ -57,8 +58,8 @@ from .pouw import (
     is_nonce_earning, is_valid_pow, is_valid_signed_iteration_message,
 )
 from .tasks import (
-    TaskDefinitionError, compute_batch_index, compute_group, compute_task_id, compute_work_units, get_member_index,
-    get_task_progress, is_dataset_large_enough,
+    TaskDefinitionError, compute_batch_index, compute_group, compute_task_id, compute_work_units, get_final_iteration,
+    get_member_index, get_task_progress, is_dataset_large_enough,
 )
 from .types import Address, Hash32, Root
 
@@ -84,9 +85,12 @@ class InvalidTransaction(Exception):
 
 
 class ReplayUnavailable(Exception):
-    """Raised by a `replay` that cannot obtain the iteration's inputs (model
-    state, batch, peer updates). A block whose iteration cannot be replayed
-    is invalid: that is the rule against *data withholding* by miners."""
+    """Raised by an oracle (`Oracles`) that cannot obtain the data it computes
+    on: an iteration's inputs (model state, batch, peer updates), a test set
+    or a final model. A block whose iteration cannot be replayed is invalid,
+    and so is an evaluation result whose test set or models cannot be
+    fetched: that is the rule against *data withholding* by miners and
+    clients."""
 
 
 Replay = Callable[[Task, IterationMessage], ReplayResult]
@@ -108,6 +112,30 @@ model state. The spec compares both with `work.update_root` and
 `work.state_after_root`; a single differing bit makes the block invalid. The
 loss is informational and not compared. The engine (bws.engine) and the
 NumPy reference (spec/reference) each provide a replay."""
+
+
+Evaluate = Callable[[Task, ScoredModel], int]
+"""Scores a member's final model: how many examples of the task's test set
+(the tensors whose root is `task.test_set_hash`: inputs `x`, labels `y`) the
+model whose state root is `scored.final_message.message.work.state_after_root`
+gets right. The model's forward pass on each input runs in the canonical
+arithmetic, as training does; its prediction is the argmax of the outputs (of
+one sigmoid output: whether it is at least one half) and is right when it
+equals the label. Raises `ReplayUnavailable` when the test set or the model
+state cannot be fetched or does not fit the task's model. The claimed count
+(`scored.correct`) is not an input of the computation; it is passed so that
+a node that does not evaluate can take it, as it takes a replay's claimed
+roots. The engine (`bws.engine.evaluate`) and the NumPy reference provide one."""
+
+
+@dataclass(frozen=True)
+class Oracles:
+    """What the rules compute from data that a block or transaction names by
+    root only. Each raises `ReplayUnavailable` when that data cannot be had,
+    and the block or transaction is then invalid (the rule against data
+    withholding)."""
+    replay: Replay
+    evaluate: Evaluate
 
 
 # ---------------------------------------------------------------------------
@@ -271,7 +299,7 @@ def check_replay(task: Task, message: IterationMessage, replay: Replay) -> bool:
     return replay(task, message) == expected
 
 
-def process_pouw(state: State, block: Block, replay: Replay) -> None:
+def process_pouw(state: State, block: Block, oracles: Oracles) -> None:
     """Check the block's proof of useful work and record the iteration.
 
     The block carries its miner's signed IT_RES(i). In order (cheap checks
@@ -288,7 +316,7 @@ def process_pouw(state: State, block: Block, replay: Replay) -> None:
        dataset root, and at most group_size - 1 peer updates are applied;
     5. the header names IT_RES(i)'s digest, a nonce index below the task's
        allowance, the nonce of that index, and its work hash is ≤ target;
-    6. replay(task, IT_RES(i)) returns exactly (update_root, state_after_root).
+    6. oracles.replay(task, IT_RES(i)) returns exactly (update_root, state_after_root).
     Then the member's recorded iterations grow by one; once a majority of the
     unslashed members proved the final iteration (`get_task_progress`), the
     task moves to EVALUATION."""
@@ -326,7 +354,7 @@ def process_pouw(state: State, block: Block, replay: Replay) -> None:
     assert is_valid_pow(header), "work hash above target"
     # 6. replay
     try:
-        replayed = check_replay(task, message, replay)
+        replayed = check_replay(task, message, oracles.replay)
     except ReplayUnavailable as error:
         raise AssertionError("iteration inputs unavailable for replay") from error
     assert replayed, "replay does not reproduce the iteration"
@@ -362,18 +390,18 @@ def get_fraud_proof_count(block: Block) -> int:
     return sum(is_fraud_proof(signed.transaction) for signed in block.transactions)
 
 
-def process_transactions(state: State, block: Block, replay: Replay) -> None:
+def process_transactions(state: State, block: Block, oracles: Oracles) -> None:
     """Each transaction in block order; the fees go to the block's miner."""
     assert get_fraud_proof_count(block) <= MAX_FRAUD_PROOFS_PER_BLOCK, \
         f"more than {MAX_FRAUD_PROOFS_PER_BLOCK} fraud proofs in the block"
     for index, signed in enumerate(block.transactions):
         try:
-            process_transaction(state, signed, block.header.miner, replay)
+            process_transaction(state, signed, block.header.miner, oracles)
         except AssertionError as error:
             raise AssertionError(f"transaction {index}: {error}") from None
 
 
-def process_transaction(state: State, signed: SignedTransaction, fee_recipient: Address, replay: Replay) -> None:
+def process_transaction(state: State, signed: SignedTransaction, fee_recipient: Address, oracles: Oracles) -> None:
     """Check the envelope (chain id, key, signature, nonce, fee), take the fee
     and the nonce, then apply the body."""
     transaction = signed.transaction
@@ -401,9 +429,9 @@ def process_transaction(state: State, signed: SignedTransaction, fee_recipient: 
     elif isinstance(body, CancelTask):
         process_cancel_task(state, transaction, body)
     elif isinstance(body, EvaluationResult):
-        process_evaluation_result(state, transaction, body)
+        process_evaluation_result(state, transaction, body, oracles.evaluate)
     else:
-        process_dispute(state, transaction, body, replay)
+        process_dispute(state, transaction, body, oracles.replay)
 
 
 def process_transfer(state: State, transaction: Transaction, transfer: Transfer) -> None:
@@ -490,14 +518,16 @@ def process_cancel_task(state: State, transaction: Transaction, cancel: CancelTa
     set_task(state, cancel.task_id, task, status=TASK_CANCELLED, status_height=state.height)
 
 
-def compute_fee_split(task: Task, scores, evaluator: Address) -> dict:
+def compute_fee_split(task: Task, scores: dict, evaluator: Address) -> dict:
     """Who gets what of the escrowed payment: EVALUATOR_SHARE_BP to the
     evaluator, SUPERVISOR_SHARE_BP split equally among the supervisors,
-    BEST_MODEL_SHARE_BP to the unslashed member with the highest score (the
-    first on a tie), the rest to the unslashed members in proportion to their
-    recorded iterations (equally if none were recorded); rounding dust goes to
-    the best model's miner. If every member was slashed, the miners' part goes
-    back to the client."""
+    BEST_MODEL_SHARE_BP to the unslashed member whose final model scored
+    highest (`scores`: by group index, the scored members only; the first on
+    a tie), the rest to the unslashed members in proportion to their recorded
+    iterations (equally if none were recorded). Rounding dust goes to the best
+    model's miner; with no scored model, the best model's share joins the
+    members' part and the dust goes to the first unslashed member. If every
+    member was slashed, the miners' part goes back to the client."""
     payment = task.payment
     shares: dict = {}
 
@@ -512,8 +542,10 @@ def compute_fee_split(task: Task, scores, evaluator: Address) -> dict:
     if not eligible:
         pay(task.client, payment - sum(shares.values()))
         return shares
-    best = max(eligible, key=lambda i: (scores[i], -i))
-    pay(task.members[best].address, payment * BEST_MODEL_SHARE_BP // BASIS_POINTS)
+    scored = [i for i in eligible if i in scores]
+    best = max(scored, key=lambda i: (scores[i], -i)) if scored else eligible[0]
+    if scored:
+        pay(task.members[best].address, payment * BEST_MODEL_SHARE_BP // BASIS_POINTS)
     miner_pool = payment - sum(shares.values())
     weights = {i: task.members[i].recorded_iterations for i in eligible}
     if sum(weights.values()) == 0:
@@ -546,16 +578,46 @@ def compute_expiry_split(task: Task) -> dict:
     return shares
 
 
-def process_evaluation_result(state: State, transaction: Transaction, result: EvaluationResult) -> None:
-    """A selected evaluator reports scores on the committed test set; the
-    payment is split (compute_fee_split) and the task is finalized."""
+def get_evaluated_scores(task: Task, result: EvaluationResult, evaluate: Evaluate) -> dict:
+    """Each scored member's score, by group index: the count its final model
+    gets right, re-scored here (`evaluate`) and required to equal the
+    result's. A final model is the member's signed IT_RES of the task's final
+    iteration (`get_final_iteration`: the last its progress reached), one per
+    member, in group order."""
+    scores: dict = {}
+    for scored in result.models:
+        signed = scored.final_message
+        work = signed.message.work
+        assert is_valid_signed_iteration_message(signed), "final model: bad signature"
+        assert work.task_id == result.task_id, "final model: message is not for the task"
+        member_index = get_member_index(task, work.miner)
+        assert member_index is not None, "final model: miner is not a member of the task's group"
+        assert all(member_index > index for index in scores), "final models must be in group order, one per member"
+        assert work.iteration == get_final_iteration(task), "final model: message is not of the task's final iteration"
+        try:
+            correct = evaluate(task, scored)
+        except ReplayUnavailable as error:
+            raise AssertionError("final model: test set or model unavailable for evaluation") from error
+        assert scored.correct == correct, \
+            f"final model of member {member_index}: score {scored.correct} is not the {correct} it gets"
+        scores[member_index] = correct
+    return scores
+
+
+def process_evaluation_result(state: State, transaction: Transaction, result: EvaluationResult,
+                              evaluate: Evaluate) -> None:
+    """A selected evaluator reports the members' final models and their
+    scores on the committed test set; each score is re-scored
+    (`get_evaluated_scores`), so a wrong one makes the transaction invalid,
+    and so does a test set that the client withheld from the network (the
+    evaluation is unavailable). The payment is split (compute_fee_split) and
+    the task is finalized."""
     task = state.tasks.get(result.task_id)
     assert task is not None, "unknown task"
     assert task.status == TASK_EVALUATION, "task is not in evaluation"
     assert transaction.sender in task.evaluators, "sender is not an evaluator of the task"
-    assert result.test_set_hash == task.test_set_hash, "test set does not match the task's commitment"
-    assert len(result.scores) == len(task.members), "one score per group member is required"
-    for address, amount in sorted(compute_fee_split(task, result.scores, transaction.sender).items()):
+    scores = get_evaluated_scores(task, result, evaluate)
+    for address, amount in sorted(compute_fee_split(task, scores, transaction.sender).items()):
         increase_balance(state, address, amount)
     set_task(state, result.task_id, task, status=TASK_FINALIZED, status_height=state.height)
 
@@ -621,18 +683,18 @@ def get_failure_reason(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def process_block(state: State, block: Block, replay: Replay) -> None:
+def process_block(state: State, block: Block, oracles: Oracles) -> None:
     """Apply `block` to `state` in place (asserts on any broken rule), up to the state root check."""
     process_block_header(state, block)
     process_stake_releases(state)
     process_task_lifecycle(state, block)
-    process_pouw(state, block, replay)
-    process_transactions(state, block, replay)
+    process_pouw(state, block, oracles)
+    process_transactions(state, block, oracles)
     process_rewards(state, block)
     process_difficulty(state, block)
 
 
-def state_transition(state: State, block: Block, replay: Replay) -> State:
+def state_transition(state: State, block: Block, oracles: Oracles) -> State:
     """The state after `block`, or InvalidBlock(reason). `state` must be the
     post-state of the block's parent (the parent hash is checked against it)
     and is not modified. The header's state root must be the root of the
@@ -642,20 +704,20 @@ def state_transition(state: State, block: Block, replay: Replay) -> State:
     names it), a failed `assert` being the usual one: no input crashes a node."""
     post = get_primitives().copy_state(state)
     try:
-        process_block(post, block, replay)
+        process_block(post, block, oracles)
         assert block.header.state_root == get_primitives().compute_state_root(post), "state root mismatch"
     except Exception as error:
         raise InvalidBlock(get_failure_reason(error)) from None
     return post
 
 
-def apply_transaction(state: State, signed: SignedTransaction, fee_recipient: Address, replay: Replay) -> State:
+def apply_transaction(state: State, signed: SignedTransaction, fee_recipient: Address, oracles: Oracles) -> State:
     """The state after one transaction outside a block (mempool checks and test
     vectors), or InvalidTransaction(reason), for any exception as in
     `state_transition`. `state` is not modified."""
     post = get_primitives().copy_state(state)
     try:
-        process_transaction(post, signed, fee_recipient, replay)
+        process_transaction(post, signed, fee_recipient, oracles)
     except Exception as error:
         raise InvalidTransaction(get_failure_reason(error)) from None
     return post

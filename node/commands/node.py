@@ -114,7 +114,7 @@ def run_node(args: argparse.Namespace) -> int:
         node = Node(NodeSettings(data_dir=args.data_dir, genesis=load_genesis(args.genesis), roles=roles,
                                  peers=args.peer, api_port=args.api_port, api_host=args.api_host,
                                  listen=listen, announce=args.announce,
-                                 replay=role_set.replay if verifying else None,
+                                 oracles=role_set.oracles if verifying else None,
                                  prefetch=role_set.replay.prefetch if verifying else None,
                                  assume_valid_depth=assume_valid_depth))
     except (NodeError, StoreError) as error:

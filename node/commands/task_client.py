@@ -203,13 +203,19 @@ def run_reveal(args) -> int:
     return 0
 
 
-def evaluation_scores(api, task_id: bytes, document: dict) -> list[int]:
-    """The scores of the EvaluationResult that finalized the task (in the block at its status height)."""
+def evaluation_models(api, task_id: bytes, document: dict) -> dict[str, dict]:
+    """The final models of the EvaluationResult that finalized the task (in the
+    block at its status height), by miner: {"correct", "iteration", "state_root"}."""
     block = api.get(f"/block/{document['task']['status_height']}")["block"]
     for signed in block["transactions"]:
         body = signed["transaction"]["body"]
         if body.get("type") == "EvaluationResult" and body["task_id"] == task_id.hex():
-            return [int(score) for score in body["scores"]]
+            models = {}
+            for scored in body["models"]:
+                work = scored["final_message"]["message"]["work"]
+                models[work["miner"]] = {"correct": int(scored["correct"]), "iteration": int(work["iteration"]),
+                                         "state_root": work["state_after_root"]}
+            return models
     raise ValueError("the finalizing block holds no evaluation result for this task")
 
 
@@ -238,6 +244,7 @@ def run_result(args) -> int:
     from bws.node.p2p import NetworkError
     from bws.node.roles.data import DataError
     from bws.templates.errors import TemplateError
+    from bws.templates.task import parse_task
 
     api = ApiClient(args.api)
     try:
@@ -245,33 +252,37 @@ def run_result(args) -> int:
         document = api.get(f"/task/{task_id.hex()}")
         if document["status"] != "finalized":
             raise ValueError(f"the task is {document['status']}, not finalized")
-        scores = evaluation_scores(api, task_id, document)
+        models = evaluation_models(api, task_id, document)
+        examples = parse_task(bytes.fromhex(document["task"]["task_definition"])).dataset["test_examples"]
         members = [m["address"] for m in document["task"]["members"]]
-        best = max(range(len(scores)), key=lambda i: (scores[i], -i))
-        for index, (miner, score) in enumerate(zip(members, scores)):
-            mark = "  <- best" if index == best else ""
-            print(f"{miner}  test accuracy {score / 10_000:.2f}%{mark}")
+        scored = [miner for miner in members if miner in models]
+        best = max(scored, key=lambda miner: (models[miner]["correct"], -members.index(miner)), default=None)
+        for miner in members:
+            if miner not in models:
+                print(f"{miner}  no final model scored")
+                continue
+            correct, mark = models[miner]["correct"], "  <- best" if miner == best else ""
+            print(f"{miner}  test accuracy {correct / examples * 100:.2f}% ({correct}/{examples}){mark}")
         if args.output is None and args.check is None:
             return 0
-        model = document.get("latest_models", {}).get(members[best])
-        if model is None:
-            raise ValueError("this node saw no iteration message of the best miner; ask a node of the task's group")
+        if best is None:
+            raise ValueError("the evaluation scored no model")
+        model = models[best]
         tensors = download_tensors(api.get("/status")["address"], bytes.fromhex(model["state_root"]))
         if args.output is not None:
             np.savez(args.output, **tensors)
             print(f"best model (iteration {model['iteration'] + 1}, root {model['state_root'][:16]}…) written to {args.output}")
         if args.check is not None:
-            return check_score(args, document, tensors, scores[best])
+            return check_score(args, document, tensors, model["correct"])
     except (ApiError, ValueError, NetworkError, DataError, OSError, TemplateError) as error:
         raise CommandError(str(error)) from None
     return 0
 
 
 def check_score(args, document: dict, tensors: dict, reported: int) -> int:
-    """Score the downloaded model on the task's test split here; 0 if it equals the evaluator's score."""
+    """Score the downloaded model on the task's test split here; 0 if it gets the evaluator's count right."""
     from bws import engine
     from bws.engine.commit import unflatten
-    from bws.node.roles.evaluator import SCORE_SCALE
     from bws.templates.task import load_task, task_data
 
     definition = load_task(args.check)
@@ -281,8 +292,7 @@ def check_score(args, document: dict, tensors: dict, reported: int) -> int:
     if not data.has_test:
         raise ValueError("this task's test split is withheld: give the client's --test-file")
     result = engine.evaluate(definition.model, unflatten(tensors)["params"], data.test_x, data.test_y)
-    score = result["correct"] * SCORE_SCALE // max(result["count"], 1)
-    same = score == reported
-    print(f"checked here: {result['correct']}/{result['count']} = {score / 10_000:.2f}% on the test split; "
-          f"the evaluator reported {reported / 10_000:.2f}%: {'the same' if same else 'DIFFERENT'}")
+    same = result["correct"] == reported
+    print(f"checked here: {result['correct']}/{result['count']} = {result['correct'] / max(result['count'], 1) * 100:.2f}% "
+          f"on the test split; the evaluator reported {reported} right: {'the same' if same else 'DIFFERENT'}")
     return 0 if same else 1

@@ -37,6 +37,7 @@ logger = logging.getLogger("bws.node.roles")
 DATA_REQUEST_TIMEOUT = 20.0
 OWN_ITERATIONS_KEPT = 256   # about the iterations whose nonces may still be mined
 REPLAYS_KEPT = 64
+SCORES_KEPT = 256          # final models scored: a group's models, for the tasks in evaluation
 
 
 class RoleError(Exception):
@@ -226,6 +227,9 @@ class RoleContext:
     # The latest replays' results: a pooled dispute's evidence is checked at every
     # block the miner prepares, and again when a block carries it.
     replays: LatestResults = field(default_factory=lambda: LatestResults(REPLAYS_KEPT))
+    # Final models scored, by (task definition, test set, model): the evaluator's and every replaying
+    # node's check of an evaluation result (in the mempool's miner and again in the block) score each once.
+    scores: LatestResults = field(default_factory=lambda: LatestResults(SCORES_KEPT, key_of=tuple))
 
     # Derived once: deriving a public key takes a curve multiplication, and
     # the miner needs the address for every task at every step. Only the
@@ -329,20 +333,22 @@ class RoleContext:
 
 
 class LatestResults:
-    """The replay results of the latest `kept` iteration messages, by message digest (thread-safe)."""
+    """The results of the latest `kept` computations, by the key `key_of` makes
+    of their input (an iteration message's digest by default; thread-safe)."""
 
-    def __init__(self, kept: int) -> None:
+    def __init__(self, kept: int, key_of=None) -> None:
         self._kept = kept
-        self._results: OrderedDict[bytes, C.ReplayResult] = OrderedDict()
+        self._key_of = key_of or message_digest_of
+        self._results: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, message: C.IterationMessage) -> C.ReplayResult | None:
+    def get(self, item):
         with self._lock:
-            return self._results.get(message_digest_of(message))
+            return self._results.get(self._key_of(item))
 
-    def put(self, message: C.IterationMessage, result: C.ReplayResult) -> None:
+    def put(self, item, result) -> None:
         with self._lock:
-            self._results[message_digest_of(message)] = result
+            self._results[self._key_of(item)] = result
             while len(self._results) > self._kept:
                 self._results.popitem(last=False)
 

@@ -1,7 +1,7 @@
 """Plugging the role components into the node process (node/service.py).
 
     roles = RoleSet({"miner", "verifier", "supervisor", "evaluator"}, account, dataset_dir)
-    node = Node(NodeSettings(..., replay=roles.replay, prefetch=roles.replay.prefetch))   # the verifier's replay
+    node = Node(NodeSettings(..., oracles=roles.oracles, prefetch=roles.replay.prefetch))   # the verifier's replay, evaluation
     node.start()
     roles.attach(node)      # serves /bws/data/1 and /bws/audit/1, hears iteration messages, starts the role threads
     ...
@@ -20,6 +20,7 @@ import logging
 from pathlib import Path
 
 from bws.spec import containers as C
+from bws.spec.state_transition import Oracles
 from bws.spec.tasks import get_member_index
 from bws.templates.errors import TemplateError
 from bws.templates.task import WITHHELD_TEST_SPLIT, parse_task
@@ -30,7 +31,7 @@ from ..wallet import Account, KeystoreError, load_keystore, read_password
 from .client import accept_reveal
 from .context import RoleContext
 from .data import TensorCache
-from .evaluator import Evaluator
+from .evaluator import Evaluator, NetworkEvaluate
 from .flood import FLOOD, MessageFlooder, attacks_from_environment
 from .library import TaskLibrary
 from .miner import Miner
@@ -78,6 +79,7 @@ class RoleSet:
         self.dataset_dir = dataset_dir
         self.context: RoleContext | None = None
         self.replay = NetworkReplay(lambda: self.context)
+        self.oracles = Oracles(replay=self.replay, evaluate=NetworkEvaluate(lambda: self.context))
         self.miner = self.supervisor = self.evaluator = self.flooder = None
         self._node = None
 

@@ -70,7 +70,9 @@ from bws.spec.pouw import (
     compute_header_commitment, compute_input_mask_seed, compute_iteration_message_signing_root,
     compute_message_digest, compute_nonce, compute_nonce_seed, get_committed_header, get_nonce_allowance,
 )
-from bws.spec.state_transition import InvalidBlock, InvalidTransaction, compute_transactions_root, is_fraud_proof
+from bws.spec.state_transition import (
+    InvalidBlock, InvalidTransaction, Oracles, compute_transactions_root, is_fraud_proof,
+)
 from bws.spec.tasks import compute_batch_index, get_member_index
 from bws.spec.encoding import decode, encode, DecodeError
 from bws.spec.containers import SignedTransaction
@@ -81,6 +83,7 @@ from ..transition import apply_transaction, claimed_result, compute_state_root, 
 from .byzantine import Byzantine
 from .context import RoleContext, RoleError
 from .library import LoadedTask, TaskUnavailable, flat, tree
+from .evaluator import NetworkEvaluate
 from .verifier import replay_iteration
 
 logger = logging.getLogger("bws.node.roles.miner")
@@ -170,6 +173,7 @@ class Miner:
         self._trainings: dict[bytes, Training] = {}
         self._last_bootstrap = 0.0
         self.byzantine = Byzantine.from_environment()
+        self._evaluate = NetworkEvaluate(lambda: context)   # an evaluation result it includes is scored first
         # Serves the iteration messages seen and this miner's intermediate commitments (/bws/audit/1;
         # registered by the role host).
         self.audit = AuditServer(context, self.byzantine.claimed_trace if self.byzantine else None)
@@ -507,8 +511,8 @@ class Miner:
                 fraud_proof = is_fraud_proof(signed.transaction)
                 if fraud_proof and fraud_proofs == MAX_FRAUD_PROOFS_PER_BLOCK:
                     break  # the rest of the pool waits: skipped, its sender's later nonces would fail here
-                state = apply_transaction(state, signed, self.context.address,
-                                          lambda task, message: replay_iteration(self.context, task, message))
+                state = apply_transaction(state, signed, self.context.address, Oracles(
+                    replay=lambda task, message: replay_iteration(self.context, task, message), evaluate=self._evaluate))
             except (DecodeError, InvalidTransaction):
                 if mempool.report_invalid(record.tx_id, head_hash):
                     self.context.metrics["transactions_dropped_invalid"] += 1
@@ -553,7 +557,7 @@ class Miner:
                 return claimed_result(message)
             return replay_iteration(self.context, task, message)
         try:
-            post = process_block(head_state, block, replay)
+            post = process_block(head_state, block, Oracles(replay=replay, evaluate=self._evaluate))
         except InvalidBlock as error:
             logger.info("found a nonce but the block would be invalid: %s", error)
             self.context.metrics["blocks_not_built"] += 1

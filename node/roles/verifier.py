@@ -112,12 +112,13 @@ def is_proven_fraud(context: RoleContext, task: C.Task, message: C.IterationMess
     return True
 
 
-def signed_message(context: RoleContext, message: C.IterationMessage) -> C.SignedIterationMessage | None:
-    """The miner's signed `message`: from the gossip this node heard, else from
-    the messages its peers recorded (`/bws/audit/1`); None if nobody has it."""
-    work = message.work
-    key = (bytes(work.task_id), int(work.iteration), bytes(work.miner))
-    heard = [s for s in context.messages.get(*key) if s.message == message]
+def find_signed_message(context: RoleContext, task_id: bytes, iteration: int, miner: bytes,
+                        accept=lambda signed: True) -> C.SignedIterationMessage | None:
+    """A signed message of (task, iteration, miner) that `accept`s: from the
+    gossip this node heard, else from the messages its peers recorded
+    (`/bws/audit/1`, signature checked); None if nobody has one."""
+    key = (bytes(task_id), int(iteration), bytes(miner))
+    heard = [s for s in context.messages.get(*key) if accept(s)]
     if heard:
         return heard[0]
     for peer in context.network.peers():
@@ -127,10 +128,18 @@ def signed_message(context: RoleContext, message: C.IterationMessage) -> C.Signe
         except (NetworkError, AuditError) as error:
             logger.info("message request to %s failed: %s", peer[:12], error)
             continue
-        found = [s for s in recorded if s.message == message and is_signed_iteration_message_valid(s)]
+        found = [s for s in recorded if s.message.work.task_id == key[0] and s.message.work.iteration == key[1]
+                 and s.message.work.miner == key[2] and accept(s) and is_signed_iteration_message_valid(s)]
         if found:
             return found[0]
     return None
+
+
+def signed_message(context: RoleContext, message: C.IterationMessage) -> C.SignedIterationMessage | None:
+    """The miner's signed `message` (find_signed_message); None if nobody has it."""
+    work = message.work
+    return find_signed_message(context, bytes(work.task_id), int(work.iteration), bytes(work.miner),
+                               accept=lambda signed: signed.message == message)
 
 
 class VerifierDisputes:

@@ -420,6 +420,19 @@ def predict(model: dict, params: dict, x) -> np.ndarray:
     return forward(model, params, np.asarray(x, np.int32))[0]
 
 
+def count_correct(model: dict, params: dict, x, y) -> int:
+    """How many test examples the model gets right (the spec's `Evaluate`):
+    the argmax of its outputs against the label (or one-hot target); with a
+    sigmoid binary cross-entropy loss, each output at least one half against
+    its target at least one half."""
+    out, y = predict(model, params, x), np.asarray(y)
+    if model["loss"]["type"] == "sigmoid_binary_cross_entropy":
+        half = 1 << (F_ACT - 1)
+        return int(np.sum((out >= half) == (y >= half)))
+    truth = y if y.ndim == 1 else np.argmax(y, axis=-1)
+    return int(np.sum(np.argmax(out, axis=-1) == truth))
+
+
 def add(a: dict, b: dict) -> dict:
     """int32 addition with two's complement wrap-around (order-free)."""
     return {k: {n: np.asarray(a[k][n], np.int32) + np.asarray(b[k][n], np.int32) for n in a[k]} for k in a}

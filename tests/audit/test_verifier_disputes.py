@@ -23,6 +23,7 @@ from bws.node.roles.context import MessageLog, RoleContext
 from bws.node.roles.data import FOUND, NOT_FOUND, TensorCache, parse_request, DATA_TENSORS, ROOT_BYTES
 from bws.node.roles.disputes import is_disputable
 from bws.node.roles.library import TaskLibrary, flat, tree
+from bws.node.roles.evaluator import NetworkEvaluate
 from bws.node.roles.verifier import NetworkReplay, replay_iteration
 from bws.node.store import ChainStore
 from bws.node.validation import Chain, transaction_pool_record
@@ -32,7 +33,7 @@ from bws.spec.encoding import decode, encode
 from bws.spec.genesis import create_genesis_state, get_genesis_block
 from bws.spec.hashing import ZERO_HASH
 from bws.spec.pouw import compute_input_mask_seed, sign_iteration_message
-from bws.spec.state_transition import InvalidTransaction, ReplayUnavailable, apply_transaction, sign_transaction
+from bws.spec.state_transition import InvalidTransaction, Oracles, ReplayUnavailable, apply_transaction, sign_transaction
 from bws.spec.tasks import compute_batch_index, get_member_index
 
 
@@ -103,7 +104,8 @@ def verifier_node(setup, directory, account, reachable: bool = True, heard_gossi
     holder = {}
     replay = NetworkReplay(lambda: holder["context"])
     state = setup.genesis_state
-    chain = Chain(ChainStore(directory), state, get_genesis_block(state), replay)
+    chain = Chain(ChainStore(directory), state, get_genesis_block(state),
+                  Oracles(replay=replay, evaluate=NetworkEvaluate(lambda: holder["context"])))
     context = RoleContext(chain=chain, mempool=Mempool(chain.account_nonce),
                           network=MinerPeer(setup.cache if reachable else None,
                                             message_log(setup.honest, setup.fraud) if miner_recorded else MessageLog()),
@@ -143,8 +145,8 @@ def test_a_proven_fraud_is_disputed_once_by_the_verifier_that_replayed_it(setup,
     assert context.metrics["verifier_fraud"] >= 1 and context.metrics["disputes_submitted"] == 1
 
     # Every node checks it by replay: it slashes the miner and rewards the disputer.
-    def check(task, message):
-        return replay_iteration(context, task, message)
+    check = Oracles(replay=lambda task, message: replay_iteration(context, task, message),
+                    evaluate=NetworkEvaluate(lambda: context))
     state = setup.genesis_state
     slashed = apply_transaction(state, dispute, setup.accounts[2].address, check)
     miner = setup.accounts[0].address

@@ -40,7 +40,7 @@ def test_poison_tasks_are_invalid_transactions_not_exceptions(chain):
     for definition in poison_definitions():
         signed = poison_task_transaction(attacker, DEVNET.chain_id, 0, definition, int(state.height) + 12)
         with pytest.raises(T.InvalidTransaction, match="task definition"):
-            T.apply_transaction(state, signed, factory.miners[0].address, factory.replay)
+            T.apply_transaction(state, signed, factory.miners[0].address, factory.oracles)
 
 
 def test_a_junk_burst_lands_only_its_false_accusation_which_costs_the_penalty(chain):
@@ -49,16 +49,16 @@ def test_a_junk_burst_lands_only_its_false_accusation_which_costs_the_penalty(ch
     burst = junk_burst(attacker, DEVNET.chain_id, 0, 100_000, honest, burst=0)
     assert len(burst) == JUNK_BURST_SIZE and [int(t.transaction.nonce) for t in burst] == list(range(JUNK_BURST_SIZE))
     before = state.accounts[attacker.address].balance
-    post = T.apply_transaction(state, burst[0], factory.miners[1].address, factory.replay)
+    post = T.apply_transaction(state, burst[0], factory.miners[1].address, factory.oracles)
     paid = before - post.accounts[attacker.address].balance
     assert paid == charged_by_rules(burst[0]) == 100_000 + FALSE_DISPUTE_PENALTY
     assert all(not m.slashed for m in post.tasks[factory.task_id].members)
     for junk in burst[1:]:
         with pytest.raises(T.InvalidTransaction, match="not a member"):
-            T.apply_transaction(post, junk, factory.miners[1].address, factory.replay)
+            T.apply_transaction(post, junk, factory.miners[1].address, factory.oracles)
         post = T.apply_transaction(post, factory.transfer(factory.users[0], factory.users[1].address, 1,
                                                           int(post.accounts[attacker.address].nonce)),
-                                   factory.miners[1].address, factory.replay)  # the next nonce, as a block would
+                                   factory.miners[1].address, factory.oracles)  # the next nonce, as a block would
     # Bursts differ (each replaces the last one's pending proofs), so their junk evidence does too.
     assert junk_burst(attacker, DEVNET.chain_id, 0, 100_000, honest, burst=1)[1] != burst[1]
 

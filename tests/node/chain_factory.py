@@ -3,7 +3,7 @@
 The chain starts from a spec genesis with one genesis task in TRAINING, so
 blocks can be mined from block 1 on. Iterations are "trained" by
 `hash_replay`, a deterministic stand-in for the engine whose roots are hashes
-of the iteration's inputs: the chain mechanics under test (proofs, nonces,
+of the iteration's inputs (and final models are scored by `hash_evaluate`): the chain mechanics under test (proofs, nonces,
 commitments, fork choice, reorgs, the store) do not depend on what the
 iteration computes, and the real engine replay is exercised by the engine's
 and the devnet's tests. Every block is built the way an honest miner would,
@@ -49,6 +49,14 @@ def hash_replay(task: C.Task, message: C.IterationMessage) -> C.ReplayResult:
     return C.ReplayResult(update_root=update, state_after_root=hash_bytes(b"after" + work.state_before_root + update))
 
 
+def hash_evaluate(task: C.Task, scored: C.ScoredModel) -> int:
+    """A deterministic score: a number below 1000 drawn from the model's root."""
+    return int.from_bytes(hash_bytes(b"score" + scored.final_message.message.work.state_after_root)[:4], "little") % 1000
+
+
+HASH_ORACLES = T.Oracles(replay=hash_replay, evaluate=hash_evaluate)
+
+
 @dataclasses.dataclass(frozen=True)
 class Key:
     secret: bytes
@@ -69,6 +77,7 @@ class ChainFactory:
         the replay to validate the chain with)."""
         self.seed = seed
         self.replay = replay
+        self.oracles = T.Oracles(replay=replay, evaluate=hash_evaluate)
         self.miners = [Key(secret_key(f"miner{i}", seed)) for i in range(miners)]
         self.users = [Key(secret_key(f"user{i}", seed)) for i in range(extra_accounts)]
         self.client = Key(secret_key("client", seed))
@@ -153,16 +162,16 @@ class ChainFactory:
                     # a block that breaks another rule keeps a zero root (the rule refuses it first).
                     post = copy.deepcopy(state)
                     try:
-                        T.process_block(post, block, lambda task, m: C.ReplayResult(
+                        T.process_block(post, block, T.Oracles(replay=lambda task, m: C.ReplayResult(
                             update_root=m.work.update_root, state_after_root=m.work.state_after_root)
-                            if m == message.message else self.replay(task, m))
+                            if m == message.message else self.replay(task, m), evaluate=hash_evaluate))
                         block = dataclasses.replace(block, header=dataclasses.replace(
                             header, state_root=T.compute_state_root(post)))
                     except AssertionError:
                         assert tamper_work is not None, "an honest block broke a rule"
                     if tamper_work is not None:
                         return block, None
-                    return block, T.state_transition(state, block, self.replay)
+                    return block, T.state_transition(state, block, self.oracles)
             iteration += 1
 
     def forge(self, block: C.Block, key: Key, task_id: bytes | None = None, target: int | None = None) -> C.Block:

@@ -6,7 +6,7 @@ from bws.node.store import ChainStore
 from bws.node.validation import Chain
 from bws.spec import containers as C
 from bws.spec.encoding import decode
-from tests.node.chain_factory import ChainFactory, hash_replay
+from tests.node.chain_factory import HASH_ORACLES, ChainFactory, hash_replay
 
 
 def read_blocks(path: str) -> list[C.Block]:
@@ -21,7 +21,7 @@ def read_blocks(path: str) -> list[C.Block]:
 
 def main(data_dir: str, blocks_file: str, seed: int) -> None:
     factory = ChainFactory(miners=2, seed=seed)
-    chain = Chain(ChainStore(data_dir), factory.genesis_state, factory.genesis_block, hash_replay)
+    chain = Chain(ChainStore(data_dir), factory.genesis_state, factory.genesis_block, HASH_ORACLES)
     print("ready", flush=True)
     for block in read_blocks(blocks_file):
         result = chain.import_block(block)

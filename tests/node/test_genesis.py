@@ -15,7 +15,7 @@ from bws.spec import containers as C
 from bws.spec.constants import ROLE_MINER
 from bws.spec.genesis import InvalidGenesis, create_genesis_state, get_genesis_block
 from bws.spec.presets import COIN, DEVNET
-from bws.spec.state_transition import InvalidTransaction, apply_transaction, sign_transaction
+from bws.spec.state_transition import InvalidTransaction, Oracles, apply_transaction, sign_transaction
 from tests.node.chain_factory import Key, secret_key
 
 BWS = [sys.executable, "-m", "bws.node.cli"]
@@ -26,8 +26,11 @@ def bws(*args):
     return subprocess.run(BWS + [str(a) for a in args], capture_output=True, text=True, timeout=120)
 
 
-def no_replay(task, message):
-    raise AssertionError("a transfer replays nothing")
+def nothing(*arguments):
+    raise AssertionError("a transfer replays and evaluates nothing")
+
+
+NO_ORACLES = Oracles(replay=nothing, evaluate=nothing)
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +89,9 @@ def test_two_genesis_files_of_one_preset_are_two_chains(tmp_path):
                              fee=DEVNET.min_transaction_fee, body=C.Transfer(recipient=BOB.address, amount=COIN))
     signed = sign_transaction(ALICE.secret, transfer)
     states = [create_genesis_state(genesis) for genesis in (first, second)]
-    apply_transaction(states[0], signed, CAROL.address, no_replay)
+    apply_transaction(states[0], signed, CAROL.address, NO_ORACLES)
     with pytest.raises(InvalidTransaction, match="wrong chain id"):
-        apply_transaction(states[1], signed, CAROL.address, no_replay)
+        apply_transaction(states[1], signed, CAROL.address, NO_ORACLES)
 
     chains = [Chain(ChainStore(tmp_path / f"store{i}"), state, get_genesis_block(state), None)
               for i, state in enumerate(states)]

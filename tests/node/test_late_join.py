@@ -21,9 +21,9 @@ from bws.node.store import ChainStore
 from bws.node.validation import BlockNotValidated, BlockRejected, Chain
 from bws.spec import containers as C
 from bws.spec.hashing import hash_bytes
-from bws.spec.state_transition import ReplayUnavailable, compute_block_hash, compute_state_root
+from bws.spec.state_transition import Oracles, ReplayUnavailable, compute_block_hash, compute_state_root
 
-from tests.node.chain_factory import ChainFactory, hash_replay
+from tests.node.chain_factory import ChainFactory, hash_evaluate, hash_replay
 
 DEPTH = 3
 
@@ -48,7 +48,8 @@ def wrong(task: C.Task, message: C.IterationMessage) -> C.ReplayResult:
 
 
 def open_chain(factory, path, replay, prefetch=None, depth=DEPTH) -> Chain:
-    return Chain(ChainStore(path), factory.genesis_state, factory.genesis_block, replay, prefetch, depth)
+    return Chain(ChainStore(path), factory.genesis_state, factory.genesis_block,
+                 Oracles(replay=replay, evaluate=hash_evaluate), prefetch, depth)
 
 
 # -- a verifier without a key ----------------------------------------------------
@@ -156,7 +157,7 @@ def test_sync_assumes_the_blocks_deep_under_the_peers_head_and_says_so(factory, 
         return hash_replay(task, message) if by_message.get(message) in served else gone(task, message)
 
     node = Node(NodeSettings(data_dir=tmp_path / "late", genesis=factory.genesis, roles={"verifier"},
-                             replay=replay, assume_valid_depth=DEPTH))
+                             oracles=Oracles(replay=replay, evaluate=hash_evaluate), assume_valid_depth=DEPTH))
     node.network = PeerServing(source)
     try:
         with caplog.at_level(logging.INFO, logger="bws.node"):

@@ -149,8 +149,8 @@ def test_a_trusting_node_imports_gossiped_blocks_and_relays_none(nodes, factory,
     monkeypatch.setattr(service, "SYNC_INTERVAL", 3600.0)   # no periodic sync: the block moves by gossip or not at all
     a = nodes("a")
     middle = nodes("middle", peers=[a.network.address],
-                   **({"roles": ("peer", "verifier"), "replay": factory.replay} if middle_replays else {}))
-    c = nodes("c", peers=[middle.network.address], roles=("peer", "verifier"), replay=factory.replay)
+                   **({"roles": ("peer", "verifier"), "oracles": factory.oracles} if middle_replays else {}))
+    c = nodes("c", peers=[middle.network.address], roles=("peer", "verifier"), replay=factory.oracles)
     wait_for(lambda: middle.network.peer_id in a.network.mesh_peers(TOPIC_BLOCK)
              and c.network.peer_id in middle.network.mesh_peers(TOPIC_BLOCK), what="the subscriptions")
     time.sleep(2.5)   # two heartbeats: the meshes form, so a relay reaches c
@@ -262,7 +262,7 @@ def test_gossip_relays_no_side_block_the_cheap_checks_refuse(tmp_path, factory):
     from bws.node.p2p import Verdict
 
     node = Node(NodeSettings(data_dir=tmp_path, genesis=factory.genesis, roles={"peer", "verifier"},
-                             replay=factory.replay))
+                             replay=factory.oracles))
     try:
         for block, _ in factory.chain(2, miner_of=lambda h: 0):
             assert node.submit_block(encode(block))["status"] == "connected"

@@ -28,7 +28,9 @@ from bws.node.p2p import PROTOCOL_DATA, TOPIC_BLOCK
 from bws.node.roles.context import RoleContext
 from bws.node.roles.library import TaskLibrary
 from bws.node.roles.miner import Miner
+from bws.node.roles.evaluator import NetworkEvaluate
 from bws.node.roles.verifier import NetworkReplay
+from bws.spec.state_transition import Oracles
 from bws.node.store import ChainStore
 from bws.node.validation import BlockRejected, Chain
 
@@ -67,7 +69,8 @@ def make_node(setup, directory, name: str, account, nodes: dict) -> RoleContext:
     genesis, _, library = setup
     state = create_genesis_state(genesis)
     holder = {}
-    chain = Chain(ChainStore(directory / name), state, get_genesis_block(state), NetworkReplay(lambda: holder["c"]))
+    chain = Chain(ChainStore(directory / name), state, get_genesis_block(state),
+                  Oracles(replay=NetworkReplay(lambda: holder["c"]), evaluate=NetworkEvaluate(lambda: holder["c"])))
     context = RoleContext(chain=chain, mempool=Mempool(chain.account_nonce), network=LoopbackNetwork(name, nodes),
                           account=account, library=library, import_block=chain.import_block)
     holder["c"] = context

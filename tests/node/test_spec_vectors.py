@@ -9,8 +9,8 @@ from bws.node.validation import BlockNotValidated, BlockRejected, Chain, Transac
 from bws.spec import containers as C
 from bws.spec.encoding import decode
 from bws.spec.genesis import get_genesis_block
-from bws.spec.pouw import compute_message_digest
-from bws.spec.state_transition import ReplayUnavailable, compute_state_root
+from bws.node.review import table_oracles
+from bws.spec.state_transition import Oracles, compute_state_root
 
 VECTORS = Path(__file__).resolve().parents[2] / "spec" / "vectors"
 
@@ -19,22 +19,14 @@ def load(group: str) -> list[dict]:
     return [json.loads(line) for line in (VECTORS / f"{group}.jsonl").read_text().splitlines() if line.strip()]
 
 
-def vector_replay(vector: dict):
-    replays = {bytes.fromhex(digest): C.ReplayResult(update_root=bytes.fromhex(r["update_root"]),
-                                                       state_after_root=bytes.fromhex(r["state_after_root"]))
-               for digest, r in vector.get("replays", {}).items()}
-
-    def replay(task, message):
-        digest = bytes(compute_message_digest(message))
-        if digest not in replays:
-            raise ReplayUnavailable("no recorded replay for this message")
-        return replays[digest]
-    return replay
+def vector_oracles(vector: dict) -> Oracles:
+    """The replays and evaluations a vector recorded, as the oracles of a node's chain."""
+    return table_oracles(vector.get("replays", {}), vector.get("evaluations", {}))
 
 
 def chain_on(pre_state: C.State, vector: dict, path: Path) -> Chain:
     """A node whose head state is the vector's pre-state (its 'genesis')."""
-    return Chain(ChainStore(path), pre_state, get_genesis_block(pre_state), vector_replay(vector))
+    return Chain(ChainStore(path), pre_state, get_genesis_block(pre_state), vector_oracles(vector))
 
 
 BLOCK_VECTORS = load("block") + [v for v in load("attacks") if v["kind"] == "block"]

@@ -164,7 +164,7 @@ def test_a_task_the_chain_removed_is_still_found_as_it_ended(tmp_path):
     from bws.spec.tasks import compute_task_id
 
     toy = ToyChain()
-    chain = Chain(ChainStore(tmp_path / "chain"), toy.genesis_state, toy.genesis_block, toy.replay)
+    chain = Chain(ChainStore(tmp_path / "chain"), toy.genesis_state, toy.genesis_block, toy.oracles)
     state, parent = toy.genesis_state, toy.genesis_block
     unfillable = toy.transaction(state, "client", toy.submit_task_body(group_size=len(toy.MINERS) + 1))
     task_id = compute_task_id(toy.config.chain_id, toy.address["client"], 0)

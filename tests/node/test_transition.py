@@ -15,8 +15,8 @@ from bws.spec.constants import ROLE_MINER
 from bws.spec.encoding import ByteList, decode, encode
 from bws.spec.hashing import compute_merkle_root, hash_bytes
 from bws.spec.presets import COIN
-from tests.node.chain_factory import ChainFactory, hash_replay
-from tests.node.test_spec_vectors import VECTORS, vector_replay
+from tests.node.chain_factory import HASH_ORACLES, ChainFactory, hash_replay
+from tests.node.test_spec_vectors import VECTORS, vector_oracles
 
 ALL_VECTORS = [json.loads(line) for path in sorted(VECTORS.glob("*.jsonl"))
                for line in path.read_text().splitlines() if line.strip()]
@@ -25,13 +25,13 @@ ALL_VECTORS = [json.loads(line) for path in sorted(VECTORS.glob("*.jsonl"))
 def run_vector(vector: dict) -> dict:
     """The node's outcome of a vector, in the vector's `expected` form."""
     pre_state = decode(bytes.fromhex(vector["pre_state"]), C.State)
-    replay = vector_replay(vector)
+    oracles = vector_oracles(vector)
     try:
         if vector["kind"] == "block":
-            post = N.state_transition(pre_state, decode(bytes.fromhex(vector["block"]), C.Block), replay)
+            post = N.state_transition(pre_state, decode(bytes.fromhex(vector["block"]), C.Block), oracles)
         else:
             post = N.apply_transaction(pre_state, decode(bytes.fromhex(vector["transaction"]), C.SignedTransaction),
-                                       bytes.fromhex(vector["fee_recipient"]), replay)
+                                       bytes.fromhex(vector["fee_recipient"]), oracles)
     except (T.InvalidBlock, T.InvalidTransaction) as error:
         return {"invalid": error.reason}
     assert N.compute_state_root(post) == T.compute_state_root(post)
@@ -70,13 +70,13 @@ def test_prechecked_block_vector_same_outcome(vector, monkeypatch):
 def test_pre_state_is_not_modified(vector):
     pre_state = decode(bytes.fromhex(vector["pre_state"]), C.State)
     before = encode(pre_state)
-    replay = vector_replay(vector)
+    oracles = vector_oracles(vector)
     try:
         if vector["kind"] == "block":
-            N.state_transition(pre_state, decode(bytes.fromhex(vector["block"]), C.Block), replay)
+            N.state_transition(pre_state, decode(bytes.fromhex(vector["block"]), C.Block), oracles)
         else:
             N.apply_transaction(pre_state, decode(bytes.fromhex(vector["transaction"]), C.SignedTransaction),
-                                bytes.fromhex(vector["fee_recipient"]), replay)
+                                bytes.fromhex(vector["fee_recipient"]), oracles)
     except (T.InvalidBlock, T.InvalidTransaction):
         pass
     assert encode(pre_state) == before
@@ -95,8 +95,8 @@ def test_chained_blocks_with_transactions_and_a_stake_release():
         if height == 1:
             transactions.append(toy.transaction(spec_state, "dave", C.Unstake(role=ROLE_MINER)))
         block = toy.mine(spec_state, parent, ("alice", "bob", "carol")[height % 3], transactions)
-        spec_state, parent = T.state_transition(spec_state, block, toy.replay), block
-        node_state = N.state_transition(node_state, block, toy.replay)
+        spec_state, parent = T.state_transition(spec_state, block, toy.oracles), block
+        node_state = N.state_transition(node_state, block, toy.oracles)
         assert node_state == spec_state
         assert N.compute_state_root(node_state) == T.compute_state_root(spec_state) == block.header.state_root
     assert C.StakeKey(owner=toy.address["dave"], role=ROLE_MINER) not in node_state.stakes
@@ -114,9 +114,9 @@ def test_invalid_blocks_give_the_spec_reason():
     for reason, changes in cases.items():
         broken = dataclasses.replace(block, header=dataclasses.replace(block.header, **changes))
         with pytest.raises(T.InvalidBlock) as node_error:
-            N.state_transition(state, broken, hash_replay)
+            N.state_transition(state, broken, HASH_ORACLES)
         with pytest.raises(T.InvalidBlock) as spec_error:
-            T.state_transition(state, broken, hash_replay)
+            T.state_transition(state, broken, HASH_ORACLES)
         assert node_error.value.reason == spec_error.value.reason == reason
 
 
@@ -124,7 +124,7 @@ def test_post_state_shares_no_map_with_the_parent():
     factory = ChainFactory(seed=9)
     block, _ = factory.next_block(factory.genesis_state)
     parent = copy.deepcopy(factory.genesis_state)
-    post = N.state_transition(parent, block, hash_replay)
+    post = N.state_transition(parent, block, HASH_ORACLES)
     for name in ("accounts", "stakes", "tasks"):
         assert getattr(post, name) is not getattr(parent, name)
         assert type(getattr(post, name)) is type(getattr(parent, name))
@@ -163,15 +163,15 @@ def test_apply_transaction_matches_the_spec_and_leaves_the_state():
     sender, recipient = factory.users
     signed = factory.transfer(sender, recipient.address, COIN, nonce=0)
     fee_recipient = factory.miners[0].address
-    assert N.apply_transaction(state, signed, fee_recipient, hash_replay) == \
-        T.apply_transaction(state, signed, fee_recipient, hash_replay)
+    assert N.apply_transaction(state, signed, fee_recipient, HASH_ORACLES) == \
+        T.apply_transaction(state, signed, fee_recipient, HASH_ORACLES)
     with pytest.raises(T.InvalidTransaction, match="^nonce 0 is not the expected 1$"):
-        N.apply_transaction(N.apply_transaction(state, signed, fee_recipient, hash_replay), signed, fee_recipient,
-                            hash_replay)
+        N.apply_transaction(N.apply_transaction(state, signed, fee_recipient, HASH_ORACLES), signed, fee_recipient,
+                            HASH_ORACLES)
     forged = dataclasses.replace(signed, signature=signed.signature[:40] + bytes([signed.signature[40] ^ 1])
                                  + signed.signature[41:])
     with pytest.raises(T.InvalidTransaction, match="^bad signature$"):
-        N.apply_transaction(state, forged, fee_recipient, hash_replay)
+        N.apply_transaction(state, forged, fee_recipient, HASH_ORACLES)
     assert encode(state) == before
 
 
@@ -204,10 +204,10 @@ def test_a_node_that_does_not_replay_takes_the_fraud_proof_outcome_the_state_roo
     for evidence, slashed in ((fraud, True), (accusation, False)):
         dispute = toy.transaction(state, "mallory", C.Dispute(evidence=C.FraudProof(message=evidence)))
         block = toy.mine(state, parent, "carol", [dispute])
-        verified = N.state_transition(state, block, toy.replay)
+        verified = N.state_transition(state, block, toy.oracles)
         assert N.trusting_transition(state, block) == verified
         assert verified.tasks[task_id].members[0].slashed == slashed
-        claims_only = lambda task, message: N.claimed_result(message)  # noqa: E731
+        claims_only = dataclasses.replace(toy.oracles, replay=lambda task, message: N.claimed_result(message))
         if slashed:
             with pytest.raises(T.InvalidBlock, match="state root mismatch"):
                 N.state_transition(state, block, claims_only)
@@ -228,8 +228,8 @@ def test_a_block_with_more_fraud_proofs_than_the_rule_allows_is_refused_with_or_
         nonce=state.accounts[toy.address["mallory"]].nonce + n)
         for n in range(MAX_FRAUD_PROOFS_PER_BLOCK + 1)]
     block = toy.mine(state, parent, "carol", disputes, seal=False)
-    for transition in (lambda: N.trusting_transition(state, block), lambda: N.state_transition(state, block, toy.replay),
-                       lambda: T.state_transition(state, block, toy.replay)):
+    for transition in (lambda: N.trusting_transition(state, block), lambda: N.state_transition(state, block, toy.oracles),
+                       lambda: T.state_transition(state, block, toy.oracles)):
         with pytest.raises(T.InvalidBlock, match=f"more than {MAX_FRAUD_PROOFS_PER_BLOCK} fraud proofs"):
             transition()
     accusations = [toy.transaction(state, "mallory", C.Dispute(evidence=C.FraudProof(message=toy.honest_message(
@@ -237,4 +237,4 @@ def test_a_block_with_more_fraud_proofs_than_the_rule_allows_is_refused_with_or_
         nonce=state.accounts[toy.address["mallory"]].nonce + n)
         for n in range(MAX_FRAUD_PROOFS_PER_BLOCK)]
     sealed = toy.mine(state, parent, "carol", accusations)  # four (false accusations, here) are fine
-    assert N.trusting_transition(state, sealed) == N.state_transition(state, sealed, toy.replay)
+    assert N.trusting_transition(state, sealed) == N.state_transition(state, sealed, toy.oracles)

@@ -12,7 +12,8 @@ from bws.spec.hashing import hash_bytes
 from bws.spec.pouw import compute_nonce, compute_nonce_seed, sign_iteration_message
 from bws.spec.state_transition import compute_block_hash, compute_state_root
 
-from tests.node.chain_factory import ChainFactory, hash_replay
+from tests.node.chain_factory import HASH_ORACLES, ChainFactory, hash_evaluate, hash_replay
+from bws.spec.state_transition import Oracles
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def factory():
 
 
 def open_chain(factory, path):
-    return Chain(ChainStore(path), factory.genesis_state, factory.genesis_block, hash_replay)
+    return Chain(ChainStore(path), factory.genesis_state, factory.genesis_block, HASH_ORACLES)
 
 
 def test_linear_chain_matches_spec_state_roots(factory, tmp_path):
@@ -68,11 +69,11 @@ def test_reorg_to_heavier_branch_and_back_matches_spec_fork_choice(factory, tmp_
         side.append((block, state))
     for block, _ in main:
         chain.import_block(block)
-        F.on_block(spec_store, block, hash_replay)
+        F.on_block(spec_store, block, HASH_ORACLES)
     statuses = []
     for block, _ in side:
         statuses.append(chain.import_block(block).status)
-        F.on_block(spec_store, block, hash_replay)
+        F.on_block(spec_store, block, HASH_ORACLES)
         assert chain.head.hash == F.get_head(spec_store)
         assert compute_state_root(chain.head_state) == compute_state_root(spec_store.states[F.get_head(spec_store)])
     # The branch overtakes at height 3 (equal work, lower hash) or 4 (more work).
@@ -159,7 +160,8 @@ def test_invalid_block_on_side_branch_aborts_the_reorg(factory, tmp_path):
                    tamper_work=lambda w: dataclasses.replace(w, update_root=hash_bytes(b"x")))
     work = bad.proofs[0].message.message.work
     believed = C.ReplayResult(update_root=work.update_root, state_after_root=work.state_after_root)
-    state = T.state_transition(factory.genesis_state, bad, lambda task, message: believed)
+    state = T.state_transition(factory.genesis_state, bad,
+                               dataclasses.replace(HASH_ORACLES, replay=lambda task, message: believed))
     branch = [bad]
     for _ in range(2):
         block, state = factory.next_block(state, miner=1)
@@ -243,7 +245,8 @@ def test_a_block_whose_inputs_are_unavailable_is_not_validated_yet_and_tried_aga
             raise ReplayUnavailable("the miner served its inputs to other nodes only")
         return hash_replay(task, message)
 
-    chain = Chain(ChainStore(tmp_path), factory.genesis_state, factory.genesis_block, flaky_replay)
+    chain = Chain(ChainStore(tmp_path), factory.genesis_state, factory.genesis_block,
+                  Oracles(replay=flaky_replay, evaluate=hash_evaluate))
     block, _ = factory.next_block(factory.genesis_state, miner=0)
     with pytest.raises(BlockNotValidated, match="inputs unavailable.*tried again in 5 s"):
         chain.import_block(block)
@@ -286,7 +289,8 @@ def test_the_inputs_are_fetched_outside_the_chain_lock(factory, tmp_path):
 
     replays = []
     chain = Chain(ChainStore(tmp_path), factory.genesis_state, factory.genesis_block,
-                  lambda task, message: replays.append(message) or hash_replay(task, message), prefetch)
+                  Oracles(replay=lambda task, message: replays.append(message) or hash_replay(task, message),
+                          evaluate=hash_evaluate), prefetch)
     block, _ = factory.next_block(factory.genesis_state, miner=0)
     with pytest.raises(BlockNotValidated, match="no peer has it yet"):
         chain.import_block(block)
@@ -412,7 +416,8 @@ def test_a_reorg_validates_the_branch_before_it_disconnects_the_main_chain(facto
                    tamper_work=lambda w: dataclasses.replace(w, update_root=hash_bytes(b"x")))
     work = bad.proofs[0].message.message.work
     believed = C.ReplayResult(update_root=work.update_root, state_after_root=work.state_after_root)
-    branch_state = T.state_transition(main[0][1], bad, lambda task, message: believed)
+    branch_state = T.state_transition(main[0][1], bad,
+                                      dataclasses.replace(HASH_ORACLES, replay=lambda task, message: believed))
     branch = [bad]
     for _ in range(3):
         block, branch_state = factory.next_block(branch_state, miner=1)

@@ -39,7 +39,7 @@ def test_transition_leaves_the_pre_state_alone(chain, started):
     before = dataclasses.replace(state)
     bad = dataclasses.replace(chain.mine(state, block, "bob"), proofs=[])
     with pytest.raises(InvalidBlock):
-        state_transition(state, bad, chain.replay)
+        state_transition(state, bad, chain.oracles)
     assert state == before
 
 
@@ -55,12 +55,12 @@ def test_any_exception_makes_a_block_invalid(chain, started):
 
     before = copy.deepcopy(state)
     with pytest.raises(InvalidBlock, match="ZeroDivisionError: a replay that divides by zero"):
-        state_transition(state, valid, broken)
+        state_transition(state, valid, dataclasses.replace(chain.oracles, replay=broken))
     assert state == before
     nested = b'{"dataset":{"batch_size":1},"model":' + b"[" * 30_000 + b"]" * 30_000 + b"}"
     body = dataclasses.replace(chain.submit_task_body(), task_definition=nested)
     with pytest.raises(InvalidTransaction, match="nested deeper than 32"):  # the spec's bound, not the interpreter's
-        apply_transaction(state, chain.transaction(state, "client", body), chain.address["sam"], chain.replay)
+        apply_transaction(state, chain.transaction(state, "client", body), chain.address["sam"], chain.oracles)
 
 
 def test_replay_must_match_bit_for_bit(chain, started):
@@ -76,10 +76,10 @@ def test_replay_must_match_bit_for_bit(chain, started):
         raise ReplayUnavailable("peer did not serve the batch")
 
     with pytest.raises(InvalidBlock, match="replay does not reproduce"):
-        state_transition(state, valid, off_by_one_bit)
+        state_transition(state, valid, dataclasses.replace(chain.oracles, replay=off_by_one_bit))
     with pytest.raises(InvalidBlock, match="inputs unavailable"):
-        state_transition(state, valid, withheld)
-    assert state_transition(state, valid, chain.replay).height == state.height + 1
+        state_transition(state, valid, dataclasses.replace(chain.oracles, replay=withheld))
+    assert state_transition(state, valid, chain.oracles).height == state.height + 1
 
 
 def test_one_block_per_iteration(chain, started):
@@ -90,7 +90,7 @@ def test_one_block_per_iteration(chain, started):
     again = chain.forge(post, header, "bob", chain.iteration_work(
         chain.genesis_task_id, task, mined.header.iteration, 1, compute_header_commitment(header)), require_pow=False)
     with pytest.raises(InvalidBlock, match="already used or older"):
-        state_transition(post, again, chain.replay)
+        state_transition(post, again, chain.oracles)
 
 
 def test_nonce_seed_is_the_work_and_the_work_depends_on_the_header(chain, started):
@@ -242,9 +242,9 @@ def test_m1_a_member_cannot_unstake_while_its_task_is_open():
     chain = ToyChain(config=dataclasses.replace(TOY_CONFIG, stake_lock_period=2))
     unstake = chain.transaction(chain.genesis_state, "carol", C.Unstake(role=0))
     with pytest.raises(InvalidTransaction, match="miner stake is locked while its owner is a member of an open task"):
-        apply_transaction(chain.genesis_state, unstake, chain.address["sam"], chain.replay)
+        apply_transaction(chain.genesis_state, unstake, chain.address["sam"], chain.oracles)
     supervisor_unstake = chain.transaction(chain.genesis_state, "sam", C.Unstake(role=1))
-    apply_transaction(chain.genesis_state, supervisor_unstake, chain.address["sam"], chain.replay)
+    apply_transaction(chain.genesis_state, supervisor_unstake, chain.address["sam"], chain.oracles)
     dave_unstake = chain.transaction(chain.genesis_state, "dave", C.Unstake(role=0))  # not in the group
     state, _ = chain.extend(chain.genesis_state, chain.genesis_block, "alice", [dave_unstake])
     assert state.stakes[C.StakeKey(owner=chain.address["dave"], role=0)].release_height == state.height + 2

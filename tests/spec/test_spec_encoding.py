@@ -95,8 +95,13 @@ def test_sorted_set_must_be_built_sorted():
 def test_containers_check_their_fields_on_construction():
     with pytest.raises(ValueError, match=r"Transfer\.amount"):
         C.Transfer(recipient=Address(), amount=-1)
-    with pytest.raises(ValueError, match=r"EvaluationResult\.scores"):
-        C.EvaluationResult(task_id=Bytes32(), test_set_hash=Bytes32(), scores=[0] * (MAX_GROUP_SIZE + 1))
+    with pytest.raises(ValueError, match=r"IterationWork\.peer_update_roots"):
+        C.IterationWork(task_id=Bytes32(), iteration=0, miner=Address(), state_before_root=Root(), batch_index=0,
+                        batch_root=Root(), batch_proof=[], peer_update_roots=[Root(bytes([i]) * 32)
+                                                                               for i in range(MAX_GROUP_SIZE + 1)],
+                        update_root=Root(), state_after_root=Root(), loss=0)
+    with pytest.raises(TypeError, match=r"EvaluationResult\.models: expected ScoredModel"):
+        C.EvaluationResult(task_id=Bytes32(), models=[0])
     with pytest.raises(TypeError, match="not one of"):
         C.Dispute(evidence=C.Transfer(recipient=Address(), amount=1))
 

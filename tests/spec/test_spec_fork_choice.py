@@ -15,7 +15,7 @@ def grow(chain, store, parent_hash, miners, timestamp_step=2):
         parent = store.blocks[hashes[-1]]
         block = chain.mine(store.states[hashes[-1]], parent, miner,
                            timestamp=parent.header.timestamp + timestamp_step)
-        hashes.append(on_block(store, block, chain.replay))
+        hashes.append(on_block(store, block, chain.oracles))
     return hashes[1:]
 
 
@@ -48,13 +48,13 @@ def test_invalid_or_orphan_blocks_are_not_added(chain):
     from dataclasses import replace
     orphan = replace(orphan, header=replace(orphan.header, parent_hash=b"\x01" * 32))
     with pytest.raises(InvalidBlock, match="unknown parent"):
-        on_block(store, orphan, chain.replay)
+        on_block(store, orphan, chain.oracles)
     broken = replace(block, proofs=[])
     with pytest.raises(InvalidBlock, match="exactly one PoUW proof"):
-        on_block(store, broken, chain.replay)
+        on_block(store, broken, chain.oracles)
     assert list(store.blocks) == [store.genesis_hash]
-    assert on_block(store, block, chain.replay) == compute_block_hash(block)
-    assert on_block(store, block, chain.replay) == compute_block_hash(block), "adding twice is harmless"
+    assert on_block(store, block, chain.oracles) == compute_block_hash(block)
+    assert on_block(store, block, chain.oracles) == compute_block_hash(block), "adding twice is harmless"
 
 
 def test_future_blocks_are_held_back(chain):

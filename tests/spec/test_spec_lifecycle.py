@@ -58,14 +58,16 @@ def test_submit_select_train_evaluate_finalize(chain):
     recorded = [m.recorded_iterations for m in task.members]
     assert sum(recorded) >= 1
     evaluator = name_of(chain, task.evaluators[0])
-    result = C.EvaluationResult(task_id=task_id, test_set_hash=chain.test_set_hash, scores=[5, 9])
+    result = chain.evaluation_result(state, task_id)
+    scores = [model.correct for model in result.models]
+    best_index = max(range(2), key=lambda i: (scores[i], -i))   # the first on a tie
     before = {n: get_balance(state, a) for n, a in chain.address.items()}
     post, last = chain.extend(state, block, "alice", [chain.transaction(state, evaluator, result)])
     assert post.tasks[task_id].status == TASK_FINALIZED
     payment = task.payment
     gained = {n: get_balance(post, a) - before[n] for n, a in chain.address.items()}
     reward = post.config.initial_block_reward
-    best, other = task.members[1], task.members[0]
+    best, other = task.members[best_index], task.members[1 - best_index]
     pool = payment - payment * (BEST_MODEL_SHARE_BP + SUPERVISOR_SHARE_BP + EVALUATOR_SHARE_BP) // BASIS_POINTS
     expected_other = pool * other.recorded_iterations // sum(recorded)
     alice_bonus = reward + 1 if name_of(chain, other.address) == "alice" else 0  # block reward and fee
@@ -78,7 +80,7 @@ def test_submit_select_train_evaluate_finalize(chain):
     assert conserved(post)
     again = chain.mine(post, last, "bob", [chain.transaction(post, evaluator, result)], seal=False)
     with pytest.raises(InvalidBlock, match="task is not in evaluation"):
-        state_transition(post, again, chain.replay)
+        state_transition(post, again, chain.oracles)
 
 
 def run_past_deadline(chain, state, block, task_id):
@@ -218,7 +220,7 @@ def test_equivocation_slashes_and_rewards_the_disputer(chain, started):
     state, _ = started
     first, second, _ = equivocation(chain, state)
     dispute = chain.transaction(state, "mallory", C.Dispute(evidence=C.Equivocation(first=first, second=second)))
-    post = apply_transaction(state, dispute, chain.address["sam"], chain.replay)
+    post = apply_transaction(state, dispute, chain.address["sam"], chain.oracles)
     stake = state.stakes[C.StakeKey(owner=chain.address["alice"], role=ROLE_MINER)].amount
     assert C.StakeKey(owner=chain.address["alice"], role=ROLE_MINER) not in post.stakes
     reward = stake * SLASH_REWARD_SHARE_BP // BASIS_POINTS
@@ -234,7 +236,7 @@ def test_fraud_proof_slashes_and_false_accusation_costs_the_disputer(chain, star
     honest = chain.signed_message("alice", work, random_root("A"))
     accused = C.StakeKey(owner=chain.address["alice"], role=ROLE_MINER)
     false = apply_transaction(state, chain.transaction(state, "mallory", C.Dispute(evidence=C.FraudProof(message=honest))),
-                              chain.address["sam"], chain.replay)
+                              chain.address["sam"], chain.oracles)
     assert false.stakes[accused] == state.stakes[accused]
     assert not false.tasks[chain.genesis_task_id].members[0].slashed
     assert get_balance(false, chain.address["mallory"]) == get_balance(state, chain.address["mallory"]) - 1 \
@@ -242,7 +244,7 @@ def test_fraud_proof_slashes_and_false_accusation_costs_the_disputer(chain, star
     assert false.burned == state.burned + FALSE_DISPUTE_PENALTY and conserved(false)
     cheat = chain.signed_message("alice", dataclasses.replace(work, state_after_root=random_root("s")), random_root("A"))
     post = apply_transaction(state, chain.transaction(state, "mallory", C.Dispute(evidence=C.FraudProof(message=cheat))),
-                             chain.address["sam"], chain.replay)
+                             chain.address["sam"], chain.oracles)
     assert post.burned > 0 and conserved(post)
 
 
@@ -257,7 +259,7 @@ def test_false_accuser_who_cannot_pay_the_penalty_makes_the_block_invalid(chain,
     accusation = chain.transaction(state, "mallory", C.Dispute(evidence=C.FraudProof(message=honest)),
                                    nonce=state.accounts[chain.address["mallory"]].nonce + 1)
     with pytest.raises(InvalidBlock, match="transaction 1: evidence: replay matches.*cannot pay"):
-        state_transition(state, chain.mine(state, block, "bob", [spend, accusation], seal=False), chain.replay)
+        state_transition(state, chain.mine(state, block, "bob", [spend, accusation], seal=False), chain.oracles)
 
 
 def test_coin_conservation_over_a_long_chain(chain):
@@ -277,18 +279,23 @@ def test_fee_split_skips_slashed_members_and_returns_to_client_if_all_are():
                   test_set_hash=bytes(32), group_size=3, iterations=2, evaluation_deadline=9, payment=10_000,
                   status=TASK_EVALUATION, status_height=0, members=members, supervisors=[b"\x55" * 20],
                   evaluators=[b"\xee" * 20])
-    split = compute_fee_split(task, [9, 1, 5], b"\xee" * 20)
+    split = compute_fee_split(task, {0: 9, 1: 1, 2: 5}, b"\xee" * 20)
     assert sum(split.values()) == 10_000
     pool = 10_000 - 500 - 500 - 2000
     assert split[b"\x01" * 20] == 2000 + pool // 6 + (pool - pool // 6 - pool * 2 // 6 - pool * 3 // 6)
     assert split[b"\x55" * 20] == 500 and split[b"\xee" * 20] == 500
     cheat = dataclasses.replace(task, members=[dataclasses.replace(members[0], slashed=True), *members[1:]])
-    split = compute_fee_split(cheat, [9, 1, 5], b"\xee" * 20)
+    split = compute_fee_split(cheat, {0: 9, 1: 1, 2: 5}, b"\xee" * 20)
     assert b"\x01" * 20 not in split and sum(split.values()) == 10_000
     assert split[b"\x03" * 20] > split[b"\x02" * 20], "best model and most iterations"
     everyone = dataclasses.replace(task, members=[dataclasses.replace(m, slashed=True) for m in members])
-    split = compute_fee_split(everyone, [9, 1, 5], b"\xee" * 20)
+    split = compute_fee_split(everyone, {0: 9, 1: 1, 2: 5}, b"\xee" * 20)
     assert split == {b"\xee" * 20: 500, b"\x55" * 20: 500, b"\xcc" * 20: 9000}
+    unscored = compute_fee_split(task, {}, b"\xee" * 20)   # no final model scored: no best-model share
+    pool = 10_000 - 500 - 500
+    assert unscored[b"\x03" * 20] == pool * 3 // 6 and sum(unscored.values()) == 10_000
+    only_the_second = compute_fee_split(task, {1: 1}, b"\xee" * 20)   # the others left out: the scored one is best
+    assert only_the_second[b"\x02" * 20] == 2000 + (10_000 - 3000) * 2 // 6 + 1
 
 
 def test_dispute_needs_a_stake_to_slash(chain, started):
@@ -298,7 +305,7 @@ def test_dispute_needs_a_stake_to_slash(chain, started):
     unstaked.stakes = {k: v for k, v in state.stakes.items() if k.owner != chain.address["alice"]}
     dispute = chain.transaction(state, "mallory", C.Dispute(evidence=C.Equivocation(first=first, second=second)))
     with pytest.raises(InvalidTransaction, match="no stake to slash"):
-        apply_transaction(unstaked, dispute, chain.address["sam"], chain.replay)
+        apply_transaction(unstaked, dispute, chain.address["sam"], chain.oracles)
 
 
 def test_m2_a_group_that_cannot_be_filled_is_refunded_at_its_one_draw(chain):
@@ -322,7 +329,7 @@ def test_m2_an_ended_task_is_removed_once_its_evidence_expires(chain):
     names an unknown task."""
     state, block, task_id, _ = run_to_evaluation(chain)
     evaluator = name_of(chain, state.tasks[task_id].evaluators[0])
-    result = C.EvaluationResult(task_id=task_id, test_set_hash=chain.test_set_hash, scores=[5, 9])
+    result = chain.evaluation_result(state, task_id)
     state, block = chain.extend(state, block, "alice", [chain.transaction(state, evaluator, result)])
     ended = state.height
     member = state.tasks[task_id].members[0]
@@ -337,7 +344,7 @@ def test_m2_an_ended_task_is_removed_once_its_evidence_expires(chain):
     message = chain.signed_message(name_of(chain, member.address), work, random_root("h"))
     with pytest.raises(InvalidTransaction, match="unknown task"):
         apply_transaction(state, chain.transaction(state, "mallory", C.Dispute(evidence=C.FraudProof(message=message))),
-                          chain.address["sam"], chain.replay)
+                          chain.address["sam"], chain.oracles)
 
 
 def test_m2_the_state_holds_at_most_max_tasks(chain, monkeypatch):
@@ -346,4 +353,4 @@ def test_m2_the_state_holds_at_most_max_tasks(chain, monkeypatch):
     monkeypatch.setattr(state_transition, "MAX_TASKS", len(state.tasks))
     with pytest.raises(InvalidTransaction, match="wait for one to end"):
         apply_transaction(state, chain.transaction(state, "client", chain.submit_task_body()), chain.address["sam"],
-                          chain.replay)
+                          chain.oracles)

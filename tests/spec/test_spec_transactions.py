@@ -12,7 +12,7 @@ from bws.spec.tasks import compute_task_id
 
 
 def apply(chain, state, sender, body, **kwargs):
-    return apply_transaction(state, chain.transaction(state, sender, body, **kwargs), chain.address["sam"], chain.replay)
+    return apply_transaction(state, chain.transaction(state, sender, body, **kwargs), chain.address["sam"], chain.oracles)
 
 
 def rejects(chain, state, sender, body, reason, **kwargs):
@@ -53,9 +53,9 @@ def test_invalid_transfers(chain, started, body, reason, kwargs):
 def test_a_transaction_cannot_be_replayed(chain, started):
     state, _ = started
     signed = chain.transaction(state, "alice", C.Transfer(recipient=chain.address["bob"], amount=1))
-    post = apply_transaction(state, signed, chain.address["sam"], chain.replay)
+    post = apply_transaction(state, signed, chain.address["sam"], chain.oracles)
     with pytest.raises(InvalidTransaction, match="nonce 0 is not the expected 1"):
-        apply_transaction(post, signed, chain.address["sam"], chain.replay)
+        apply_transaction(post, signed, chain.address["sam"], chain.oracles)
 
 
 def test_signature_must_be_the_senders(chain, started):
@@ -63,10 +63,10 @@ def test_signature_must_be_the_senders(chain, started):
     signed = chain.transaction(state, "alice", C.Transfer(recipient=chain.address["bob"], amount=1))
     forged = dataclasses.replace(signed, transaction=dataclasses.replace(signed.transaction, fee=2))
     with pytest.raises(InvalidTransaction, match="bad signature"):
-        apply_transaction(state, forged, chain.address["sam"], chain.replay)
+        apply_transaction(state, forged, chain.address["sam"], chain.oracles)
     stolen = dataclasses.replace(signed, transaction=dataclasses.replace(signed.transaction, sender=chain.address["bob"]))
     with pytest.raises(InvalidTransaction, match="public key is not the sender's"):
-        apply_transaction(state, stolen, chain.address["sam"], chain.replay)
+        apply_transaction(state, stolen, chain.address["sam"], chain.oracles)
 
 
 def test_stake_and_unstake_then_release_after_lock(chain, started):
