@@ -246,8 +246,9 @@ class ToyChain:
         final IT_RES (trained in lockstep) with the count its model gets right."""
         task = state.tasks[task_id]
         names = {address: name for name, address in self.address.items()}
-        finals = [self.honest_message(names[member.address], task_id, task, get_final_iteration(task),
-                                      LOCKSTEP_COMMITMENT) for member in task.members]
+        final = get_final_iteration(task)
+        finals = [self.honest_message(names[member.address], task_id, task, final, LOCKSTEP_COMMITMENT)
+                  for member in task.members] if final >= 0 else []
         return C.EvaluationResult(task_id=task_id, models=[
             C.ScoredModel(final_message=final, correct=self.data.evaluate(task, C.ScoredModel(final, 0)))
             for final in finals])

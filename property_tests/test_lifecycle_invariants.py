@@ -108,14 +108,15 @@ class TaskLifecycle(RuleBasedStateMachine):
         self._mine_progress()
 
     @precondition(lambda self: self._tasks(TASK_EVALUATION))
-    @rule(index=st.integers(0, 99), scores=st.lists(st.integers(-(2**63), 2**63 - 1), min_size=3, max_size=3))
-    def report_evaluation(self, index, scores):
+    @rule(index=st.integers(0, 99), score_offsets=st.lists(st.integers(-2, 2), min_size=3, max_size=3))
+    def report_evaluation(self, index, score_offsets):
         tasks = self._tasks(TASK_EVALUATION)
         task = self.state.tasks[tasks[index % len(tasks)]]
         evaluator = NAME[task.evaluators[0]] if task.evaluators else "eve"
-        self.pending.append((evaluator, C.EvaluationResult(task_id=tasks[index % len(tasks)],
-                                                           test_set_hash=task.test_set_hash,
-                                                           scores=scores[:len(task.members)]), "evaluation"))
+        honest = self.toy.evaluation_result(self.state, tasks[index % len(tasks)])
+        models = [dataclasses.replace(model, correct=max(0, int(model.correct) + offset))   # wrong ones are refused
+                  for model, offset in zip(honest.models, score_offsets)]
+        self.pending.append((evaluator, dataclasses.replace(honest, models=models), "evaluation"))
         self._mine_progress()
 
     # -- misbehaviour -----------------------------------------------------------
@@ -275,9 +276,8 @@ class TaskLifecycle(RuleBasedStateMachine):
                 for task_id in self._tasks(TASK_EVALUATION):   # honest evaluators report
                     task = self.state.tasks[task_id]
                     if task.evaluators and not any(kind == "evaluation" for _, _, kind in self.pending):
-                        scores = list(range(len(task.members)))
-                        self.pending.append((NAME[task.evaluators[0]], C.EvaluationResult(
-                            task_id=task_id, test_set_hash=task.test_set_hash, scores=scores), "evaluation"))
+                        self.pending.append((NAME[task.evaluators[0]], self.toy.evaluation_result(self.state, task_id),
+                                             "evaluation"))
                 self._mine_progress()
                 self.coin_is_conserved()
         for task_id in self.submitted:

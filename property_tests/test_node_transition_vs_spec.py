@@ -193,11 +193,13 @@ class TransitionVersusSpec(RuleBasedStateMachine):
         elif kind == "evaluation":
             if task is not None and task.evaluators and pick("an evaluator reports", [True], [False]):
                 sender = NAME_OF.get(task.evaluators[0], sender)
-            members = len(task.members) if task is not None else 1
-            count = pick("scores", [members], [max(0, members - 1), members + 1])
-            scores = data.draw(st.lists(st.integers(-100, 100), min_size=count, max_size=count), label="scores")
-            body = C.EvaluationResult(task_id=task_id, test_set_hash=pick(
-                "test set", [TOY.test_set_hash], [hash_bytes(b"another test set")]), scores=scores)
+            honest_result = (TOY.evaluation_result(state, task_id) if task is not None and task.status == TASK_EVALUATION
+                             else C.EvaluationResult(task_id=task_id, models=[]))
+            models = list(honest_result.models)
+            if models and pick("a score off by", [0], [1, -1]) != 0:
+                models[0] = dataclasses.replace(models[0], correct=max(0, int(models[0].correct) - 1)
+                                                if models[0].correct else 1)
+            body = dataclasses.replace(honest_result, models=pick("models", [models], [models[1:], models[::-1]]))
         else:
             body = C.Dispute(evidence=self._draw_evidence(data, state, kind))
         mutation = pick("envelope mutation", ["none"], list(ENVELOPE_MUTATIONS))

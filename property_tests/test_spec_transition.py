@@ -27,8 +27,8 @@ bodies = st.one_of(
     st.builds(lambda group, iterations, deadline, payment: CHAIN.submit_task_body(group, iterations, deadline, payment),
               st.integers(0, 70), st.integers(0, 30), st.integers(0, 40), amounts),
     st.builds(C.CancelTask, task_id=st.sampled_from([CHAIN.genesis_task_id, bytes(32)])),
-    st.builds(C.EvaluationResult, task_id=st.just(CHAIN.genesis_task_id), test_set_hash=st.just(CHAIN.test_set_hash),
-              scores=st.lists(st.integers(-5, 5), max_size=4)),
+    st.builds(lambda correct: C.EvaluationResult(task_id=CHAIN.genesis_task_id, models=[
+        C.ScoredModel(final_message=BLOCK.proofs[0].message, correct=correct)]), st.integers(0, 2**64 - 1)),
 )
 
 

@@ -75,7 +75,7 @@ class NodeVersusSpec(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         self._directory = tempfile.TemporaryDirectory(prefix="bws-stateful-")
-        self.node = Node(NodeSettings(data_dir=Path(self._directory.name), genesis=TOY.genesis, replay=TOY.oracles))
+        self.node = Node(NodeSettings(data_dir=Path(self._directory.name), genesis=TOY.genesis, oracles=TOY.oracles))
         self.spec = F.get_forkchoice_store(TOY.genesis_state, TOY.genesis_block)
         genesis_hash = bytes(compute_block_hash(TOY.genesis_block))
         # Every valid block mined so far (delivered or not), with its post-state.

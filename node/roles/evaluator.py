@@ -89,12 +89,14 @@ def score_model(context: RoleContext, task: C.Task, model_root: bytes, miner: by
     except (TaskUnavailable, RoleError, DataError, KeyError, ValueError, TypeError) as error:
         raise ReplayUnavailable(f"cannot score the model {bytes(model_root).hex()[:16]}…: {error}") from None
     context.scores.put(key, result)
+    context.metrics["models_scored"] += 1
     return result
 
 
 class NetworkEvaluate:
     """The chain's `evaluate` (spec `Evaluate`): `score_model`'s count of the
-    final model an evaluation result names, counted in the role metrics."""
+    final model an evaluation result names, counted in the role metrics
+    (`evaluation_checks`; `models_scored` counts the engine's runs)."""
 
     def __init__(self, context_ref) -> None:
         # The chain needs its oracles before the context (which needs the chain) exists.
@@ -111,7 +113,7 @@ class NetworkEvaluate:
             raise
         finally:
             context.metrics["evaluation_seconds_total_ms"] += int((time.perf_counter() - started) * 1000)
-        context.metrics["models_scored"] += 1
+        context.metrics["evaluation_checks"] += 1
         return correct
 
 

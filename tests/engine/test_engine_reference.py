@@ -97,6 +97,23 @@ def test_iterations_match_reference(name):
     assert any(np.any(a != 0) for a in flatten(engine_update).values()) or spec.update["type"] == "threshold"
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_evaluation_matches_reference(name):
+    """The spec's `Evaluate` (the count a model gets right) computed by the
+    engine, as every replaying node runs it, equals the NumPy reference's."""
+    from bws.engine import evaluate
+
+    spec = ModelSpec.from_dict(MODELS[name])
+    rng = np.random.default_rng(8)
+    state = init_state(spec, 13)
+    state, _, _ = make_iteration(spec)(state, _batch(spec, rng, 8), jax.tree.map(
+        lambda a: np.zeros(a.shape, np.int32), jax.tree.map(np.asarray, state["params"])))
+    params = jax.tree.map(np.asarray, state["params"])
+    test = _batch(spec, rng, 40)
+    engine_count = evaluate(spec, params, test["x"], test["y"], batch_size=16)["correct"]
+    assert engine_count == training.count_correct(spec.to_dict(), params, test["x"], test["y"])
+
+
 def _mismatches(a: dict, b: dict) -> list:
     assert set(a) == set(b), (sorted(set(a) ^ set(b)))
     return [k for k in sorted(a) if a[k].dtype != b[k].dtype or not np.array_equal(a[k], b[k])]

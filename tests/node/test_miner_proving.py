@@ -165,8 +165,7 @@ def test_a_pooled_transaction_the_rules_refuse_is_dropped_after_three_heads(one_
     config = context.chain.config
     orphan_result = C.Transaction(chain_id=config.chain_id, sender=context.address, nonce=0,
                                   fee=config.min_transaction_fee,
-                                  body=C.EvaluationResult(task_id=hash_bytes(b"no such task"),
-                                                          test_set_hash=hash_bytes(b"test"), scores=[]))
+                                  body=C.EvaluationResult(task_id=hash_bytes(b"no such task"), models=[]))
     context.submit_transaction(sign_transaction(one_miner[1][0].secret_key, orphan_result))
     mine_until_the_pool_drops_it(context)
     assert context.chain.account_nonce(context.address) == 0   # never included

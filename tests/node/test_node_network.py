@@ -46,9 +46,9 @@ def factory():
 def nodes(tmp_path, factory):
     started = []
 
-    def start(name, peers=(), roles=("peer",), replay=None):
+    def start(name, peers=(), roles=("peer",), oracles=None):
         node = Node(NodeSettings(data_dir=tmp_path / name, genesis=factory.genesis, roles=set(roles), peers=list(peers),
-                                 replay=replay))
+                                 oracles=oracles))
         started.append(node.start())
         return node
 
@@ -150,7 +150,7 @@ def test_a_trusting_node_imports_gossiped_blocks_and_relays_none(nodes, factory,
     a = nodes("a")
     middle = nodes("middle", peers=[a.network.address],
                    **({"roles": ("peer", "verifier"), "oracles": factory.oracles} if middle_replays else {}))
-    c = nodes("c", peers=[middle.network.address], roles=("peer", "verifier"), replay=factory.oracles)
+    c = nodes("c", peers=[middle.network.address], roles=("peer", "verifier"), oracles=factory.oracles)
     wait_for(lambda: middle.network.peer_id in a.network.mesh_peers(TOPIC_BLOCK)
              and c.network.peer_id in middle.network.mesh_peers(TOPIC_BLOCK), what="the subscriptions")
     time.sleep(2.5)   # two heartbeats: the meshes form, so a relay reaches c
@@ -262,7 +262,7 @@ def test_gossip_relays_no_side_block_the_cheap_checks_refuse(tmp_path, factory):
     from bws.node.p2p import Verdict
 
     node = Node(NodeSettings(data_dir=tmp_path, genesis=factory.genesis, roles={"peer", "verifier"},
-                             replay=factory.oracles))
+                             oracles=factory.oracles))
     try:
         for block, _ in factory.chain(2, miner_of=lambda h: 0):
             assert node.submit_block(encode(block))["status"] == "connected"
