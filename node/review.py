@@ -37,7 +37,7 @@ from bws.spec.state_transition import (
     InvalidBlock, InvalidTransaction, Oracles, ReplayUnavailable, apply_transaction, compute_block_hash,
     compute_state_root, compute_transactions_root, process_block, sign_transaction, state_transition,
 )
-from bws.spec.tasks import compute_batch_index, get_final_iteration, get_member_index
+from bws.spec.tasks import compute_batch_index, get_member_index
 
 SPEC_DIR = Path(__file__).resolve().parent.parent / "spec"
 
@@ -211,7 +211,7 @@ class ToyChain:
         each iteration starts from the member's lockstep state and applies
         the others' lockstep updates (iterations that mine no block commit to
         LOCKSTEP_COMMITMENT)."""
-        key = (task_id, iteration, member_index, header_commitment)
+        key = (task_id, tuple(bytes(m.address) for m in task.members), iteration, member_index, header_commitment)
         if key not in self.iteration_cache:
             if iteration == 0:
                 state_before, peers = self.initial_state_root, []
@@ -243,12 +243,12 @@ class ToyChain:
 
     def evaluation_result(self, state: C.State, task_id: bytes) -> C.EvaluationResult:
         """An honest evaluator's result for a task in evaluation: each member's
-        final IT_RES (trained in lockstep) with the count its model gets right."""
+        IT_RES of the task's last iteration (trained in lockstep) with the count
+        its model gets right."""
         task = state.tasks[task_id]
         names = {address: name for name, address in self.address.items()}
-        final = get_final_iteration(task)
-        finals = [self.honest_message(names[member.address], task_id, task, final, LOCKSTEP_COMMITMENT)
-                  for member in task.members] if final >= 0 else []
+        finals = [self.honest_message(names[member.address], task_id, task, task.iterations - 1, LOCKSTEP_COMMITMENT)
+                  for member in task.members]
         return C.EvaluationResult(task_id=task_id, models=[
             C.ScoredModel(final_message=final, correct=self.data.evaluate(task, C.ScoredModel(final, 0)))
             for final in finals])
@@ -524,9 +524,12 @@ def generate_vectors() -> list[dict]:
     tx("cancel-task/training", s4, "client", cancel, "can no longer be cancelled")
     tx("cancel-task/not-client", s3, "mallory", cancel, "only the client may cancel")
     tx("cancel-task/unknown", s3, "client", C.CancelTask(task_id=random_root("task")), "unknown task")
-    tx("evaluation/nothing-proven", s5, "eve", C.EvaluationResult(task_id=client_task_id, models=[]),
-       description="the deadline opened evaluation before a majority proved any iteration: no model to score, "
-                   "the members share the miners' part by their recorded iterations")
+    tx("evaluation/no-model", s5, "eve", C.EvaluationResult(task_id=client_task_id, models=[]),
+       description="no final model scored (the evaluator found none): the best model's share goes to the members' "
+                   "part, shared by their recorded iterations")
+    tx("evaluation/before-the-progress-reached-the-end", s5, "eve", c.evaluation_result(s5, client_task_id),
+       description="the deadline opened evaluation before a majority proved the last iteration: the members' "
+                   "models of any iteration from the task's progress on may be scored, all of one iteration")
 
     # --- disputes --------------------------------------------------------------
     task = s4.tasks[c.genesis_task_id]
@@ -842,10 +845,17 @@ def generate_vectors() -> list[dict]:
        "bad signature")
     earlier_name = next(name for name in (first, second) if a[name] == finals[0].message.work.miner)
     earlier = c.honest_message(earlier_name, late_task_id, late_task, last - 1, LOCKSTEP_COMMITMENT)
-    tx("attacks/m3-model-of-an-earlier-iteration", s_done, evaluator,
-       result(C.ScoredModel(earlier, c.data.evaluate(late_task, C.ScoredModel(earlier, 0))), scored[1]),
-       "not of the task's final iteration",
-       description="an evaluator may not score a rival's earlier, less trained model in place of its final one")
+    earlier_scored = C.ScoredModel(earlier, c.data.evaluate(late_task, C.ScoredModel(earlier, 0)))
+    tx("attacks/m3-model-of-an-earlier-iteration", s_done, evaluator, result(earlier_scored, scored[1]),
+       "of one iteration",
+       description="an evaluator may not score a rival's earlier, less trained model beside the others' final ones")
+    other_earlier = c.honest_message(second if earlier_name == first else first, late_task_id, late_task, last - 1,
+                                     LOCKSTEP_COMMITMENT)
+    tx("evaluation/models-older-than-the-progress", s_done, evaluator, result(*sorted(
+        [earlier_scored, C.ScoredModel(other_earlier, c.data.evaluate(late_task, C.ScoredModel(other_earlier, 0)))],
+        key=lambda m: get_member_index(late_task, m.final_message.message.work.miner))),
+       "older than the task's progress",
+       description="a majority proved the last iteration: models of an earlier one are not the final ones")
     tx("attacks/m3-honest-scores", s_done, evaluator, late_result,
        description="each score is the count the model gets right on the revealed test set: valid")
     tx("attacks/m3-inflated-score", s_done, evaluator, result(scored[0], rescored(scored[1], scored[1].correct + 1)),

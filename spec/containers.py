@@ -132,7 +132,7 @@ class CancelTask(Container):
 @dataclass(frozen=True)
 class ScoredModel(Container):
     """A member's final model and its score: the member's signed IT_RES of the
-    task's final iteration (the model is its `state_after_root`) and how many
+    evaluated iteration (the model is its `state_after_root`) and how many
     examples of the task's committed test set that model gets right."""
     final_message: SignedIterationMessage
     correct: Count

@@ -58,8 +58,8 @@ from .pouw import (
     is_nonce_earning, is_valid_pow, is_valid_signed_iteration_message,
 )
 from .tasks import (
-    TaskDefinitionError, compute_batch_index, compute_group, compute_task_id, compute_work_units, get_final_iteration,
-    get_member_index, get_task_progress, is_dataset_large_enough,
+    TaskDefinitionError, compute_batch_index, compute_group, compute_task_id, compute_work_units, get_member_index,
+    get_task_progress, is_dataset_large_enough,
 )
 from .types import Address, Hash32, Root
 
@@ -581,9 +581,13 @@ def compute_expiry_split(task: Task) -> dict:
 def get_evaluated_scores(task: Task, result: EvaluationResult, evaluate: Evaluate) -> dict:
     """Each scored member's score, by group index: the count its final model
     gets right, re-scored here (`evaluate`) and required to equal the
-    result's. A final model is the member's signed IT_RES of the task's final
-    iteration (`get_final_iteration`: the last its progress reached), one per
-    member, in group order."""
+    result's. A final model is the member's signed IT_RES of the evaluated
+    iteration, one per member, in group order; every model is of that one
+    iteration (members are compared at one point of training), which is
+    below the task's iterations and not older than the last iteration the
+    task's progress reached (`get_task_progress`)."""
+    assert len({scored.final_message.message.work.iteration for scored in result.models}) <= 1, \
+        "final models must be of one iteration"
     scores: dict = {}
     for scored in result.models:
         signed = scored.final_message
@@ -593,7 +597,8 @@ def get_evaluated_scores(task: Task, result: EvaluationResult, evaluate: Evaluat
         member_index = get_member_index(task, work.miner)
         assert member_index is not None, "final model: miner is not a member of the task's group"
         assert all(member_index > index for index in scores), "final models must be in group order, one per member"
-        assert work.iteration == get_final_iteration(task), "final model: message is not of the task's final iteration"
+        assert work.iteration < task.iterations, "final model: iteration beyond the task's iterations"
+        assert work.iteration + 1 >= get_task_progress(task), "final model: older than the task's progress"
         try:
             correct = evaluate(task, scored)
         except ReplayUnavailable as error:

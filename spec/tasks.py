@@ -238,13 +238,6 @@ def get_task_progress(task: Task) -> int:
     return reached[len(reached) // 2] if reached else 0
 
 
-def get_final_iteration(task: Task) -> int:
-    """The iteration whose models are evaluated: the last one of the task's
-    progress (the final iteration once a majority proved it; earlier when
-    the deadline opened evaluation); -1 when nothing was proven."""
-    return get_task_progress(task) - 1
-
-
 def get_member_index(task: Task, address: Address) -> int | None:
     """Position of `address` in the task's group, or None."""
     for index, member in enumerate(task.members):

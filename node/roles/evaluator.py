@@ -3,11 +3,12 @@
 The evaluator scores every member's final model of a task in EVALUATION on
 the test set the task committed to, and submits the EvaluationResult
 transaction that finalizes the task and splits its fee (spec
-`process_evaluation_result`, `compute_fee_split`). A member's final model is
-the state named by `state_after_root` of its signed IT_RES of the task's
-final iteration (spec `get_final_iteration`) (from the messages this node heard, else from its peers'
-records over `/bws/audit/1`), fetched by root; the result carries that
-message and the model's score, the count of test examples it gets right
+`process_evaluation_result`, `compute_fee_split`). Every model of a result
+is of one iteration, `evaluated_iteration`: the latest a majority of the
+members reached. A member's final model is the state named by
+`state_after_root` of its signed IT_RES of that iteration (from the messages
+this node heard, else from its peers' records over `/bws/audit/1`), fetched
+by root; the result carries that message and the model's score, the count of test examples it gets right
 (`engine.evaluate`, integer-exact). A member without a final message or
 whose model cannot be fetched is left out (it scores nothing).
 
@@ -35,7 +36,7 @@ from bws.spec import containers as C
 from bws.spec.constants import TASK_EVALUATION, TASK_GROUP_SELECTED, TASK_TRAINING
 from bws.spec.hashing import hash_bytes
 from bws.spec.state_transition import ReplayUnavailable, sign_transaction
-from bws.spec.tasks import get_final_iteration
+from bws.spec.tasks import get_task_progress
 
 from ..validation import ValidationError
 from .context import RoleContext, RoleError
@@ -91,6 +92,18 @@ def score_model(context: RoleContext, task: C.Task, model_root: bytes, miner: by
     context.scores.put(key, result)
     context.metrics["models_scored"] += 1
     return result
+
+
+def evaluated_iteration(context: RoleContext, task_id: bytes, task: C.Task) -> int:
+    """The iteration an honest evaluator scores: the latest one a majority of
+    the unslashed members reached in the messages this node heard, within
+    the task's iterations and not older than its progress (spec
+    `get_evaluated_scores`); -1 when there is none."""
+    reached = sorted((int(latest.message.work.iteration)
+                      if (latest := context.messages.latest(task_id, bytes(member.address))) is not None else -1
+                      for member in task.members if not member.slashed), reverse=True)
+    majority = reached[len(reached) // 2] if reached else -1
+    return min(max(majority, get_task_progress(task) - 1), int(task.iterations) - 1)
 
 
 class NetworkEvaluate:
@@ -166,12 +179,12 @@ class Evaluator:
         """The members' final models with their scores, in group order, and a
         report of each member (TestSetNotRevealed while the split is withheld)."""
         committed_test_set(self.context, task, self.context.library.load(task))
-        final = get_final_iteration(task)
+        final = evaluated_iteration(self.context, task_id, task)
         models, report = [], []
         for member in task.members:
             miner = bytes(member.address)
             entry = {"miner": miner.hex(), "iteration": None, "correct": 0, "count": 0}
-            signed = find_signed_message(self.context, task_id, final, miner)
+            signed = find_signed_message(self.context, task_id, final, miner) if final >= 0 else None
             if signed is None:
                 logger.warning("no final message of %s… for task %s…: it is left out", miner.hex()[:12],
                                task_id.hex()[:12])
