@@ -10,8 +10,10 @@ imported or run), against the rules of README.md and docs/interfaces.md.
   import only the modules in `ROLE_NODE_IMPORTS`, which hold no node state;
   the context itself also holds the node's mempool.
 
-Every import counts, those inside functions too. The checker is tested on
-small synthetic trees at the end of this file.
+Every import counts, those inside functions too. And one name, one module:
+`C` is always the spec's containers, `K` its constants (`MODULE_ALIASES`),
+in the tests and benches too. The checker is tested on small synthetic
+trees at the end of this file.
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ ROLE_NODE_IMPORTS = frozenset({
     "wallet", "api",                               # the account type, the API client (the client role)
 })
 CONTEXT_NODE_IMPORTS = ROLE_NODE_IMPORTS | {"mempool"}
+MODULE_ALIASES = {"C": "bws.spec.containers", "K": "bws.spec.constants"}
+ALIASED_FOLDERS = LAYERS + ("tests", "property_tests", "bench")
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -52,12 +56,17 @@ def is_module(name: str, root: Path) -> bool:
 def imports_of(path: Path, root: Path) -> list[tuple[int, str]]:
     """(line, imported module) for every import in the file; `from X import y` names X.y when y is a module
     of the tree, else X. Relative imports are resolved."""
+    return [(line, target) for line, target, _ in bindings_of(path, root)]
+
+
+def bindings_of(path: Path, root: Path) -> list[tuple[int, str, str]]:
+    """(line, imported module, the name it binds) for every imported name of the file (as `imports_of`)."""
     name = module_name(path, root)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
         if isinstance(node, ast.Import):
-            found += [(node.lineno, alias.name) for alias in node.names]
+            found += [(node.lineno, alias.name, alias.asname or alias.name.split(".")[0]) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1])
@@ -67,7 +76,7 @@ def imports_of(path: Path, root: Path) -> list[tuple[int, str]]:
             for alias in node.names:
                 submodule = f"{base}.{alias.name}"
                 found.append((node.lineno, submodule if base.startswith("bws.") and is_module(submodule, root)
-                              else base))
+                              else base, alias.asname or alias.name))
     return found
 
 
@@ -106,8 +115,23 @@ def problem_of(source: str, target: str) -> str | None:
     return None
 
 
+def alias_violations(root: Path) -> list[str]:
+    """Every import that binds a name of MODULE_ALIASES to another module."""
+    found = []
+    for folder in ALIASED_FOLDERS:
+        for path in sorted((root / folder).rglob("*.py")):
+            for line, target, bound in bindings_of(path, root):
+                if bound in MODULE_ALIASES and target != MODULE_ALIASES[bound]:
+                    found.append(f"{path.relative_to(root)}:{line}: {bound} is {MODULE_ALIASES[bound]}, not {target}")
+    return found
+
+
 def test_the_code_base_keeps_its_layers():
     assert violations(REPOSITORY) == []
+
+
+def test_each_alias_names_one_module():
+    assert alias_violations(REPOSITORY) == []
 
 
 def test_every_layer_is_read():
@@ -155,6 +179,16 @@ def test_relative_imports_resolve(tmp_path):
         "bws.node.keys", "bws.node.roles.data", "bws.spec.hashing"]
     assert [t for _, t in imports_of(root / "spec/tensors.py", root)] == ["numpy", "bws.spec.hashing",
                                                                          "bws.spec.hashing"]
+
+
+def test_an_alias_of_another_module_is_reported(tmp_path):
+    root = make_tree(tmp_path, {"spec/containers.py": "", "spec/constants.py": "",
+                                "engine/ok.py": "from bws.spec import containers as C, constants as K\n",
+                                "engine/bad.py": "from bws.spec import constants as C\n",
+                                "node/roles/bad.py": "from bws.spec import containers as K\n"})
+    assert alias_violations(root) == [
+        "engine/bad.py:1: C is bws.spec.containers, not bws.spec.constants",
+        "node/roles/bad.py:1: K is bws.spec.constants, not bws.spec.containers"]
 
 
 def test_each_forbidden_import_is_reported(tmp_path):
