@@ -7,9 +7,8 @@ import hashlib
 
 import numpy as np
 
-from bws.spec.hashing import (
-    compute_merkle_root, compute_tensor_leaf, encode_tensor_header, get_tensor_leaf_prefix,
-)
+from bws.spec.hashing import compute_merkle_root, compute_tensor_leaf, get_tensor_leaf_prefix
+from bws.spec.tensors import encode_tensor_header
 
 __all__ = ["flatten", "unflatten", "tensors_root", "state_root", "update_root", "batch_root", "tensor_leaves",
            "compute_tensor_leaf"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from bws.spec import constants as C
+from bws.spec import constants as K
 from bws.spec.models import to_fixed  # noqa: F401 (one definition: the spec's)
 
 I32, I64, I8, U32 = jnp.int32, jnp.int64, jnp.int8, jnp.uint32
@@ -19,7 +19,7 @@ I32, I64, I8, U32 = jnp.int32, jnp.int64, jnp.int8, jnp.uint32
 
 def saturate32(x):
     """int64 (or int32) -> int32, clipped to +-(2**31 - 1)."""
-    return jnp.clip(x.astype(I64), C.INT32_MIN, C.INT32_MAX).astype(I32)
+    return jnp.clip(x.astype(I64), K.INT32_MIN, K.INT32_MAX).astype(I32)
 
 
 def shift_round(x, s: int):
@@ -86,12 +86,12 @@ def interpolate(table, x, lo: int):
     ACT_FRAC_BITS; x is clipped to the table's range. int64 out, the table's scale."""
     table = jnp.asarray(table, I64)
     size = table.shape[0]
-    offset = x.astype(I64) - (lo << C.ACT_FRAC_BITS)
-    offset = jnp.clip(offset, 0, ((size - 1) << C.TABLE_INDEX_SHIFT) - 1)
-    index = offset >> C.TABLE_INDEX_SHIFT
-    remainder = offset & ((1 << C.TABLE_INDEX_SHIFT) - 1)
+    offset = x.astype(I64) - (lo << K.ACT_FRAC_BITS)
+    offset = jnp.clip(offset, 0, ((size - 1) << K.TABLE_INDEX_SHIFT) - 1)
+    index = offset >> K.TABLE_INDEX_SHIFT
+    remainder = offset & ((1 << K.TABLE_INDEX_SHIFT) - 1)
     low, high = table[index], table[index + 1]
-    return low + shift_round((high - low) * remainder, C.TABLE_INDEX_SHIFT)
+    return low + shift_round((high - low) * remainder, K.TABLE_INDEX_SHIFT)
 
 
 def ln_fixed(p, frac_bits: int):
@@ -101,7 +101,7 @@ def ln_fixed(p, frac_bits: int):
     n = bit_length(p) - 1
     mantissa = shift_round_dynamic(p, n - 8)  # in [256, 512]
     k = jnp.clip(mantissa - 256, 0, 256)
-    return (n - frac_bits) * C.LN2_FIXED + jnp.asarray(C.LOG_TABLE, I64)[k]
+    return (n - frac_bits) * K.LN2_FIXED + jnp.asarray(K.LOG_TABLE, I64)[k]
 
 
 def power_q30(base: int, exponent):

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bws.spec import constants as C
+from bws.spec import constants as K
 
 from . import ops
 from .fixed import I32, I64, U32, saturate32, to_fixed
@@ -172,7 +172,7 @@ def _iteration(spec: ModelSpec, state, batch, peer_update_sum):
     delta, opt = ops.optimizer_step(spec.optimizer, grads, state["opt"], state["step"])
     new_state = {"opt": opt, "step": state["step"] + 1, "seed": state["seed"]}
     if spec.update["type"] == "threshold":
-        threshold = to_fixed(spec.update["threshold"], C.PARAM_FRAC_BITS)
+        threshold = to_fixed(spec.update["threshold"], K.PARAM_FRAC_BITS)
         pending = jax.tree.map(lambda r, d: saturate32(r.astype(I64) + d), state["residual"], delta)
         update = jax.tree.map(lambda p: jnp.where(jnp.abs(p) >= threshold, p, 0), pending)
         new_state["residual"] = jax.tree.map(lambda p, u: p - u, pending, update)
@@ -248,7 +248,7 @@ def evaluate(spec, params: dict, x, y, batch_size: int = 1024) -> dict:
         out = np.asarray(predict(spec, params, x[start:start + batch_size]))
         target = y[start:start + batch_size]
         if spec.loss["type"] == "sigmoid_binary_cross_entropy":
-            half = 1 << (C.ACT_FRAC_BITS - 1)
+            half = 1 << (K.ACT_FRAC_BITS - 1)
             correct += int(np.sum((out >= half) == (target >= half)))
             count += target.size
             continue
@@ -258,7 +258,7 @@ def evaluate(spec, params: dict, x, y, batch_size: int = 1024) -> dict:
     return {"correct": correct, "count": count, "accuracy": Fraction(correct, max(count, 1))}
 
 
-def quantize_inputs(values, frac_bits: int = C.ACT_FRAC_BITS) -> np.ndarray:
+def quantize_inputs(values, frac_bits: int = K.ACT_FRAC_BITS) -> np.ndarray:
     """Dataset floats -> int32 fixed point: round half up of value * 2**frac_bits,
     computed exactly (float64 scaling by a power of two is exact, floor of
     x + 0.5 then too for |x| < 2**52), saturated to +-(2**31 - 1)."""
@@ -266,4 +266,4 @@ def quantize_inputs(values, frac_bits: int = C.ACT_FRAC_BITS) -> np.ndarray:
     if not np.all(np.isfinite(array)):
         raise EngineError("quantize_inputs: values must be finite")
     scaled = np.floor(np.ldexp(array, frac_bits) + 0.5)
-    return np.clip(scaled, C.INT32_MIN, C.INT32_MAX).astype(np.int32)
+    return np.clip(scaled, K.INT32_MIN, K.INT32_MAX).astype(np.int32)

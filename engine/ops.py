@@ -15,14 +15,14 @@ import jax
 import jax.numpy as jnp
 from jax.extend.random import threefry2x32_p
 
-from bws.spec import constants as C
+from bws.spec import constants as K
 
 from .fixed import (I8, I32, I64, U32, bit_length, div_round, interpolate, isqrt, ln_fixed, mul_q30, power_q30,
                     saturate32, shift_round, shift_round_dynamic, to_fixed)
 
-F_ACT, F_PARAM, F_GRAD, F_HYPER, F_PROB, F_V = (C.ACT_FRAC_BITS, C.PARAM_FRAC_BITS, C.GRAD_FRAC_BITS,
-                                                C.HYPER_FRAC_BITS, C.PROB_FRAC_BITS, C.ADAM_V_FRAC_BITS)
-DIGIT = C.SLICE_DIGIT_BITS
+F_ACT, F_PARAM, F_GRAD, F_HYPER, F_PROB, F_V = (K.ACT_FRAC_BITS, K.PARAM_FRAC_BITS, K.GRAD_FRAC_BITS,
+                                                K.HYPER_FRAC_BITS, K.PROB_FRAC_BITS, K.ADAM_V_FRAC_BITS)
+DIGIT = K.SLICE_DIGIT_BITS
 
 
 # ---------------------------------------------------------------------------
@@ -106,7 +106,7 @@ def contract(digits_a, digits_b, dimension_numbers):
     total = None
     for weight in range(slices - 1, 2 * slices - 1):
         pairs = [(i, weight - i) for i in range(slices) if 0 <= weight - i < slices]
-        if len(pairs) > 1 and len(axes_a) == 1 and len(pairs) * size <= C.MAX_CONTRACTION_SIZE:
+        if len(pairs) > 1 and len(axes_a) == 1 and len(pairs) * size <= K.MAX_CONTRACTION_SIZE:
             operands = [(jnp.concatenate([digits_a[i] for i, _ in pairs], axis=axes_a[0]),
                          jnp.concatenate([digits_b[j] for _, j in pairs], axis=axes_b[0]))]
         else:
@@ -142,7 +142,7 @@ def contract_rows(digits_a, digits_b, *, transpose_in_loop: bool = False):
     activation. Convolution patches come from pads of already materialised
     digits, where the loop only adds copies, so they go without it."""
     rows = digits_a[0].shape[0]
-    chunk = C.MAX_CONTRACTION_SIZE // len(digits_a)  # small enough for `contract` to join each weight's pairs
+    chunk = K.MAX_CONTRACTION_SIZE // len(digits_a)  # small enough for `contract` to join each weight's pairs
     total = None
     for start in range(0, rows, chunk):
         rows_a = [d[start:start + chunk] for d in digits_a]
@@ -166,7 +166,7 @@ def rescale(total, shift, frac_in: int, frac_out: int):
 # Activations (pre-activation z and outputs y in F16; deltas in F28)
 # ---------------------------------------------------------------------------
 def _sigmoid(z):
-    return interpolate(C.SIGMOID_TABLE, z, C.TABLE_SIGMOID_MIN)
+    return interpolate(K.SIGMOID_TABLE, z, K.TABLE_SIGMOID_MIN)
 
 
 def activation_forward(kind: str, z, alpha: float):
@@ -231,7 +231,7 @@ def uniform_init(seed_key, layer_index: int, slot: int, shape, initializer: str)
     if initializer == "ones":
         return jnp.full(shape, 1 << F_PARAM, I32)
     limit = init_limit(shape, initializer)
-    bits = random_bits(derive_key(seed_key, C.RANDOM_TAG_INIT, layer_index, slot), shape).astype(I64)
+    bits = random_bits(derive_key(seed_key, K.RANDOM_TAG_INIT, layer_index, slot), shape).astype(I64)
     return ((bits * (2 * limit + 1)) >> 32).astype(I32) - limit
 
 
@@ -255,7 +255,7 @@ def dropout_scale(rate: float) -> int:
 def dropout_keep(seed_key, layer_index: int, step, shape, rate: float):
     """Keep an element when its random word >= round_half_up(rate * 2**32)."""
     threshold = to_fixed(rate, 32)
-    bits = random_bits(derive_key(seed_key, C.RANDOM_TAG_DROPOUT, layer_index, step), shape)
+    bits = random_bits(derive_key(seed_key, K.RANDOM_TAG_DROPOUT, layer_index, step), shape)
     return bits.astype(I64) >= threshold
 
 
@@ -445,7 +445,7 @@ def softmax_probabilities(z):
     """p = e / sum(e) with e = EXP_TABLE(z - max z) (F30); also returns t = z - max
     and the row sums (for the loss)."""
     t = z.astype(I64) - jnp.max(z, axis=-1, keepdims=True).astype(I64)
-    e = interpolate(C.EXP_TABLE, t, -C.TABLE_EXP_SPAN)
+    e = interpolate(K.EXP_TABLE, t, -K.TABLE_EXP_SPAN)
     total = jnp.sum(e, axis=-1, keepdims=True)
     return jnp.floor_divide(e << F_PROB, total), t, total
 
@@ -500,7 +500,7 @@ def adam_ratio(m, v, epsilon_squared: int):
     w = jnp.maximum(v + epsilon_squared, 1)
     half_shift = jnp.maximum(bit_length(w) - 11, 0) >> 1
     index = w >> (2 * half_shift)
-    reciprocal = jnp.asarray(C.RSQRT_TABLE, I64).at[index].get(mode="promise_in_bounds")
+    reciprocal = jnp.asarray(K.RSQRT_TABLE, I64).at[index].get(mode="promise_in_bounds")
     shift = 4 + half_shift
     return (m.astype(I64) * reciprocal + (jnp.asarray(1, I64) << (shift - 1))) >> shift
 

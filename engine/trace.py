@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bws.spec import constants as C
+from bws.spec import constants as K
 from bws.spec.hashing import compute_tensors_root
 from bws.spec.reference import training as reference
 
@@ -50,7 +50,7 @@ def _threshold_update(spec: ModelSpec, state: dict, delta: dict):
     """(update, new residual) of a threshold-update model (None residual for dense updates)."""
     if spec.update["type"] != "threshold":
         return delta, None
-    threshold = to_fixed(spec.update["threshold"], C.PARAM_FRAC_BITS)
+    threshold = to_fixed(spec.update["threshold"], K.PARAM_FRAC_BITS)
     pending = jax.tree.map(lambda r, d: saturate32(r.astype(I64) + d), state["residual"], delta)
     update = jax.tree.map(lambda p: jnp.where(jnp.abs(p) >= threshold, p, 0), pending)
     return update, jax.tree.map(lambda p, u: p - u, pending, update)

@@ -8,34 +8,29 @@ File format (all integers little-endian):
     header       UTF-8 JSON (sorted keys): {"format": 1, "model": canonical model dict,
                  "expected": {"state_root": hex, "update_root": hex, "metrics": {name: int}},
                  "inputs": {"state_root": hex, "batch_root": hex, "peer_update_root": hex}}
-    count        u32       number of tensors
-    tensor * count:
-        name_len u16, name (UTF-8; "state/...", "batch/x", "batch/y", "peer/...")
-        dtype    u8        1 int8, 2 int16, 3 int32, 4 int64, 5 uint8, 6 uint32
-        ndim     u8        at most 8
-        dims     u32 * ndim
-        data     C order, little-endian
+    tensors      the spec's tensor bundle (spec/tensors.py): u32 count, then for
+                 each tensor by increasing name u16 name length, name (UTF-8;
+                 "batch/x", "batch/y", "peer/...", "state/..."), u8 dtype code,
+                 u8 ndim (at most 8), u32 dims, data in C order
     (nothing after the last tensor)
 """
 from __future__ import annotations
 
 import json
-import math
 import struct
 from dataclasses import dataclass
 
 import numpy as np
+
+from bws.spec.encoding import DecodeError
+from bws.spec.tensors import ByteReader, encode_tensor_bundle, read_tensor_bundle
 
 from .commit import batch_root, flatten, state_root, unflatten, update_root
 from .model import EngineError, ModelSpec, ModelSpecError
 
 MAGIC = b"BWSITV1\n"
 FORMAT_VERSION = 1
-DTYPES = {1: np.int8, 2: np.int16, 3: np.int32, 4: np.int64, 5: np.uint8, 6: np.uint32}
-CODES = {np.dtype(t).name: code for code, t in DTYPES.items()}
 MAX_HEADER = 1 << 20
-MAX_TENSORS = 4096
-MAX_NDIM = 8
 
 
 class VectorError(EngineError):
@@ -58,15 +53,7 @@ class IterationVector:
                   "inputs": {"state_root": state_root(self.state).hex(), "batch_root": batch_root(self.batch).hex(),
                              "peer_update_root": update_root(self.peer_update_sum).hex()}}
         header_bytes = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-        out = [MAGIC, struct.pack("<I", len(header_bytes)), header_bytes, struct.pack("<I", len(tensors))]
-        for name in sorted(tensors):
-            array = np.asarray(tensors[name])
-            name_bytes = name.encode()
-            out.append(struct.pack("<H", len(name_bytes)) + name_bytes)
-            out.append(struct.pack("<BB", CODES[array.dtype.name], array.ndim))
-            out.append(b"".join(struct.pack("<I", d) for d in array.shape))
-            out.append(array.astype(array.dtype.newbyteorder("<")).tobytes())
-        return b"".join(out)
+        return MAGIC + struct.pack("<I", len(header_bytes)) + header_bytes + encode_tensor_bundle(tensors)
 
 
 def read_vector(data: bytes) -> IterationVector:
@@ -74,27 +61,10 @@ def read_vector(data: bytes) -> IterationVector:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise VectorError("vector: expected bytes")
     data = bytes(data)
-    position = 0
-
-    def take(n: int, what: str) -> bytes:
-        nonlocal position
-        if n < 0 or position + n > len(data):
-            raise VectorError(f"vector: truncated while reading {what} at byte {position}")
-        chunk = data[position:position + n]
-        position += n
-        return chunk
-
-    if take(len(MAGIC), "the magic") != MAGIC:
-        raise VectorError("vector: not an iteration vector (bad magic)")
-    (header_len,) = struct.unpack("<I", take(4, "the header length"))
-    if header_len > MAX_HEADER:
-        raise VectorError(f"vector: header of {header_len} bytes exceeds {MAX_HEADER}")
     try:
-        header = json.loads(take(header_len, "the header").decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise VectorError(f"vector: header is not UTF-8 JSON ({error})") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT_VERSION:
-        raise VectorError(f"vector: unsupported format (expected format {FORMAT_VERSION})")
+        header, tensors = _read_parts(data)
+    except DecodeError as error:
+        raise VectorError(f"vector: {error}") from None
     try:
         model = ModelSpec.from_dict(header.get("model")).to_dict()
     except ModelSpecError as error:
@@ -104,38 +74,36 @@ def read_vector(data: bytes) -> IterationVector:
             or not isinstance(expected.get("metrics"), dict)
             or not all(isinstance(v, int) and not isinstance(v, bool) for v in expected["metrics"].values())):
         raise VectorError("vector: header.expected must hold state_root, update_root (hex) and integer metrics")
-    (count,) = struct.unpack("<I", take(4, "the tensor count"))
-    if count > MAX_TENSORS:
-        raise VectorError(f"vector: {count} tensors exceeds {MAX_TENSORS}")
     groups: dict[str, dict] = {"state": {}, "batch": {}, "peer": {}}
-    for index in range(count):
-        (name_len,) = struct.unpack("<H", take(2, f"tensor {index} name length"))
-        try:
-            name = take(name_len, f"tensor {index} name").decode("utf-8")
-        except UnicodeDecodeError:
-            raise VectorError(f"vector: tensor {index} name is not UTF-8") from None
+    for name, array in tensors.items():
         group, _, rest = name.partition("/")
         if group not in groups or not rest or any(not part for part in rest.split("/")):
             raise VectorError(f"vector: tensor name {name!r} must be state/..., batch/... or peer/...")
-        if rest in groups[group]:
-            raise VectorError(f"vector: tensor {name!r} appears twice")
-        code, ndim = struct.unpack("<BB", take(2, f"tensor {name} dtype"))
-        if code not in DTYPES:
-            raise VectorError(f"vector: tensor {name!r} has unknown dtype code {code}")
-        if ndim > MAX_NDIM:
-            raise VectorError(f"vector: tensor {name!r} has {ndim} dimensions (at most {MAX_NDIM})")
-        shape = struct.unpack(f"<{ndim}I", take(4 * ndim, f"tensor {name} shape"))
-        dtype = np.dtype(DTYPES[code]).newbyteorder("<")
-        size = math.prod(shape) * dtype.itemsize
-        raw = take(size, f"tensor {name} data")
-        groups[group][rest] = np.frombuffer(raw, dtype=dtype).astype(dtype.newbyteorder("=")).reshape(shape)
-    if position != len(data):
-        raise VectorError(f"vector: {len(data) - position} unexpected bytes after the last tensor")
+        groups[group][rest] = array
     state, batch, peer = (unflatten(groups[g]) for g in ("state", "batch", "peer"))
     _check_layout(model, state, batch, peer)
     vector = IterationVector(model, state, batch, peer, expected)
     _check_canonical(vector, header, data)
     return vector
+
+
+def _read_parts(data: bytes) -> tuple[dict, dict]:
+    """The header (a dict of the supported format) and the tensors by name; DecodeError names what is wrong."""
+    reader = ByteReader(data)
+    if reader.take(len(MAGIC), "the magic") != MAGIC:
+        raise DecodeError("the magic", "not an iteration vector")
+    header_len = reader.take_uint(4, "the header length")
+    if header_len > MAX_HEADER:
+        raise DecodeError("the header", f"{header_len} bytes exceed {MAX_HEADER}")
+    try:
+        header = json.loads(bytes(reader.take(header_len, "the header")).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DecodeError("the header", f"not UTF-8 JSON ({error})") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT_VERSION:
+        raise DecodeError("the header", f"unsupported format (expected format {FORMAT_VERSION})")
+    tensors = read_tensor_bundle(reader)
+    reader.check_end("after the last tensor")
+    return header, tensors
 
 
 def _check_canonical(vector: IterationVector, header: dict, data: bytes) -> None:

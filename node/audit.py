@@ -57,9 +57,10 @@ from bws.spec.crypto import is_valid_signature
 from bws.spec.encoding import DecodeError, decode, encode
 from bws.spec.hashing import compute_tensors_root, hash_bytes
 from bws.spec.pouw import compute_message_digest, get_input_mask_seed
+from bws.spec.tensors import encode_tensor_bundle
 
 from .rate_limit import PeerRateLimiter, RateLimit
-from .roles.data import FOUND, NOT_FOUND, encode_tensors
+from .roles.data import FOUND, NOT_FOUND
 from .roles.library import LoadedTask, at_iteration, tree
 from .transition import claimed_result
 
@@ -524,7 +525,7 @@ class AuditServer:
             return NOT_FOUND if trace is None else FOUND + encode_signed_trace(body, trace_roots(trace),
                                                                                self.context.account.sign)
         index = struct.unpack("<H", body[32:])[0]
-        return NOT_FOUND if trace is None or index >= len(trace) else FOUND + encode_tensors(trace[index][1])
+        return NOT_FOUND if trace is None or index >= len(trace) else FOUND + encode_tensor_bundle(trace[index][1])
 
 
 def _lower_thread_priority() -> None:

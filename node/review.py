@@ -912,7 +912,7 @@ def read_vectors(vector_dir: Path) -> list[dict]:
 # Reading the spec's source: definitions in order
 # ---------------------------------------------------------------------------
 SPEC_READING_ORDER = ("state_transition", "pouw", "tasks", "models", "genesis", "fork_choice", "primitives",
-                      "containers", "types", "constants", "presets", "hashing", "crypto", "encoding")
+                      "containers", "types", "constants", "presets", "hashing", "crypto", "encoding", "tensors")
 """Modules in the order a reader meets them: the state transition first, the codec last; any other
 spec module comes after, by path."""
 SPEC_GUIDES = (("p2p-interface.md", "Networking"), ("honest-miner.md", "The honest miner"),

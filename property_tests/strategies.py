@@ -7,6 +7,8 @@
 - extreme integers of each precision the canonical arithmetic uses
   (`extreme_ints`, `int_arrays`), weighted towards the values where
   saturation, rounding and overflow bugs live;
+- named integer tensors (`integer_tensors`, `tensor_bundles`) of every
+  committable dtype, for the tensor codec and the roots;
 - `describe_state_difference`: a structural diff of two spec `State`s, printed
   when the node and the spec disagree on a state root.
 """
@@ -18,6 +20,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from bws.spec import containers as C
+from bws.spec.constants import TENSOR_DTYPE_CODES
 from bws.spec.crypto import CURVE_ORDER
 from bws.spec.encoding import encode, get_fields, is_map_type
 
@@ -96,6 +99,25 @@ def int_arrays(shape, low: int, high: int, dtype=np.int64) -> st.SearchStrategy[
     varied = st.lists(values, min_size=size, max_size=size)
     constant = values.map(lambda v: [v] * size)
     return st.one_of(varied, constant).map(lambda xs: np.array(xs, dtype=dtype).reshape(shape))
+
+
+@st.composite
+def integer_tensors(draw, max_dims: int = 3) -> np.ndarray:
+    """An array of any committable dtype, up to `max_dims` dimensions of 0..5, values over the dtype's range."""
+    dtype = np.dtype(draw(st.sampled_from(sorted(TENSOR_DTYPE_CODES))))
+    shape = tuple(draw(st.lists(st.integers(0, 5), max_size=max_dims)))
+    info = np.iinfo(dtype)
+    size = int(np.prod(shape))
+    values = draw(st.lists(st.integers(int(info.min), int(info.max)), min_size=size, max_size=size))
+    return np.array(values, dtype=dtype).reshape(shape)
+
+
+tensor_names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789/_", min_size=1, max_size=24)
+
+
+def tensor_bundles(names: st.SearchStrategy[str] = tensor_names) -> st.SearchStrategy[dict]:
+    """Flat {name: integer tensor} bundles of up to 6 tensors."""
+    return st.dictionaries(names, integer_tensors(), max_size=6)
 
 
 # ---------------------------------------------------------------------------

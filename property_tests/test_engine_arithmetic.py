@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given, settings, strategies as st
 
 from bws.engine import fixed, ops
-from bws.spec import constants as C
+from bws.spec import constants as K
 from bws.spec.reference import arithmetic as ref
 
 int32s = st.integers(-(2**31 - 1), 2**31 - 1)
@@ -54,7 +54,7 @@ def test_power(base, exponent):
 @given(st.lists(int32s, min_size=16, max_size=16))
 def test_tables_and_log(values):
     x = np.asarray(values, np.int32)
-    for table, lo in ((C.SIGMOID_TABLE, C.TABLE_SIGMOID_MIN), (C.EXP_TABLE, -C.TABLE_EXP_SPAN)):
+    for table, lo in ((K.SIGMOID_TABLE, K.TABLE_SIGMOID_MIN), (K.EXP_TABLE, -K.TABLE_EXP_SPAN)):
         assert np.array_equal(np.asarray(fixed.interpolate(table, jnp.asarray(x), lo)), ref.table_lookup(table, x, lo))
     positive = np.abs(x.astype(np.int64)) + 1
     assert np.array_equal(np.asarray(fixed.ln_fixed(jnp.asarray(positive), 30)), ref.natural_log(positive, 30))

@@ -10,37 +10,22 @@ from bws.engine.commit import tensors_root
 from bws.node.api import ApiError
 from bws.node.roles.client import accept_reveal
 from bws.node.roles.data import (
-    DATA_TENSORS, DataError, bundle_root, decode_checked, decode_tensors, encode_tensors, parse_request,
+    DATA_TENSORS, DataError, bundle_root, decode_checked, decode_tensors, parse_request,
 )
-from bws.spec.constants import TASK_EVALUATION, TASK_TRAINING, TENSOR_DTYPE_CODES
+from bws.spec.constants import TASK_EVALUATION, TASK_TRAINING
 from bws.spec.hashing import compute_tensors_root
+from bws.spec.tensors import encode_tensor_bundle
+from property_tests.strategies import tensor_bundles
 
-names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789/_", min_size=1, max_size=24)
-shapes = st.lists(st.integers(0, 5), min_size=0, max_size=3)
-
-
-@st.composite
-def tensors(draw):
-    bundle = {}
-    for name in draw(st.lists(names, max_size=6, unique=True)):
-        dtype = np.dtype(draw(st.sampled_from(sorted(TENSOR_DTYPE_CODES))))
-        shape = tuple(draw(shapes))
-        info = np.iinfo(dtype)
-        values = draw(st.lists(st.integers(int(info.min), int(info.max)), min_size=int(np.prod(shape)),
-                               max_size=int(np.prod(shape))))
-        bundle[name] = np.array(values, dtype=dtype).reshape(shape)
-    return bundle
-
-
-@given(tensors())
+@given(tensor_bundles())
 def test_round_trip_keeps_values_dtypes_and_root(bundle):
-    decoded = decode_tensors(encode_tensors(bundle))
+    decoded = decode_tensors(encode_tensor_bundle(bundle))
     assert sorted(decoded) == sorted(bundle)
     for name, array in bundle.items():
         assert decoded[name].dtype == array.dtype and decoded[name].shape == array.shape
         assert np.array_equal(decoded[name], array)
     assert bundle_root(decoded) == bytes(compute_tensors_root(bundle))
-    assert decode_checked(encode_tensors(bundle), bundle_root(bundle)).keys() == bundle.keys()
+    assert decode_checked(encode_tensor_bundle(bundle), bundle_root(bundle)).keys() == bundle.keys()
 
 
 @given(st.binary(max_size=512))
@@ -51,9 +36,9 @@ def test_any_bytes_decode_or_raise_data_error(data):
         pass
 
 
-@given(tensors(), st.integers(0, 10_000), st.integers(0, 255))
+@given(tensor_bundles(), st.integers(0, 10_000), st.integers(0, 255))
 def test_a_flipped_byte_is_caught_by_the_root(bundle, position, value):
-    encoded = bytearray(encode_tensors(bundle))
+    encoded = bytearray(encode_tensor_bundle(bundle))
     position %= len(encoded)
     if encoded[position] == value:
         return
@@ -75,7 +60,7 @@ def test_request_parser_accepts_only_exact_requests(data):
     assert data == DATA_TENSORS + root
 
 
-@given(st.one_of(st.binary(max_size=512), tensors().map(encode_tensors)), st.booleans())
+@given(st.one_of(st.binary(max_size=512), tensor_bundles().map(encode_tensor_bundle)), st.booleans())
 def test_a_reveal_of_any_bytes_is_taken_only_for_its_task_in_evaluation(raw, in_evaluation):
     """POST /reveal's check (node/roles/client.py): a bundle whose root a task in evaluation commits to, or an
     ApiError (400 not a bundle, 404 nobody commits to it, 409 not in evaluation), never another exception."""
@@ -93,7 +78,7 @@ def test_a_reveal_of_any_bytes_is_taken_only_for_its_task_in_evaluation(raw, in_
     assert in_evaluation and task_id == b"\x01" * 32 and revealed_root == root
 
 
-@given(tensors(), st.booleans(), st.booleans())
+@given(tensor_bundles(), st.booleans(), st.booleans())
 def test_the_engine_root_is_the_spec_root_whatever_the_memory_layout(bundle, big_endian, strided):
     """engine/commit.tensors_root hashes each tensor's own buffer instead of its encoding: the same root as
     the spec's compute_tensors_root, for big-endian and non-contiguous arrays too."""

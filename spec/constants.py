@@ -25,6 +25,9 @@ DOMAIN_GROUP_SELECTION = b"BWS/group-selection"
 
 # Tensor dtypes that may be committed (docs/interfaces.md); floats never are.
 TENSOR_DTYPE_CODES = {"int8": 1, "int16": 2, "int32": 3, "int64": 4, "uint8": 5, "uint32": 6}
+# What a decoded tensor bundle may hold (spec/tensors.py): bounds the work untrusted bytes can cause.
+MAX_BUNDLE_TENSORS = 4096
+MAX_TENSOR_DIMS = 8
 
 # Staking roles
 ROLE_MINER = 0

@@ -2,23 +2,18 @@
 
 Every commitment is SHA-256. Merkle trees are binary, padded with ZERO_HASH to
 a power of two, with the leaf count mixed into the root (a list and the same
-list with trailing zero leaves never share a root). Tensors commit through a
-canonical byte form of their integer contents: floats never appear in a
-commitment, because two honest machines may disagree on a float's bits.
+list with trailing zero leaves never share a root). Tensors commit through
+their canonical byte form (spec/tensors.py): integers only, since floats never
+appear in a commitment.
 """
 import hashlib
 
-import numpy as np
-
-from .constants import DOMAIN_TENSOR, TENSOR_DTYPE_CODES
+from .constants import DOMAIN_TENSOR
 from .encoding import encode
+from .tensors import encode_tensor, encode_tensor_name
 from .types import Bytes32
 
 ZERO_HASH = Bytes32(b"\x00" * 32)
-
-
-class CommitmentError(ValueError):
-    """A tensor that cannot be committed (a float or unknown dtype, too many dimensions, too long a name)."""
 
 
 def hash_bytes(data: bytes) -> Bytes32:
@@ -68,23 +63,6 @@ def hash_object(value) -> Bytes32:
     return hash_bytes(encode(value))
 
 
-def encode_tensor_header(array) -> bytes:
-    """u8(dtype code) ‖ u8(ndim) ‖ u32le(dim) for each dim: what precedes a tensor's data."""
-    array = np.asarray(array)
-    code = TENSOR_DTYPE_CODES.get(array.dtype.name)
-    if code is None:
-        raise CommitmentError(f"dtype {array.dtype.name} cannot be committed (integers only)")
-    if array.ndim >= 256:
-        raise CommitmentError("a committed tensor has at most 255 dimensions")
-    return bytes([code, array.ndim]) + b"".join(int(d).to_bytes(4, "little") for d in array.shape)
-
-
-def encode_tensor(array) -> bytes:
-    """encode_tensor_header ‖ the data, little-endian, C order."""
-    array = np.asarray(array)
-    return encode_tensor_header(array) + np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-
-
 def compute_tensor_leaf(name: str, array) -> Bytes32:
     """Leaf of one named tensor: hash(DOMAIN_TENSOR ‖ u16le(len(name)) ‖ name ‖ encode_tensor(array))."""
     return compute_encoded_tensor_leaf(name, encode_tensor(array))
@@ -92,10 +70,7 @@ def compute_tensor_leaf(name: str, array) -> Bytes32:
 
 def get_tensor_leaf_prefix(name: str) -> bytes:
     """DOMAIN_TENSOR ‖ u16le(len(name)) ‖ name: what precedes a named tensor's encoding in its leaf."""
-    name_bytes = name.encode("utf-8")
-    if len(name_bytes) >= 1 << 16:
-        raise CommitmentError(f"tensor name of {len(name_bytes)} bytes is too long")
-    return DOMAIN_TENSOR + len(name_bytes).to_bytes(2, "little") + name_bytes
+    return DOMAIN_TENSOR + encode_tensor_name(name)
 
 
 def compute_encoded_tensor_leaf(name: str, encoded_tensor: bytes) -> Bytes32:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from . import constants as C
+from . import constants as K
 from .constants import ALLOWED_SLICES, MAX_CONTRACTION_SIZE
 
 
@@ -97,8 +97,8 @@ def _check(kind: str, value: Any, where: str) -> Any:
                 "dropout_rate": (value <= 0.95, "[0, 0.95]")}[kind]
         if not (low_ok and high[0]):
             raise fail(f"must be in {high[1]}")
-        if kind == "fraction" and to_fixed(value, C.HYPER_FRAC_BITS) >= 1 << C.HYPER_FRAC_BITS:
-            raise fail(f"must be below 1 - 2**-{C.HYPER_FRAC_BITS + 1} (it would round to exactly 1 in fixed point)")
+        if kind == "fraction" and to_fixed(value, K.HYPER_FRAC_BITS) >= 1 << K.HYPER_FRAC_BITS:
+            raise fail(f"must be below 1 - 2**-{K.HYPER_FRAC_BITS + 1} (it would round to exactly 1 in fixed point)")
         return float(value)
     if kind == "pair":
         if isinstance(value, int) and not isinstance(value, bool):

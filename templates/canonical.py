@@ -16,13 +16,13 @@ import numpy as np
 
 from bws import engine
 from bws.engine.iteration import loss_input
-from bws.spec import constants as C
+from bws.spec import constants as K
 
 from . import schedule
 from .errors import KerasModelError
 
-PARAM_SCALE = float(1 << C.PARAM_FRAC_BITS)
-ACT_SCALE = float(1 << C.ACT_FRAC_BITS)
+PARAM_SCALE = float(1 << K.PARAM_FRAC_BITS)
+ACT_SCALE = float(1 << K.ACT_FRAC_BITS)
 # The largest float a parameter can hold (int32 with PARAM_FRAC_BITS).
 MAX_PARAM = (2**31 - 1) / PARAM_SCALE
 
@@ -37,7 +37,7 @@ def quantize_params(values: np.ndarray, where: str) -> np.ndarray:
     array = np.asarray(values, dtype=np.float64)
     if np.any(np.abs(array) > MAX_PARAM):
         raise KerasModelError(f"{where}: a weight's magnitude exceeds {MAX_PARAM:.3f}, the fixed-point range")
-    return engine.quantize_inputs(array, C.PARAM_FRAC_BITS)
+    return engine.quantize_inputs(array, K.PARAM_FRAC_BITS)
 
 
 class CanonicalModel:

@@ -18,7 +18,7 @@ import numpy as np
 from bws import engine
 from bws.engine import ops
 from bws.engine.iteration import add_trees, backward, is_loss_fused, loss_input, seed_key
-from bws.spec import constants as C
+from bws.spec import constants as K
 
 from .canonical import ACT_SCALE, CanonicalModel
 from .errors import DatasetError
@@ -66,8 +66,8 @@ def train_supervised(task: TaskDefinition, data: TaskData, progress: bool = True
 # ---------------------------------------------------------------------------
 def _noise(key, phase: int, step, shape):
     """Uniform noise in [-1, 1) with ACT_FRAC_BITS, from threefry."""
-    bits = ops.random_bits(ops.derive_key(key, C.RANDOM_TAG_GAN_NOISE, phase, step), shape)
-    return (bits >> (32 - C.ACT_FRAC_BITS - 1)).astype(jnp.int32) - (1 << C.ACT_FRAC_BITS)
+    bits = ops.random_bits(ops.derive_key(key, K.RANDOM_TAG_GAN_NOISE, phase, step), shape)
+    return (bits >> (32 - K.ACT_FRAC_BITS - 1)).astype(jnp.int32) - (1 << K.ACT_FRAC_BITS)
 
 
 class CanonicalGAN:
@@ -89,7 +89,7 @@ class CanonicalGAN:
         g_spec, d_spec = self.g_spec, self.d_spec
         step, key = state["step"], state["seed"]
         batch = real.shape[0]
-        one = 1 << C.ACT_FRAC_BITS
+        one = 1 << K.ACT_FRAC_BITS
         # Discriminator: real examples are labelled 1, generated ones 0.
         fake, _ = engine.forward(g_spec, state["g"], _noise(key, 0, step, (batch, self.latent_dim)))
         d_batch = {"x": jnp.concatenate([real, fake]),

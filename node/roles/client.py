@@ -19,11 +19,12 @@ from bws.spec.constants import TASK_EVALUATION, TERMINAL_TASK_STATUSES
 from bws.spec.encoding import encode
 from bws.spec.state_transition import sign_transaction
 from bws.spec.tasks import compute_task_id
+from bws.spec.tensors import encode_tensor_bundle
 from bws.templates.task import TaskData, TaskDefinition, require_chain_template
 
 from ..api import ApiClient, ApiError
 from ..wallet import Account
-from .data import DataError, bundle_root, decode_tensors, encode_tensors
+from .data import DataError, bundle_root, decode_tensors
 
 @dataclass(frozen=True)
 class TaskOrder:
@@ -86,7 +87,7 @@ def withheld_test_set(data: TaskData) -> dict:
 
 def reveal_test_set(api: ApiClient, test_set: dict) -> dict:
     """Reveal a withheld test split through a node (POST /reveal); it answers the task id and root."""
-    return api.post("/reveal", {"tensors": encode_tensors(test_set).hex()})
+    return api.post("/reveal", {"tensors": encode_tensor_bundle(test_set).hex()})
 
 
 class Client:

@@ -2,8 +2,13 @@
 mempool, the network, this node's key, the tensor cache, the task library,
 the iteration messages seen so far, and the role metrics the API reports.
 
-The roles talk to the rest of the node only through `RoleContext`, so they
-run the same in the node process and in in-process tests.
+The roles reach the running node (its chain, mempool, network, key, cache)
+only through `RoleContext`, so they run the same in the node process and in
+in-process tests. From the rest of the node they import only modules that
+hold no node state: the rules the node runs (transition, validation, keys,
+merkle), protocol names, errors and wire codecs (p2p, audit), the account
+type (wallet) and the API client (api); this module also names the mempool
+it wraps. tests/test_layers.py enforces it.
 """
 from __future__ import annotations
 

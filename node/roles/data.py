@@ -3,15 +3,15 @@ states, updates) as canonical bytes, a bounded cache of them by root, and the
 request/response protocol that serves them (`/bws/data/1`; blocks are served
 by `/bws/sync/1`, node/sync.py).
 
-Tensor bundle encoding (one state or one update):
+A tensor bundle (one state or one update) is the spec's (spec/tensors.py):
 
     u32le(count) ‖ for each tensor, by increasing name:
         u16le(len(name)) ‖ name (UTF-8) ‖ encode_tensor(array)
 
-`encode_tensor` is the spec's (u8 dtype code ‖ u8 ndim ‖ u32le dims ‖
-little-endian data), so the bundle's root is the spec's
-`compute_tensors_root` of what it decodes to: a receiver checks the bytes it
-got against the root it asked for, and a peer cannot answer with anything else.
+so the bundle's root is the spec's `compute_tensors_root` of what it decodes
+to: a receiver checks the bytes it got against the root it asked for, and a
+peer cannot answer with anything else. A node takes bundles of at most
+MAX_BUNDLE_BYTES.
 
 A request (its first byte is the kind):
 
@@ -30,84 +30,30 @@ from pathlib import Path
 import numpy as np
 
 from bws.engine.commit import tensors_root
-from bws.spec.constants import TENSOR_DTYPE_CODES
-from bws.spec.hashing import encode_tensor
+from bws.spec.encoding import DecodeError
+from bws.spec.tensors import decode_tensor_bundle, encode_tensor_bundle
 
 ROOT_BYTES = 32
 DEFAULT_MAX_DISK_BYTES = 1 << 30
 BUNDLE_SUFFIX = ".bundle"
-MAX_TENSORS = 4096
-MAX_TENSOR_DIMS = 8
 MAX_BUNDLE_BYTES = 64 << 20
 DATA_TENSORS = b"T"
 FOUND = b"\x01"
 NOT_FOUND = b"\x00"
-
-_DTYPES_BY_CODE = {code: np.dtype(name).newbyteorder("<") for name, code in TENSOR_DTYPE_CODES.items()}
 
 
 class DataError(ValueError):
     """Bytes that are not a valid tensor bundle or request, or data whose root is not the one asked for."""
 
 
-def encode_tensors(tensors: dict[str, np.ndarray]) -> bytes:
-    """A flat {name: integer array} as a tensor bundle (names sorted)."""
-    return bundle_bytes({name: encode_tensor(np.asarray(tensors[name])) for name in sorted(tensors)})
-
-
-def bundle_bytes(encoded: dict[str, bytes]) -> bytes:
-    """The bundle of tensors already encoded (`encode_tensor`), in the dict's order (sorted names)."""
-    parts = [len(encoded).to_bytes(4, "little")]
-    for name, data in encoded.items():
-        name_bytes = name.encode("utf-8")
-        parts += [len(name_bytes).to_bytes(2, "little"), name_bytes, data]
-    return b"".join(parts)
-
-
 def decode_tensors(data: bytes) -> dict[str, np.ndarray]:
-    """The inverse of encode_tensors; DataError names what is wrong."""
+    """The inverse of the spec's encode_tensor_bundle, for at most MAX_BUNDLE_BYTES; DataError names what is wrong."""
     if len(data) > MAX_BUNDLE_BYTES:
         raise DataError(f"bundle of {len(data)} bytes exceeds {MAX_BUNDLE_BYTES}")
-    view = memoryview(data)
-    offset = 0
-
-    def take(size: int, what: str) -> memoryview:
-        nonlocal offset
-        if size < 0 or offset + size > len(view):
-            raise DataError(f"truncated bundle: {what} needs {size} bytes at offset {offset}")
-        chunk = view[offset:offset + size]
-        offset += size
-        return chunk
-
-    count = int.from_bytes(take(4, "tensor count"), "little")
-    if count > MAX_TENSORS:
-        raise DataError(f"{count} tensors exceed {MAX_TENSORS}")
-    tensors: dict[str, np.ndarray] = {}
-    previous = None
-    for _ in range(count):
-        name_length = int.from_bytes(take(2, "name length"), "little")
-        try:
-            name = bytes(take(name_length, "name")).decode("utf-8")
-        except UnicodeDecodeError:
-            raise DataError("tensor name is not UTF-8") from None
-        if previous is not None and name <= previous:
-            raise DataError(f"tensor names not strictly increasing at {name!r}")
-        previous = name
-        code, ndim = take(2, f"header of {name!r}")
-        if code not in _DTYPES_BY_CODE:
-            raise DataError(f"tensor {name!r}: unknown dtype code {code}")
-        if ndim > MAX_TENSOR_DIMS:
-            raise DataError(f"tensor {name!r}: {ndim} dimensions exceed {MAX_TENSOR_DIMS}")
-        shape = tuple(int.from_bytes(take(4, f"shape of {name!r}"), "little") for _ in range(ndim))
-        dtype = _DTYPES_BY_CODE[code]
-        size = dtype.itemsize
-        for dim in shape:
-            size *= dim
-        raw = take(size, f"data of {name!r}")
-        tensors[name] = np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
-    if offset != len(view):
-        raise DataError(f"{len(view) - offset} trailing bytes after the last tensor")
-    return tensors
+    try:
+        return decode_tensor_bundle(data)
+    except DecodeError as error:
+        raise DataError(f"bundle: {error}") from None
 
 
 def bundle_root(tensors: dict[str, np.ndarray]) -> bytes:
@@ -199,7 +145,7 @@ class TensorCache:
         """The bundle with `root` as bytes (what /bws/data/1 serves), or None."""
         entry = self._latest(root)
         if isinstance(entry, dict):
-            encoded = encode_tensors(entry)
+            encoded = encode_tensor_bundle(entry)
             with self._lock:
                 if bytes(root) in self._entries:
                     self._entries[bytes(root)] = encoded
@@ -249,7 +195,7 @@ class TensorCache:
         if path.exists():
             return False
         partial = path.with_suffix(".partial")
-        partial.write_bytes(entry if isinstance(entry, bytes) else encode_tensors(entry))
+        partial.write_bytes(entry if isinstance(entry, bytes) else encode_tensor_bundle(entry))
         os.replace(partial, path)  # atomic: a reader never sees half a bundle
         return True
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import constants as C
+from .. import constants as K
 
-INT32_LIMIT = C.INT32_MAX
+INT32_LIMIT = K.INT32_MAX
 
 
 def saturate32(x) -> np.ndarray:
@@ -94,8 +94,8 @@ def table_lookup(table, x, first_sample: int) -> np.ndarray:
     """Linear interpolation in a table sampled every 2**-6 from `first_sample`,
     at x (ACT_FRAC_BITS), x clipped to the table's range."""
     table = np.asarray(table, dtype=np.int64)
-    shift = C.TABLE_INDEX_SHIFT
-    offset = np.asarray(x, dtype=np.int64) - (first_sample << C.ACT_FRAC_BITS)
+    shift = K.TABLE_INDEX_SHIFT
+    offset = np.asarray(x, dtype=np.int64) - (first_sample << K.ACT_FRAC_BITS)
     offset = np.clip(offset, 0, ((len(table) - 1) << shift) - 1)
     index, remainder = offset >> shift, offset & ((1 << shift) - 1)
     return table[index] + round_shift((table[index + 1] - table[index]) * remainder, shift)
@@ -110,14 +110,14 @@ def natural_log(p, frac_bits: int) -> np.ndarray:
         n = int(value).bit_length() - 1
         mantissa = int(scale_by_power_of_two(np.int64(value), n - 8))
         k = min(max(mantissa - 256, 0), 256)
-        out[index] = (n - frac_bits) * C.LN2_FIXED + C.LOG_TABLE[k]
+        out[index] = (n - frac_bits) * K.LN2_FIXED + K.LOG_TABLE[k]
     return out
 
 
 # ---------------------------------------------------------------------------
 # Contractions
 # ---------------------------------------------------------------------------
-DIGIT = C.SLICE_DIGIT_BITS
+DIGIT = K.SLICE_DIGIT_BITS
 
 
 def normalise(x, slices: int):
@@ -169,14 +169,14 @@ def threefry2x32(key: tuple[int, int], x0, x1):
     """The Threefry-2x32 block function on arrays of counter pairs."""
     mask = np.uint64(0xFFFFFFFF)
     k0, k1 = np.uint64(key[0]), np.uint64(key[1])
-    ks = [k0, k1, k0 ^ k1 ^ np.uint64(C.THREEFRY_PARITY)]
+    ks = [k0, k1, k0 ^ k1 ^ np.uint64(K.THREEFRY_PARITY)]
     x = [np.asarray(x0, dtype=np.uint64) + ks[0] & mask, np.asarray(x1, dtype=np.uint64) + ks[1] & mask]
 
     def rotate(v, r):
         return ((v << np.uint64(r)) | (v >> np.uint64(32 - r))) & mask
 
     for block in range(5):
-        for r in C.THREEFRY_ROTATIONS[block % 2]:
+        for r in K.THREEFRY_ROTATIONS[block % 2]:
             x[0] = (x[0] + x[1]) & mask
             x[1] = rotate(x[1], r) ^ x[0]
         x[0] = (x[0] + ks[(block + 1) % 3]) & mask

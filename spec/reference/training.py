@@ -18,13 +18,13 @@ import math
 
 import numpy as np
 
-from .. import constants as C
+from .. import constants as K
 from .arithmetic import (contract, contraction_to_fixed, derive_key, divide_round, float_to_fixed,
                          multiply_q30, natural_log, normalise, power_q30, random_words, round_shift, saturate32,
                          table_lookup)
 
-F_ACT, F_PARAM, F_GRAD, F_HYPER, F_PROB, F_V = (C.ACT_FRAC_BITS, C.PARAM_FRAC_BITS, C.GRAD_FRAC_BITS,
-                                                C.HYPER_FRAC_BITS, C.PROB_FRAC_BITS, C.ADAM_V_FRAC_BITS)
+F_ACT, F_PARAM, F_GRAD, F_HYPER, F_PROB, F_V = (K.ACT_FRAC_BITS, K.PARAM_FRAC_BITS, K.GRAD_FRAC_BITS,
+                                                K.HYPER_FRAC_BITS, K.PROB_FRAC_BITS, K.ADAM_V_FRAC_BITS)
 ONE = 1 << F_HYPER
 
 
@@ -98,7 +98,7 @@ def initial_tensor(seed_key, layer: int, slot: int, shape, initializer: str) -> 
     scale, fan = {"glorot_uniform": (6, fan_in + fan_out), "he_uniform": (6, fan_in),
                   "lecun_uniform": (3, fan_in)}[initializer]
     limit = math.isqrt(scale * (1 << (2 * F_PARAM)) // fan)
-    words = random_words(derive_key(seed_key, C.RANDOM_TAG_INIT, layer, slot), shape).astype(np.int64)
+    words = random_words(derive_key(seed_key, K.RANDOM_TAG_INIT, layer, slot), shape).astype(np.int64)
     return (((words * (2 * limit + 1)) >> 32) - limit).astype(np.int32)
 
 
@@ -121,7 +121,7 @@ def init_state(model: dict, seed: int) -> dict:
 # Activations: z, y in F16, deltas in F28
 # ---------------------------------------------------------------------------
 def sigmoid(z):
-    return table_lookup(C.SIGMOID_TABLE, z, C.TABLE_SIGMOID_MIN)
+    return table_lookup(K.SIGMOID_TABLE, z, K.TABLE_SIGMOID_MIN)
 
 
 def activate(kind: str, z, alpha: float) -> np.ndarray:
@@ -160,7 +160,7 @@ def activation_gradient(kind: str, z, y, delta, alpha: float) -> np.ndarray:
 def softmax(z):
     """p = e / sum(e), e = EXP_TABLE(z - max z) with PROB_FRAC_BITS; p floored."""
     t = np.asarray(z, dtype=np.int64) - np.max(z, axis=-1, keepdims=True)
-    e = table_lookup(C.EXP_TABLE, t, -C.TABLE_EXP_SPAN)
+    e = table_lookup(K.EXP_TABLE, t, -K.TABLE_EXP_SPAN)
     total = np.sum(e, axis=-1, keepdims=True)
     return np.floor_divide(e << F_PROB, total), t, total
 
@@ -229,7 +229,7 @@ def forward_layer(model, index, params, x, *, train, state):
     if kind == "dropout":
         if not train or layer["rate"] == 0:
             return x, {}
-        key = derive_key(state["seed"], C.RANDOM_TAG_DROPOUT, index, int(state["step"]))
+        key = derive_key(state["seed"], K.RANDOM_TAG_DROPOUT, index, int(state["step"]))
         keep = random_words(key, x.shape).astype(np.int64) >= float_to_fixed(layer["rate"], 32)
         scale = dropout_scale(layer["rate"])
         return np.where(keep, saturate32(round_shift(x.astype(np.int64) * scale, F_PARAM)), 0).astype(np.int32), \
@@ -359,7 +359,7 @@ def adam_ratio(m, v, epsilon_squared: int) -> np.ndarray:
     w = np.maximum(v.astype(np.int64) + epsilon_squared, 1)
     bit_lengths = sum(((w >> k) > 0).astype(np.int64) for k in range(63))
     j = np.maximum(bit_lengths - 11, 0) // 2
-    product = m.astype(np.int64) * np.asarray(C.RSQRT_TABLE, dtype=np.int64)[w >> (2 * j)]
+    product = m.astype(np.int64) * np.asarray(K.RSQRT_TABLE, dtype=np.int64)[w >> (2 * j)]
     shift = 4 + j
     return (product + (np.int64(1) << (shift - 1))) >> shift
 

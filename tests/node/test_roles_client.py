@@ -10,7 +10,8 @@ import pytest
 
 from bws.node.api import ApiError
 from bws.node.roles.client import accept_reveal, revealable_task
-from bws.node.roles.data import bundle_root, encode_tensors
+from bws.node.roles.data import bundle_root
+from bws.spec.tensors import encode_tensor_bundle
 from bws.spec.constants import TASK_EVALUATION, TASK_EXPIRED, TASK_FINALIZED, TASK_TRAINING
 
 TEST_SET = {"x": np.arange(12, dtype=np.int32).reshape(3, 4), "y": np.array([0, 1, 2], np.int32)}
@@ -23,7 +24,7 @@ def state_with(*statuses, root=ROOT):
 
 
 def test_a_reveal_is_taken_while_a_committing_task_is_in_evaluation():
-    task_id, root, tensors = accept_reveal(state_with(TASK_TRAINING, TASK_EVALUATION), encode_tensors(TEST_SET))
+    task_id, root, tensors = accept_reveal(state_with(TASK_TRAINING, TASK_EVALUATION), encode_tensor_bundle(TEST_SET))
     assert task_id == b"\x01" * 32 and root == ROOT
     assert all(np.array_equal(tensors[k], TEST_SET[k]) for k in TEST_SET)
 

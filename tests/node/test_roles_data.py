@@ -7,15 +7,16 @@ import numpy as np
 import pytest
 
 from bws.node.roles.data import (
-    DataError, TensorCache, bundle_root, decode_checked, decode_tensors, encode_tensors, tensors_request,
+    DataError, TensorCache, bundle_root, decode_checked, decode_tensors, tensors_request,
 )
+from bws.spec.tensors import encode_tensor_bundle
 
 STATE = {"params/0/kernel": np.arange(-6, 6, dtype=np.int32).reshape(3, 4), "step": np.array(7, np.int32),
          "opt/nu": np.array([2**40, -1], np.int64), "seed": np.array([1, 2], np.uint32)}
 
 
 def test_round_trip_is_exact():
-    decoded = decode_tensors(encode_tensors(STATE))
+    decoded = decode_tensors(encode_tensor_bundle(STATE))
     assert sorted(decoded) == sorted(STATE)
     for name in STATE:
         assert decoded[name].dtype == STATE[name].dtype and np.array_equal(decoded[name], STATE[name])
@@ -29,11 +30,11 @@ def test_round_trip_is_exact():
 ])
 def test_bad_bundles_are_named(mutate, message):
     with pytest.raises(DataError, match=message):
-        decode_tensors(mutate(encode_tensors(STATE)))
+        decode_tensors(mutate(encode_tensor_bundle(STATE)))
 
 
 def test_unknown_dtype_code_is_named():
-    encoded = bytearray(encode_tensors({"a": np.zeros(2, np.int8)}))
+    encoded = bytearray(encode_tensor_bundle({"a": np.zeros(2, np.int8)}))
     encoded[4 + 2 + 1] = 99  # after count, name length and name: the dtype code
     with pytest.raises(DataError, match="unknown dtype code 99"):
         decode_tensors(bytes(encoded))
@@ -42,7 +43,7 @@ def test_unknown_dtype_code_is_named():
 def test_wrong_root_is_refused():
     other = dict(STATE, step=np.array(8, np.int32))
     with pytest.raises(DataError, match="requested root"):
-        decode_checked(encode_tensors(other), bundle_root(STATE))
+        decode_checked(encode_tensor_bundle(other), bundle_root(STATE))
 
 
 def test_request_needs_a_32_byte_root():
@@ -71,7 +72,7 @@ def test_put_tensors_gives_the_spec_root_and_serves_the_bundle_it_names():
     assert all(own[n] is not tensors[n] and np.array_equal(own[n], tensors[n]) for n in tensors)
     with pytest.raises(ValueError, match="read-only"):
         own["step"][...] = 8
-    assert cache.get(root) == encode_tensors(tensors)
+    assert cache.get(root) == encode_tensor_bundle(tensors)
     served = decode_checked(cache.get(root), root)
     assert sorted(served) == sorted(tensors) and all(np.array_equal(served[n], tensors[n]) for n in tensors)
     assert all(np.array_equal(cache.get_tensors(root)[n], tensors[n]) for n in tensors)   # decoded and checked now

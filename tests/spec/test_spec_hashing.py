@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from bws.spec.hashing import (
-    ZERO_HASH, CommitmentError, compute_merkle_proof, compute_merkle_root, compute_tensor_leaf, compute_tensors_root, encode_tensor,
-    is_valid_merkle_proof,
+    ZERO_HASH, compute_merkle_proof, compute_merkle_root, compute_tensor_leaf, compute_tensors_root, is_valid_merkle_proof,
 )
+from bws.spec.tensors import CommitmentError, encode_tensor
 
 
 def leaves(n):
