@@ -7,7 +7,7 @@ Tables (all keys are raw bytes as BLOBs; heights and amounts as integers):
 | `blocks` | main-chain block, or side block admitted (node/validation.py; pruned once deep below the head) | header fields as columns, cumulative work, the block's canonical encoding |
 | `main_chain` | height of the main chain | height → block hash |
 | `transactions` | transaction in a stored block | by tx id, by sender, by block |
-| `state_entries` | entry of a state map (accounts, stakes, tasks) at the head | the head state, key/value = canonical encodings |
+| `state_entries` | entry of a state map (accounts, stakes, tasks, task_schedule) at the head | the head state, key/value = canonical encodings |
 | `state_undo` | entry a main-chain block changed | the entry's value before the block (NULL: it did not exist) so a reorg can undo it |
 | `state_scalars` | main-chain block | the non-map fields of the state after that block (config, height, target, ...) |
 | `iteration_messages` | signed iteration message received | the supervisors' record, by (task, iteration, miner) |
@@ -36,7 +36,8 @@ from bws.spec.encoding import DecodeError, decode, decode_from, encode, get_fiel
 from bws.spec.hashing import hash_object
 
 DATABASE_FILE = "chain.duckdb"
-SCHEMA_VERSION = 3   # 2: state_scalars holds main-chain blocks only (disconnect_head deletes); 3: one message a block
+SCHEMA_VERSION = 4   # 2: state_scalars holds main-chain blocks only (disconnect_head deletes); 3: one message a block;
+                     # 4: the state holds the task schedule (state_entries map task_schedule)
 
 # State fields that are maps live as rows of state_entries; the rest as one
 # encoded blob per block in state_scalars.

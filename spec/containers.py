@@ -8,7 +8,7 @@ Each is a frozen dataclass whose canonical encoding is its fields in order
 from dataclasses import dataclass
 
 from .constants import (
-    EVALUATORS_PER_TASK, MAX_GENESIS_ENTRIES, MAX_GROUP_SIZE, MAX_MAP_ENTRIES, MAX_MERKLE_DEPTH,
+    EVALUATORS_PER_TASK, MAX_GENESIS_ENTRIES, MAX_GROUP_SIZE, MAX_MAP_ENTRIES, MAX_MERKLE_DEPTH, MAX_TASKS,
     MAX_TASK_DEFINITION_BYTES, MAX_TRANSACTIONS_PER_BLOCK, SUPERVISORS_PER_TASK,
 )
 from .encoding import ByteList, Container, List, Map, SortedSet, Union, boolean, int64, uint64
@@ -305,6 +305,7 @@ class State(Container):
     accounts: Map(Address, Account, MAX_MAP_ENTRIES)
     stakes: Map(StakeKey, StakeBalance, MAX_MAP_ENTRIES)
     tasks: Map(TaskId, Task, MAX_MAP_ENTRIES)
+    task_schedule: Map(Height, SortedSet(TaskId, MAX_TASKS), MAX_TASKS)  # the tasks the lifecycle visits at a height
 
 
 # ---------------------------------------------------------------------------

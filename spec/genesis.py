@@ -11,11 +11,11 @@ its genesis (docs/spec.md).
 """
 import dataclasses
 
-from .constants import DOMAIN_TASK_ID, MAX_TASK_ITERATIONS, ROLES, TASK_TRAINING
+from .constants import DOMAIN_TASK_ID, MAX_TASK_ITERATIONS, MAX_TASKS, ROLES, TASK_TRAINING
 from .containers import Account, Block, BlockHeader, GenesisConfig, Member, StakeBalance, StakeKey, State, Task
 from .hashing import ZERO_HASH, hash_bytes, hash_object
 from .pouw import is_nonce_earning
-from .state_transition import compute_block_hash, compute_state_root, compute_transactions_root
+from .state_transition import compute_block_hash, compute_state_root, compute_transactions_root, schedule_task
 from .tasks import TaskDefinitionError, compute_work_units, is_dataset_large_enough
 from .types import Address, Hash32, TaskId
 
@@ -89,19 +89,24 @@ def create_genesis_state(genesis: GenesisConfig) -> State:
     if genesis.config.initial_target == 0 or genesis.config.retarget_interval == 0 \
             or genesis.config.halving_interval == 0 or genesis.config.work_units_per_nonce == 0:
         raise InvalidGenesis("initial target, retarget interval, halving interval and work units per nonce must be positive")
+    if len(genesis.tasks) > MAX_TASKS:
+        raise InvalidGenesis(f"{len(genesis.tasks)} genesis tasks: the state holds at most {MAX_TASKS}")
     tasks = dict(get_genesis_task(genesis, index) for index in range(len(genesis.tasks)))
     supply = (sum(a.balance for a in genesis.accounts) + sum(s.amount for s in genesis.stakes)
               + sum(t.payment for t in genesis.tasks))
     if supply >= 2**64:
         raise InvalidGenesis("genesis supply does not fit a Coin")
-    return State(
+    state = State(
         config=genesis.config, height=0, latest_block_header=get_genesis_header(genesis),
         target=genesis.config.initial_target, retarget_timestamp=genesis.timestamp,
         genesis_supply=supply, minted=0, burned=0,
         accounts={a.address: Account(balance=a.balance, nonce=0) for a in genesis.accounts},
         stakes={key: StakeBalance(amount=s.amount, release_height=0) for key, s in zip(keys, genesis.stakes)},
-        tasks=tasks,
+        tasks=tasks, task_schedule={},
     )
+    for task_id, task in sorted(tasks.items()):
+        schedule_task(state, task_id, task)
+    return state
 
 
 def get_genesis_block(state: State) -> Block:

@@ -58,8 +58,8 @@ from .pouw import (
     is_nonce_earning, is_valid_pow, is_valid_signed_iteration_message,
 )
 from .tasks import (
-    TaskDefinitionError, compute_batch_index, compute_group, compute_task_id, compute_work_units, get_member_index,
-    get_task_progress, is_dataset_large_enough,
+    TaskDefinitionError, compute_batch_index, compute_group, compute_task_id, compute_work_units,
+    get_lifecycle_height, get_member_index, get_task_progress, is_dataset_large_enough,
 )
 from .types import Address, Hash32, Root
 
@@ -179,9 +179,29 @@ def get_total_supply(state: State) -> int:
             + sum(t.payment for t in state.tasks.values() if t.status not in TERMINAL_TASK_STATUSES))
 
 
+def schedule_task(state: State, task_id, task: Task) -> None:
+    """Enter the task in the schedule at its next lifecycle height."""
+    height = get_lifecycle_height(state.config, task)
+    state.task_schedule[height] = tuple(sorted(set(state.task_schedule.get(height, ())) | {task_id}))
+
+
+def unschedule_task(state: State, task_id, task: Task) -> None:
+    """Take the task out of the schedule (its lifecycle height follows from the task as it was scheduled)."""
+    height = get_lifecycle_height(state.config, task)
+    remaining = tuple(t for t in state.task_schedule.get(height, ()) if t != task_id)
+    if remaining:
+        state.task_schedule[height] = remaining
+    else:
+        state.task_schedule.pop(height, None)
+
+
 def set_task(state: State, task_id, task: Task, **changes) -> Task:
-    """Replace a task with a copy carrying `changes`; returns the new task."""
+    """Replace a task with a copy carrying `changes`; returns the new task. A
+    new status moves the task in the schedule."""
     state.tasks[task_id] = dataclasses.replace(task, **changes)
+    if "status" in changes:
+        unschedule_task(state, task_id, task)
+        schedule_task(state, task_id, state.tasks[task_id])
     return state.tasks[task_id]
 
 
@@ -259,16 +279,18 @@ def is_evidence_expired(config: ChainConfig, task: Task, height: int) -> bool:
 
 
 def process_task_lifecycle(state: State, block: Block) -> None:
-    """Advance every task by at most one step (tasks in order of id): an
-    ended task whose evidence expired is removed; expiry past the evaluation
-    deadline (compute_expiry_split); the group drawn for a task submitted in
-    an earlier block (seed: the parent block's hash), one draw only: a task
-    whose group cannot be filled expires at once, refunded; training after
-    training_start_delay; evaluation from evaluation_deadline -
-    evaluation_period. The state holds at most MAX_TASKS tasks, so this is a
-    bounded amount of work per block, and a task draws its group once."""
+    """Advance each task due at this height (`task_schedule`, in order of id)
+    by one step: an ended task whose evidence expired is removed; expiry
+    past the evaluation deadline (compute_expiry_split); the group drawn for
+    a task submitted in an earlier block (seed: the parent block's hash), one
+    draw only: a task whose group cannot be filled expires at once, refunded;
+    training after training_start_delay; evaluation from evaluation_deadline -
+    evaluation_period. Every status change enters the task in the schedule at
+    the height of its next step (`get_lifecycle_height`), so a block visits
+    only the tasks due at its height: its lifecycle work follows what
+    changes, not how many tasks the state holds (m2)."""
     config = state.config
-    for task_id in sorted(state.tasks):
+    for task_id in state.task_schedule.pop(state.height, ()):
         task = state.tasks[task_id]
         if is_evidence_expired(config, task, state.height):
             del state.tasks[task_id]
@@ -504,6 +526,7 @@ def process_submit_task(state: State, transaction: Transaction, submit: SubmitTa
         evaluation_deadline=submit.evaluation_deadline, payment=submit.payment, status=TASK_SUBMITTED,
         status_height=state.height, members=[], supervisors=[], evaluators=[],
     )
+    schedule_task(state, task_id, state.tasks[task_id])
 
 
 def process_cancel_task(state: State, transaction: Transaction, cancel: CancelTask) -> None:

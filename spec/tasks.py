@@ -34,7 +34,8 @@ import math
 from .constants import (
     DOMAIN_GROUP_SELECTION, DOMAIN_TASK_ID, EVALUATORS_PER_TASK, MAX_TASK_DEFINITION_DEPTH,
     MAX_TASK_DEFINITION_INTEGER_DIGITS, MAX_TASK_ITERATIONS, ROLE_EVALUATOR, ROLE_MINER,
-    ROLE_SUPERVISOR, SUPERVISORS_PER_TASK, WORK_PASSES_PER_ITERATION,
+    ROLE_SUPERVISOR, SUPERVISORS_PER_TASK, TASK_EVALUATION, TASK_GROUP_SELECTED, TASK_SUBMITTED, TASK_TRAINING,
+    TERMINAL_TASK_STATUSES, WORK_PASSES_PER_ITERATION,
 )
 from .containers import ChainConfig, Member, State, Task
 from .hashing import hash_bytes
@@ -236,6 +237,24 @@ def get_task_progress(task: Task) -> int:
     iteration at p or beyond (0 when every member was slashed)."""
     reached = sorted((member.next_minable_iteration for member in task.members if not member.slashed), reverse=True)
     return reached[len(reached) // 2] if reached else 0
+
+
+def get_lifecycle_height(config: ChainConfig, task: Task) -> int:
+    """The height at which `process_task_lifecycle` next has something to do
+    for `task`, counted from the block that gave it its status (a task moves
+    at most one step a block): the draw of its group the block after its
+    submission, training `training_start_delay` blocks after the draw,
+    evaluation `evaluation_period` blocks before the deadline, expiry the
+    block after it, removal `stake_lock_period` blocks after it ended."""
+    if task.status in TERMINAL_TASK_STATUSES:
+        due = task.status_height + config.stake_lock_period
+    else:
+        due = {TASK_SUBMITTED: task.status_height + 1,
+               TASK_GROUP_SELECTED: task.status_height + config.training_start_delay,
+               TASK_TRAINING: task.evaluation_deadline - config.evaluation_period,
+               TASK_EVALUATION: task.evaluation_deadline + 1}[task.status]
+        due = min(due, task.evaluation_deadline + 1)
+    return max(due, task.status_height + 1)
 
 
 def get_member_index(task: Task, address: Address) -> int | None:

@@ -1,4 +1,5 @@
 """The task lifecycle end to end, disputes, and coin conservation along the way."""
+import copy
 import dataclasses
 
 import pytest
@@ -321,6 +322,36 @@ def test_m2_a_group_that_cannot_be_filled_is_refunded_at_its_one_draw(chain):
     assert state.tasks[task_id].status == TASK_EXPIRED and state.tasks[task_id].members == ()
     assert get_balance(state, chain.address["client"]) == before + 7 * COIN
     assert conserved(state)
+
+
+def test_m2_every_task_is_scheduled_once_at_its_next_lifecycle_step(chain):
+    """The schedule holds each task exactly once, at the height its next step is due."""
+    from bws.spec.tasks import get_lifecycle_height
+    state, block, task_id, statuses = run_to_evaluation(chain)
+    for _ in range(3):
+        scheduled = sorted((bytes(t), int(h)) for h, tasks in state.task_schedule.items() for t in tasks)
+        assert scheduled == sorted((bytes(t), get_lifecycle_height(state.config, task)) for t, task in state.tasks.items())
+        assert all(int(h) > state.height for h in state.task_schedule)
+        state, block = chain.extend(state, block, MINERS[state.height % 3])
+
+
+def test_m2_a_block_visits_only_the_tasks_due_at_its_height(chain):
+    """m2: every block visited and sorted every task (4,000 pending tasks cost
+    51 ms a block on every node). A block now reads only the tasks its height
+    is due for: here, with a task in training and none due, none at all."""
+    from bws.spec.state_transition import process_task_lifecycle
+
+    class Untouchable(dict):
+        def _refuse(self, *args):
+            raise AssertionError("the lifecycle read a task that is not due")
+        __getitem__ = __iter__ = get = items = keys = values = _refuse
+
+    state, block = chain.extend(chain.genesis_state, chain.genesis_block, "alice")
+    assert state.height + 1 not in state.task_schedule and state.tasks
+    probe = copy.deepcopy(state)
+    probe.height += 1
+    probe.tasks = Untouchable(state.tasks)
+    process_task_lifecycle(probe, block)
 
 
 def test_m2_an_ended_task_is_removed_once_its_evidence_expires(chain):
