@@ -562,6 +562,22 @@ def generate_vectors() -> list[dict]:
     s_slashed, b_slashed = c.extend(s4, b4, "bob", [slash])
     tx("dispute/already-slashed", s_slashed, "mallory", C.Dispute(evidence=C.FraudProof(message=fraud)),
        "already slashed in this task", description="one misbehaviour is punished once")
+    step5, step6, step7 = (c.honest_message("alice", c.genesis_task_id, task, i, LOCKSTEP_COMMITMENT) for i in (5, 6, 7))
+    jumped = c.signed_message("alice", dataclasses.replace(step6.message.work, state_before_root=random_root("state")),
+                              LOCKSTEP_COMMITMENT)
+
+    def broken_link(earlier, later):
+        return C.Dispute(evidence=C.BrokenLink(earlier=earlier, later=later))
+    tx("attacks/h6-a-state-never-trained-to", s4, "mallory", broken_link(step5, jumped),
+       description="alice's iteration 6 does not start from the state her iteration 5 ended at: a member's states "
+                   "are one chain, her stake is slashed")
+    tx("attacks/h6-a-chain-of-states", s4, "mallory", broken_link(step5, step6), "starts from the state the earlier",
+       description="honest iterations 5 and 6: the later starts where the earlier ended, nobody is slashed")
+    tx("dispute/broken-link-not-consecutive", s4, "mallory", broken_link(step5, step7), "not of consecutive iterations")
+    bobs = c.honest_message("bob", c.genesis_task_id, task, 6, LOCKSTEP_COMMITMENT)
+    tx("dispute/broken-link-two-miners", s4, "mallory", broken_link(step5, bobs), "not for the same task and miner")
+    tx("dispute/broken-link-bad-signature", s4, "mallory",
+       broken_link(step5, dataclasses.replace(jumped, signature=step6.signature)), "bad signature")
 
     # --- blocks ----------------------------------------------------------------
     def block(name, pre, subject, expect=None, description=""):

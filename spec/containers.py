@@ -162,9 +162,17 @@ class FraudProof(Container):
 
 
 @dataclass(frozen=True)
+class BrokenLink(Container):
+    """Two signed iteration messages of one miner for consecutive iterations of
+    one task, the later not starting from the model state the earlier ended at."""
+    earlier: SignedIterationMessage
+    later: SignedIterationMessage
+
+
+@dataclass(frozen=True)
 class Dispute(Container):
     """Evidence of misbehaviour by a group member; slashes its miner stake."""
-    evidence: Union(Equivocation, FraudProof)
+    evidence: Union(Equivocation, FraudProof, BrokenLink)
 
 
 TransactionBody = Union(Transfer, Stake, Unstake, SubmitTask, CancelTask, EvaluationResult, Dispute)

@@ -69,6 +69,13 @@ def is_valid_signed_iteration_message(signed: SignedIterationMessage) -> bool:
                 signed.public_key, compute_iteration_message_signing_root(signed.message), signed.signature))
 
 
+def is_chained(earlier: IterationWork, later: IterationWork) -> bool:
+    """Whether `later`, the next iteration of `earlier`'s miner in its task,
+    starts from the model state `earlier` ended at: a member's states are one
+    chain, each iteration trained from the last (a `BrokenLink` otherwise)."""
+    return later.state_before_root == earlier.state_after_root
+
+
 def compute_nonce_seed(work: IterationWork) -> Hash32:
     """Seed of an iteration's nonces: hash of the work fields only (not the
     header commitment, not the signature), so the seed changes only with the work."""

@@ -45,7 +45,7 @@ from .constants import (
     TASK_TRAINING, TERMINAL_TASK_STATUSES,
 )
 from .containers import (
-    Account, Block, BlockHeader, CancelTask, ChainConfig, Dispute, Equivocation, EvaluationResult, FraudProof,
+    Account, Block, BlockHeader, BrokenLink, CancelTask, ChainConfig, Dispute, Equivocation, EvaluationResult, FraudProof,
     IterationMessage, ReplayResult, ScoredModel, SignedTransaction, Stake, StakeBalance, StakeKey, State, SubmitTask, Task,
     Transaction, Transfer, Unstake,
 )
@@ -55,7 +55,7 @@ from .hashing import ZERO_HASH, compute_merkle_root, hash_bytes, hash_object, is
 from .primitives import compute_state_root, get_primitives
 from .pouw import (
     compute_header_commitment, compute_message_digest, compute_nonce, compute_nonce_seed, get_nonce_allowance,
-    is_nonce_earning, is_valid_pow, is_valid_signed_iteration_message,
+    is_chained, is_nonce_earning, is_valid_pow, is_valid_signed_iteration_message,
 )
 from .tasks import (
     TaskDefinitionError, compute_batch_index, compute_group, compute_task_id, compute_work_units,
@@ -652,8 +652,11 @@ def process_evaluation_result(state: State, transaction: Transaction, result: Ev
 
 def process_dispute(state: State, transaction: Transaction, dispute: Dispute, replay: Replay) -> None:
     """Slash a member's whole miner stake on proof of misbehaviour:
-    equivocation (two different signed messages for one task and iteration)
-    or fraud (a signed message whose replay does not match). A FraudProof whose
+    equivocation (two different signed messages for one task and iteration),
+    a broken link (signed messages for iterations i and i + 1 of one task,
+    the later not starting from the state the earlier ended at: a member's
+    states are one chain, each iteration trained from the last) or fraud (a
+    signed message whose replay does not match). A FraudProof whose
     replay matches is a false accusation: it slashes nobody and burns
     FALSE_DISPUTE_PENALTY of the disputer's balance (its fee is paid too).
     The disputer gets SLASH_REWARD_SHARE_BP of the stake,
@@ -668,6 +671,15 @@ def process_dispute(state: State, transaction: Transaction, dispute: Dispute, re
         assert (a.task_id, a.iteration, a.miner) == (b.task_id, b.iteration, b.miner), \
             "evidence: messages are not for the same task, iteration and miner"
         assert first.message != second.message, "evidence: the messages are identical"
+        task_id, miner = a.task_id, a.miner
+    elif isinstance(evidence, BrokenLink):
+        earlier, later = evidence.earlier, evidence.later
+        assert is_valid_signed_iteration_message(earlier) and is_valid_signed_iteration_message(later), \
+            "evidence: bad signature"
+        a, b = earlier.message.work, later.message.work
+        assert (a.task_id, a.miner) == (b.task_id, b.miner), "evidence: messages are not for the same task and miner"
+        assert b.iteration == a.iteration + 1, "evidence: the messages are not of consecutive iterations"
+        assert not is_chained(a, b), "evidence: the later message starts from the state the earlier ended at"
         task_id, miner = a.task_id, a.miner
     else:
         assert isinstance(evidence, FraudProof)

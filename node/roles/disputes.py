@@ -1,6 +1,6 @@
 """Submitting disputes (spec `process_dispute`), shared by the roles that find
-misbehaviour: the supervisor (equivocation and fraud among its task's
-messages) and the verifier (fraud in a block's iteration).
+misbehaviour: the supervisor (equivocation, broken links and fraud among its
+task's messages) and the verifier (fraud in a block's iteration).
 
 A node submits at most one dispute per miner, and none when the miner's fate
 is already settled or pending:
@@ -26,6 +26,7 @@ import threading
 from bws.spec import containers as C
 from bws.spec.constants import ROLE_MINER
 from bws.spec.encoding import DecodeError, decode
+from bws.spec.pouw import is_chained
 from bws.spec.state_transition import sign_transaction
 from bws.spec.tasks import get_member_index
 
@@ -39,10 +40,29 @@ DISPUTE_FEE = 1000
 _SUBMIT_LOCK = threading.Lock()
 
 
-def accused(evidence: C.FraudProof | C.Equivocation) -> tuple[bytes, bytes, int]:
-    """(task id, miner, iteration) the evidence accuses."""
-    work = (evidence.message if isinstance(evidence, C.FraudProof) else evidence.first).message.work
+Evidence = C.FraudProof | C.Equivocation | C.BrokenLink
+
+
+def accused(evidence: Evidence) -> tuple[bytes, bytes, int]:
+    """(task id, miner, iteration) the evidence accuses (of a broken link: the later iteration)."""
+    signed = {C.FraudProof: lambda: evidence.message, C.Equivocation: lambda: evidence.first,
+              C.BrokenLink: lambda: evidence.later}[type(evidence)]()
+    work = signed.message.work
     return bytes(work.task_id), bytes(work.miner), int(work.iteration)
+
+
+def broken_link(signed: C.SignedIterationMessage, previous: list[C.SignedIterationMessage],
+                following: list[C.SignedIterationMessage]) -> C.BrokenLink | None:
+    """A BrokenLink between `signed` and a message of its miner for the
+    iteration before (`previous`) or after (`following`), if one is not chained to it."""
+    work = signed.message.work
+    for earlier in previous:
+        if not is_chained(earlier.message.work, work):
+            return C.BrokenLink(earlier=earlier, later=signed)
+    for later in following:
+        if not is_chained(work, later.message.work):
+            return C.BrokenLink(earlier=signed, later=later)
+    return None
 
 
 def is_disputable(state: C.State, task_id: bytes, miner: bytes) -> bool:
@@ -89,7 +109,7 @@ class Disputes:
             return False
         return True
 
-    def submit(self, evidence: C.FraudProof | C.Equivocation) -> bool:
+    def submit(self, evidence: Evidence) -> bool:
         """Submit a Dispute carrying `evidence` if it is `needed`; whether one was submitted."""
         context = self.context
         task_id, miner, iteration = accused(evidence)

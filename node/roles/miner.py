@@ -448,8 +448,8 @@ class Miner:
                                      header_commitment=compute_header_commitment(self._header(computed.committed)))
         signed = context.signed.sign(
             message, lambda m: sign_iteration_message(context.account.secret_key, context.public_key, m))
-        if signed is None:  # signed otherwise before a restart: a second version would be slashed
-            context.metrics["second_versions_refused"] += 1
+        if signed is None:  # signed otherwise before a restart, or not chained to what was: either would be slashed
+            context.metrics["signatures_refused"] += 1
             training.proven_state, training.proven_state_root = state_flat, state_after_root
             return
         if not computed.cheated:

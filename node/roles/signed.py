@@ -10,7 +10,9 @@ Ethereum validator clients keep a slashing-protection database, the node
 appends each message it signs to a file in its data dir (flushed and fsynced)
 before the message leaves the node, and reads the file back at start.
 `SignedMessages.sign` gives the recorded message again for the same message,
-and refuses (None) a different one.
+and refuses (None) a different one, and one that a message it signed for the
+iteration before or after is not chained to (spec `is_chained`: a
+`BrokenLink` slashes as surely).
 
 The file is a sequence of records, each a u32 little-endian length and the
 canonical encoding of a `SignedIterationMessage`. A record cut short by a
@@ -25,6 +27,7 @@ from typing import Callable
 
 from bws.spec import containers as C
 from bws.spec.encoding import DecodeError, decode, encode
+from bws.spec.pouw import is_chained
 
 SIGNED_MESSAGES_FILE = "signed_iterations.bin"
 LENGTH_BYTES = 4
@@ -76,12 +79,20 @@ class SignedMessages:
     def sign(self, message: C.IterationMessage,
              signer: Callable[[C.IterationMessage], C.SignedIterationMessage]) -> C.SignedIterationMessage | None:
         """`message` signed and recorded, or as recorded before; None when
-        another message was signed for its (task, iteration)."""
+        another message was signed for its (task, iteration), or when one
+        signed for the iteration before or after is not chained to it (a
+        `BrokenLink` dispute would slash it: after a restart the miner may
+        have redone an iteration with other peer updates than it signed)."""
         key = _key(message)
+        task_id, iteration = key
         with self._lock:
             known = self._by_iteration.get(key)
             if known is not None:
                 return known if known.message == message else None
+            before, after = self._by_iteration.get((task_id, iteration - 1)), self._by_iteration.get((task_id, iteration + 1))
+            if (before is not None and not is_chained(before.message.work, message.work)) \
+                    or (after is not None and not is_chained(message.work, after.message.work)):
+                return None
             signed = signer(message)
             if self._path is not None:
                 record = encode(signed)

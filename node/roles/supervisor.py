@@ -7,6 +7,10 @@ supervises, signs the message history, and flags misbehaviour.
 - Equivocation: two different signed messages of one miner for one (task,
   iteration) become a Dispute(Equivocation) transaction, which slashes the
   miner's stake (spec `process_dispute`).
+- Broken links: messages of one miner for iterations i and i + 1 of a task,
+  the later not starting from the state the earlier ended at (spec
+  `is_chained`), become a Dispute(BrokenLink): a member that mines on a state
+  it never trained to is slashed once it signs the iteration before.
 - Recording and the equivocation check run on one thread, replays on another
   (a replay can take seconds), so a backlog of replays never delays them.
 - Non-replayable updates: each recorded message is replayed (the verifier's
@@ -34,7 +38,7 @@ from bws.spec.hashing import compute_merkle_root
 from bws.spec.state_transition import ReplayUnavailable
 
 from .context import RoleContext, message_digest
-from .disputes import Disputes
+from .disputes import Disputes, broken_link
 from .verifier import is_proven_fraud, replay_iteration
 
 SEEN_DIGESTS_KEPT = 100_000  # messages whose recording is skipped when gossip brings them again
@@ -110,11 +114,16 @@ class Supervisor:
         # The node core records every message when the node is a supervisor; recording is idempotent.
         context.chain.store.record_iteration_message(signed, digest, time.time())
         context.metrics["supervisor_recorded"] += 1
-        recorded = context.chain.store.iteration_messages(bytes(work.task_id), int(work.iteration), bytes(work.miner))
-        different = [other for other in recorded if other != signed]
+        store, task_id, iteration, miner = context.chain.store, bytes(work.task_id), int(work.iteration), bytes(work.miner)
+        different = [other for other in store.iteration_messages(task_id, iteration, miner) if other != signed]
         if different:
             context.metrics["supervisor_equivocations"] += 1
             self.disputes.submit(C.Equivocation(first=different[0], second=signed))
+            return False
+        if (link := broken_link(signed, store.iteration_messages(task_id, iteration - 1, miner) if iteration else [],
+                                store.iteration_messages(task_id, iteration + 1, miner))) is not None:
+            context.metrics["supervisor_broken_links"] += 1
+            self.disputes.submit(link)
             return False
         return True
 

@@ -280,6 +280,31 @@ def test_supervisor_disputes_equivocation(network_setup, mined, tmp_path):
     assert {disputes[0].evidence.first, disputes[0].evidence.second} == {honest, other}
 
 
+def test_supervisor_disputes_a_broken_link(network_setup, mined, tmp_path):
+    """Issue #13's h6: a member's next iteration that does not start from the state its last one ended at
+    (a state it never trained to) is a BrokenLink; the one that does is recorded without a dispute."""
+    from bws.node.roles.supervisor import Supervisor
+
+    block, _, miner_context = mined
+    node = supervisor_node(network_setup, mined, tmp_path)
+    supervisor = Supervisor(node)
+    honest = block.proofs[0].message
+    work = honest.message.work
+
+    def next_iteration(state_before_root):
+        return sign_iteration_message(miner_context.account.secret_key, dataclasses.replace(honest.message, work=(
+            dataclasses.replace(work, iteration=work.iteration + 1, state_before_root=state_before_root))))
+    chained = next_iteration(work.state_after_root)   # its other roots are made up: only the link is looked at
+    assert supervisor._record(honest) and supervisor._record(chained)
+    assert node.metrics["supervisor_broken_links"] == 0
+    other = Supervisor(make_node(network_setup, tmp_path / "other", "other", network_setup[1][1], mined[1]))
+    jumped = next_iteration(hash_bytes(b"a state it never trained to"))
+    supervise(other, honest)
+    supervise(other, jumped)
+    disputes = pending_disputes(other.context)
+    assert len(disputes) == 1 and disputes[0].evidence == C.BrokenLink(earlier=honest, later=jumped)
+
+
 def test_supervisor_disputes_a_non_replayable_update(network_setup, mined, tmp_path):
     from bws.node.roles.supervisor import Supervisor
 

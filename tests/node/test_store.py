@@ -25,7 +25,7 @@ def state_with(accounts: dict, height: int = 0, tasks: dict | None = None) -> C.
         config=DEVNET, height=height, latest_block_header=header(height, bytes(32)), target=DEVNET.initial_target,
         retarget_timestamp=1000, genesis_supply=10**6, minted=height, burned=0,
         accounts={addr: C.Account(balance=b, nonce=n) for addr, (b, n) in accounts.items()},
-        stakes={}, tasks=tasks or {},
+        stakes={}, tasks=tasks or {}, task_schedule={},
     )
 
 
