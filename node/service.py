@@ -17,6 +17,8 @@ What the node does with the network (node/p2p.py's NetworkService):
 - gossip `bws/task/1`: signed iteration messages, signature checked before
   relay; a node with the supervisor role records every one in the store
   (the roles layer's supervisor acts on the record: equivocation, fraud).
+  One IGNOREd because the head does not hold its group yet is judged again
+  at the next heads (node/deferred_gossip.py).
 - request/response `/bws/sync/1` (node/sync.py's codec): status, main-chain
   blocks by height, a block by hash. Sync runs when a peer connects, when an
   orphan arrives, and every SYNC_INTERVAL seconds against peers with more work.
@@ -62,6 +64,7 @@ from bws.spec.tasks import get_member_index
 
 from . import sync
 from .api import ApiError, ApiServer, from_json, to_json
+from .deferred_gossip import DeferredGossip
 from .mempool import Mempool, MempoolError
 from .mempool_file import MEMPOOL_FILE, MempoolFileError, read_mempool_file, write_mempool_file
 from .p2p import PROTOCOL_SYNC, TOPIC_BLOCK, TOPIC_TASK, TOPIC_TX, NetworkError, NetworkService, Verdict
@@ -96,6 +99,17 @@ VALIDATION_MODES = {
     "trusting": "replays no iteration (no verifier role): trusts their claimed roots and checks every other rule; "
                 "imports gossiped blocks but relays none, since it could not check them",
 }
+
+
+def judge_at_head(head_state: C.State, signed: C.SignedIterationMessage) -> Verdict | None:
+    """A validly signed iteration message, against the head: ACCEPT a group member's message for an iteration of
+    its task, IGNORE one for an iteration beyond the task's, None when the head holds no such task or member
+    (maybe only behind the sender's head)."""
+    work = signed.message.work
+    task = head_state.tasks.get(work.task_id)
+    if task is None or get_member_index(task, work.miner) is None:
+        return None
+    return Verdict.IGNORE if work.iteration >= task.iterations else Verdict.ACCEPT
 
 
 class NodeError(Exception):
@@ -199,7 +213,10 @@ class Node:
         self._sync_thread: threading.Thread | None = None
         self._rebroadcast_thread: threading.Thread | None = None
         self.counters = {"gossip_blocks": 0, "gossip_transactions": 0, "iteration_messages": 0,
-                         "synced_blocks": 0, "sync_failures": 0, "rebroadcast_transactions": 0}
+                         "synced_blocks": 0, "sync_failures": 0, "rebroadcast_transactions": 0,
+                         "iteration_messages_deferred_taken": 0}
+        # Iteration messages IGNOREd only because the head did not hold their group yet, judged again at new heads.
+        self.deferred_messages = DeferredGossip()
         # Hooks of the roles layer (node/roles/host.py): called with each
         # valid gossiped iteration message (signed, origin peer) after the
         # supervisor's record; with the new head state after a block moved the head; extra sections for
@@ -343,6 +360,7 @@ class Node:
             head_state = self.chain.head_state
             for listener in self.head_listeners:
                 listener(head_state)
+            self.deferred_messages.retry(self._take_deferred_message)
         if results[0].status == "orphan":
             self._sync_wanted.set()
         return results
@@ -418,26 +436,41 @@ class Node:
         IGNORE (kept and relayed by no one here) a message for a task this
         node's head does not hold, by a key outside the task's group, or for an
         iteration beyond the task's: any key can sign messages, only a group's
-        are worth relaying (issue #14's m4)."""
+        are worth relaying (issue #14's m4). The first two may only mean that
+        this node's head is behind the sender's (the block that drew the group
+        not imported yet): such a message is kept and judged again at the next
+        heads (node/deferred_gossip.py), not relayed then."""
         try:
             signed = decode(data, C.SignedIterationMessage)
         except DecodeError:
             return Verdict.REJECT
         if not is_signed_iteration_message_valid(signed):
             return Verdict.REJECT
-        work = signed.message.work
-        task = self.chain.head_state.tasks.get(work.task_id)
-        if task is None or get_member_index(task, work.miner) is None or work.iteration >= task.iterations:
+        verdict = judge_at_head(self.chain.head_state, signed)
+        if verdict is None:
+            self.deferred_messages.defer(data, signed)
             return Verdict.IGNORE
-        return Verdict.ACCEPT
+        return verdict
+
+    def _take_deferred_message(self, signed: C.SignedIterationMessage) -> bool:
+        """A message IGNOREd at an earlier head: taken, as if just gossiped, if the head now holds its group."""
+        if judge_at_head(self.chain.head_state, signed) is not Verdict.ACCEPT:
+            return False
+        self.counters["iteration_messages_deferred_taken"] += 1
+        self._take_iteration_message(signed, None, time.time())
+        return True
 
     def _on_iteration_message(self, message) -> None:
+        self._take_iteration_message(decode(message.data, C.SignedIterationMessage), message.origin,
+                                     message.received_at)
+
+    def _take_iteration_message(self, signed: C.SignedIterationMessage, origin: str | None,
+                                received_at: float) -> None:
         self.counters["iteration_messages"] += 1
-        signed = decode(message.data, C.SignedIterationMessage)
         if "supervisor" in self.roles:
-            self.record_iteration_message(signed, message.received_at)
+            self.record_iteration_message(signed, received_at)
         for listener in self.iteration_message_listeners:
-            listener(signed, message.origin)
+            listener(signed, origin)
 
     def record_iteration_message(self, signed: C.SignedIterationMessage, received_at: float) -> bool:
         """The supervisors' record (every valid message seen, by task, iteration
