@@ -24,8 +24,9 @@ What the node does with the network (node/p2p.py's NetworkService):
   orphan arrives, and every SYNC_INTERVAL seconds against peers with more work.
 - peers: `--peer` addresses and those peers announce are kept in `peers.json`
   and redialed with backoff (node/peerbook.py).
-- the mempool is saved to `mempool.bin` at stop and re-checked at start
-  (node/mempool_file.py); pending transactions are gossiped again every
+- the mempool is saved to `mempool.bin` (atomically: write, fsync, rename)
+  every MEMPOOL_SAVE_SECONDS when it changed and at stop, and re-checked at
+  start (node/mempool_file.py); pending transactions are gossiped again every
   REBROADCAST_SECONDS.
 
 Oracles: the spec's transition needs a `replay` and an `evaluate`. A node
@@ -86,6 +87,9 @@ SYNC_INTERVAL = 2.0
 # (publishing is paced at >= 2 ms a message).
 REBROADCAST_SECONDS = 60.0
 REBROADCAST_MAX_TRANSACTIONS = 1000
+# The mempool is saved this often when it changed (atomically), so a node killed with SIGKILL loses at most the
+# transactions of the last seconds; and at a clean stop.
+MEMPOOL_SAVE_SECONDS = 2.0
 NODE_INFO_FILE = "node.json"
 P2P_KEY_FILE = "p2p.key"
 TASK_STATUS_NAMES = {TASK_SUBMITTED: "submitted", TASK_GROUP_SELECTED: "group_selected", TASK_TRAINING: "training",
@@ -212,6 +216,7 @@ class Node:
         self._sync_wanted = threading.Event()
         self._sync_thread: threading.Thread | None = None
         self._rebroadcast_thread: threading.Thread | None = None
+        self._mempool_thread: threading.Thread | None = None
         self.counters = {"gossip_blocks": 0, "gossip_transactions": 0, "iteration_messages": 0,
                          "synced_blocks": 0, "sync_failures": 0, "rebroadcast_transactions": 0,
                          "iteration_messages_deferred_taken": 0}
@@ -248,6 +253,9 @@ class Node:
         self._rebroadcast_thread = threading.Thread(target=self._rebroadcast_forever, name="bws-rebroadcast",
                                                     daemon=True)
         self._rebroadcast_thread.start()
+        self._mempool_thread = threading.Thread(target=self._save_mempool_forever, name="bws-mempool-save",
+                                                daemon=True)
+        self._mempool_thread.start()
         self._write_info(address)
         logger.info("node %s listening on %s (p2p), gives other nodes %s", self.network.peer_id,
                     self.settings.listen, address)
@@ -271,7 +279,7 @@ class Node:
         if self.dialer is not None:
             self.dialer.stop()
         self.network.stop()
-        for thread in (self._sync_thread, self._rebroadcast_thread):
+        for thread in (self._sync_thread, self._rebroadcast_thread, self._mempool_thread):
             if thread is not None:
                 thread.join(10)
         self._save_mempool()
@@ -314,6 +322,13 @@ class Node:
         if saved:
             logger.info("mempool: %d saved transaction(s) restored from %s, %d dropped (no longer valid at the "
                         "head)", len(saved) - dropped, path, dropped)
+
+    def _save_mempool_forever(self) -> None:
+        saved = self.mempool.changes   # as restored at start
+        while not self._stopping.wait(MEMPOOL_SAVE_SECONDS):
+            if self.mempool.changes != saved:
+                saved = self.mempool.changes
+                self._save_mempool()
 
     def _save_mempool(self) -> None:
         pending = sorted(self.mempool.transactions(), key=lambda record: (record.sender, record.nonce))
