@@ -36,8 +36,7 @@ def test_a_message_ignored_while_the_head_lacked_its_group_is_taken_at_the_head_
     junk = toy.signed_message(outsider, dataclasses.replace(toy.iteration_work(task_id, task, 0, 0),
                                                             miner=toy.address[outsider]), bytes(32))
 
-    node = Node(NodeSettings(data_dir=tmp_path / "node", genesis=toy.genesis, roles={"supervisor"},
-                             replay=toy.replay))
+    node = Node(NodeSettings(data_dir=tmp_path / "node", genesis=toy.genesis, roles={"supervisor"}))
     taken = []
     node.iteration_message_listeners.append(lambda signed, origin: taken.append(signed))
     try:
