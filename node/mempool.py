@@ -89,6 +89,7 @@ class Mempool:
         self._counter = itertools.count()
         self._bytes = 0
         self._lock = threading.RLock()
+        self.changes = 0   # counts every insertion and removal: whether the pool changed since a look
 
     # -- queries --------------------------------------------------------
     def __len__(self) -> int:
@@ -170,6 +171,7 @@ class Mempool:
         self._by_id[tx.tx_id] = tx
         self._arrival.setdefault(tx.tx_id, next(self._counter))
         self._bytes += tx.size
+        self.changes += 1
 
     def _remove(self, tx: PoolTransaction) -> None:
         queue = self._by_sender[tx.sender]
@@ -180,6 +182,7 @@ class Mempool:
         del self._arrival[tx.tx_id]
         self._refused_on.pop(tx.tx_id, None)
         self._bytes -= tx.size
+        self.changes += 1
 
     # -- chain events ---------------------------------------------------
     def prune(self, senders: Iterable[bytes] | None = None) -> list[PoolTransaction]:

@@ -1,7 +1,9 @@
 """The mempool saved across a restart (`DATA_DIR/mempool.bin`).
 
-The node writes its pending transactions here when it stops (atomically) and
-reads them back at start, where each is checked again against the head state
+The node writes its pending transactions here (atomically: write, fsync,
+rename) every few seconds while the pool changes and when it stops, so a node
+killed with SIGKILL keeps what was pending a few seconds before; it reads them
+back at start, where each is checked again against the head state
 like a newly submitted one (node/service.py): a transfer sent just before a
 restart is neither lost nor trusted blindly.
 

@@ -92,6 +92,7 @@ VALIDATED_IDS_KEPT = 20_000
 # Per topic, when this node first published or received each of its most recent
 # messages (gossip latency across nodes: bench/node.py).
 GOSSIP_TIMES_KEPT = 1024
+OUTBOUND_POLL_SECONDS = 0.002   # how often a waiting publisher looks at the outbound queues again
 
 __all__ = [
     "TOPIC_TX", "TOPIC_BLOCK", "TOPIC_TASK", "PROTOCOL_SYNC", "PROTOCOL_DATA", "MAX_GOSSIP_BYTES",
@@ -188,6 +189,8 @@ class NetworkConfig:
     # Outbound pacing: wait while any peer's GossipSub queue (OUTBOUND_QUEUE_RPCS, then
     # silent drops) holds this many, and leave at least this long between publishes.
     outbound_high_water: int = 32
+    # ... but at most this long: a queue still at the high water then is stalled, and not waited for until it drains.
+    outbound_wait_seconds: float = 2.0
     publish_min_interval: float = 0.002
     publish_queue_size: int = 10_000
     delivery_queue_size: int = 10_000
@@ -362,6 +365,7 @@ class NetworkService:
         self._topics: dict[str, tuple[Validator, MessageCallback]] = {}
         self._peer_watchers: list[PeerCallback] = []
         self._validated: dict[bytes, float] = {}   # message id -> when its first copy arrived
+        self._stalled_queues: set[ID] = set()   # peers whose outbound queue publishing no longer waits for
         self._gossip_times: dict[str, OrderedDict[bytes, tuple[float, bool]]] = {}
         self._gossip_times_lock = threading.Lock()
         self._handlers: dict[str, RequestHandler] = {}
@@ -371,7 +375,8 @@ class NetworkService:
         self._deliveries: queue.Queue = queue.Queue(self.config.delivery_queue_size)
         self._delivery_thread: threading.Thread | None = None
         self.stats = {"published": 0, "delivered": 0, "delivery_dropped": 0, "rejected": 0,
-                      "ignored": 0, "requests_served": 0, "requests_refused": 0, "bans": 0}
+                      "ignored": 0, "requests_served": 0, "requests_refused": 0, "bans": 0,
+                      "outbound_queues_stalled": 0}
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -516,6 +521,11 @@ class NetworkService:
     def mesh_peers(self, topic: str) -> list[str]:
         """Peers that have told us they subscribe to `topic` (gossip reaches them)."""
         return self._call_sync(lambda: sorted(p.to_base58() for p in self._pubsub.peer_topics.get(topic, ())))
+
+    def outbound_queues(self) -> dict[str, int]:
+        """The RPCs waiting in each GossipSub outbound queue, by peer id (`_pace_publishing` waits on them)."""
+        return self._call_sync(lambda: {peer.to_base58(): len(outbound)
+                                        for peer, outbound in self._pubsub.peer_queues.items()})
 
     def peer_score(self, peer_id: str) -> float:
         return self._call_sync(self._scores.score, peer_id)
@@ -739,20 +749,40 @@ class NetworkService:
         self._publish_send.send_nowait((topic, data))
 
     async def _pace_publishing(self, receive: trio.MemoryReceiveChannel) -> None:
-        """Publish queued messages one at a time, waiting while any peer's outbound
-        queue is filling: GossipSub drops silently once it holds 32 (notes, figures)."""
+        """Publish queued messages one at a time, waiting while a peer's outbound queue is filling: GossipSub
+        drops silently once it is full (notes, figures). Only the queues of peers pubsub still writes to count,
+        and a queue that stayed at the high water through a whole wait is stalled (a peer that does not read):
+        not waited for again until it drains, so one such peer cannot slow every publish (issue #14)."""
         async for topic, data in receive:
             waited = 0.0
-            while waited < 2.0 and any(len(q) >= self.config.outbound_high_water
-                                       for q in self._pubsub.peer_queues.values()):
-                await trio.sleep(0.002)
-                waited += 0.002
+            while self._filling_queues():
+                if waited >= self.config.outbound_wait_seconds:
+                    stalled = self._filling_queues()
+                    self._stalled_queues.update(stalled)
+                    self.stats["outbound_queues_stalled"] += len(stalled)
+                    logger.info("not waiting any more for the outbound queues of %s: they did not drain in %s s",
+                                ", ".join(sorted(peer.to_base58() for peer in stalled)),
+                                self.config.outbound_wait_seconds)
+                    break
+                await trio.sleep(OUTBOUND_POLL_SECONDS)
+                waited += OUTBOUND_POLL_SECONDS
             try:
                 await self._pubsub.publish(topic, data)
                 self.stats["published"] += 1
             except Exception:
                 logger.exception("publishing on %s failed", topic)
             await trio.sleep(self.config.publish_min_interval)
+
+    def _filling_queues(self) -> set[ID]:
+        """Peers whose GossipSub outbound queue is at the high water and not stalled (`_pace_publishing`)."""
+        live, filling = self._pubsub.peers, set()
+        for peer, outbound in self._pubsub.peer_queues.items():
+            if len(outbound) < self.config.outbound_high_water:
+                self._stalled_queues.discard(peer)
+            elif peer in live and peer not in self._stalled_queues:
+                filling.add(peer)
+        self._stalled_queues.intersection_update(self._pubsub.peer_queues)
+        return filling
 
     def _register_handler(self, protocol: str, handler: RequestHandler) -> None:
         self._handlers[protocol] = handler
@@ -849,7 +879,18 @@ class NetworkService:
             logger.warning("peer %s fell below the score threshold: disconnected and banned for %s s",
                            peer, self.config.ban_seconds)
             self._pubsub.add_to_blacklist(peer)
+            self._forget_pubsub_peer(peer)
             self._nursery.start_soon(self._disconnect, peer)
+
+    def _forget_pubsub_peer(self, peer: ID) -> None:
+        """What py-libp2p 0.8.1's blacklist leaves behind: it drops the peer's stream but not its outbound queue
+        nor the router's record of it, and the disconnect that follows skips both (the peer is no longer among
+        pubsub's peers), so the queue stayed for good, undrained, and paced every publish (issue #14)."""
+        outbound = self._pubsub.peer_queues.pop(peer, None)
+        if outbound is not None:
+            outbound.close()   # its sending task ends
+        self._stalled_queues.discard(peer)
+        self._pubsub.router.remove_peer(peer)
 
     async def _disconnect(self, peer: ID) -> None:
         try:

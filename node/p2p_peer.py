@@ -11,7 +11,7 @@ line on stdin:
     {"op": "publish", "topic": T, "count": K, "size": N, "interval": S, "prefix": HEX}
     {"op": "request", "peer": ID, "protocol": P, "size": N, "timeout": S}
     {"op": "received", "topic": T}                          # count and delivery latencies so far
-    {"op": "status"}                                        # peers, banned peers, stats
+    {"op": "status"}                                        # peers, banned peers, stats, outbound queues
     {"op": "garbage", "peer": ID, "port": N, "protocols": [...], "rounds": R}
     {"op": "stop"}
 
@@ -107,7 +107,8 @@ class _Peer:
         peers = self.service.peers()
         return {"peer_id": self.service.peer_id, "peers": peers,
                 "scores": {peer: self.service.peer_score(peer) for peer in peers},
-                "banned": self.service.banned_peers(), "stats": dict(self.service.stats)}
+                "banned": self.service.banned_peers(), "stats": dict(self.service.stats),
+                "outbound_queues": self.service.outbound_queues()}
 
     def op_garbage(self, peer, port, protocols, rounds=3, seed=0):
         """Misbehave towards `peer` on every protocol: random bytes, truncated frames,

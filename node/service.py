@@ -17,13 +17,16 @@ What the node does with the network (node/p2p.py's NetworkService):
 - gossip `bws/task/1`: signed iteration messages, signature checked before
   relay; a node with the supervisor role records every one in the store
   (the roles layer's supervisor acts on the record: equivocation, fraud).
+  One IGNOREd because the head does not hold its group yet is judged again
+  at the next heads (node/deferred_gossip.py).
 - request/response `/bws/sync/1` (node/sync.py's codec): status, main-chain
   blocks by height, a block by hash. Sync runs when a peer connects, when an
   orphan arrives, and every SYNC_INTERVAL seconds against peers with more work.
 - peers: `--peer` addresses and those peers announce are kept in `peers.json`
   and redialed with backoff (node/peerbook.py).
-- the mempool is saved to `mempool.bin` at stop and re-checked at start
-  (node/mempool_file.py); pending transactions are gossiped again every
+- the mempool is saved to `mempool.bin` (atomically: write, fsync, rename)
+  every MEMPOOL_SAVE_SECONDS when it changed and at stop, and re-checked at
+  start (node/mempool_file.py); pending transactions are gossiped again every
   REBROADCAST_SECONDS.
 
 Oracles: the spec's transition needs a `replay` and an `evaluate`. A node
@@ -62,6 +65,7 @@ from bws.spec.tasks import get_member_index
 
 from . import sync
 from .api import ApiError, ApiServer, from_json, to_json
+from .deferred_gossip import DeferredGossip
 from .mempool import Mempool, MempoolError
 from .mempool_file import MEMPOOL_FILE, MempoolFileError, read_mempool_file, write_mempool_file
 from .p2p import PROTOCOL_SYNC, TOPIC_BLOCK, TOPIC_TASK, TOPIC_TX, NetworkError, NetworkService, Verdict
@@ -83,6 +87,9 @@ SYNC_INTERVAL = 2.0
 # (publishing is paced at >= 2 ms a message).
 REBROADCAST_SECONDS = 60.0
 REBROADCAST_MAX_TRANSACTIONS = 1000
+# The mempool is saved this often when it changed (atomically), so a node killed with SIGKILL loses at most the
+# transactions of the last seconds; and at a clean stop.
+MEMPOOL_SAVE_SECONDS = 2.0
 NODE_INFO_FILE = "node.json"
 P2P_KEY_FILE = "p2p.key"
 TASK_STATUS_NAMES = {TASK_SUBMITTED: "submitted", TASK_GROUP_SELECTED: "group_selected", TASK_TRAINING: "training",
@@ -96,6 +103,17 @@ VALIDATION_MODES = {
     "trusting": "replays no iteration (no verifier role): trusts their claimed roots and checks every other rule; "
                 "imports gossiped blocks but relays none, since it could not check them",
 }
+
+
+def judge_at_head(head_state: C.State, signed: C.SignedIterationMessage) -> Verdict | None:
+    """A validly signed iteration message, against the head: ACCEPT a group member's message for an iteration of
+    its task, IGNORE one for an iteration beyond the task's, None when the head holds no such task or member
+    (maybe only behind the sender's head)."""
+    work = signed.message.work
+    task = head_state.tasks.get(work.task_id)
+    if task is None or get_member_index(task, work.miner) is None:
+        return None
+    return Verdict.IGNORE if work.iteration >= task.iterations else Verdict.ACCEPT
 
 
 class NodeError(Exception):
@@ -198,8 +216,12 @@ class Node:
         self._sync_wanted = threading.Event()
         self._sync_thread: threading.Thread | None = None
         self._rebroadcast_thread: threading.Thread | None = None
+        self._mempool_thread: threading.Thread | None = None
         self.counters = {"gossip_blocks": 0, "gossip_transactions": 0, "iteration_messages": 0,
-                         "synced_blocks": 0, "sync_failures": 0, "rebroadcast_transactions": 0}
+                         "synced_blocks": 0, "sync_failures": 0, "rebroadcast_transactions": 0,
+                         "iteration_messages_deferred_taken": 0}
+        # Iteration messages IGNOREd only because the head did not hold their group yet, judged again at new heads.
+        self.deferred_messages = DeferredGossip()
         # Hooks of the roles layer (node/roles/host.py): called with each
         # valid gossiped iteration message (signed, origin peer) after the
         # supervisor's record; with the new head state after a block moved the head; extra sections for
@@ -231,6 +253,9 @@ class Node:
         self._rebroadcast_thread = threading.Thread(target=self._rebroadcast_forever, name="bws-rebroadcast",
                                                     daemon=True)
         self._rebroadcast_thread.start()
+        self._mempool_thread = threading.Thread(target=self._save_mempool_forever, name="bws-mempool-save",
+                                                daemon=True)
+        self._mempool_thread.start()
         self._write_info(address)
         logger.info("node %s listening on %s (p2p), gives other nodes %s", self.network.peer_id,
                     self.settings.listen, address)
@@ -254,7 +279,7 @@ class Node:
         if self.dialer is not None:
             self.dialer.stop()
         self.network.stop()
-        for thread in (self._sync_thread, self._rebroadcast_thread):
+        for thread in (self._sync_thread, self._rebroadcast_thread, self._mempool_thread):
             if thread is not None:
                 thread.join(10)
         self._save_mempool()
@@ -297,6 +322,13 @@ class Node:
         if saved:
             logger.info("mempool: %d saved transaction(s) restored from %s, %d dropped (no longer valid at the "
                         "head)", len(saved) - dropped, path, dropped)
+
+    def _save_mempool_forever(self) -> None:
+        saved = self.mempool.changes   # as restored at start
+        while not self._stopping.wait(MEMPOOL_SAVE_SECONDS):
+            if self.mempool.changes != saved:
+                saved = self.mempool.changes
+                self._save_mempool()
 
     def _save_mempool(self) -> None:
         pending = sorted(self.mempool.transactions(), key=lambda record: (record.sender, record.nonce))
@@ -343,6 +375,7 @@ class Node:
             head_state = self.chain.head_state
             for listener in self.head_listeners:
                 listener(head_state)
+            self.deferred_messages.retry(self._take_deferred_message)
         if results[0].status == "orphan":
             self._sync_wanted.set()
         return results
@@ -418,26 +451,41 @@ class Node:
         IGNORE (kept and relayed by no one here) a message for a task this
         node's head does not hold, by a key outside the task's group, or for an
         iteration beyond the task's: any key can sign messages, only a group's
-        are worth relaying (issue #14's m4)."""
+        are worth relaying (issue #14's m4). The first two may only mean that
+        this node's head is behind the sender's (the block that drew the group
+        not imported yet): such a message is kept and judged again at the next
+        heads (node/deferred_gossip.py), not relayed then."""
         try:
             signed = decode(data, C.SignedIterationMessage)
         except DecodeError:
             return Verdict.REJECT
         if not is_signed_iteration_message_valid(signed):
             return Verdict.REJECT
-        work = signed.message.work
-        task = self.chain.head_state.tasks.get(work.task_id)
-        if task is None or get_member_index(task, work.miner) is None or work.iteration >= task.iterations:
+        verdict = judge_at_head(self.chain.head_state, signed)
+        if verdict is None:
+            self.deferred_messages.defer(data, signed)
             return Verdict.IGNORE
-        return Verdict.ACCEPT
+        return verdict
+
+    def _take_deferred_message(self, signed: C.SignedIterationMessage) -> bool:
+        """A message IGNOREd at an earlier head: taken, as if just gossiped, if the head now holds its group."""
+        if judge_at_head(self.chain.head_state, signed) is not Verdict.ACCEPT:
+            return False
+        self.counters["iteration_messages_deferred_taken"] += 1
+        self._take_iteration_message(signed, None, time.time())
+        return True
 
     def _on_iteration_message(self, message) -> None:
+        self._take_iteration_message(decode(message.data, C.SignedIterationMessage), message.origin,
+                                     message.received_at)
+
+    def _take_iteration_message(self, signed: C.SignedIterationMessage, origin: str | None,
+                                received_at: float) -> None:
         self.counters["iteration_messages"] += 1
-        signed = decode(message.data, C.SignedIterationMessage)
         if "supervisor" in self.roles:
-            self.record_iteration_message(signed, message.received_at)
+            self.record_iteration_message(signed, received_at)
         for listener in self.iteration_message_listeners:
-            listener(signed, message.origin)
+            listener(signed, origin)
 
     def record_iteration_message(self, signed: C.SignedIterationMessage, received_at: float) -> bool:
         """The supervisors' record (every valid message seen, by task, iteration

@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from bws.spec import containers as C
@@ -26,9 +26,10 @@ from bws.spec.constants import TASK_EVALUATION, TASK_TRAINING
 from bws.spec.encoding import encode
 from bws.spec.pouw import compute_message_digest
 
+from ..audit import PROTOCOL_AUDIT, AuditError, decode_messages_answer, messages_request
 from ..mempool import Mempool, MempoolError
 from ..p2p import PROTOCOL_DATA, TOPIC_BLOCK, TOPIC_TASK, TOPIC_TX, NetworkError
-from ..transition import claimed_result
+from ..transition import claimed_result, is_signed_iteration_message_valid
 from ..validation import Chain, TransactionRejected, ValidationError, transaction_pool_record
 from ..wallet import Account
 from .data import (
@@ -40,6 +41,8 @@ from .signed import SignedMessages
 logger = logging.getLogger("bws.node.roles")
 
 DATA_REQUEST_TIMEOUT = 20.0
+# An answer to a message request holds VERSIONS_KEPT messages of a few KiB each (a batch proof, the roots).
+MESSAGES_ANSWER_BYTES = 1 << 20
 OWN_ITERATIONS_KEPT = 256   # about the iterations whose nonces may still be mined
 REPLAYS_KEPT = 64
 SCORES_KEPT = 256          # final models scored: a group's models, for the tasks in evaluation
@@ -284,6 +287,29 @@ class RoleContext:
             self.metrics["tensors_fetched"] += 1
             return tensors
         raise RoleError(f"no peer has the tensors with root {bytes(root).hex()[:16]}…")
+
+    def fetch_iteration_message(self, task_id: bytes, iteration: int, miner: bytes, peers: list[str],
+                                wanted: Callable[[C.SignedIterationMessage], bool] = lambda signed: True,
+                                timeout: float = DATA_REQUEST_TIMEOUT) -> tuple[C.SignedIterationMessage, str] | None:
+        """A signed message of (task, iteration, miner) that one of `peers` recorded, with that peer: each is
+        asked once, in order, over `/bws/audit/1`; what it answers counts only if it is that key's, validly
+        signed by the miner, and `wanted`. None if no peer has one."""
+        request = messages_request(task_id, iteration, miner)
+        for peer in peers:
+            try:
+                answer = self.network.request(peer, PROTOCOL_AUDIT, request, timeout=timeout,
+                                              max_response_bytes=MESSAGES_ANSWER_BYTES)
+                recorded = decode_messages_answer(answer)
+            except (NetworkError, AuditError) as error:
+                logger.info("message request to %s failed: %s", peer[:12], error)
+                continue
+            for signed in recorded:
+                work = signed.message.work
+                if (bytes(work.task_id), int(work.iteration), bytes(work.miner)) == (bytes(task_id), iteration,
+                                                                                       bytes(miner)) \
+                        and wanted(signed) and is_signed_iteration_message_valid(signed):
+                    return signed, peer
+        return None
 
     def serve_data(self, request: bytes) -> bytes:
         """The `/bws/data/1` handler: a cached bundle by root, or NOT_FOUND."""

@@ -3,9 +3,11 @@ iteration message (IT_RES) after every iteration, and mines blocks with the
 nonces its iterations earn.
 
 One iteration i of task T by member j (spec/pouw.py, spec/tasks.py):
-1. wait (bounded) for the other members' IT_RES(i - 1) and fetch the updates
-   they name over `/bws/data/1`; apply those that arrived (a set: the sum of
-   integer updates does not depend on their order);
+1. wait (bounded) for the other members' IT_RES(i - 1), ask peers over
+   `/bws/audit/1` for those not heard (a message gossiped before this node's
+   head held the group was IGNOREd here), and fetch the updates they name over
+   `/bws/data/1`; apply those that arrived (a set: the sum of integer updates
+   does not depend on their order);
 2. choose the header of the block the iteration's nonces may mine: parent =
    the current head, next height, a timestamp, the mempool's transactions,
    the target; train on batch compute_batch_index(T, i, j) of the task's
@@ -98,6 +100,11 @@ BOOTSTRAP_TURN_SAMPLES = 16           # the in-turn block intervals the median i
 # While a task is in evaluation, slower: its window is only evaluation_period
 # blocks, and the evaluator's result must reach a block inside it.
 EVALUATION_BOOTSTRAP_INTERVAL_SECONDS = 1.5
+# A peer's message not heard by then is asked for (/bws/audit/1): from this many peers per member at most, each
+# request this long at most, all of one iteration's within MESSAGE_ASK_SECONDS.
+MESSAGE_ASKS_PER_MEMBER = 4
+MESSAGE_REQUEST_SECONDS = 5.0
+MESSAGE_ASK_SECONDS = 10.0
 CLIENT_TASK_QUIET_SECONDS = 6.0  # a client task with no message this long is no longer being trained
 MAX_BLOCK_TRANSACTION_BYTES = 1 << 20
 PROVER_POLL_SECONDS = 0.1        # how often an idle proving thread looks at the stop flag
@@ -478,6 +485,8 @@ class Miner:
             return [], []
         wait = FIRST_PEER_WAIT_SECONDS if iteration == 1 else PEER_WAIT_SECONDS
         found = self.context.messages.wait_for(task_id, iteration - 1, others, time.monotonic() + wait, self.context.stop)
+        if len(found) < len(others) and not self.context.stop.is_set():
+            found.update(self._ask_for_missed_messages(task_id, iteration - 1, [m for m in others if m not in found]))
         updates, roots = [], []
         for miner, signed in sorted(found.items()):
             root = bytes(signed.message.work.update_root)
@@ -490,6 +499,36 @@ class Miner:
         if len(roots) < len(others):
             self.context.metrics["peer_updates_missed"] += len(others) - len(roots)
         return updates, roots
+
+    def _ask_for_missed_messages(self, task_id: bytes, iteration: int,
+                                 missing: list[bytes]) -> dict[bytes, C.SignedIterationMessage]:
+        """The missing members' messages of `iteration` that peers recorded though this node did not (a gossiped
+        message is IGNOREd and lost while the receiver's head does not yet hold the task's group): asked once per
+        iteration, each member's from at most MESSAGE_ASKS_PER_MEMBER peers (the one it was last heard from
+        first), within MESSAGE_ASK_SECONDS in all, and added to the message log as if gossiped."""
+        context = self.context
+        deadline = time.monotonic() + MESSAGE_ASK_SECONDS
+        peers = list(context.network.peers())
+        recovered = {}
+        for miner in missing:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or context.stop.is_set():
+                break
+            preferred = context.messages.peer_of(miner)
+            ordered = ([preferred] if preferred in peers else []) + [p for p in peers if p != preferred]
+            context.metrics["peer_messages_asked"] += 1
+            found = context.fetch_iteration_message(task_id, iteration, miner, ordered[:MESSAGE_ASKS_PER_MEMBER],
+                                                    timeout=min(MESSAGE_REQUEST_SECONDS, remaining))
+            if found is None:
+                continue
+            signed, peer = found
+            if context.messages.add(signed, peer):
+                context.metrics["peer_messages_recovered"] += 1
+                context.note_task_activity(task_id)
+            kept = context.messages.get(task_id, iteration, miner)
+            if kept:   # the first version, as the wait takes it (the bounds may refuse one)
+                recovered[miner] = kept[0]
+        return recovered
 
     # -- headers and blocks -----------------------------------------------
     def _commit_header(self, head_state: C.State) -> CommittedBlock:

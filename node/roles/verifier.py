@@ -39,10 +39,9 @@ from bws.spec.hashing import hash_bytes
 from bws.spec.pouw import get_input_mask_seed
 from bws.spec.state_transition import ReplayUnavailable
 
-from ..audit import PROTOCOL_AUDIT, AuditError, decode_messages_answer, messages_request, reference_replay
-from ..p2p import NetworkError
-from ..transition import claimed_result, is_signed_iteration_message_valid
-from .context import DATA_REQUEST_TIMEOUT, RoleContext, RoleError
+from ..audit import reference_replay
+from ..transition import claimed_result
+from .context import RoleContext, RoleError
 from .data import DataError, bundle_root
 from .disputes import Disputes
 from .library import LoadedTask, TaskUnavailable, at_iteration, flat, tree
@@ -121,18 +120,8 @@ def find_signed_message(context: RoleContext, task_id: bytes, iteration: int, mi
     heard = [s for s in context.messages.get(*key) if accept(s)]
     if heard:
         return heard[0]
-    for peer in context.network.peers():
-        try:
-            answer = context.network.request(peer, PROTOCOL_AUDIT, messages_request(*key), timeout=DATA_REQUEST_TIMEOUT)
-            recorded = decode_messages_answer(answer)
-        except (NetworkError, AuditError) as error:
-            logger.info("message request to %s failed: %s", peer[:12], error)
-            continue
-        found = [s for s in recorded if s.message.work.task_id == key[0] and s.message.work.iteration == key[1]
-                 and s.message.work.miner == key[2] and accept(s) and is_signed_iteration_message_valid(s)]
-        if found:
-            return found[0]
-    return None
+    found = context.fetch_iteration_message(*key, list(context.network.peers()), accept)
+    return found[0] if found is not None else None
 
 
 def signed_message(context: RoleContext, message: C.IterationMessage) -> C.SignedIterationMessage | None:

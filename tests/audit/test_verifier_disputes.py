@@ -47,7 +47,7 @@ class MinerPeer:
     def peers(self) -> list[str]:
         return ["miner"] if self.cache is not None else []
 
-    def request(self, peer, protocol, data, timeout=None) -> bytes:
+    def request(self, peer, protocol, data, timeout=None, max_response_bytes=None) -> bytes:
         if protocol == PROTOCOL_AUDIT:
             return self.audit.serve(peer, data)
         encoded = self.cache.get(parse_request(data, DATA_TENSORS, ROOT_BYTES))

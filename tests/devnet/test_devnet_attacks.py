@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from bws.node.deferred_gossip import DeferredGossip
 from bws.node.audit_devnet import ByzantineSpecError, node_environment, parse_byzantine
 from bws.node.devnet_attacks import (
     FLOOD, JUNK_BURST_SIZE, JUNK_FRAUD_PROOFS, POISON_TASK, RESTART, STALL_TASK, AttackOutcome, attack_failures,
@@ -101,7 +102,7 @@ def test_the_miner_passes_over_a_client_task_it_cannot_load(chain):
 
 def test_every_flood_message_is_ignored_by_the_gossip_validator(chain):
     factory, _, state, attacker = chain
-    node = SimpleNamespace(chain=SimpleNamespace(head_state=state))
+    node = SimpleNamespace(chain=SimpleNamespace(head_state=state), deferred_messages=DeferredGossip())
     for who in (attacker, Account(factory.miners[0].secret)):   # outside the group, and a member
         targets = flood_targets(state.tasks, who.address)
         assert targets and all(isinstance(i, int) for _, i in targets)

@@ -1,6 +1,10 @@
-"""The mempool across a restart (node/mempool_file.py): saved at stop, re-checked at start,
-rebroadcast so that a peer that missed the gossip still gets the transaction."""
+"""The mempool across a restart (node/mempool_file.py): saved while it changes and at stop, re-checked at
+start, rebroadcast so that a peer that missed the gossip still gets the transaction."""
+import json
 import logging
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -91,3 +95,36 @@ def test_rebroadcast_reaches_a_peer_that_missed_the_gossip(tmp_path, factory):
         if b is not None:
             b.stop()
         a.stop()
+
+
+def test_a_node_killed_with_sigkill_keeps_its_pending_transactions(tmp_path, factory):
+    """The mempool was written only at a clean stop: a node killed with kill -9 lost it. Now it is saved (write,
+    fsync, rename) every MEMPOOL_SAVE_SECONDS while it changes."""
+    from bws.node.api import ApiClient
+    from bws.node.service import write_genesis
+
+    alice, bob = factory.users[0], factory.users[1]
+    pending = [factory.transfer(alice, bob.address, 10**8, nonce=n) for n in range(2)]
+    genesis = tmp_path / "genesis.json"
+    write_genesis(genesis, factory.genesis)
+    data_dir = tmp_path / "n"
+    process = subprocess.Popen([sys.executable, "-m", "bws.node.cli", "node", "run", "--data-dir", str(data_dir),
+                                "--genesis", str(genesis), "--api-port", "0", "--port", "0", "--log-level", "warning"],
+                               stdout=subprocess.DEVNULL)
+    try:
+        info = data_dir / "node.json"
+        wait_for(lambda: info.exists() and json.loads(info.read_text() or "{}").get("pid") == process.pid,
+                 timeout=90, what="the node started")
+        client = ApiClient(json.loads(info.read_text())["api"], timeout=10)
+        for tx in pending:
+            client.post("/tx", {"transaction": encode(tx).hex()})
+        wait_for(lambda: len(read_mempool_file(data_dir / MEMPOOL_FILE)) == 2, timeout=60,
+                 what="the pending transactions saved while the node runs")
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    node = Node(NodeSettings(data_dir=data_dir, genesis=factory.genesis)).start()
+    try:
+        assert sorted(tx.tx_id for tx in node.mempool.transactions()) == sorted(transaction_id(tx) for tx in pending)
+    finally:
+        node.stop()

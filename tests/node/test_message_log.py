@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from types import SimpleNamespace
 
+from bws.node.deferred_gossip import DeferredGossip
 from bws.node.roles import context as roles_context
 from bws.node.roles.context import (
     FORGET_AFTER_BLOCKS, ITERATIONS_KEPT_PER_MINER, VERSIONS_KEPT, MessageLog, RoleContext,
@@ -67,7 +68,8 @@ def test_a_new_head_forgets_the_roles_per_task_state():
                                                  head_state=state),
                            mempool=SimpleNamespace(prune=lambda *senders: None), _head_changed_at=0.0,
                            _sync_wanted=threading.Event(),
-                           head_listeners=[lambda head: RoleContext.follow_head(roles, head)])
+                           head_listeners=[lambda head: RoleContext.follow_head(roles, head)],
+                           deferred_messages=DeferredGossip(), _take_deferred_message=lambda signed: False)
     Node.import_block(node, "a block")
     assert len(log) == 0
     assert roles.gauges == {("evaluation", TRAINING): [], "last_loss": 0.5}

@@ -287,12 +287,13 @@ def test_only_a_groups_iteration_messages_are_relayed_and_kept(one_miner, tmp_pa
     keeps at most two versions of one (task, iteration, miner)."""
     from types import SimpleNamespace
     from bws.node.p2p import Verdict
+    from bws.node.deferred_gossip import DeferredGossip
     from bws.node.roles.context import MessageLog
     from bws.node.service import Node
     from bws.spec.encoding import encode
     context = make_node(one_miner, tmp_path, "node0", one_miner[1][0], {})
     (task_id, task), = context.chain.head_state.tasks.items()
-    node = SimpleNamespace(chain=context.chain)
+    node = SimpleNamespace(chain=context.chain, deferred_messages=DeferredGossip())
     member, outsider = one_miner[1][0], derive_account(7, "outsider")
 
     def message(account, loss=0, **fields):
@@ -316,3 +317,58 @@ def test_only_a_groups_iteration_messages_are_relayed_and_kept(one_miner, tmp_pa
     log = MessageLog()
     assert [log.add(message(member, loss=n), None) for n in range(3)] == [True, True, False]
     assert len(log.get(task_id, 5, member.address)) == 2
+
+
+def test_a_member_that_missed_a_peers_message_on_gossip_asks_for_it_and_uses_it(one_miner, tmp_path, monkeypatch):
+    """Issue #14: a gossiped iteration message is IGNOREd while the receiver's head does not yet hold the task's
+    group, and was then lost: the member waiting for it trained on without the peer's update. Now, once its
+    wait times out, it asks its peers (`/bws/audit/1`) for the missing message, checks it, keeps it and applies
+    the update it names."""
+    from bws.node.audit import PROTOCOL_AUDIT
+    from bws.node.roles import miner as module
+    monkeypatch.setattr(module, "FIRST_PEER_WAIT_SECONDS", 0.5)
+    nodes = {}
+    peer, (sent,), _ = mine(one_miner, tmp_path, pipelined=False, nodes=nodes, iterations=1)
+    work = sent.message.work
+    member = make_node(one_miner, tmp_path, "member", derive_account(7, "member"), nodes)
+    assert member.messages.get(work.task_id, 0, work.miner) == []   # missed on gossip
+
+    updates, roots = Miner(member)._peer_updates(bytes(work.task_id), 1, [bytes(work.miner)])
+    assert roots == [bytes(work.update_root)] and len(updates) == 1
+    assert member.messages.get(work.task_id, 0, work.miner) == [sent]
+    assert member.metrics["peer_messages_recovered"] == 1 and member.metrics["peer_updates_missed"] == 0
+    asked = [request for request in member.network.requests if request[1] == PROTOCOL_AUDIT]
+    assert [request[0] for request in asked] == ["node0"]
+
+
+def test_asking_for_a_missed_message_is_bounded_and_takes_only_that_members_signed_message(one_miner, tmp_path,
+                                                                                           monkeypatch):
+    """A member asks at most MESSAGE_ASKS_PER_MEMBER peers once per iteration, and takes from their answers
+    only a message of the key it asked, signed by that member: not another iteration's, not a forged one."""
+    from bws.node.audit import PROTOCOL_AUDIT
+    from bws.node.roles import miner as module
+    from bws.node.roles.context import MessageLog
+    monkeypatch.setattr(module, "FIRST_PEER_WAIT_SECONDS", 0.2)
+    nodes = {}
+    peer, (sent,), _ = mine(one_miner, tmp_path, pipelined=False, nodes=nodes, iterations=1)
+    work = sent.message.work
+    member = make_node(one_miner, tmp_path, "member", derive_account(7, "member"), nodes)
+    outsider = derive_account(7, "outsider")
+    other_iteration = dataclasses.replace(sent.message, work=dataclasses.replace(work, iteration=1))
+    forged = dataclasses.replace(sent, message=dataclasses.replace(sent.message, header_commitment=bytes(32)),
+                                 signature=sign_iteration_message(outsider.secret_key, outsider.public_key,
+                                                                  sent.message).signature)
+    # Two peers that answer the key asked with a wrong message, then peers that have none.
+    for name, message in (("liar-iteration", sign_iteration_message(peer.account.secret_key, peer.public_key,
+                                                                   other_iteration)),
+                          ("liar-forged", forged)):
+        nodes[name] = SimpleNamespace(messages=SimpleNamespace(get=lambda *key, m=message: [m]))
+    for index in range(6):
+        nodes[f"empty{index}"] = SimpleNamespace(messages=MessageLog())
+    del nodes["node0"]   # the one node that holds the real message is not connected
+
+    assert Miner(member)._peer_updates(bytes(work.task_id), 1, [bytes(work.miner)]) == ([], [])
+    asked = [request for request in member.network.requests if request[1] == PROTOCOL_AUDIT]
+    assert len(asked) == module.MESSAGE_ASKS_PER_MEMBER
+    assert len(member.messages) == 0   # neither wrong answer was kept
+    assert member.metrics["peer_messages_asked"] == 1 and member.metrics["peer_updates_missed"] == 1

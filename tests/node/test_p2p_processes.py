@@ -5,6 +5,8 @@ call has its own timeout and every test a pytest timeout, and the fixture kills
 whatever is left (a stuck peer can never hang the suite, notes rule 8).
 """
 import hashlib
+import os
+import signal
 import time
 
 import pytest
@@ -166,3 +168,63 @@ def test_restart_with_the_same_key_on_a_new_port_reconnects(spawn):
     assert a.call("request", peer=b2.peer_id, protocol=PROTOCOL_SYNC, size=10)["bytes"] == 10
     assert b2.call("connect", addr=a.addr)["peer"] == a.peer_id
     assert b2.call("request", peer=a.peer_id, protocol=PROTOCOL_SYNC, size=10)["bytes"] == 10
+
+
+def test_a_node_that_banned_a_peer_still_gossips_at_the_usual_latency(spawn):
+    """Issue #14: after a node banned a garbage-sending peer, its own gossip reached its other peers only through
+    sync polling, and not again after the ban expired. The banned peer, a slow reader, had 32 or more RPCs in
+    its GossipSub outbound queue; py-libp2p's blacklist drops the peer's stream but leaves that queue behind,
+    undrained, and the node waited 2 s before every publish while any queue held 32. Here the bad peer sends
+    invalid gossip, then stops reading (SIGSTOP) while the node publishes a burst, so its queue fills; the
+    node's slow validator bans it seconds later. Then the node's gossip must reach its honest peer
+    about as fast as before."""
+    target, honest, bad = spawn("ban-target", "ban-honest", "ban-bad")
+    target.call("subscribe", topic=TOPIC_BLOCK, reject_prefix=BAD, validator_seconds=0.5)
+    for node in (honest, bad):
+        node.call("subscribe", topic=TOPIC_BLOCK)
+        node.call("connect", addr=target.addr)
+    time.sleep(2.5)   # two heartbeats: meshes form
+    target.call("publish", topic=TOPIC_BLOCK, count=10, size=500, interval=0.05)
+    wait_until(lambda: honest.call("received", topic=TOPIC_BLOCK)["count"] == 10, what="the first gossip")
+    before = honest.call("received", topic=TOPIC_BLOCK)["latencies"]
+
+    bad.call("publish", topic=TOPIC_BLOCK, count=8, size=100, prefix=BAD)   # 25 each: banned at the 5th or so
+    wait_until(lambda: bad.call("status")["stats"]["published"] == 8, what="the invalid gossip sent")
+    time.sleep(0.5)
+    os.kill(bad.process.pid, signal.SIGSTOP)   # reads nothing from now on
+    burst_started = time.monotonic()
+    target.call("publish", topic=TOPIC_BLOCK, count=80, size=20_000)
+    wait_until(lambda: bad.peer_id in target.call("status")["banned"], timeout=30, what="the bad peer banned")
+    banned_after = time.monotonic() - burst_started
+    wait_until(lambda: honest.call("received", topic=TOPIC_BLOCK)["count"] == 90, timeout=60, what="the burst")
+    print(f"banned {banned_after:.1f} s into the burst, which was delivered in {time.monotonic() - burst_started:.1f} s")
+
+    target.call("publish", topic=TOPIC_BLOCK, count=10, size=500, interval=0.05)
+    wait_until(lambda: honest.call("received", topic=TOPIC_BLOCK)["count"] == 100, timeout=60,
+               what="the gossip after the ban")
+    after = honest.call("received", topic=TOPIC_BLOCK)["latencies"][-10:]
+    print(f"latency before the ban: max {max(before):.3f} s; after: max {max(after):.3f} s")
+    assert max(after) < 1.0 + 5 * max(before), (before, after)
+    assert bad.peer_id not in target.call("status")["outbound_queues"]   # nothing left behind
+
+
+def test_a_peer_that_stops_reading_does_not_slow_the_gossip_to_the_others(spawn):
+    """Publishing waited up to 2 s before every message while any peer's outbound queue held 32: one peer that
+    stops reading (here SIGSTOP, not banned) slowed the node's gossip to every peer to one message per 2 s.
+    Now a queue still full after one wait is not waited for again until it drains."""
+    target, honest, frozen = spawn("stall-target", "stall-honest", "stall-frozen")
+    target.call("subscribe", topic=TOPIC_BLOCK)
+    for node in (honest, frozen):
+        node.call("subscribe", topic=TOPIC_BLOCK)
+        node.call("connect", addr=target.addr)
+    time.sleep(2.5)   # two heartbeats: meshes form
+    os.kill(frozen.process.pid, signal.SIGSTOP)
+    started = time.monotonic()
+    target.call("publish", topic=TOPIC_BLOCK, count=80, size=20_000)
+    wait_until(lambda: honest.call("received", topic=TOPIC_BLOCK)["count"] == 80, timeout=60, what="the burst")
+    seconds = time.monotonic() - started
+    status = target.call("status")
+    print(f"80 messages of 20 kB past a frozen peer in {seconds:.1f} s; its queue holds "
+          f"{status['outbound_queues'].get(frozen.peer_id)}")
+    assert status["stats"]["outbound_queues_stalled"] >= 1
+    assert seconds < 20   # one message per 2 s (the old pacing) would take 160 s

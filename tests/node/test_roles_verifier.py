@@ -4,7 +4,7 @@ by root), and a forged nonce, a tampered iteration message, a wrong batch, a
 replay mismatch and withheld inputs are each rejected by every node.
 
 Nodes here are in-process role contexts over their own DuckDB stores; their
-`/bws/data/1` requests go straight to the other contexts' handlers (the
+`/bws/data/1` and `/bws/audit/1` requests go straight to the other contexts' handlers (the
 libp2p transport itself is tested in test_p2p*.py, the whole path in
 tests/devnet)."""
 from __future__ import annotations
@@ -22,6 +22,7 @@ from bws.spec.genesis import create_genesis_state, get_genesis_block
 from bws.spec.hashing import hash_bytes
 from bws.spec.pouw import compute_message_digest, compute_nonce, compute_nonce_seed, get_nonce_allowance, is_valid_pow, \
     sign_iteration_message
+from bws.node.audit import PROTOCOL_AUDIT, AuditServer
 from bws.node.devnet import DevnetOptions, build_task, derive_account, make_genesis
 from bws.node.mempool import Mempool
 from bws.node.p2p import PROTOCOL_DATA, TOPIC_BLOCK
@@ -41,12 +42,15 @@ class LoopbackNetwork:
     """The part of NetworkService the roles use, between in-process nodes."""
 
     def __init__(self, name: str, nodes: dict) -> None:
-        self.name, self.nodes, self.published = name, nodes, []
+        self.name, self.nodes, self.published, self.requests = name, nodes, [], []
 
     def peers(self) -> list[str]:
         return [name for name in self.nodes if name != self.name]
 
-    def request(self, peer: str, protocol: str, data: bytes, timeout=None) -> bytes:
+    def request(self, peer: str, protocol: str, data: bytes, timeout=None, max_response_bytes=None) -> bytes:
+        self.requests.append((peer, protocol, data))
+        if protocol == PROTOCOL_AUDIT:   # the iteration messages the peer saw, as its audit server answers
+            return AuditServer(self.nodes[peer]).serve(self.name, data)
         assert protocol == PROTOCOL_DATA
         return self.nodes[peer].serve_data(data)
 
