@@ -36,7 +36,7 @@ from hypothesis import event, note, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from bws.node import transition as N
-from bws.node.review import TOY_CONFIG, ReviewError, ToyChain
+from bws.node.review import LOCKSTEP_COMMITMENT, TOY_CONFIG, ReviewError, ToyChain
 from bws.node.validation import BlockRejected, precheck_block
 from bws.spec import containers as C
 from bws.spec import state_transition as T
@@ -51,7 +51,7 @@ NAME_OF = {address: name for name, address in TOY.address.items()}
 # Honest blocks slash nobody (slashed miners would stop the chain); the others may.
 HONEST_KINDS = ("transfer", "transfer", "stake", "unstake", "unstake", "submit_task", "submit_task", "cancel_task",
                 "evaluation", "evaluation", "false_accusation")  # repeats: weights
-TRANSACTION_KINDS = HONEST_KINDS + ("equivocation", "fraud")
+TRANSACTION_KINDS = HONEST_KINDS + ("equivocation", "fraud", "broken_link")
 ENVELOPE_MUTATIONS = ("nonce_ahead", "nonce_used", "fee_below_minimum", "wrong_chain_id", "bad_signature", "high_s",
                       "key_not_senders")
 BLOCK_MUTATIONS = ("state_root", "iteration_signature", "high_s_iteration_signature", "height", "timestamp", "target",
@@ -233,6 +233,13 @@ class TransitionVersusSpec(RuleBasedStateMachine):
             return C.Equivocation(first=first, second=second)
         if kind == "false_accusation":
             return C.FraudProof(message=first)
+        if kind == "broken_link":   # the toy's lockstep messages chain; a made-up state before does not
+            earlier, later = (TOY.honest_message(miner, TOY.genesis_task_id, task, i, LOCKSTEP_COMMITMENT)
+                              for i in (iteration, iteration + 1))
+            if data.draw(st.booleans(), label="a state never trained to"):
+                later = TOY.signed_message(miner, dataclasses.replace(
+                    later.message.work, state_before_root=hash_bytes(b"a state never trained to")), LOCKSTEP_COMMITMENT)
+            return C.BrokenLink(earlier=earlier, later=later)
         forged = data.draw(st.sampled_from(("update_root", "state_before_root")), label="forged field")
         return C.FraudProof(message=TOY.signed_message(
             miner, dataclasses.replace(work, **{forged: hash_bytes(b"forged " + forged.encode())}),
