@@ -35,6 +35,9 @@ DEFAULT_P2P_PORT = 30645
 RUN_DEFAULTS = {"roles": ["peer"], "peer": [], "api_port": DEFAULT_API_PORT, "api_host": "127.0.0.1",
                 "log_level": "info"}
 
+# Options that give one setting two ways: a flag for either one overrides the file's key for both.
+ONE_OPTION = {"port": {"listen"}, "listen": {"port"}}
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     from bws.node.config import comma_separated, config_keys
@@ -104,8 +107,9 @@ def with_config(args: argparse.Namespace) -> argparse.Namespace:
     except ConfigError as error:
         raise CommandError(str(error)) from None
     merged = argparse.Namespace(**vars(args))
+    given = {name for name in args.config_keys if getattr(args, name) is not None}
     for name in args.config_keys:
-        if getattr(args, name) is None:
+        if getattr(args, name) is None and not given & ONE_OPTION.get(name, set()):
             setattr(merged, name, from_file.get(name, RUN_DEFAULTS.get(name)))
     for name in ("data_dir", "genesis"):
         if getattr(merged, name) is None:

@@ -81,6 +81,9 @@ def test_flags_win_over_the_file_and_the_file_over_the_defaults(tmp_path):
     assert args.api_port == 9000 and args.peer == ["/ip4/1.2.3.4/tcp/1/p2p/x"] and args.roles == ["peer"]
     assert args.data_dir == tmp_path / "n1" and args.log_level == "debug"
     assert args.api_host == RUN_DEFAULTS["api_host"] and args.port is None and args.log_file is None
+    path.write_text('port = 30650\n')
+    assert with_config(parse_run("--config", str(path), "--listen", "/ip4/0.0.0.0/tcp/1", "--data-dir", "d",
+                                 "--genesis", "g")).port is None   # --listen is the port too: it wins over `port`
     plain = with_config(parse_run("--data-dir", "d", "--genesis", "g.json"))
     assert {name: getattr(plain, name) for name in RUN_DEFAULTS} == RUN_DEFAULTS
     with pytest.raises(CommandError, match=r"give --genesis \(or genesis in the --config file\)"):
