@@ -225,7 +225,7 @@ def read_password(password_file: Path | None, confirm: bool = False) -> str:
             raise ValueError(f"cannot read the password file {password_file}: {error.strerror}") from None
     if os.environ.get(PASSWORD_ENV):
         return os.environ[PASSWORD_ENV]
-    if not sys.stdin.isatty():
+    if sys.stdin is None or not sys.stdin.isatty():   # None: the process started with stdin closed
         raise ValueError(f"no password: give --password-file, set ${PASSWORD_ENV}, or run in a terminal to type it")
     password = getpass.getpass("password: ")
     if confirm and getpass.getpass("again: ") != password:

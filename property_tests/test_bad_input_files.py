@@ -203,3 +203,39 @@ def test_mempool_file(data):
                 check_transaction_envelope(decode_received(raw, C.SignedTransaction), DEVNET.chain_id)
             except TransactionRejected:
                 pass
+
+
+CONFIG_FILE = (b'data_dir = "n1"\ngenesis = "genesis.json"\nroles = ["peer", "verifier", "miner"]\n'
+               b'peer = ["/ip4/127.0.0.1/tcp/30645/p2p/12D3KooWabc"]\napi_port = 8645\nlog_level = "info"\n')
+toml_values = st.one_of(st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=False), st.text(max_size=12),
+                        st.lists(st.one_of(st.integers(), st.text(max_size=8)), max_size=3))
+
+
+def _toml_value(value) -> str:
+    """`value` written as TOML (json.dumps writes TOML's strings, integers, floats and arrays)."""
+    return ("true" if value else "false") if isinstance(value, bool) else json.dumps(value)
+
+
+@given(st.one_of(st.binary(max_size=300), mutated(CONFIG_FILE),
+                 st.builds(lambda key, value: CONFIG_FILE + f"{key} = {_toml_value(value)}\n".encode(),
+                           st.sampled_from(["api_port", "roles", "peer", "log_level", "data_dir", "other"]),
+                           toml_values)))
+@example(CONFIG_FILE + b"api_port = 99999999999999999999\n")
+def test_node_config_file(data):
+    """`bws node run --config FILE` (node/config.py), damaged any way: the options, each of its flag's type, or a
+    ConfigError naming the file, never another exception."""
+    from bws.node.cli import build_parser
+    from bws.node.config import ConfigError, read_config
+
+    keys = build_parser(only="node").parse_args(["node", "run"]).config_keys
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "node.toml"
+        path.write_bytes(data)
+        try:
+            options = read_config(path, keys)
+        except ConfigError as error:
+            assert str(error).startswith(str(path)) or str(error).endswith(str(path))
+            return
+        for name, value in options.items():
+            expected = {"strings": list, "integer": int, "string": (str, Path)}[keys[name].kind]
+            assert isinstance(value, expected) and not isinstance(value, bool), (name, value)

@@ -3,13 +3,15 @@
     bws node run --data-dir ~/.bws/node1 --genesis genesis.json --api-port 8645
     bws node run --data-dir ~/.bws/node2 --genesis genesis.json --api-port 8646 \\
         --peer /ip4/127.0.0.1/tcp/40123/p2p/16Uiu2...
+    bws node run --config node.toml                 # the same options in a TOML file (node/config.py)
     bws node peers --api http://127.0.0.1:8646
 
 The node opens (or creates) its chain store in the data dir, joins the
 network, syncs from its peers, relays transactions and, with the verifier
 role (it replays them), blocks, and serves the HTTP API (127.0.0.1 unless
 --api-host). Stop it with Ctrl-C or SIGTERM: it closes the store cleanly
-(and a SIGKILL loses nothing it had acknowledged).
+(and a SIGKILL loses nothing it had acknowledged). It logs in one format
+(node/logs.py), to stderr or --log-file.
 """
 from __future__ import annotations
 
@@ -29,22 +31,39 @@ DEFAULT_API_PORT = 8645
 DEFAULT_P2P_PORT = 30645
 
 
+# The defaults of `bws node run`'s options, applied after the config file's values (flags > file > these).
+RUN_DEFAULTS = {"roles": ["peer"], "peer": [], "api_port": DEFAULT_API_PORT, "api_host": "127.0.0.1",
+                "log_level": "info"}
+
+# Options that give one setting two ways: a flag for either one overrides the file's key for both.
+ONE_OPTION = {"port": {"listen"}, "listen": {"port"}}
+
+
 def register(parser: argparse.ArgumentParser) -> None:
+    from bws.node.config import comma_separated, config_keys
+    from bws.node.logs import LOG_LEVELS
+
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = commands.add_parser("run", help="run a full node (store, network, sync, API) until interrupted",
-                              description="Run a full node until Ctrl-C or SIGTERM.")
-    run.add_argument("--data-dir", required=True, type=Path, help="the node's folder (chain store, p2p key, node.json)")
-    run.add_argument("--genesis", required=True, type=Path, help="genesis file (JSON; see `bws chain genesis`)")
-    run.add_argument("--roles", default="peer",
+                              description="Run a full node until Ctrl-C or SIGTERM. Every option but --config can "
+                                          "be given in the config file instead (docs/node.md).")
+    run.add_argument("--config", type=Path, metavar="FILE",
+                     help="a TOML file of options, keys named as the long flags (data_dir = \"n1\", roles = "
+                          "[\"peer\", \"miner\"], peer = [...]); a flag given here wins over its key")
+    run.add_argument("--data-dir", type=Path, help="the node's folder (chain store, p2p key, node.json); required")
+    run.add_argument("--genesis", type=Path, help="genesis file (JSON; see `bws chain genesis`); required")
+    run.add_argument("--roles", type=comma_separated,
                      help="comma-separated roles: peer, verifier (replay every block's iteration; without it the node "
                           "trusts iterations' claimed roots and relays no gossiped block), miner (train "
                           "task groups, mine), supervisor (record and check iteration messages), evaluator (score "
                           "final models, finalize tasks), client (default: peer)")
-    run.add_argument("--keystore", help="the node's keystore (bws wallet new): miner, supervisor and evaluator sign with it")
-    run.add_argument("--password-file",
+    run.add_argument("--keystore", type=Path,
+                     help="the node's keystore (bws wallet new): miner, supervisor and evaluator sign with it")
+    run.add_argument("--password-file", type=Path,
                      help="file holding the keystore's password (else $BWS_WALLET_PASSWORD, else a prompt)")
-    run.add_argument("--dataset-dir", help="TFDS data directory for task datasets (default: $BWS_DATA_DIR or ~/.cache/bws/tensorflow_datasets)")
-    run.add_argument("--peer", action="append", default=[], metavar="MULTIADDR",
+    run.add_argument("--dataset-dir", type=Path,
+                     help="TFDS data directory for task datasets (default: $BWS_DATA_DIR or ~/.cache/bws/tensorflow_datasets)")
+    run.add_argument("--peer", action="append", metavar="MULTIADDR",
                      help="a peer to connect to, /ip4/…/tcp/…/p2p/<peer id> or /ip6/…; remembered in the data "
                           "dir's peers.json and redialed with backoff whenever it is not connected (repeatable)")
     run.add_argument("--port", type=int, metavar="P",
@@ -56,9 +75,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--announce", metavar="MULTIADDR",
                      help="the address other nodes should dial, when it is not the listen address (behind NAT or "
                           "a port forward): /ip4/PUBLIC_IP/tcp/P, /ip6/…/tcp/P or /dns/NAME/tcp/P")
-    run.add_argument("--api-port", type=int, default=DEFAULT_API_PORT,
+    run.add_argument("--api-port", type=int,
                      help=f"HTTP API port (default {DEFAULT_API_PORT}; 0 = any free)")
-    run.add_argument("--api-host", default="127.0.0.1", metavar="HOST",
+    run.add_argument("--api-host", metavar="HOST",
                      help="HTTP API address (default 127.0.0.1; the API has no authentication: give another "
                           "address, e.g. 0.0.0.0 or ::, only behind your own proxy or firewall)")
     run.add_argument("--assume-valid-depth", type=int, metavar="N",
@@ -66,8 +85,10 @@ def register(parser: argparse.ArgumentParser) -> None:
                           "iteration inputs nobody serves any more on the chain's work, trusting the iteration's "
                           "claimed roots and checking every other rule, as Bitcoin Core's assumevalid (default "
                           "1000; 0 = never: such a block waits, not validated)")
-    run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    run.set_defaults(run=run_node)
+    run.add_argument("--log-level", choices=LOG_LEVELS, help="the least severe records logged (default info)")
+    run.add_argument("--log-file", type=Path, metavar="FILE",
+                     help="append the log to FILE instead of stderr (reopened when logrotate moves it)")
+    run.set_defaults(run=run_node, config_keys=config_keys(run))
     peers = commands.add_parser("peers", help="the running node's connected and banned peers, as a table",
                                 description="Show a running node's connected peers (address, direction, score) "
                                             "and its banned peers (time left), from its API's GET /peers.")
@@ -75,6 +96,25 @@ def register(parser: argparse.ArgumentParser) -> None:
                                      f"http://127.0.0.1:{DEFAULT_API_PORT})")
     peers.add_argument("--data-dir", type=Path, help="the data dir of a running node (finds its API)")
     peers.set_defaults(run=run_peers)
+
+
+def with_config(args: argparse.Namespace) -> argparse.Namespace:
+    """`args` with each option not given on the command line taken from --config's file, else RUN_DEFAULTS."""
+    from bws.node.config import ConfigError, read_config
+
+    try:
+        from_file = read_config(args.config, args.config_keys) if args.config is not None else {}
+    except ConfigError as error:
+        raise CommandError(str(error)) from None
+    merged = argparse.Namespace(**vars(args))
+    given = {name for name in args.config_keys if getattr(args, name) is not None}
+    for name in args.config_keys:
+        if getattr(args, name) is None and not given & ONE_OPTION.get(name, set()):
+            setattr(merged, name, from_file.get(name, RUN_DEFAULTS.get(name)))
+    for name in ("data_dir", "genesis"):
+        if getattr(merged, name) is None:
+            raise CommandError(f"give --{name.replace('_', '-')} (or {name} in the --config file)")
+    return merged
 
 
 def listen_address(args: argparse.Namespace) -> str:
@@ -88,13 +128,18 @@ def listen_address(args: argparse.Namespace) -> str:
 
 def run_node(args: argparse.Namespace) -> int:
     from bws.node.api import ApiError
+    from bws.node.logs import configure_logging
     from bws.node.p2p import NetworkError
     from bws.node.service import VALIDATION_MODES, Node, NodeError, NodeSettings, load_genesis
     from bws.node.store import StoreError
     from bws.node.validation import ASSUME_VALID_DEPTH
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    roles = {role.strip() for role in args.roles.split(",") if role.strip()}
+    args = with_config(args)
+    try:
+        configure_logging(args.log_level, args.log_file)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    roles = set(args.roles)
     role_set = None
     try:
         listen = listen_address(args)
@@ -107,7 +152,8 @@ def run_node(args: argparse.Namespace) -> int:
         if roles & {"verifier", "miner", "client", "evaluator", "supervisor"}:
             from bws.node.roles.host import RoleSet, RoleSetupError, load_role_account
             try:
-                role_set = RoleSet(roles, load_role_account(args.keystore, args.password_file), args.dataset_dir)
+                role_set = RoleSet(roles, load_role_account(args.keystore, args.password_file),
+                                   None if args.dataset_dir is None else str(args.dataset_dir))
             except RoleSetupError as error:
                 raise CommandError(str(error)) from None
         verifying = role_set is not None and "verifier" in roles
