@@ -101,11 +101,17 @@ def int_arrays(shape, low: int, high: int, dtype=np.int64) -> st.SearchStrategy[
     return st.one_of(varied, constant).map(lambda xs: np.array(xs, dtype=dtype).reshape(shape))
 
 
+MAX_DRAWN_ELEMENTS = 1024
+
+
 @st.composite
 def integer_tensors(draw, max_dims: int = 3) -> np.ndarray:
-    """An array of any committable dtype, up to `max_dims` dimensions of 0..5, values over the dtype's range."""
+    """An array of any committable dtype, up to `max_dims` dimensions of 0..5 and at most
+    MAX_DRAWN_ELEMENTS elements (hypothesis draws lists of a few thousand at most), values over
+    the dtype's range."""
     dtype = np.dtype(draw(st.sampled_from(sorted(TENSOR_DTYPE_CODES))))
-    shape = tuple(draw(st.lists(st.integers(0, 5), max_size=max_dims)))
+    shape = tuple(draw(st.lists(st.integers(0, 5), max_size=max_dims).filter(
+        lambda dims: int(np.prod(dims)) <= MAX_DRAWN_ELEMENTS)))
     info = np.iinfo(dtype)
     size = int(np.prod(shape))
     values = draw(st.lists(st.integers(int(info.min), int(info.max)), min_size=size, max_size=size))

@@ -3,9 +3,12 @@ docs/audit.md). Never for production use.
 
 Every `FLOOD_INTERVAL_SECONDS` it gossips, for every task its head holds,
 `FLOOD_MESSAGES_PER_TASK` iteration messages validly signed with its own key
-that no group may keep (`flood_targets`): for a task whose group it is not in,
-iterations from 0 on; for a task whose group it is in, iterations at and past
-the task's last. Honest nodes IGNORE them (`Node._validate_iteration_message`)
+that no group may keep (`flood_targets`): for a task whose group is drawn
+and does not hold it, iterations from 0 on; for a task whose group it is in,
+iterations at and past the task's last. Never for a task whose group is not
+drawn yet: other nodes keep such a message until the draw (node/deferred_gossip.py),
+and had the flooder been drawn, its junk would be a second version of its own
+iterations (slashed). Honest nodes IGNORE them (`Node._validate_iteration_message`)
 and keep none (`MessageLog.add`), so the flood costs them a signature check
 each and changes nothing else (issue #14's m4).
 
@@ -48,6 +51,8 @@ def flood_targets(tasks: dict[bytes, C.Task], miner: bytes,
     targets = []
     for task_id in sorted(tasks):
         task = tasks[task_id]
+        if not task.members:
+            continue  # its group is not drawn: the flooder may yet be a member, and its junk a second version
         first = int(task.iterations) if get_member_index(task, miner) is not None else 0
         targets += [(bytes(task_id), first + k) for k in range(per_task)]
     return targets

@@ -111,6 +111,10 @@ def test_every_flood_message_is_ignored_by_the_gossip_validator(chain):
             assert Node._validate_iteration_message(node, encode(signed)) is Verdict.IGNORE
     member_targets = flood_targets(state.tasks, factory.miners[0].address)
     assert min(i for _, i in member_targets) == int(state.tasks[factory.task_id].iterations)
+    # A task whose group is not drawn yet: the flooder may be drawn into it, and then other nodes, which keep
+    # IGNOREd messages until the draw, would take its junk as a second version of its own iterations.
+    undrawn = dataclasses.replace(state.tasks[factory.task_id], members=[])
+    assert flood_targets({bytes(32): undrawn}, attacker.address) == []
 
 
 def outcomes(**changes) -> list[AttackOutcome]:
