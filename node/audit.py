@@ -31,7 +31,8 @@ The audit protocol `/bws/audit/1` (request's first byte is the kind):
     R or O while the miner still computes the trace (the first one of a model compiles)
         -> NOT_READY ‖ u16le(seconds)           ask again after that many seconds
     R or O beyond the asking peer's rate limit (TRACE_REQUESTS_BURST at once, then
-    TRACE_REQUESTS_PER_SECOND; rate_limit.py)
+    TRACE_REQUESTS_PER_SECOND; rate_limit.py), M beyond its own (MESSAGE_REQUESTS_BURST,
+    MESSAGE_REQUESTS_PER_SECOND)
         -> REFUSED ‖ u16le(seconds) ‖ UTF-8 reason naming the limit    ask again after that many seconds
     anything unknown -> NOT_FOUND
 """
@@ -83,6 +84,10 @@ TRACE_REQUESTS_BURST = 8   # an audit asks one trace and one op's outputs: a few
 # every TRACE_RETRY_SECONDS at most.
 TRACE_REQUESTS_PER_SECOND = 0.5
 TRACE_PEERS_TRACKED = 1024   # rate-limit buckets kept (rate_limit.py: forgetting one forgives a burst at most)
+# A message request is a look-up and the encoding of two messages at most, but any peer can send them without end.
+# A member asks up to 4 peers for each message it missed; an auditor or a verifier a few per dispute.
+MESSAGE_REQUESTS_BURST = 64
+MESSAGE_REQUESTS_PER_SECOND = 16.0
 TRACE_THREAD_NICENESS = 10
 
 
@@ -432,6 +437,8 @@ class AuditServer:
         self._done: dict[bytes, threading.Event] = {}   # digest of a recent iteration -> set once its trace is computed
         self._models: Counter[str] = Counter()          # the models of the recent iterations
         self._limiter = PeerRateLimiter(RateLimit(TRACE_REQUESTS_BURST, TRACE_REQUESTS_PER_SECOND, TRACE_PEERS_TRACKED))
+        self._message_limiter = PeerRateLimiter(
+            RateLimit(MESSAGE_REQUESTS_BURST, MESSAGE_REQUESTS_PER_SECOND, TRACE_PEERS_TRACKED))
         self._pending: queue.Queue[bytes] = queue.Queue()
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
@@ -505,19 +512,17 @@ class AuditServer:
     def serve(self, peer: str, request: bytes) -> bytes:
         kind, body = request[:1], bytes(request[1:])
         if kind == REQUEST_MESSAGES and len(body) == 32 + 8 + 20:
+            if wait := self._message_limiter.take(peer):
+                return refusal("message", self._message_limiter.limit, wait)
             task_id, iteration, miner = body[:32], struct.unpack("<Q", body[32:40])[0], body[40:]
             found = self.context.messages.get(task_id, iteration, miner)
             encoded = [encode(m) for m in found]
             return FOUND + struct.pack("<H", len(encoded)) + b"".join(struct.pack("<I", len(e)) + e for e in encoded)
         if kind not in (REQUEST_TRACE, REQUEST_OP) or len(body) != (32 if kind == REQUEST_TRACE else 34):
             return NOT_FOUND
-        wait = self._limiter.take(peer)
-        if wait:
-            seconds = max(1, math.ceil(wait))
+        if wait := self._limiter.take(peer):
             logger.debug("trace request from %s refused: over its rate limit", peer)
-            return (REFUSED + struct.pack("<H", seconds)
-                    + f"refused: trace requests are limited to {self._limiter.limit.describe()}; "
-                      f"ask again in {seconds} s".encode())
+            return refusal("trace", self._limiter.limit, wait)
         trace = self._trace(body[:32])
         if trace is NOT_READY:
             return NOT_READY + struct.pack("<H", TRACE_RETRY_SECONDS)
@@ -526,6 +531,13 @@ class AuditServer:
                                                                                self.context.account.sign)
         index = struct.unpack("<H", body[32:])[0]
         return NOT_FOUND if trace is None or index >= len(trace) else FOUND + encode_tensor_bundle(trace[index][1])
+
+
+def refusal(kind: str, limit: RateLimit, wait: float) -> bytes:
+    """The REFUSED answer to a request over its peer's rate limit: the seconds to wait and the limit, in words."""
+    seconds = max(1, math.ceil(wait))
+    return (REFUSED + struct.pack("<H", seconds)
+            + f"refused: {kind} requests are limited to {limit.describe()}; ask again in {seconds} s".encode())
 
 
 def _lower_thread_priority() -> None:

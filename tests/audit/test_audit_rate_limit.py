@@ -7,8 +7,8 @@ import struct
 from types import SimpleNamespace
 
 from bws.node.audit import (
-    NOT_FOUND, REFUSED, REQUEST_OP, REQUEST_TRACE, TRACE_REQUESTS_BURST, AuditServer, encode_signed_trace,
-    messages_request, retry_after,
+    MESSAGE_REQUESTS_BURST, NOT_FOUND, REFUSED, REQUEST_OP, REQUEST_TRACE, TRACE_REQUESTS_BURST, AuditServer,
+    decode_messages_answer, encode_signed_trace, messages_request, retry_after,
 )
 from bws.node.audit_sources import NetworkSource
 from bws.node.rate_limit import PeerRateLimiter, RateLimit
@@ -57,7 +57,18 @@ def test_a_peer_asking_for_traces_too_fast_is_refused_while_another_is_served():
     assert refused[3:].decode() == ("refused: trace requests are limited to at most 8 at once, then 0.5 a second, "
                                     "per peer; ask again in 2 s")
     assert server.serve("auditor", request) == NOT_FOUND                                   # its own bucket
-    assert server.serve("greedy", messages_request(bytes(32), 0, bytes(20)))[:1] == FOUND   # messages: not limited
+    assert server.serve("greedy", messages_request(bytes(32), 0, bytes(20)))[:1] == FOUND   # messages: own bucket
+
+
+def test_a_peer_asking_for_messages_too_fast_is_refused_while_another_is_served():
+    """Issue #14: message requests (`M`, a look-up each) were not limited at all."""
+    server = AuditServer(SimpleNamespace(account=MINER, messages=MessageLog()))
+    request = messages_request(bytes(32), 0, bytes(20))
+    assert all(server.serve("greedy", request)[:1] == FOUND for _ in range(MESSAGE_REQUESTS_BURST))
+    refused = server.serve("greedy", request)
+    assert refused[:1] == REFUSED and decode_messages_answer(refused) == []
+    assert refused[3:].decode().startswith("refused: message requests are limited to at most 64 at once")
+    assert server.serve("member", request)[:1] == FOUND
 
 
 class RefusedOnce:
