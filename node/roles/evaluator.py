@@ -34,6 +34,7 @@ import time
 from bws.engine.commit import batch_root
 from bws.spec import containers as C
 from bws.spec.constants import TASK_EVALUATION, TASK_GROUP_SELECTED, TASK_TRAINING
+from bws.spec.encoding import decode
 from bws.spec.hashing import hash_bytes
 from bws.spec.state_transition import ReplayUnavailable, sign_transaction
 from bws.spec.tasks import get_task_progress
@@ -47,6 +48,9 @@ from .verifier import find_signed_message
 logger = logging.getLogger("bws.node.roles.evaluator")
 
 EVALUATION_FEE = 1000
+# A result whose block-building miners could not score it yet (the test split or a model not fetched) leaves their
+# pools after a few heads; the evaluator submits it again once this many heads passed without it pooled.
+RESUBMIT_AFTER_BLOCKS = 4
 
 
 class TestSetNotRevealed(RoleError):
@@ -133,7 +137,8 @@ class NetworkEvaluate:
 class Evaluator:
     def __init__(self, context: RoleContext) -> None:
         self.context = context
-        self._submitted: set[bytes] = set()
+        self._submitted: dict[bytes, int] = {}   # task id -> head height when its result was last submitted
+        self._impossible: set[bytes] = set()
         self._prepared: set[bytes] = set()
         self._waiting_for_reveal: set[bytes] = set()
         self._thread = threading.Thread(target=self._run, name="bws-evaluator", daemon=True)
@@ -160,8 +165,25 @@ class Evaluator:
                 continue
             if task.status in (TASK_GROUP_SELECTED, TASK_TRAINING) and bytes(task_id) not in self._prepared:
                 self.prepare(bytes(task_id), task)
-            elif task.status == TASK_EVALUATION and bytes(task_id) not in self._submitted:
+            elif task.status == TASK_EVALUATION and self._due(bytes(task_id), int(state.height)):
                 self.evaluate(bytes(task_id), task)
+
+    def _due(self, task_id: bytes, height: int) -> bool:
+        """Whether to submit the task's result: never submitted, or submitted
+        RESUBMIT_AFTER_BLOCKS heads ago and no longer in this node's pool."""
+        if task_id in self._impossible:
+            return False
+        submitted = self._submitted.get(task_id)
+        return submitted is None or (height >= submitted + RESUBMIT_AFTER_BLOCKS and not self._pooled(task_id))
+
+    def _pooled(self, task_id: bytes) -> bool:
+        """Whether this node's pool holds an evaluation result of this node for the task."""
+        for record in self.context.mempool.transactions():
+            if record.sender == self.context.address:
+                body = decode(record.raw, C.SignedTransaction).transaction.body
+                if isinstance(body, C.EvaluationResult) and bytes(body.task_id) == task_id:
+                    return True
+        return False
 
     def prepare(self, task_id: bytes, task: C.Task) -> None:
         """While the group trains: load the task and compile the evaluation
@@ -212,7 +234,7 @@ class Evaluator:
         except (TaskUnavailable, RoleError) as error:
             logger.warning("cannot evaluate task %s…: %s", task_id.hex()[:12], error)
             context.metrics["evaluations_impossible"] += 1
-            self._submitted.add(task_id)
+            self._impossible.add(task_id)
             return
         transaction = C.Transaction(
             chain_id=context.chain.config.chain_id, sender=context.address, nonce=context.next_nonce(),
@@ -223,7 +245,9 @@ class Evaluator:
         except ValidationError as error:
             logger.warning("evaluation result not submitted: %s", error.reason)
             return
-        self._submitted.add(task_id)
+        if task_id in self._submitted:
+            context.metrics["evaluations_resubmitted"] += 1
+        self._submitted[task_id] = int(context.chain.head_state.height)
         context.metrics["evaluations_submitted"] += 1
         context.gauges[("evaluation", task_id)] = results
         best = max(results, key=lambda r: r["correct"])

@@ -6,6 +6,7 @@ ask (issue #13's m3)."""
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -154,3 +155,36 @@ def test_a_test_split_revealed_to_nobody_the_node_can_ask_makes_the_result_unava
     revealed = withheld_test_set(task_data(definition, None, test_file=test_file))   # what `bws task reveal` sends
     assert context.cache.put_tensors(revealed) == bytes(task.test_set_hash) == batch_root(revealed)
     assert NetworkEvaluate(lambda: context)(task, scored) >= 0   # once a peer (here: its own cache) serves it
+
+
+def test_the_evaluator_submits_again_once_its_result_left_the_pool(public_task, tmp_path):
+    """Miners score a result before they include it; one they could not score yet (the test split not fetched)
+    leaves their pools after a few heads. The evaluator submits it again after RESUBMIT_AFTER_BLOCKS heads
+    without it pooled, and not while it is pooled."""
+    from bws.node.roles.evaluator import RESUBMIT_AFTER_BLOCKS
+    from bws.node.validation import transaction_pool_record
+    from bws.spec.encoding import encode
+
+    context = node_for(public_task, tmp_path)
+    for index, member in enumerate(MEMBERS):
+        context.messages.add(final_message(context, public_task, member, index), None)
+    submitted = []
+    context.submit_transaction = submitted.append
+    context.next_nonce = lambda: 0
+    evaluator, head = Evaluator(context), context.chain.head_state
+
+    def step_at(height: int) -> None:
+        context.chain = SimpleNamespace(head_state=dataclasses.replace(head, height=height), config=head.config)
+        evaluator.step()
+    step_at(0)
+    step_at(RESUBMIT_AFTER_BLOCKS - 1)
+    assert len(submitted) == 1
+    context.mempool.add(transaction_pool_record(submitted[0], encode(submitted[0])))
+    step_at(RESUBMIT_AFTER_BLOCKS)
+    assert len(submitted) == 1, "its result is still pooled"
+    pooled = transaction_pool_record(submitted[0], encode(submitted[0])).tx_id
+    assert any(context.mempool.report_invalid(pooled, bytes([head_number]) * 32) for head_number in range(5)), \
+        "the miners' checks refused it on enough heads: dropped"
+    step_at(RESUBMIT_AFTER_BLOCKS + 1)
+    assert len(submitted) == 2 and submitted[1].transaction.body == submitted[0].transaction.body
+    assert context.metrics["evaluations_resubmitted"] == 1
