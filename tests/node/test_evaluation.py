@@ -124,15 +124,20 @@ def test_a_final_model_is_scored_by_the_engine_as_the_reference_scores_it(public
                           context.chain.oracles)
 
 
+def evaluator_node(task: C.Task, directory) -> tuple[RoleContext, list]:
+    """The task's evaluator, having heard both members' final messages, and the transactions it submits."""
+    context = node_for(task, directory)
+    for index, member in enumerate(MEMBERS):
+        context.messages.add(final_message(context, task, member, index), None)
+    submitted = []
+    context.submit_transaction, context.next_nonce = submitted.append, lambda: 0
+    return context, submitted
+
+
 def test_the_evaluator_role_reports_the_final_models_every_node_agrees_with(public_task, tmp_path):
     """The evaluator takes each member's final message from the messages it heard, scores its model and
     submits a result that the spec, with the node's oracles, accepts."""
-    context = node_for(public_task, tmp_path)
-    for index, member in enumerate(MEMBERS):
-        context.messages.add(final_message(context, public_task, member, index), None)
-    submitted = []
-    context.submit_transaction = submitted.append
-    context.next_nonce = lambda: 0
+    context, submitted = evaluator_node(public_task, tmp_path)
     Evaluator(context).evaluate(bytes(32), public_task)
     [signed] = submitted
     assert [bytes(m.final_message.message.work.miner) for m in signed.transaction.body.models] == \
@@ -165,12 +170,7 @@ def test_the_evaluator_submits_again_once_its_result_left_the_pool(public_task, 
     from bws.node.validation import transaction_pool_record
     from bws.spec.encoding import encode
 
-    context = node_for(public_task, tmp_path)
-    for index, member in enumerate(MEMBERS):
-        context.messages.add(final_message(context, public_task, member, index), None)
-    submitted = []
-    context.submit_transaction = submitted.append
-    context.next_nonce = lambda: 0
+    context, submitted = evaluator_node(public_task, tmp_path)
     evaluator, head = Evaluator(context), context.chain.head_state
 
     def step_at(height: int) -> None:
