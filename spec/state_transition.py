@@ -31,6 +31,12 @@ Threats stopped here:
   may use only a later iteration of its miner than the last block did
   (`next_minable_iteration`), so one iteration mines at most one block.
 - *Fake iterations*: replay in `process_pouw`, and FraudProof disputes.
+- *Mining on a state never trained to*: a member's consecutive messages must
+  chain (`is_chained`); two that do not are a BrokenLink dispute.
+- *Invented scores*: every replaying node re-scores an EvaluationResult's
+  final models (`oracles.evaluate`, `get_evaluated_scores`).
+- *Per-block work*: a block visits only the tasks due at its height
+  (`task_schedule`, `get_lifecycle_height`).
 """
 import dataclasses
 from dataclasses import dataclass
