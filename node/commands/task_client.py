@@ -14,8 +14,8 @@ the task and downloads the best final model from the node over
 `/bws/data/1` (checked against the model root its miner signed) into an
 .npz file of fixed-point integer tensors (`params/<layer>/kernel`, ...);
 `result --check task.json [--test-file my_test.npz]` scores that model on the
-test split itself: evaluation is integer-exact, so the evaluator's attested
-score must come out the same.
+test split itself: evaluation is integer-exact, so the count on chain (which
+every replaying node checked) must come out the same.
 """
 from __future__ import annotations
 
