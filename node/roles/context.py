@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from bws.spec import containers as C
 from bws.spec.constants import TASK_EVALUATION, TASK_TRAINING
-from bws.spec.encoding import encode
+from bws.spec.encoding import DecodeError, decode, encode
 from bws.spec.pouw import compute_message_digest
 
 from ..audit import PROTOCOL_AUDIT, AuditError, decode_messages_answer, messages_request
@@ -257,6 +257,16 @@ class RoleContext:
     def own_iteration(self, message: C.IterationMessage) -> C.ReplayResult | None:
         """The roots of `message` if this node computed it (remember_own_iteration), else None."""
         return self.own_iterations.get(message)
+
+    def pooled_bodies(self, sender: bytes | None = None):
+        """The bodies of the mempool's transactions (of `sender` only, if given)."""
+        for record in self.mempool.transactions():
+            if sender is not None and record.sender != sender:
+                continue
+            try:
+                yield decode(record.raw, C.SignedTransaction).transaction.body
+            except DecodeError:
+                continue
 
     # -- data -----------------------------------------------------------
     def fetch_tensors(self, root: bytes, preferred_peer: str | None = None) -> dict:

@@ -25,7 +25,6 @@ import threading
 
 from bws.spec import containers as C
 from bws.spec.constants import ROLE_MINER
-from bws.spec.encoding import DecodeError, decode
 from bws.spec.pouw import is_chained
 from bws.spec.state_transition import sign_transaction
 from bws.spec.tasks import get_member_index
@@ -45,8 +44,12 @@ Evidence = C.FraudProof | C.Equivocation | C.BrokenLink
 
 def accused(evidence: Evidence) -> tuple[bytes, bytes, int]:
     """(task id, miner, iteration) the evidence accuses (of a broken link: the later iteration)."""
-    signed = {C.FraudProof: lambda: evidence.message, C.Equivocation: lambda: evidence.first,
-              C.BrokenLink: lambda: evidence.later}[type(evidence)]()
+    if isinstance(evidence, C.FraudProof):
+        signed = evidence.message
+    elif isinstance(evidence, C.Equivocation):
+        signed = evidence.first
+    else:
+        signed = evidence.later
     work = signed.message.work
     return bytes(work.task_id), bytes(work.miner), int(work.iteration)
 
@@ -76,14 +79,8 @@ def is_disputable(state: C.State, task_id: bytes, miner: bytes) -> bool:
 
 def has_pending_dispute(context: RoleContext, task_id: bytes, miner: bytes, iteration: int) -> bool:
     """Whether the mempool holds a dispute (anyone's) against that iteration of `miner`."""
-    for record in context.mempool.transactions():
-        try:
-            body = decode(record.raw, C.SignedTransaction).transaction.body
-        except DecodeError:
-            continue
-        if isinstance(body, C.Dispute) and accused(body.evidence) == (task_id, miner, iteration):
-            return True
-    return False
+    return any(isinstance(body, C.Dispute) and accused(body.evidence) == (task_id, miner, iteration)
+               for body in context.pooled_bodies())
 
 
 class Disputes:

@@ -34,7 +34,6 @@ import time
 from bws.engine.commit import batch_root
 from bws.spec import containers as C
 from bws.spec.constants import TASK_EVALUATION, TASK_GROUP_SELECTED, TASK_TRAINING
-from bws.spec.encoding import decode
 from bws.spec.hashing import hash_bytes
 from bws.spec.state_transition import ReplayUnavailable, sign_transaction
 from bws.spec.tasks import get_task_progress
@@ -178,12 +177,8 @@ class Evaluator:
 
     def _pooled(self, task_id: bytes) -> bool:
         """Whether this node's pool holds an evaluation result of this node for the task."""
-        for record in self.context.mempool.transactions():
-            if record.sender == self.context.address:
-                body = decode(record.raw, C.SignedTransaction).transaction.body
-                if isinstance(body, C.EvaluationResult) and bytes(body.task_id) == task_id:
-                    return True
-        return False
+        return any(isinstance(body, C.EvaluationResult) and bytes(body.task_id) == task_id
+                   for body in self.context.pooled_bodies(sender=self.context.address))
 
     def prepare(self, task_id: bytes, task: C.Task) -> None:
         """While the group trains: load the task and compile the evaluation
